@@ -1,0 +1,22 @@
+"""The ``openmind-prep`` command line. Each sub-command lives in the module that does the work;
+heavy imports (torch, dask, zarr, SimpleITK) happen inside the commands so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="openmind-prep")
+def main() -> None:
+    """Prepare OpenMind (114k brain MRI) for self-supervised 3D pretraining."""
+
+
+def _register() -> None:
+    # One line per command; each module owns its command.
+    from openmind_prep.sample import sample_command
+
+    main.add_command(sample_command)
+
+
+_register()

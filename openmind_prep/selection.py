@@ -1,0 +1,159 @@
+"""Which images to use: a small, reviewable selection (TOML file and/or CLI options).
+
+A selection file (format documented in ``manifests/README.md``)::
+
+    name = "t1w-t2w-flair-iqs2.5"
+    modalities = ["T1w", "T2w", "FLAIR"]   # empty or absent: every modality
+    max_iqs = 2.5                           # keep image_quality_score <= 2.5 (lower is better)
+    datasets = []                           # only these dataset ids (empty: all)
+    exclude_datasets = []                   # never these
+    include_derived = true                  # FA/MD maps etc. (rows with derived_from set)
+    limit = 0                               # first N after filtering, in CSV order (0: all)
+
+Command-line options override the file field by field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import click
+
+from openmind_prep.metadata import ImageRecord
+
+_FIELDS = ("name", "description", "modalities", "max_iqs", "datasets", "exclude_datasets",
+           "include_derived", "limit")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Filters over metadata records; ``apply`` keeps CSV order, then cuts to ``limit``.
+
+    Images without an IQS are dropped when ``max_iqs`` is set (their quality is unknown).
+
+    >>> from openmind_prep.metadata import record_from_row
+    >>> rows = [record_from_row({"image_path": f"ds{i}/sub-1/anat/a.nii.gz", "modality": m,
+    ...                          "image_quality_score": q})
+    ...         for i, (m, q) in enumerate([("T1w", "1.0"), ("T2w", "3.0"), ("FA", "1.0")])]
+    >>> [r.dataset for r in Selection(modalities=("T1w", "T2w"), max_iqs=2.5).apply(rows)]
+    ['ds0']
+    """
+
+    name: str = "custom"
+    description: str = ""
+    modalities: tuple[str, ...] = ()
+    max_iqs: float | None = None
+    datasets: tuple[str, ...] = ()
+    exclude_datasets: tuple[str, ...] = ()
+    include_derived: bool = True
+    limit: int = 0
+
+    def keeps(self, record: ImageRecord) -> bool:
+        """Whether one record passes every filter (``limit`` aside)."""
+        if self.modalities and record.modality not in self.modalities:
+            return False
+        if self.max_iqs is not None and (
+            record.image_quality_score is None or record.image_quality_score > self.max_iqs
+        ):
+            return False
+        if self.datasets and record.dataset not in self.datasets:
+            return False
+        if record.dataset in self.exclude_datasets:
+            return False
+        return self.include_derived or not record.derived_from
+
+    def apply(self, records: Iterable[ImageRecord]) -> list[ImageRecord]:
+        """The selected records, in input order."""
+        kept = [r for r in records if self.keeps(r)]
+        return kept[: self.limit] if self.limit else kept
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists instead of tuples), as written into lock files and manifests."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def fingerprint(self) -> str:
+        """Stable short hash of the filters (name and description excluded)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("name", "description")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_selection(path: Path) -> Selection:
+    """Read a selection TOML file; unknown keys are an error naming the file.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t1.toml"
+    >>> _ = p.write_text('name = "t1"\\nmodalities = ["T1w"]\\nmax_iqs = 2.5\\n')
+    >>> load_selection(p).modalities
+    ('T1w',)
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path}: cannot read selection file: {e}") from e
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown selection keys {unknown}; allowed: {list(_FIELDS)}")
+    for key in ("modalities", "datasets", "exclude_datasets"):
+        if key in data:
+            data[key] = tuple(str(v) for v in data[key])
+    if data.get("max_iqs") is not None:
+        data["max_iqs"] = float(data["max_iqs"])
+    data.setdefault("name", path.stem)
+    return Selection(**data)
+
+
+def selection_from_options(
+    select: Path | None = None,
+    modality: Iterable[str] = (),
+    max_iqs: float | None = None,
+    dataset: Iterable[str] = (),
+    limit: int | None = None,
+) -> Selection:
+    """Merge a selection file with CLI options (each given option replaces the file's field)."""
+    base = load_selection(select) if select else Selection()
+    overrides: dict = {}
+    if tuple(modality):
+        overrides["modalities"] = tuple(modality)
+    if max_iqs is not None:
+        overrides["max_iqs"] = max_iqs
+    if tuple(dataset):
+        overrides["datasets"] = tuple(dataset)
+    if limit is not None:
+        overrides["limit"] = limit
+    return dataclasses.replace(base, **overrides)
+
+
+def selection_options(command: Callable) -> Callable:
+    """Click decorator adding the selection options; the command receives ``selection=Selection``."""
+    options = [
+        click.option("--select", "select", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                     help="Selection TOML file (see manifests/README.md); options below override it."),
+        click.option("--modality", "modality", multiple=True,
+                     help="Keep only this modality (repeatable), e.g. --modality T1w --modality FLAIR."),
+        click.option("--max-iqs", type=float, default=None,
+                     help="Keep images with image_quality_score <= this (lower is better; nnssl used 1.5-3.5)."),
+        click.option("--dataset", "dataset", multiple=True, help="Keep only this dataset id (repeatable)."),
+        click.option("--limit", type=click.IntRange(min=0), default=None,
+                     help="Keep the first N selected images (CSV order); 0 means all."),
+    ]
+
+    @functools.wraps(command)  # keeps the command's own click params (__click_params__)
+    def wrapper(select, modality, max_iqs, dataset, limit, **kwargs):
+        try:
+            selection = selection_from_options(select, modality, max_iqs, dataset, limit)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--select") from e
+        return command(selection=selection, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
