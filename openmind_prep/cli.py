@@ -15,8 +15,10 @@ def main() -> None:
 def _register() -> None:
     # One line per command; each module owns its command.
     from openmind_prep.sample import sample_command
+    from openmind_prep.show import show_command
 
     main.add_command(sample_command)
+    main.add_command(show_command)
 
 
 _register()
