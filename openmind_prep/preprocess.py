@@ -1,0 +1,217 @@
+"""``openmind-prep preprocess``: onemmiso preprocessing of a source tree into the Zarr store, on Dask.
+
+Work is submitted as BATCHES of images (one Dask task per batch, a bounded number in flight):
+114k one-image tasks would stall the scheduler. Each batch preprocesses its images one by one,
+writes each image group atomically (:func:`openmind_prep.store.write_case`) and finally its
+manifest fragment. A bad image gets a ``failed`` row with the reason and the batch goes on.
+A batch whose task dies (e.g. a worker killed for memory) is split into one-image tasks, so
+only the image that kills a worker is marked failed. Re-running skips every image that has an
+``ok`` row whose arrays exist: a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import click
+import numpy as np
+
+from openmind_prep.cluster import ClusterConfig, cluster_options
+from openmind_prep.manifest import FAILED, OK, current_rows, empty_row, merge_manifest, write_fragment
+from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
+from openmind_prep.selection import Selection, selection_options
+from openmind_prep.store import IMAGE, MASK_NAMES, case_exists, clear_tmp, create_store, image_key, write_case
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """Per-image settings: stored dtype, inner chunk edge, blosc zstd level, input size cap.
+
+    >>> PreprocessOptions().dtype
+    'float16'
+    """
+
+    dtype: str = "float16"
+    chunks: int = 64
+    clevel: int = 5
+    max_bytes: int | None = None
+
+
+def _row(record: ImageRecord) -> dict:
+    row = empty_row(record.image_path)
+    row.update(modality=record.modality, dataset=record.dataset, subject=record.subject,
+               session=record.session, image_quality_score=record.image_quality_score)
+    return row
+
+
+def process_image(record: ImageRecord, src_root: Path, store: Path, options: PreprocessOptions) -> dict:
+    """Preprocess one image into ``store``; returns its manifest row (``failed`` with the reason
+    instead of raising)."""
+    from openmind_prep.onemmiso import InputError, preprocess_case
+
+    start = time.perf_counter()
+    row = _row(record)
+    images = Path(src_root) / IMAGES_DIR
+    masks = {name: images / path if path else None
+             for name, path in (("anon_mask", record.anon_mask_path), ("anat_mask", record.anat_mask_path))}
+    try:
+        case = preprocess_case(images / record.image_path, masks=masks, dtype=np.dtype(options.dtype),
+                               max_bytes=options.max_bytes)
+        image = np.asarray(case.image).astype(options.dtype, copy=False)
+        if not np.isfinite(image).all():
+            raise InputError(images / record.image_path,
+                             f"values overflow {options.dtype} after z-scoring; use --dtype float32")
+        arrays = {IMAGE: image}
+        arrays.update({name: np.asarray(m, dtype=np.uint8) for name, m in case.masks.items() if m is not None})
+        props = case.props
+        crop_bbox = [[int(a), int(b)] for a, b in case.crop_bbox]
+        attributes = {
+            "image_path": record.image_path, "modality": record.modality,
+            "spacing": [float(s) for s in props.spacing], "origin": [float(o) for o in props.origin],
+            "direction": np.asarray(props.direction, dtype=float).ravel().tolist(),
+            "original_shape": [int(n) for n in props.shape], "crop_bbox": crop_bbox,
+            "shape_before_crop": [int(n) for n in case.shape_before_crop],
+            "target_spacing": [1.0, 1.0, 1.0], "preprocessing": "onemmiso",
+        }
+        stored = write_case(store, image_key(record.image_path), arrays, attributes,
+                            chunks=options.chunks, clevel=options.clevel)
+        row.update(
+            status=OK, zarr_path=stored.zarr_paths[IMAGE], shape=[int(n) for n in image.shape],
+            spacing=attributes["spacing"], crop_bbox=crop_bbox, checksum=stored.checksums[IMAGE],
+            dtype=options.dtype, bytes=stored.nbytes,
+            **{f"{name}_zarr_path": stored.zarr_paths.get(name, "") for name in MASK_NAMES},
+            **{f"{name}_checksum": stored.checksums.get(name, "") for name in MASK_NAMES},
+        )
+    except InputError as e:
+        row.update(error=str(e))
+    except Exception as e:  # noqa: BLE001 - any other error fails this image only
+        row.update(error=f"{images / record.image_path}: {type(e).__name__}: {' '.join(str(e).split())}")
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def process_batch(records: Sequence[ImageRecord], src_root: Path, store: Path,
+                  options: PreprocessOptions) -> list[dict]:
+    """Preprocess a batch of images, then write its manifest fragment; returns the rows.
+
+    This is the unit of work of a Dask task (also reused by the streaming ``run`` command).
+    """
+    rows = [process_image(record, src_root, store, options) for record in records]
+    write_fragment(store, rows)
+    return rows
+
+
+def is_done(row: dict | None, store: Path) -> bool:
+    """Whether a manifest row is ``ok`` and all its arrays exist at their final keys."""
+    if row is None or row["status"] != OK:
+        return False
+    paths = [row["zarr_path"]] + [row[f"{n}_zarr_path"] for n in MASK_NAMES if row[f"{n}_zarr_path"]]
+    return all(case_exists(store, p) for p in paths)
+
+
+def pending(records: Iterable[ImageRecord], store: Path) -> list[ImageRecord]:
+    """The records that still need work (no ``ok`` row with existing arrays)."""
+    rows = current_rows(store)
+    return [r for r in records if not is_done(rows.get(r.image_path), store)]
+
+
+def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, client,
+                   options: PreprocessOptions, *, batch_size: int = 8,
+                   on_batch: Callable[[list[dict]], None] | None = None, progress: bool = True) -> list[dict]:
+    """Preprocess the pending ``records`` on a ``distributed.Client``; returns this run's rows.
+
+    At most two batches per worker are in flight. ``on_batch`` is called with each finished
+    batch's rows (in completion order). The manifest is NOT merged here (see :func:`preprocess`).
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    store = create_store(store)
+    clear_tmp(store)
+    todo = pending(records, store)
+    queue = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    queue.reverse()  # pop() from the end keeps the CSV order
+    max_in_flight = 2 * max(1, sum(client.nthreads().values()))
+    futures, rows = {}, []
+
+    def submit() -> None:
+        batch = queue.pop()
+        future = client.submit(process_batch, batch, Path(src_root), store, options, pure=False)
+        futures[future] = batch
+        running.add(future)
+
+    running = as_completed()
+    while queue and len(futures) < max_in_flight:
+        submit()
+    with tqdm(total=len(todo), unit="img", desc="preprocess", disable=not progress) as bar:
+        for future in running:
+            batch = futures.pop(future)
+            try:
+                batch_rows = future.result()
+            except Exception as e:  # noqa: BLE001 - the task died, not one image
+                if len(batch) > 1:  # isolate the image that kills workers
+                    queue.extend([record] for record in reversed(batch))
+                    batch_rows = []
+                else:
+                    row = _row(batch[0])
+                    row["error"] = (f"{Path(src_root) / IMAGES_DIR / batch[0].image_path}: worker died "
+                                    f"while processing it ({type(e).__name__}: {e}); out of memory?")
+                    batch_rows = [row]
+                    write_fragment(store, batch_rows)
+            rows.extend(batch_rows)
+            bar.update(len(batch_rows))
+            bar.set_postfix(failed=sum(r["status"] == FAILED for r in rows))
+            if on_batch is not None and batch_rows:
+                on_batch(batch_rows)
+            while queue and len(futures) < max_in_flight:
+                submit()
+    return rows
+
+
+def preprocess(src_root: Path, store: Path, selection: Selection, cluster: ClusterConfig,
+               options: PreprocessOptions, *, batch_size: int = 8, progress: bool = True):
+    """Select records from ``src_root``'s CSV, preprocess the pending ones, merge the manifest.
+
+    Returns ``(selected records, this run's rows, merged manifest table)``.
+    """
+    from openmind_prep.cluster import dask_client
+
+    records = selection.apply(read_metadata(Path(src_root) / METADATA_CSV))
+    with dask_client(cluster) as client:
+        rows = run_preprocess(records, src_root, store, client, options, batch_size=batch_size,
+                              progress=progress)
+    return records, rows, merge_manifest(store)
+
+
+@click.command("preprocess")
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The Zarr v3 store to write (created; re-running resumes).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Stored image dtype (float16 halves the bytes; ≤1e-2 SD error).")
+@click.option("--chunks", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Inner chunk edge in voxels (all chunks of an array sit in one shard file).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images per Dask task.")
+@selection_options
+@cluster_options
+def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_size: int,
+                       selection: Selection, cluster: ClusterConfig) -> None:
+    """Preprocess SRC (OpenMind repo layout) into the Zarr store --out with onemmiso (nnssl-exact)."""
+    options = PreprocessOptions(dtype=dtype, chunks=chunks)
+    records, rows, table = preprocess(src, store, selection, cluster, options, batch_size=batch_size)
+    manifest = {r["image_path"]: r for r in table.to_pylist()}
+    selected = [manifest.get(r.image_path) for r in records]
+    failed = [r for r in selected if r is None or r["status"] != OK]
+    n_ok = len(selected) - len(failed)
+    click.echo(f"{len(records)} selected: {n_ok} ok ({len(records) - len(rows)} already done), "
+               f"{len(failed)} failed; manifest: {Path(store) / 'manifest.parquet'}")
+    for row in failed[:20]:
+        click.echo(f"  FAILED {row['error'] if row else '(no row)'}", err=True)
+    if len(failed) > 20:
+        click.echo(f"  ... and {len(failed) - 20} more (status == 'failed' in the manifest)", err=True)
+    if failed:
+        raise SystemExit(1)
