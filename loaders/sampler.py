@@ -1,0 +1,198 @@
+"""Two overlapping views per volume, cut on the device the volumes live on, with exact boxes.
+
+``OverlapViewSampler`` draws a ``PairGeometry`` (``loaders.geometry``), intensity parameters
+(``loaders.augment``) and MAE masks (``loaders.masking``) from a ``torch.Generator``, then
+applies them: each view is one resampling of its source through its affine (mirror, zoom and the
+pair's shared rotation in one ``grid_sample``, trilinear, ``align_corners=False``). A view whose
+affine is a whole-voxel crop (possibly mirrored) is copied by slicing instead, which gives the
+same values without interpolation round-off. Outside the volume, views are padded with the
+volume's background value (its per-channel minimum: the z-scored value of zero), not with 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from loaders.augment import IntensityParams, apply_intensity, draw_intensity
+from loaders.geometry import PairGeometry, Shape3, draw_pair_geometry
+from loaders.masking import block_mask
+
+
+@dataclass(frozen=True, eq=False)
+class ViewPair:
+    """Sampler output. ``views`` ``[2B, C, *patch]`` = view 1 of every volume, then view 2.
+
+    ``boxes`` ``[2B, 6]`` (x1, y1, z1, x2, y2, z2): the overlap inside each view, normalised
+    (``loaders.geometry`` docstring); ``affines`` ``[2B, 4, 4]`` view voxel -> source voxel;
+    ``overlaps`` ``[B]``; ``masks`` ``[2B, 1, *patch]`` bool (True = visible) or None;
+    ``geometry`` and ``intensity`` (None when off) replay the views via ``sampler.apply``.
+    """
+
+    views: Tensor
+    boxes: Tensor
+    affines: Tensor
+    overlaps: Tensor
+    masks: Tensor | None
+    geometry: PairGeometry
+    intensity: IntensityParams | None
+
+
+def _crop(volume: Tensor, affine: Tensor, size: Shape3, pad: Tensor) -> Tensor:
+    """Whole-voxel (maybe mirrored) crop of ``volume`` ``[C, X, Y, Z]`` given an integer affine."""
+    c = volume.shape[0]
+    out = pad.reshape(c, 1, 1, 1).expand(c, *size).clone()
+    src, dst, flip_dims = [], [], []
+    for d in range(3):
+        first, n = int(affine[d, 3]), volume.shape[1 + d]
+        if affine[d, d] > 0:  # view index j <-> source index first + j
+            j0, j1 = max(0, -first), min(size[d], n - first)
+            src.append(slice(first + j0, first + j1))
+        else:  # view index j <-> source index first - j
+            j0, j1 = max(0, first - n + 1), min(size[d], first + 1)
+            src.append(slice(first - j1 + 1, first - j0 + 1))
+            flip_dims.append(1 + d)
+        if j0 >= j1:
+            return out
+        dst.append(slice(j0, j1))
+    piece = volume[(slice(None), *src)]
+    out[(slice(None), *dst)] = piece.flip(flip_dims) if flip_dims else piece
+    return out
+
+
+def _resample(volume: Tensor, affine: Tensor, size: Shape3, pad: Tensor) -> Tensor:
+    """Trilinear resampling of ``volume`` ``[C, X, Y, Z]`` through ``affine`` (one grid_sample)."""
+    dev, shape = volume.device, volume.shape[1:]
+    a = affine.to(dev, torch.float32)
+    scale = torch.tensor([2.0 / s for s in shape], device=dev)  # index -> normalised: (2i + 1) / s - 1
+    lin = a[:3, :3] * scale[:, None]
+    off = (2 * a[:3, 3] + 1) * scale / 2 - 1
+    axes = [torch.arange(m, device=dev, dtype=torch.float32) for m in size]
+    grid = (off + lin[:, 0] * axes[0][:, None, None, None] + lin[:, 1] * axes[1][:, None, None]
+            + lin[:, 2] * axes[2][:, None])
+    grid = grid.flip(-1)[None]  # grid_sample reads (last axis, middle, first)
+    corners = torch.tensor([[i, j, k, 1] for i in (0, size[0] - 1) for j in (0, size[1] - 1)
+                            for k in (0, size[2] - 1)], dtype=affine.dtype) @ affine.T
+    inside = bool(((corners[:, :3] >= 0) & (corners[:, :3] <= torch.tensor(shape) - 1)).all())
+    src = volume if inside else volume - pad.reshape(-1, 1, 1, 1)
+    out = F.grid_sample(src[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    out = out.to(volume.dtype)
+    return out if inside else out + pad.reshape(-1, 1, 1, 1)
+
+
+class OverlapViewSampler:
+    """Cut two overlapping, independently augmented views from each volume, on its device.
+
+    Geometry options: ``flip`` (mirror each axis of each view, p=0.5), ``scale`` (zoom each
+    view, p=``p_scale``, in ``scale_range``), ``rotate`` (rotate the pair's region, p=``p_rotate``,
+    up to ``max_rotation_deg`` about each axis). ``intensity`` switches the per-view intensity
+    augmentation (``loaders.augment``); ``mask_ratio`` (None = no masks) and ``mask_block`` set
+    the MAE masks. ``pad_value`` None pads with each volume's per-channel minimum.
+
+    >>> vol = torch.randn(2, 1, 40, 44, 48)
+    >>> pair = OverlapViewSampler((16, 20, 24))(vol, generator=torch.Generator().manual_seed(0))
+    >>> tuple(pair.views.shape), tuple(pair.boxes.shape), tuple(pair.masks.shape)
+    ((4, 1, 16, 20, 24), (4, 6), (4, 1, 16, 20, 24))
+    """
+
+    def __init__(
+        self,
+        patch_size: Sequence[int],
+        min_overlap: float = 0.4,
+        max_overlap: float = 0.8,
+        *,
+        flip: bool = True,
+        scale: bool = True,
+        rotate: bool = True,
+        intensity: bool = True,
+        scale_range: tuple[float, float] = (0.7, 1.4),
+        p_scale: float = 0.2,
+        max_rotation_deg: float = 30.0,
+        p_rotate: float = 0.2,
+        mask_ratio: float | None = 0.75,
+        mask_block: int = 16,
+        pad_value: float | None = None,
+    ) -> None:
+        if len(patch_size) != 3:
+            raise ValueError(f"patch_size must have 3 entries, got {tuple(patch_size)}")
+        self.patch_size: Shape3 = tuple(int(p) for p in patch_size)  # type: ignore[assignment]
+        self.min_overlap, self.max_overlap = min_overlap, max_overlap
+        self.flip, self.scale, self.rotate, self.intensity = flip, scale, rotate, intensity
+        self.scale_range, self.p_scale = scale_range, p_scale
+        self.max_rotation, self.p_rotate = math.radians(max_rotation_deg), p_rotate
+        self.mask_ratio, self.mask_block, self.pad_value = mask_ratio, mask_block, pad_value
+
+    def draw(self, shapes: Sequence[Shape3], channels: int, generator: torch.Generator,
+             device: torch.device | str = "cpu") -> tuple[PairGeometry, IntensityParams | None, Tensor | None]:
+        """Draw geometry, intensity parameters and MAE masks (built on ``device``) for ``shapes``."""
+        geometry = draw_pair_geometry(
+            list(shapes), self.patch_size, min_overlap=self.min_overlap, max_overlap=self.max_overlap,
+            flip=self.flip, scale_range=self.scale_range if self.scale else None, p_scale=self.p_scale,
+            max_rotation=self.max_rotation if self.rotate else None, p_rotate=self.p_rotate,
+            generator=generator,
+        )
+        n = 2 * len(shapes)
+        intensity = draw_intensity(n, channels, generator) if self.intensity else None
+        masks = None
+        if self.mask_ratio is not None:
+            masks = block_mask(n, self.patch_size, self.mask_ratio, self.mask_block, generator=generator,
+                               device=device)
+        return geometry, intensity, masks
+
+    def apply(self, volumes: Tensor | Sequence[Tensor], geometry: PairGeometry,
+              intensity: IntensityParams | None = None) -> Tensor:
+        """Cut the views that ``geometry`` describes (and augment them with ``intensity``)."""
+        vols = _as_list(volumes)
+        if tuple(tuple(v.shape[1:]) for v in vols) != geometry.source_shapes:
+            raise ValueError(f"volumes of shapes {[tuple(v.shape) for v in vols]} do not match the "
+                             f"geometry drawn for {geometry.source_shapes}")
+        b = len(vols)
+        pads = [v.amin(dim=(1, 2, 3)) if self.pad_value is None
+                else torch.full((v.shape[0],), self.pad_value, dtype=v.dtype, device=v.device) for v in vols]
+        views = []
+        for row in range(2 * b):
+            cut = _crop if geometry.is_crop(row) else _resample
+            views.append(cut(vols[row % b], geometry.affines[row], self.patch_size, pads[row % b]))
+        out = torch.stack(views)
+        return apply_intensity(out, intensity) if intensity is not None else out
+
+    def __call__(self, volumes: Tensor | Sequence[Tensor], generator: torch.Generator | None = None) -> ViewPair:
+        """Draw, then apply. ``volumes``: ``[B, C, X, Y, Z]`` or a list of ``[C, x, y, z]``."""
+        vols = _as_list(volumes)
+        g = generator if generator is not None else torch.Generator().manual_seed(torch.seed())
+        shapes = [tuple(v.shape[1:]) for v in vols]
+        geometry, intensity, masks = self.draw(shapes, vols[0].shape[0], g, vols[0].device)
+        views = self.apply(vols, geometry, intensity)
+        dev = views.device
+        return ViewPair(
+            views=views,
+            boxes=geometry.boxes.to(dev, torch.float32),
+            affines=geometry.affines.to(dev),
+            overlaps=geometry.overlaps.to(dev, torch.float32),
+            masks=masks,
+            geometry=geometry,
+            intensity=intensity,
+        )
+
+
+def _as_list(volumes: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """Validate the input and return a list of ``[C, X, Y, Z]`` volumes."""
+    vols = list(volumes.unbind(0)) if isinstance(volumes, Tensor) else list(volumes)
+    if isinstance(volumes, Tensor) and volumes.dim() != 5:
+        raise ValueError(f"a batch tensor must be [B, C, X, Y, Z], got shape {tuple(volumes.shape)}")
+    if not vols:
+        raise ValueError("no volumes given")
+    for i, v in enumerate(vols):
+        if v.dim() != 4 or not v.is_floating_point():
+            raise ValueError(f"volume {i} must be a floating [C, X, Y, Z] tensor, got {v.dtype} {tuple(v.shape)}")
+        if v.shape[0] != vols[0].shape[0] or v.device != vols[0].device:
+            raise ValueError(f"volume {i} differs from volume 0 in channels or device")
+    return vols
+
+
+__all__ = ["OverlapViewSampler", "ViewPair"]
