@@ -120,10 +120,12 @@ def pending(records: Iterable[ImageRecord], store: Path) -> list[ImageRecord]:
 
 def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, client,
                    options: PreprocessOptions, *, batch_size: int = 8,
-                   on_batch: Callable[[list[dict]], None] | None = None, progress: bool = True) -> list[dict]:
+                   max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
+                   progress: bool = True) -> list[dict]:
     """Preprocess the pending ``records`` on a ``distributed.Client``; returns this run's rows.
 
-    At most two batches per worker are in flight. ``on_batch`` is called with each finished
+    At most ``max_in_flight`` batches (default: two per worker thread) are submitted at a time,
+    so the scheduler never holds more than a few tasks. ``on_batch`` is called with each finished
     batch's rows (in completion order). The manifest is NOT merged here (see :func:`preprocess`).
     """
     from distributed import as_completed
@@ -134,7 +136,7 @@ def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, 
     todo = pending(records, store)
     queue = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     queue.reverse()  # pop() from the end keeps the CSV order
-    max_in_flight = 2 * max(1, sum(client.nthreads().values()))
+    max_in_flight = max_in_flight or 2 * max(1, sum(client.nthreads().values()))
     futures, rows = {}, []
 
     def submit() -> None:
