@@ -1,0 +1,317 @@
+"""WebDataset tar shards written from a preprocessed store (or by the preprocess jobs).
+
+Layout of ``OUT``::
+
+    OUT/<prefix>-000000.tar ...   shards (POSIX tar, PAX headers, mtime 0: byte-identical re-runs)
+    OUT/_index/<prefix>.json      one fragment per writer (a whole-store run or one preprocess batch)
+    OUT/index.json, index.parquet merged index: per shard url, samples, bytes, sha256 (+ keys in json)
+
+One sample per image; its tar members share the image key (``.`` and ``%`` percent-encoded so
+WebDataset's "extension starts at the first dot" rule holds; :func:`tar_key` / :func:`untar_key`)::
+
+    <key>.image.zshard       the image array, encoding ``zshard`` (below)
+    <key>.anon_mask.zshard   only when the image has a defacing mask
+    <key>.anat_mask.zshard   only when the image has a foreground mask
+    <key>.json               its manifest row (``checksum`` = sha256 of the decoded image bytes)
+
+Encoding ``zshard`` (version 1) carries the Zarr array's own files, byte for byte, so a sample is
+exactly as large as the Zarr copy and a region read decodes only the 64³ chunks inside it::
+
+    8 bytes  b"OMZSHRD1"
+    8 bytes  N, uint64 little-endian
+    N bytes  UTF-8 JSON {"files": [[name, nbytes], ...]}  (names relative to the array: zarr.json, c/0/0/0)
+    ...      the files' bytes, concatenated in that order
+
+Every file is written to a temporary name and renamed; a shard is skipped on a re-run when the
+fragment lists it with the same keys and the file on disk has the recorded size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import struct
+import tarfile
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+from urllib.parse import quote, unquote
+
+import click
+
+MAGIC = b"OMZSHRD1"
+EXTENSION = "zshard"
+ARRAY_COLUMNS = {"image": "zarr_path", "anon_mask": "anon_mask_zarr_path", "anat_mask": "anat_mask_zarr_path"}
+INDEX_DIR = "_index"
+INDEX_JSON, INDEX_PARQUET = "index.json", "index.parquet"
+_TAR_OVERHEAD = 3 * 512  # header + PAX header + padding, per member (upper estimate)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One written shard: file name (relative to OUT), keys in order, bytes and sha256 of the file."""
+
+    url: str
+    keys: tuple[str, ...]
+    bytes: int
+    sha256: str
+
+    @property
+    def samples(self) -> int:
+        return len(self.keys)
+
+
+def tar_key(key: str) -> str:
+    """Image key → tar member stem (``.`` and ``%`` percent-encoded, ``/`` kept).
+
+    >>> tar_key("ds1/sub-1/anat/sub-1_acq-1.5T_T1w")
+    'ds1/sub-1/anat/sub-1_acq-1%2E5T_T1w'
+    >>> untar_key(tar_key("a/b.c%d")) == "a/b.c%d"
+    True
+    """
+    return quote(key, safe="/").replace(".", "%2E")
+
+
+def untar_key(stem: str) -> str:
+    """Inverse of :func:`tar_key`."""
+    return unquote(stem)
+
+
+def encode_array(folder: Path) -> bytes:
+    """A stored Zarr array folder (``zarr.json`` + shard files) → one ``zshard`` blob.
+
+    >>> import tempfile, numpy as np
+    >>> from openmind_prep.store import create_store, write_case
+    >>> s = create_store(Path(tempfile.mkdtemp()) / "s")
+    >>> _ = write_case(s, "a", {"image": np.arange(24, dtype=np.float32).reshape(2, 3, 4)}, {})
+    >>> float(decode_array(encode_array(s / "a" / "image"))[1, 2, 3])
+    23.0
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    names = [p.relative_to(folder).as_posix() for p in files]
+    if "zarr.json" not in names:
+        raise FileNotFoundError(f"{folder}: not a Zarr array (no zarr.json)")
+    names.remove("zarr.json")
+    names.insert(0, "zarr.json")
+    blobs = [(folder / n).read_bytes() for n in names]
+    header = json.dumps({"files": [[n, len(b)] for n, b in zip(names, blobs)]}).encode()
+    return b"".join([MAGIC, struct.pack("<Q", len(header)), header, *blobs])
+
+
+def decode_array(blob: bytes, name: str = "<blob>"):
+    """A ``zshard`` blob → read-only in-memory ``zarr.Array`` (slicing decodes only the chunks hit).
+
+    ``name`` (e.g. ``shard.tar:key.image.zshard``) goes into the error for a damaged blob.
+    """
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore
+
+    view = memoryview(blob)
+    if bytes(view[:8]) != MAGIC or len(view) < 16:
+        raise ValueError(f"{name}: not a zshard blob (bad magic)")
+    (n,) = struct.unpack("<Q", view[8:16])
+    try:
+        files = json.loads(bytes(view[16:16 + n]))["files"]
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{name}: damaged zshard header ({err})") from None
+    start, contents = 16 + n, {}
+    make = default_buffer_prototype().buffer.from_bytes
+    for fname, size in files:
+        if start + size > len(view):
+            raise ValueError(f"{name}: truncated zshard ({fname} needs {size} bytes)")
+        contents[fname] = make(view[start:start + size])
+        start += size
+    return zarr.open_array(MemoryStore(contents, read_only=True), mode="r")
+
+
+def _sample_members(store: Path, row: dict) -> list[tuple[str, bytes]]:
+    stem = tar_key(row["zarr_path"].rsplit("/", 1)[0])
+    members = []
+    for name, column in ARRAY_COLUMNS.items():
+        if row.get(column):
+            members.append((f"{stem}.{name}.{EXTENSION}", encode_array(Path(store) / row[column])))
+    members.append((f"{stem}.json", json.dumps(row, sort_keys=True, default=str).encode()))
+    return members
+
+
+def _estimate(store: Path, row: dict) -> int:
+    total = 2048
+    for column in ARRAY_COLUMNS.values():
+        if row.get(column):
+            files = [p for p in (Path(store) / row[column]).rglob("*") if p.is_file()]
+            total += sum(p.stat().st_size + 64 for p in files) + _TAR_OVERHEAD
+    return total
+
+
+def plan_shards(sizes: Sequence[int], shard_size: int) -> list[range]:
+    """Greedy, order-keeping split of samples (by estimated size) into shards of ≤ shard_size.
+
+    A sample larger than shard_size gets a shard of its own.
+
+    >>> plan_shards([4, 4, 4, 9, 1], 8)
+    [range(0, 2), range(2, 3), range(3, 4), range(4, 5)]
+    """
+    plan, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > shard_size:
+            plan.append(range(start, i))
+            start, total = i, 0
+        total += size
+    if start < len(sizes):
+        plan.append(range(start, len(sizes)))
+    return plan
+
+
+class _HashingFile(io.RawIOBase):
+    def __init__(self, f):
+        self.f, self.hash, self.size = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+
+def _write_tar(path: Path, samples: Iterable[list[tuple[str, bytes]]]) -> tuple[int, str]:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as raw:
+            hashing = _HashingFile(raw)
+            with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for members in samples:
+                    for name, data in members:
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mtime, info.mode = len(data), 0, 0o444
+                        tar.addfile(info, io.BytesIO(data))
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return hashing.size, hashing.hash.hexdigest()
+
+
+def _atomic_json(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def read_fragment(out: Path, prefix: str) -> list[ShardInfo]:
+    """Shards a writer with this prefix has finished (empty list if none)."""
+    path = Path(out) / INDEX_DIR / f"{prefix}.json"
+    if not path.exists():
+        return []
+    return [ShardInfo(s["url"], tuple(s["keys"]), s["bytes"], s["sha256"])
+            for s in json.loads(path.read_text())["shards"]]
+
+
+def write_shards(
+    store: Path, out: Path, *, shard_size: int = 10**9, keys: Sequence[str] | None = None,
+    prefix: str = "shard", progress: bool = True,
+) -> list[ShardInfo]:
+    """Write the store's ``ok`` images (or only ``keys``, group keys) as tar shards; resumable.
+
+    Returns this prefix's shards. Call :func:`merge_index` afterwards (``shard`` does).
+
+    >>> import tempfile, numpy as np
+    >>> from openmind_prep import manifest, store as st
+    >>> s = st.create_store(Path(tempfile.mkdtemp()) / "s")
+    >>> c = st.write_case(s, "ds1/a", {"image": np.ones((4, 4, 4), np.float16)}, {})
+    >>> _ = manifest.write_fragment(s, [{**manifest.empty_row("ds1/a.nii.gz"), "status": "ok",
+    ...     "zarr_path": "ds1/a/image", "checksum": c.checksums["image"]}])
+    >>> [i.samples for i in write_shards(s, s.parent / "wds", progress=False)]
+    [1]
+    """
+    from tqdm import tqdm
+
+    from openmind_prep.manifest import OK, read_manifest
+
+    store, out = Path(store), Path(out)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
+        raise ValueError(f"shard prefix {prefix!r}: use letters, digits, '_', '-', '.' only")
+    (out / INDEX_DIR).mkdir(parents=True, exist_ok=True)
+    rows = [r for r in read_manifest(store).to_pylist() if r["status"] == OK]
+    if keys is not None:
+        wanted = set(keys)
+        rows = [r for r in rows if r["zarr_path"].rsplit("/", 1)[0] in wanted]
+    plan = plan_shards([_estimate(store, r) for r in rows], shard_size)
+    done = {s.url: s for s in read_fragment(out, prefix)}
+    shards: list[ShardInfo] = []
+    for i, part in enumerate(tqdm(plan, desc=f"shards {prefix}", unit="shard", disable=not progress)):
+        url = f"{prefix}-{i:06d}.tar"
+        part_keys = tuple(rows[j]["zarr_path"].rsplit("/", 1)[0] for j in part)
+        old = done.get(url)
+        if old and old.keys == part_keys and (out / url).is_file() and (out / url).stat().st_size == old.bytes:
+            shards.append(old)
+            continue
+        size, digest = _write_tar(out / url, (_sample_members(store, rows[j]) for j in part))
+        shards.append(ShardInfo(url, part_keys, size, digest))
+        _atomic_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]})
+    _atomic_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]})
+    current = {s.url for s in shards}
+    for stale in out.glob(f"{prefix}-*.tar"):  # shards of an older, longer plan
+        if re.fullmatch(rf"{re.escape(prefix)}-\d{{6}}\.tar", stale.name) and stale.name not in current:
+            stale.unlink()
+    return shards
+
+
+def merge_index(out: Path) -> dict:
+    """Merge all fragments into ``index.json`` and ``index.parquet`` (atomic); returns the index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    shards = [s for frag in sorted((out / INDEX_DIR).glob("*.json"))
+              for s in read_fragment(out, frag.stem)]
+    index = {"format": "openmind-prep-webdataset/1", "encoding": EXTENSION,
+             "samples": sum(s.samples for s in shards), "bytes": sum(s.bytes for s in shards),
+             "shards": [{**asdict(s), "keys": list(s.keys), "samples": s.samples} for s in shards]}
+    table = pa.Table.from_pylist([{"url": s.url, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256}
+                                  for s in shards],
+                                 schema=pa.schema([("url", pa.string()), ("samples", pa.int64()),
+                                                   ("bytes", pa.int64()), ("sha256", pa.string())]))
+    tmp = out / f".{INDEX_PARQUET}.{uuid.uuid4().hex[:8]}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, out / INDEX_PARQUET)
+    _atomic_json(out / INDEX_JSON, index)
+    return index
+
+
+def parse_size(text: str) -> int:
+    """``"1GB"`` → 10**9, ``"512MiB"`` → 536870912, ``"1000"`` → 1000.
+
+    >>> parse_size("1GB"), parse_size("512MiB"), parse_size("2.5kB")
+    (1000000000, 536870912, 2500)
+    """
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kKMGT]i?)?B?\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r}: expected a size like 1GB, 500MB, 512MiB")
+    unit = (match.group(2) or "").upper().replace("I", "i")
+    base = 1024 if unit.endswith("i") else 1000
+    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("i")]
+    return int(float(match.group(1)) * base**power)
+
+
+@click.command("shard")
+@click.argument("store", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for the tar shards and index.json / index.parquet.")
+@click.option("--shard-size", default="1GB", show_default=True,
+              help="Target bytes per shard; larger shards mean fewer requests on object storage.")
+@click.option("--prefix", default="shard", show_default=True, help="Shard file name prefix.")
+def shard_command(store: Path, out: Path, shard_size: str, prefix: str) -> None:
+    """Write the images of a preprocessed STORE as WebDataset tar shards (resumable)."""
+    shards = write_shards(store, out, shard_size=parse_size(shard_size), prefix=prefix)
+    index = merge_index(out)
+    click.echo(f"{len(shards)} shards ({sum(s.samples for s in shards)} samples) under {out}; "
+               f"index: {index['samples']} samples in {len(index['shards'])} shards")
