@@ -19,12 +19,14 @@ def _register() -> None:
     from openmind_prep.sample import sample_command
     from openmind_prep.verify import verify_command
     from openmind_prep.show import show_command
+    from openmind_prep.shards import shard_command
 
     main.add_command(plan_command)
     main.add_command(preprocess_command)
     main.add_command(sample_command)
     main.add_command(verify_command)
     main.add_command(show_command)
+    main.add_command(shard_command)
 
 
 _register()
