@@ -15,6 +15,7 @@ def main() -> None:
 def _register() -> None:
     # One line per command; each module owns its command.
     from openmind_prep.plan import plan_command
+    from openmind_prep.hub import download_command
     from openmind_prep.preprocess import preprocess_command
     from openmind_prep.sample import sample_command
     from openmind_prep.verify import verify_command
@@ -22,6 +23,7 @@ def _register() -> None:
     from openmind_prep.shards import shard_command
 
     main.add_command(plan_command)
+    main.add_command(download_command)
     main.add_command(preprocess_command)
     main.add_command(sample_command)
     main.add_command(verify_command)

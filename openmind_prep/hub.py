@@ -1,0 +1,485 @@
+"""Verified, resumable downloads from a Hugging Face dataset repo with the real ``huggingface_hub``.
+
+Why not plain ``hf_hub_download``: it does not check sha256 (a corrupt file of the right size
+passes), and it writes to a per-process temp file that is deleted on failure, so an interrupted
+9 MB transfer starts over. Here every file goes
+
+    RAW/.openmind-prep/partial/<id>.part  --(size + sha256 check)-->  os.replace  -->  RAW/<path>
+
+so nothing unverified ever sits at a final path. The transfer itself is ``huggingface_hub``'s
+``http_get`` (its HTTP client, auth headers and CDN redirects) resumed from the ``.part`` size with
+an HTTP ``Range``. 429/5xx/connection errors are retried with exponential backoff, honouring
+``Retry-After``; a checksum mismatch re-fetches the file once from scratch, then fails naming it.
+Verified files are recorded in ``RAW/.openmind-prep/verified.jsonl`` (path, size, mtime, sha256),
+so a re-run skips them without re-hashing; a file whose size or mtime changed is re-hashed.
+Metadata (commit, sizes, LFS sha256) comes from ``HfApi`` paths-info in batches: the OpenMind repo
+has more than 100k files, so its tree is never listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import click
+
+from openmind_prep.selection import Selection, selection_options
+
+STATE_DIR = ".openmind-prep"
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+class DownloadError(RuntimeError):
+    """A file could not be downloaded and verified; ``path`` names it (repo-relative)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of the repo at a commit: size, LFS sha256 (None for plain git files), git blob id.
+
+    >>> RemoteFile("a.csv", 3, None, "x").to_dict()
+    {'path': 'a.csv', 'size': 3, 'sha256': None, 'blob_id': 'x'}
+    """
+
+    path: str
+    size: int
+    sha256: str | None
+    blob_id: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "size": self.size, "sha256": self.sha256, "blob_id": self.blob_id}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RemoteFile":
+        return cls(str(d["path"]), int(d["size"]), d.get("sha256"), str(d.get("blob_id", "")))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: ``base_s * 2**(n-1)`` capped at ``max_s``; ``Retry-After`` wins.
+
+    >>> [RetryPolicy(base_s=1, max_s=5).delay(n) for n in (1, 2, 3, 4)]
+    [1, 2, 4, 5]
+    >>> RetryPolicy().delay(1, retry_after=30.0)
+    30.0
+    """
+
+    attempts: int = 8
+    base_s: float = 1.0
+    max_s: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return max(0.0, retry_after)
+        return min(self.max_s, self.base_s * 2 ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """A dataset repo on a hub endpoint (``None``: ``HF_ENDPOINT`` or huggingface.co).
+
+    ``token`` None uses the usual HF env/config token (``HF_TOKEN``, ``hf auth login``).
+    """
+
+    repo_id: str
+    revision: str = "main"
+    endpoint: str | None = None
+    token: str | bool | None = None
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def _api(self):
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.endpoint, token=self.token)
+
+    def resolve_commit(self) -> str:
+        """The commit sha the revision points to now (every later request is pinned to it)."""
+        info = retrying(lambda: self._api().dataset_info(self.repo_id, revision=self.revision),
+                        f"{self.repo_id}@{self.revision}", self.policy)
+        if not info.sha:
+            raise DownloadError(self.repo_id, f"the hub returned no commit sha for {self.revision!r}")
+        return info.sha
+
+    def paths_info(self, commit: str, paths: Sequence[str], *, batch: int = 500,
+                   progress: bool = False) -> list[RemoteFile]:
+        """Size, LFS sha256 and blob id of each path (in order), ``batch`` paths per request.
+
+        Raises :class:`DownloadError` naming the paths the repo does not have at ``commit``.
+        """
+        from tqdm.auto import tqdm
+
+        found: dict[str, RemoteFile] = {}
+        api = self._api()
+        for start in tqdm(range(0, len(paths), batch), desc="paths-info", unit="req",
+                          disable=not progress or len(paths) <= batch):
+            chunk = list(paths[start:start + batch])
+            entries = retrying(lambda: api.get_paths_info(self.repo_id, chunk, repo_type="dataset",
+                                                          revision=commit),
+                               f"paths-info ({chunk[0]} ...)", self.policy)
+            for e in entries:
+                if hasattr(e, "blob_id"):  # a file, not a folder
+                    found[e.path] = RemoteFile(e.path, int(e.size), e.lfs.sha256 if e.lfs else None,
+                                               e.blob_id)
+        missing = [p for p in paths if p not in found]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DownloadError(missing[0], f"not in {self.repo_id}@{commit[:12]}: {shown}")
+        return [found[p] for p in paths]
+
+    def url(self, commit: str, path: str) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo_id, path, repo_type="dataset", revision=commit, endpoint=self.endpoint)
+
+
+def _status(error: BaseException) -> int | None:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _retry_after(error: BaseException) -> float | None:
+    response = getattr(error, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:  # an HTTP date: fall back to backoff
+        return None
+
+
+def is_transient(error: BaseException) -> bool:
+    """429/5xx answers, dropped connections, timeouts and short transfers are worth a retry."""
+    import httpx2
+
+    if isinstance(error, (httpx2.TransportError, TimeoutError, ConnectionError)):
+        return True
+    if _status(error) in RETRY_STATUS:
+        return True
+    return isinstance(error, OSError) and "Consistency check failed" in str(error)
+
+
+def retrying(call: Callable, what: str, policy: RetryPolicy, *, sleep: Callable = time.sleep):
+    """``call()`` with retries on transient errors; the last error is re-raised as
+    :class:`DownloadError` naming ``what``.
+
+    >>> calls = []
+    >>> def flaky():
+    ...     calls.append(1)
+    ...     if len(calls) < 3:
+    ...         raise ConnectionError("reset")
+    ...     return "ok"
+    >>> retrying(flaky, "x", RetryPolicy(base_s=0)), len(calls)
+    ('ok', 3)
+    """
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - classified just below
+            if not is_transient(e):
+                raise
+            if attempt == policy.attempts:
+                raise DownloadError(what, f"giving up after {attempt} attempts: {e}") from e
+            sleep(policy.delay(attempt, _retry_after(e)))
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(sha256, git blob sha1) of a file, in one pass.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "x"
+    >>> _ = p.write_bytes(b"hi")
+    >>> file_digests(p)[1]  # same as `git hash-object`
+    '32f95c0d1244a8b8ab1b3a5c6fa4ee7f4ab9a6ad'
+    """
+    sha256 = hashlib.sha256()
+    sha1 = hashlib.sha1(b"blob %d\0" % Path(path).stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            sha256.update(chunk)
+            sha1.update(chunk)
+    return sha256.hexdigest(), sha1.hexdigest()
+
+
+def _matches(remote: RemoteFile, digests: tuple[str, str]) -> bool:
+    return digests[0] == remote.sha256 if remote.sha256 else digests[1] == remote.blob_id
+
+
+class VerifiedState:
+    """Append-only record of verified files under ``RAW/.openmind-prep/verified.jsonl``."""
+
+    def __init__(self, raw: Path) -> None:
+        self.path = Path(raw) / STATE_DIR / "verified.jsonl"
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: ignore it
+                    continue
+                self._entries[entry["path"]] = entry
+
+    def record(self, local: Path, remote: RemoteFile, digests: tuple[str, str]) -> None:
+        st = local.stat()
+        entry = {"path": remote.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                 "sha256": digests[0], "git_sha1": digests[1]}
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+            self._entries[remote.path] = entry
+
+    def is_verified(self, local: Path, remote: RemoteFile) -> bool:
+        """Whether ``local`` holds ``remote``: trusted from the record if size and mtime are
+        unchanged, else re-hashed (and recorded when it matches)."""
+        try:
+            st = local.stat()
+        except FileNotFoundError:
+            return False
+        if st.st_size != remote.size:
+            return False
+        entry = self._entries.get(remote.path)
+        if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
+            return _matches(remote, (entry["sha256"], entry["git_sha1"]))
+        digests = file_digests(local)
+        if _matches(remote, digests):
+            self.record(local, remote, digests)
+            return True
+        return False
+
+
+class _Forward:
+    """Progress object handed to ``http_get``: forwards byte counts to a shared callback."""
+
+    def __init__(self, on_bytes: Callable[[int], None] | None, **_: object) -> None:
+        self.on_bytes = on_bytes
+
+    def __enter__(self) -> "_Forward":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        if self.on_bytes is not None:
+            self.on_bytes(n)
+
+
+def _transfer(repo: HubRepo, commit: str, remote: RemoteFile, part: Path,
+              on_bytes: Callable[[int], None] | None) -> None:
+    """Bring ``part`` to ``remote.size`` bytes, resuming from its current size."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    url = repo.url(commit, remote.path)
+    headers = build_hf_headers(token=repo.token)
+    headers["Accept-Encoding"] = "identity"  # byte ranges of the stored object, not of a gzip stream
+
+    def once() -> None:
+        have = part.stat().st_size if part.exists() else 0
+        if have > remote.size:
+            part.unlink()
+            have = 0
+        if have == remote.size:
+            return
+        try:
+            with part.open("ab") as f:
+                http_get(url, f, resume_size=have, headers=headers, expected_size=remote.size,
+                         displayed_filename=remote.path, tqdm_class=lambda **kw: _Forward(on_bytes))
+        except OSError as e:
+            if "Consistency check failed" in str(e):
+                part.unlink(missing_ok=True)  # the server sent another length: start over
+            raise
+
+    retrying(once, remote.path, repo.policy)
+
+
+def fetch_verified(repo: HubRepo, commit: str, remote: RemoteFile, dest: Path, raw: Path,
+                   state: VerifiedState, on_bytes: Callable[[int], None] | None = None) -> bool:
+    """Download ``remote`` to ``dest`` via a resumable ``.part`` file and verify it; returns True
+    if bytes were transferred, False if ``dest`` was already verified.
+
+    A size/sha256 mismatch deletes the part and fetches once more from scratch; a second
+    mismatch raises :class:`DownloadError` naming the file (nothing is left at ``dest``).
+    """
+    dest = Path(dest)
+    if state.is_verified(dest, remote):
+        return False
+    key = hashlib.sha1(remote.path.encode()).hexdigest()[:24]
+    part = Path(raw) / STATE_DIR / "partial" / f"{key}.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    expected = remote.sha256 or f"git blob {remote.blob_id}"
+    for attempt in (1, 2):
+        _transfer(repo, commit, remote, part, on_bytes)
+        digests = file_digests(part)
+        if part.stat().st_size == remote.size and _matches(remote, digests):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, dest)
+            state.record(dest, remote, digests)
+            return True
+        got = digests[0] if remote.sha256 else f"git blob {digests[1]}"
+        part.unlink(missing_ok=True)
+    raise DownloadError(remote.path, f"checksum mismatch twice (expected {expected}, got {got}); "
+                                     "the file was not kept")
+
+
+@dataclass(frozen=True)
+class DownloadReport:
+    """What one :func:`download_files` call did."""
+
+    transferred: tuple[str, ...]
+    skipped: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]  # (path, reason)
+    bytes: int
+
+
+def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw: Path, *,
+                   workers: int = 4, batch_size: int = 16, progress: bool = True,
+                   dest: Callable[[RemoteFile], Path] | None = None) -> DownloadReport:
+    """Download and verify ``files`` into ``raw`` (repo layout) as Dask tasks of ``batch_size``
+    files, at most ``workers`` at a time; failures are collected, never left at final paths.
+
+    ``dest`` maps a file to its final path (default ``raw / file.path``).
+    """
+    import dask
+    from tqdm.auto import tqdm
+
+    raw = Path(raw)
+    dest = dest or (lambda f: raw / f.path)
+    files = list(files)
+    state = VerifiedState(raw)
+    lock = threading.Lock()
+    total = sum(f.size for f in files)
+    files_bar = tqdm(total=len(files), unit="file", desc="files", disable=not progress)
+    bytes_bar = tqdm(total=total, unit="B", unit_scale=True, desc="bytes", disable=not progress)
+
+    def on_bytes(n: int) -> None:
+        with lock:
+            bytes_bar.update(n)
+
+    def batch_task(batch: list[RemoteFile]) -> list[tuple[str, str | bool]]:
+        out: list[tuple[str, str | bool]] = []
+        for f in batch:
+            try:
+                moved = fetch_verified(repo, commit, f, dest(f), raw, state, on_bytes)
+                out.append((f.path, moved))
+                if not moved:
+                    on_bytes(f.size)
+            except Exception as e:  # noqa: BLE001 - reported per file below
+                out.append((f.path, str(e) if isinstance(e, DownloadError) else f"{f.path}: {e!r}"))
+            with lock:
+                files_bar.update(1)
+        return out
+
+    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    tasks = [dask.delayed(batch_task, pure=False)(b) for b in batches]
+    try:
+        results = dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers))
+    finally:
+        files_bar.close()
+        bytes_bar.close()
+    done = [r for batch in results for r in batch]
+    sizes = {f.path: f.size for f in files}
+    transferred = tuple(p for p, r in done if r is True)
+    return DownloadReport(
+        transferred=transferred,
+        skipped=tuple(p for p, r in done if r is False),
+        failed=tuple((p, r) for p, r in done if isinstance(r, str)),
+        bytes=sum(sizes[p] for p in transferred),
+    )
+
+
+
+def repo_options(command: Callable) -> Callable:
+    """Click options ``--repo``, ``--revision``, ``--endpoint`` (default ``$HF_ENDPOINT``)."""
+    options = [
+        click.option("--repo", default="AnonRes/OpenMind", show_default=True,
+                     help="Hugging Face dataset repo."),
+        click.option("--revision", default="main", show_default=True,
+                     help="Branch, tag or commit; resolved once to a commit sha that pins every request."),
+        click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True,
+                     help="Hub or mirror base URL (default https://huggingface.co)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def download(repo: HubRepo, raw: Path, *, selection=None, lock=None, write_lock: Path | None = None,
+             lock_only: bool = False, workers: int = 4, progress: bool = True):
+    """Resolve ``selection`` (or replay ``lock``), optionally write the lock, download and verify
+    every file into ``raw``, then write ``raw/openneuro_metadata.csv`` for the images present.
+
+    Returns ``(lock, DownloadReport | None)``.
+    """
+    from openmind_prep.lockfile import fetch_metadata, full_csv_path, resolve_lock, write_present_csv
+
+    raw = Path(raw)
+    if lock is not None:
+        repo = HubRepo(lock.repo, lock.commit, repo.endpoint, repo.token, repo.policy)
+        full_csv = fetch_metadata(repo, lock.commit, raw, lock.metadata)
+    else:
+        lock = resolve_lock(repo, selection or Selection(), raw, progress=progress)
+        full_csv = full_csv_path(raw, lock.commit)
+    if write_lock is not None:
+        lock.write(write_lock)
+    if lock_only:
+        return lock, None
+    report = download_files(repo, lock.commit, lock.data_files, raw, workers=workers, progress=progress)
+    write_present_csv(full_csv, raw)
+    return lock, report
+
+
+@click.command("download")
+@repo_options
+@click.option("--out", "raw", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="RAW folder; keeps the repo layout (RAW/openneuro_metadata.csv, RAW/OpenMind/...).")
+@click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Replay this lock file (exact commit and files); selection options are not allowed.")
+@click.option("--write-lock", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the resolved lock file here (e.g. manifests/locks/NAME.json).")
+@click.option("--lock-only", is_flag=True, help="Resolve and write the lock, download no images.")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Concurrent downloads (the hub rate-limits; keep it small).")
+@selection_options
+def download_command(repo: str, revision: str, endpoint: str | None, raw: Path, lock_file: Path | None,
+                     write_lock: Path | None, lock_only: bool, workers: int, selection: Selection) -> None:
+    """Download a selection of OpenMind from the Hugging Face hub into RAW, verifying every file
+    (size + LFS sha256); re-running resumes and skips verified files."""
+    from openmind_prep.lockfile import Lock
+
+    lock = None
+    if lock_file is not None:
+        if selection != Selection():
+            raise click.UsageError("--lock replays a fixed file list; drop the selection options")
+        try:
+            lock = Lock.read(lock_file)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--lock") from e
+    try:
+        lock, report = download(HubRepo(repo, revision, endpoint), raw, selection=selection, lock=lock,
+                                write_lock=write_lock, lock_only=lock_only, workers=workers)
+    except DownloadError as e:
+        raise click.ClickException(str(e)) from e
+    head = f"{lock.repo}@{lock.commit[:12]}: {len(lock.images)} images, {len(lock.files)} files"
+    if write_lock is not None:
+        click.echo(f"lock written: {write_lock}")
+    if report is None:
+        click.echo(head)
+        return
+    click.echo(f"{head}; {len(report.transferred)} downloaded ({report.bytes / 1e6:.1f} MB), "
+               f"{len(report.skipped)} already verified, {len(report.failed)} failed -> {raw}")
+    for path, reason in report.failed[:20]:
+        click.echo(f"  FAILED {reason}", err=True)
+    if report.failed:
+        raise SystemExit(1)
+
