@@ -180,8 +180,9 @@ def draw_pair_geometry(
     with Dirichlet(1, 1, 1) weights on its log; per axis a random direction in which view 2 is
     displaced; per view a mirror per axis (p=0.5), a zoom (p=p_scale, uniform below or above 1
     with equal chance, as batchgenerators); a rotation of the pair's parent region (p=p_rotate,
-    angles uniform in +-max_rotation about each axis). The overlap is a whole number of source
-    voxels per axis, so unzoomed views are exact voxel crops and the fraction stays in range.
+    angles uniform in +-max_rotation about each axis). When neither view is zoomed, the
+    overlap is a whole number of voxels per axis (nudged so the fraction stays in range), so both
+    views are exact voxel crops.
     The pair is placed uniformly where it fits; where it does not, it is centred (then padded).
 
     >>> g = draw_pair_geometry([(40, 40, 40)], (16, 20, 24), generator=torch.Generator().manual_seed(0))
@@ -225,10 +226,10 @@ def draw_pair_geometry(
     sign = torch.where(u_dir < 0.5, 1.0, -1.0).to(f64)
 
     lmin = zoom.min(0).values[:, None] * p  # [n, 3] extent of the smaller view, source voxels
-    overlap = torch.empty(n, 3, dtype=f64)
-    for b in range(n):
-        cap = [max(1, math.floor(x + 1e-9)) for x in lmin[b].tolist()]
-        o = [min(c, max(1, round(t))) for t, c in zip((axis_frac[b] * lmin[b]).tolist(), cap)]
+    overlap = axis_frac * lmin  # exact; zoomed views are interpolated anyway
+    for b in torch.nonzero((zoom == 1).all(0)).flatten().tolist():  # unzoomed: whole voxels, exact crops
+        cap = [int(x) for x in patch_size]
+        o = [min(c, max(1, round(t))) for t, c in zip(overlap[b].tolist(), cap)]
         overlap[b] = torch.tensor(_repair_overlap(o, cap, lmin[b].tolist(), min_overlap, max_overlap), dtype=f64)
 
     ext1, ext2 = zoom[0][:, None] * p, zoom[1][:, None] * p  # [n, 3]
