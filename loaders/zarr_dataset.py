@@ -1,0 +1,199 @@
+"""Map-style dataset over a preprocessed Zarr store: whole volumes or only the region a sampler needs.
+
+Both loaders (this one and :mod:`loaders.webdataset_stream`) yield the same sample dict::
+
+    {"key": "<image group key>",
+     "image": Tensor[1, z, y, x]  (stored dtype, float16 or float32, zyx as on disk),
+     "anon_mask": Tensor[1, z, y, x] uint8 or None, "anat_mask": same or None,
+     "meta": manifest row + {"region": [[z0, z1], [y0, y1], [x0, x1]], "volume_shape": [z, y, x]}}
+
+A region is a tuple of three ``slice`` objects in zyx voxels (half-open, clipped to the volume);
+reading it decodes only the 64³ chunks it intersects (zarr's sharding codec reads the shard index
+and then just those chunks' byte ranges). The dataset is fork-safe: the parent process only reads
+the manifest (pyarrow); Zarr arrays (and the threads Zarr starts) are opened lazily inside each
+worker process and re-opened after a fork. Tensors leave DataLoader workers through shared memory,
+not pickled NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+Region = tuple[slice, ...]
+ARRAYS = ("image", "anon_mask", "anat_mask")
+_COLUMNS = {"image": "zarr_path", "anon_mask": "anon_mask_zarr_path", "anat_mask": "anat_mask_zarr_path"}
+_CACHE_SIZE = 256
+
+
+def clip_region(region: Region | None, shape: Sequence[int]) -> Region:
+    """Clip a zyx region (tuple of slices, step 1) to a volume; ``None`` means the whole volume.
+
+    >>> clip_region((slice(-5, 10), slice(None), slice(3, 99)), (8, 8, 8))
+    (slice(0, 8, None), slice(0, 8, None), slice(3, 8, None))
+    """
+    if region is None:
+        return tuple(slice(0, int(n)) for n in shape)
+    if len(region) != len(shape):
+        raise ValueError(f"region {region} has {len(region)} axes, volume has {len(shape)}")
+    out = []
+    for s, n in zip(region, shape):
+        if s.step not in (None, 1):
+            raise ValueError(f"region {region}: only step 1 is supported")
+        lo = 0 if s.start is None else min(max(int(s.start), 0), int(n))
+        hi = int(n) if s.stop is None else min(max(int(s.stop), lo), int(n))
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+def random_region(shape: Sequence[int], size: int | Sequence[int], rng: np.random.Generator) -> Region:
+    """A uniformly placed region of ``size`` voxels per axis (whole axis where the volume is smaller).
+
+    >>> r = random_region((100, 50, 200), 64, np.random.default_rng(0))
+    >>> [s.stop - s.start for s in r]
+    [64, 50, 64]
+    """
+    sizes = [int(size)] * len(shape) if np.isscalar(size) else [int(s) for s in size]
+    starts = [int(rng.integers(0, max(n - s, 0) + 1)) for n, s in zip(shape, sizes)]
+    return tuple(slice(a, min(a + s, int(n))) for a, s, n in zip(starts, sizes, shape))
+
+
+def read_sample(key: str, arrays: Mapping[str, Any], region: Region | None, meta: Mapping[str, Any]) -> dict:
+    """Read ``region`` from an image and its masks (``zarr.Array``-like, sliced with ``[...]``).
+
+    Shared by both loaders so they yield identical dicts.
+
+    >>> s = read_sample("k", {"image": np.arange(8.0).reshape(2, 2, 2)}, (slice(1, 2),) * 3, {})
+    >>> s["image"].shape, s["image"].flatten().tolist(), s["meta"]["region"], s["anat_mask"]
+    (torch.Size([1, 1, 1, 1]), [7.0], [[1, 2], [1, 2], [1, 2]], None)
+    """
+    shape = tuple(int(n) for n in arrays["image"].shape)
+    region = clip_region(region, shape)
+    sample: dict[str, Any] = {"key": key}
+    for name in ARRAYS:
+        array = arrays.get(name)
+        sample[name] = None if array is None else torch.from_numpy(np.ascontiguousarray(array[region])[None])
+    sample["meta"] = {**meta, "region": [[s.start, s.stop] for s in region], "volume_shape": list(shape)}
+    return sample
+
+
+class ZarrVolumeDataset(torch.utils.data.Dataset):
+    """Random access to the ``ok`` images of a store; ``ds[i]`` or ``ds[i, region]``.
+
+    Args:
+        store: the store folder (``manifest.parquet`` + one group per image).
+        keys: only these image group keys (default: all ``ok`` rows, manifest order).
+        masks: also read ``anon_mask`` / ``anat_mask`` where the image has them.
+        zarr_store: a ``zarr`` store object to read arrays through instead of the folder
+            (e.g. a wrapper that counts reads); must be picklable for worker processes.
+
+    >>> import tempfile
+    >>> from openmind_prep import manifest, store as st
+    >>> s = st.create_store(Path(tempfile.mkdtemp()) / "s")
+    >>> c = st.write_case(s, "ds1/a", {"image": np.arange(1000, dtype=np.float16).reshape(10, 10, 10)}, {})
+    >>> _ = manifest.write_fragment(s, [{**manifest.empty_row("ds1/a.nii.gz"), "status": "ok",
+    ...     "zarr_path": "ds1/a/image", "shape": [10, 10, 10]}])
+    >>> ds = ZarrVolumeDataset(s)
+    >>> len(ds), ds[0]["image"].shape, ds[0, (slice(2, 4),) * 3]["image"].shape
+    (1, torch.Size([1, 10, 10, 10]), torch.Size([1, 2, 2, 2]))
+    """
+
+    def __init__(self, store: str | Path, keys: Sequence[str] | None = None, *, masks: bool = True,
+                 zarr_store: Any = None) -> None:
+        from openmind_prep.manifest import OK, read_manifest
+
+        self.store = Path(store)
+        rows = [r for r in read_manifest(self.store).to_pylist() if r["status"] == OK]
+        by_key = {r["zarr_path"].rsplit("/", 1)[0]: r for r in rows}
+        if keys is not None:
+            missing = [k for k in keys if k not in by_key]
+            if missing:
+                raise KeyError(f"{self.store}: no 'ok' image with key(s) {missing[:5]}")
+        self.keys = list(by_key) if keys is None else list(keys)
+        self.rows = [by_key[k] for k in self.keys]
+        self.masks = masks
+        self.zarr_store = zarr_store
+        self._pid: int | None = None
+        self._open: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def shape(self, index: int) -> tuple[int, ...]:
+        """Stored zyx shape of image ``index`` (from the manifest: no Zarr read)."""
+        return tuple(int(n) for n in self.rows[index]["shape"])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pid": None, "_open": {}}  # never ship open arrays to workers
+
+    def _arrays(self, index: int) -> dict[str, Any]:
+        import zarr
+
+        if self._pid != os.getpid():  # first use in this process (or after a fork)
+            self._pid, self._open = os.getpid(), {}
+        if index not in self._open:
+            if len(self._open) >= _CACHE_SIZE:
+                self._open.pop(next(iter(self._open)))
+            root = self.zarr_store if self.zarr_store is not None else str(self.store)
+            row, arrays = self.rows[index], {}
+            for name in ARRAYS if self.masks else ARRAYS[:1]:
+                if row.get(_COLUMNS[name]):
+                    arrays[name] = zarr.open_array(store=root, path=row[_COLUMNS[name]], mode="r")
+            self._open[index] = arrays
+        return self._open[index]
+
+    def read(self, index: int, region: Region | None = None) -> dict:
+        """The sample dict of image ``index``, only ``region`` (zyx slices) or the whole volume."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images in {self.store}")
+        index %= len(self)
+        return read_sample(self.keys[index], self._arrays(index), region, self.rows[index])
+
+    def __getitem__(self, item: int | tuple[int, Region]) -> dict:
+        if isinstance(item, tuple):
+            return self.read(int(item[0]), item[1])
+        return self.read(int(item))
+
+
+class RegionSampler(torch.utils.data.Sampler):
+    """Yields ``(index, region)`` for a :class:`ZarrVolumeDataset`: a seeded permutation split by node.
+
+    Rank ``r`` of ``world_size`` gets ``perm[r::world_size]`` (no padding, no duplicates); DataLoader
+    workers then take whole batches each, so every image is read once per epoch. Regions of
+    ``region_size`` are placed uniformly; call :meth:`set_epoch` each epoch.
+
+    >>> shapes = [(100, 100, 100)] * 5
+    >>> [i for i, _ in RegionSampler(shapes, 64, seed=0, rank=1, world_size=2)] == \\
+    ...     [i for i, _ in RegionSampler(shapes, 64, seed=0, rank=1, world_size=2)]
+    True
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], region_size: int | Sequence[int] | None, *,
+                 seed: int = 0, shuffle: bool = True, rank: int | None = None, world_size: int | None = None):
+        from loaders.webdataset_stream import node_rank
+
+        self.shapes, self.region_size, self.seed, self.shuffle = list(shapes), region_size, seed, shuffle
+        self.rank, self.world_size = node_rank(rank, world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> np.ndarray:
+        n = len(self.shapes)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        return order[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+    def __iter__(self) -> Iterator[tuple[int, Region | None]]:
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
+        for i in self._indices():
+            region = None if self.region_size is None else random_region(self.shapes[i], self.region_size, rng)
+            yield int(i), region

@@ -1,0 +1,194 @@
+"""Zarr map-style dataset, WebDataset stream stages, collation; on a store of real MRI."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from zarr.storage import LocalStore, WrapperStore
+
+from _store_builder import build_store
+from loaders.collate import collate_volumes, to_device
+from loaders.webdataset_stream import (CorruptShardError, WebDatasetStream, shuffle_samples, split_by_node,
+                                       split_by_worker)
+from loaders.zarr_dataset import RegionSampler, ZarrVolumeDataset
+from openmind_prep.shards import merge_index, write_shards
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, dict, Path]:
+    root = tmp_path_factory.mktemp("loaders")
+    store, written = build_store(root / "store")
+    write_shards(store, root / "wds", shard_size=250_000, progress=False)
+    merge_index(root / "wds")
+    return store, written, root / "wds"
+
+
+def _keys_2x2(make) -> Counter:
+    seen: Counter = Counter()
+    for rank in range(2):
+        for worker in range(2):
+            seen.update(s["key"] for s in make(rank, worker))
+    return seen
+
+
+def test_stream_every_sample_once_per_epoch_2_nodes_x_2_workers(data):
+    store, written, wds = data
+    for epoch in (0, 1):
+        def make(rank, worker):
+            stream = WebDatasetStream(str(wds / "index.json"), seed=3, rank=rank, world_size=2, worker=worker,
+                                      num_workers=2, shuffle_buffer=3)
+            stream.set_epoch(epoch)
+            return stream
+        seen = _keys_2x2(make)
+        assert seen == Counter(list(written)), f"epoch {epoch}: {seen}"
+
+
+def test_stream_samples_equal_store_and_are_deterministic(data):
+    store, written, wds = data
+    first = list(WebDatasetStream(str(wds), seed=5, rank=0, world_size=1, shuffle_buffer=4))
+    again = list(WebDatasetStream(str(wds), seed=5, rank=0, world_size=1, shuffle_buffer=4))
+    other = WebDatasetStream(str(wds), seed=5, rank=0, world_size=1, shuffle_buffer=4)
+    other.set_epoch(1)
+    assert [s["key"] for s in first] == [s["key"] for s in again]
+    assert [s["key"] for s in first] != [s["key"] for s in other]
+    for s in first:
+        np.testing.assert_array_equal(s["image"][0].numpy(), written[s["key"]]["image"])
+        for mask in ("anon_mask", "anat_mask"):
+            if mask in written[s["key"]]:
+                np.testing.assert_array_equal(s[mask][0].numpy(), written[s["key"]][mask])
+            else:
+                assert s[mask] is None
+
+
+def test_stream_regions_are_slices_of_the_volume(data):
+    store, written, wds = data
+    for s in WebDatasetStream(str(wds), region_size=40, seed=1, rank=0, world_size=1):
+        region = tuple(slice(a, b) for a, b in s["meta"]["region"])
+        full = written[s["key"]]["image"]
+        assert s["image"].shape[1:] == tuple(min(40, n) for n in full.shape)
+        np.testing.assert_array_equal(s["image"][0].numpy(), full[region])
+
+
+def test_stage_split_partitions_a_list():
+    urls = [f"s{i}" for i in range(11)]
+    parts = [list(split_by_worker(split_by_node(urls, r, 3), w, 2)) for r in range(3) for w in range(2)]
+    assert sorted(u for p in parts for u in p) == sorted(urls)
+    assert sorted(shuffle_samples(range(50), 7, np.random.default_rng(1))) == list(range(50))
+
+
+def test_too_few_shards_raise_instead_of_idling(data):
+    _, _, wds = data
+    with pytest.raises(ValueError, match="shards cannot feed 16 nodes"):
+        list(WebDatasetStream(str(wds), rank=0, world_size=16))
+
+
+def test_resampled_mode_is_infinite_seeded_and_differs_by_worker(data):
+    _, written, wds = data
+    def keys(worker, seed=0):
+        stream = WebDatasetStream(str(wds), resampled=True, seed=seed, rank=0, world_size=2, worker=worker,
+                                  num_workers=2, samples_per_worker=20, shuffle_buffer=2)
+        return [s["key"] for s in stream]
+    a = keys(0)
+    assert len(a) == 20 and set(a) <= set(written)  # more than one epoch's worth of samples
+    assert a == keys(0) and a != keys(1) and a != keys(0, seed=1)
+
+
+def _corrupt_copy(wds: Path, dest: Path, how: str) -> str:
+    import shutil
+
+    shutil.copytree(wds, dest)
+    index = __import__("json").loads((dest / "index.json").read_text())
+    victim = dest / index["shards"][1]["url"]
+    raw = bytearray(victim.read_bytes())
+    if how == "truncate":
+        raw = raw[: len(raw) // 2 + 100]
+    elif how == "header":
+        raw[:512] = b"\xff" * 512
+    else:  # flip one byte inside a member's data: only the sha256 check sees it
+        raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    return victim.name
+
+
+@pytest.mark.parametrize("how", ["truncate", "header", "flip"])
+def test_corrupt_shard_raises_naming_it_or_is_skipped(data, tmp_path, how):
+    _, written, wds = data
+    name = _corrupt_copy(wds, tmp_path / "wds", how)
+    verify = how == "flip"
+    with pytest.raises(CorruptShardError, match=name):
+        list(WebDatasetStream(str(tmp_path / "wds"), rank=0, world_size=1, verify=verify, shuffle_buffer=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = [s["key"] for s in WebDatasetStream(str(tmp_path / "wds"), rank=0, world_size=1, verify=verify,
+                                                  skip_corrupt=True, shuffle_buffer=0)]
+    assert any(name in str(w.message) for w in caught)
+    index = __import__("json").loads((tmp_path / "wds" / "index.json").read_text())
+    others = {k for s in index["shards"] if s["url"] != name for k in s["keys"]}
+    assert others <= set(got) and len(got) == len(set(got)) and set(got) <= set(written)
+    assert len(got) < len(written)
+
+
+class CountingStore(WrapperStore):
+    """Records every ``get`` (key, byte range); class-level because zarr re-wraps the store on open."""
+
+    gets: list = []
+
+    async def get(self, key, prototype, byte_range=None):
+        CountingStore.gets.append((key, byte_range))
+        return await self._store.get(key, prototype, byte_range)
+
+
+def test_zarr_region_equals_slice_and_reads_only_its_chunks(data):
+    store, written, _ = data
+    ds = ZarrVolumeDataset(store, zarr_store=CountingStore(LocalStore(str(store))), masks=False)
+    i = next(j for j, k in enumerate(ds.keys) if "mni_half" in k)
+    full = written[ds.keys[i]]["image"]
+    np.testing.assert_array_equal(ds[i]["image"][0].numpy(), full)
+    region = (slice(10, 60), slice(70, 117), slice(0, 99))  # z chunk 0, y chunk 1, x chunks 0-1
+    CountingStore.gets.clear()
+    got = ds[i, region]["image"][0].numpy()
+    np.testing.assert_array_equal(got, full[region])
+    chunk_reads = [g for g in CountingStore.gets if "/c/" in g[0] and type(g[1]).__name__ == "RangeByteRequest"]
+    expected = np.prod([len(range(s.start // 64, (s.stop - 1) // 64 + 1)) for s in region])
+    assert len(chunk_reads) == expected == 2  # of the 8 chunks in the shard
+    assert all(type(g[1]).__name__ != "NoneType" for g in CountingStore.gets if "/c/" in g[0])  # no whole-shard read
+
+
+def test_zarr_dataset_validates_keys_and_index(data):
+    store, written, _ = data
+    ds = ZarrVolumeDataset(store)
+    assert len(ds) == len(written) and set(ds.keys) == set(written)  # the failed row is left out
+    with pytest.raises(KeyError, match="no 'ok' image"):
+        ZarrVolumeDataset(store, keys=["nope"])
+    with pytest.raises(IndexError):
+        ds.read(len(ds))
+
+
+def test_dataloaders_with_workers_and_pinned_memory(data):
+    store, written, wds = data
+    ds = ZarrVolumeDataset(store)
+    ds[0]  # zarr threads now run in the parent: the forked workers must still work
+    seen: Counter = Counter()
+    for rank in range(2):  # two simulated nodes, each a DataLoader with 2 forked workers
+        sampler = RegionSampler([ds.shape(i) for i in range(len(ds))], 48, seed=0, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(ds, sampler=sampler, batch_size=2, num_workers=2, pin_memory=True,
+                                             collate_fn=collate_volumes, multiprocessing_context="fork")
+        for batch in loader:
+            seen.update(batch["key"])
+            for key, image, meta in zip(batch["key"], batch["image"], batch["meta"]):
+                region = tuple(slice(a, b) for a, b in meta["region"])
+                np.testing.assert_array_equal(image[0].numpy(), written[key]["image"][region])
+            moved = to_device(batch, "cpu")
+            assert all(t.dtype == torch.float32 and t.dim() == 4 for t in moved["image"])
+    assert seen == Counter(list(written))
+    stream = WebDatasetStream(str(wds), rank=0, world_size=1, region_size=32)
+    loader = torch.utils.data.DataLoader(stream, batch_size=3, num_workers=2, pin_memory=True,
+                                         collate_fn=collate_volumes, multiprocessing_context="fork")
+    keys = [k for batch in loader for k in batch["key"]]
+    assert Counter(keys) == Counter(list(written))
