@@ -1,0 +1,247 @@
+"""nnssl's "onemmiso" preprocessing of one image: read, crop to nonzero, z-score, resample to 1 mm.
+
+The steps and their parity target are in REFERENCE.md §2 (nnssl / nnU-Net v2): read with
+SimpleITK (array in on-disk voxel order z, y, x; spacing ``abs(spacing[::-1])``; no
+reorientation), crop to the box of nonzero voxels, z-score the whole box in float32, new shape
+``round(spacing / target * shape)`` (half to even), cubic resampling with nnU-Net's separate-z
+rule (:mod:`openmind_prep.resample`). Masks follow the order-1 per-label path and stay uint8.
+
+Bad input raises :class:`InputError` naming the file and the reason; the raw NIfTI bytes are
+checked first (:mod:`openmind_prep.nifti_check`) because SimpleITK silently zero-fills truncated
+files and turns NaN/inf into 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from openmind_prep.nifti_check import InputError, check_nifti
+from openmind_prep.resample import resample_image, resample_mask
+
+__all__ = ["InputError", "ImageProps", "CropBox", "PreprocessedCase", "MASK_NAMES", "MASK_COLUMNS",
+           "MASK_FILES", "read_image", "read_mask", "nonzero_box", "new_shape_for", "preprocess_array",
+           "preprocess_mask", "preprocess_case", "set_sitk_threads"]
+
+# Mask name -> CSV column and file name inside `<image stem>__Data/` (the reference swaps these).
+MASK_COLUMNS = {"anon_mask": "anon_mask_path", "anat_mask": "anat_mask_path"}
+MASK_FILES = {"anon_mask": "deface_mask.nii.gz", "anat_mask": "fb_mask.nii.gz"}
+MASK_NAMES = tuple(MASK_COLUMNS)
+
+
+def set_sitk_threads(n: int) -> None:
+    """Set SimpleITK's global (per-process) thread count; call it once in each worker process.
+
+    >>> set_sitk_threads(1)
+    """
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
+
+
+@dataclass(frozen=True)
+class ImageProps:
+    """What the reader records of an image: ``spacing`` and ``shape`` in array order (z, y, x);
+    ``origin`` and ``direction`` (row-major 3×3) as SimpleITK reports them (x, y, z)."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Half-open voxel box in array order (z, y, x): ``bounds[axis] == (start, stop)``.
+
+    Iterating yields the ``(start, stop)`` pairs (nnU-Net's ``bbox`` layout).
+
+    >>> box = CropBox(((1, 4), (0, 2), (2, 3)))
+    >>> box.shape, [list(p) for p in box], np.zeros((5, 5, 5))[box.slices()].shape
+    ((3, 2, 1), [[1, 4], [0, 2], [2, 3]], (3, 2, 1))
+    """
+
+    bounds: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in self.bounds)  # type: ignore[return-value]
+
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in self.bounds)  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.bounds)
+
+
+@dataclass(frozen=True)
+class PreprocessedCase:
+    """One preprocessed image: ``image`` (z-scored, 1 mm, zyx), ``masks`` {name: uint8 array}
+    for the masks that exist, and the geometry needed to map back to the original file."""
+
+    image: np.ndarray
+    masks: dict[str, np.ndarray]
+    props: ImageProps
+    crop_bbox: CropBox
+    shape_before_crop: tuple[int, int, int]
+    new_shape: tuple[int, int, int]
+
+
+def _read_checked(path: Path, max_bytes: int | None) -> tuple[np.ndarray, ImageProps]:
+    check_nifti(path, max_bytes=max_bytes)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO("NiftiImageIO")
+        reader.SetFileName(str(path))
+        image = reader.Execute()
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise InputError(path, f"SimpleITK cannot read it: {reason}") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, "multi-component (vector/RGB) pixels, expected a scalar image")
+    data = sitk.GetArrayFromImage(image)
+    if data.ndim == 4 and data.shape[0] == 1:  # a 4-D header holding one volume
+        data = data[0]
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3-D volume, SimpleITK gave shape {data.shape}")
+    dim = image.GetDimension()
+    spacing = tuple(abs(float(s)) for s in image.GetSpacing()[:3][::-1])
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(path, f"invalid voxel spacing {spacing}")
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    props = ImageProps(spacing=spacing, origin=tuple(float(o) for o in image.GetOrigin()[:3]),
+                       direction=tuple(direction.ravel().tolist()), shape=tuple(int(n) for n in data.shape))
+    return data, props
+
+
+def read_image(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageProps]:
+    """Read a NIfTI image as nnssl does: float32 array in on-disk order (z, y, x) and its props.
+
+    Raises :class:`InputError` for a missing, non-NIfTI, truncated, NaN/inf, multi-volume, empty,
+    badly spaced, too large (``max_bytes``, decoded float32 size) or all-zero image.
+
+    >>> from openmind_prep.sample import mni_template_path  # doctest: +SKIP
+    >>> data, props = read_image(mni_template_path())  # doctest: +SKIP
+    >>> data.dtype, props.shape  # doctest: +SKIP
+    (dtype('float32'), (189, 233, 197))
+    """
+    path = Path(path)
+    data, props = _read_checked(path, max_bytes)
+    data = np.asarray(data, dtype=np.float32)
+    if not data.any():
+        raise InputError(path, "all-zero image (nothing to crop to)")
+    return data, props
+
+
+def read_mask(path: str | Path, *, max_bytes: int | None = None) -> np.ndarray:
+    """Read a mask file as a uint8 label volume (z, y, x); values must be integers in 0..255.
+
+    >>> read_mask("missing_mask.nii.gz")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    openmind_prep.nifti_check.InputError: missing_mask.nii.gz: file not found
+    """
+    path = Path(path)
+    data, _ = _read_checked(path, max_bytes)
+    labels = np.unique(data)
+    if labels[0] < 0 or labels[-1] > 255 or not np.array_equal(labels, np.round(labels)):
+        bad = [float(v) for v in labels if v < 0 or v > 255 or v != np.round(v)][:3]
+        raise InputError(path, f"mask values must be integer labels in 0..255, found {bad}")
+    return data.astype(np.uint8)
+
+
+def nonzero_box(data: np.ndarray) -> CropBox:
+    """Bounding box of the nonzero voxels (equal to the box of nnU-Net's hole-filled mask).
+
+    >>> d = np.zeros((4, 5, 6)); d[1, 2:4, 3] = 7
+    >>> nonzero_box(d).bounds
+    ((1, 2), (2, 4), (3, 4))
+    """
+    nonzero = data != 0
+    bounds = []
+    for axis in range(3):
+        hit = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+        if len(hit) == 0:
+            raise ValueError("all-zero volume has no nonzero box")
+        bounds.append((int(hit[0]), int(hit[-1]) + 1))
+    return CropBox(tuple(bounds))  # type: ignore[arg-type]
+
+
+def new_shape_for(shape: tuple[int, ...], spacing: tuple[float, ...], target_spacing: float = 1.0) -> tuple[int, ...]:
+    """nnU-Net's target shape ``round(spacing / target * shape)`` (Python round: half to even).
+
+    >>> new_shape_for((103, 100, 100), (1.5, 1.0, 1.0))
+    (154, 100, 100)
+    """
+    return tuple(int(round(float(s) / float(target_spacing) * int(n))) for s, n in zip(spacing, shape))
+
+
+def preprocess_array(data: np.ndarray, spacing: tuple[float, float, float],
+                     target_spacing: float = 1.0) -> tuple[np.ndarray, CropBox]:
+    """Crop to nonzero, z-score (float32, whole box) and resample to ``target_spacing`` mm.
+
+    >>> d = np.zeros((6, 8, 8), np.float32); d[1:5, 2:6, 2:6] = np.arange(64).reshape(4, 4, 4)
+    >>> out, box = preprocess_array(d, (2.0, 1.0, 1.0))
+    >>> out.shape, box.bounds, out.dtype
+    ((8, 4, 4), ((1, 5), (2, 6), (2, 6)), dtype('float32'))
+    """
+    box = nonzero_box(data)
+    image = np.array(data[box.slices()], dtype=np.float32)
+    mean, std = image.mean(), image.std()
+    image -= mean
+    image /= max(std, 1e-8)
+    target = (float(target_spacing),) * 3
+    shape = new_shape_for(image.shape, spacing, target_spacing)
+    return resample_image(image, shape, spacing, target), box
+
+
+def preprocess_mask(mask: np.ndarray, crop: CropBox, spacing: tuple[float, float, float],
+                    new_shape: tuple[int, int, int], *, image_shape: tuple[int, ...] | None = None,
+                    source: str | Path = "<mask>", target_spacing: float = 1.0) -> np.ndarray:
+    """Crop a uint8 mask with the image's box and resample it (order 1 per label) to ``new_shape``.
+
+    ``image_shape`` (the uncropped image's shape) is checked when given: a mask of another shape
+    raises :class:`InputError` naming ``source``.
+
+    >>> m = np.zeros((6, 8, 8), np.uint8); m[2:4, 3:5, 3:5] = 1
+    >>> preprocess_mask(m, CropBox(((1, 5), (2, 6), (2, 6))), (2.0, 1.0, 1.0), (8, 4, 4)).shape
+    (8, 4, 4)
+    """
+    if image_shape is not None and tuple(mask.shape) != tuple(image_shape):
+        raise InputError(source, f"mask shape {tuple(mask.shape)} differs from the image's {tuple(image_shape)}")
+    cropped = np.ascontiguousarray(mask[crop.slices()], dtype=np.uint8)
+    return resample_mask(cropped, new_shape, spacing, (float(target_spacing),) * 3)
+
+
+def preprocess_case(image_path: str | Path, masks: Mapping[str, str | Path | None] | None = None, *,
+                    dtype: type | np.dtype = np.float16, max_bytes: int | None = None,
+                    target_spacing: float = 1.0) -> PreprocessedCase:
+    """Preprocess one image and its masks (``anon_mask`` = deface_mask, ``anat_mask`` = fb_mask).
+
+    ``None`` mask paths mean "no mask" and are left out of ``PreprocessedCase.masks``.
+
+    >>> case = preprocess_case("sub-01_T1w.nii.gz", {"anat_mask": None})  # doctest: +SKIP
+    >>> case.image.dtype, sorted(case.masks)  # doctest: +SKIP
+    (dtype('float16'), [])
+    """
+    image_path = Path(image_path)
+    masks = dict(masks or {})
+    unknown = set(masks) - set(MASK_NAMES)
+    if unknown:
+        raise ValueError(f"unknown mask names {sorted(unknown)}; expected {MASK_NAMES}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float16, np.float32):
+        raise ValueError(f"dtype must be float16 or float32, got {dtype}")
+    data, props = read_image(image_path, max_bytes=max_bytes)
+    image, box = preprocess_array(data, props.spacing, target_spacing)
+    out_masks = {}
+    for name, mask_path in masks.items():
+        if mask_path is None or str(mask_path) == "":
+            continue
+        mask = read_mask(mask_path, max_bytes=max_bytes)
+        out_masks[name] = preprocess_mask(mask, box, props.spacing, image.shape, image_shape=data.shape,
+                                          source=mask_path, target_spacing=target_spacing)
+    return PreprocessedCase(image=image.astype(dtype, copy=False), masks=out_masks, props=props,
+                            crop_bbox=box, shape_before_crop=props.shape,
+                            new_shape=tuple(image.shape))  # type: ignore[arg-type]
