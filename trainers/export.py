@@ -1,0 +1,110 @@
+"""Export a pretrained backbone in nnssl's checkpoint format, with its adaptation plan.
+
+nnssl saves ``{"network_weights": state_dict, "nnssl_adaptation_plan": plan, ...}`` and nnU-Net's
+pretrained-weights fine-tuning (``nnUNetv2_preprocess_like_nnssl`` and ``PretrainedTrainer`` of the
+nnssl-aware nnU-Net) reads exactly these fields: the plan names the architecture
+(``architecture_plans.arch_class_name``, ``"ResEncL"`` / ``"PrimusM"`` built from its own registry,
+or ``"ResidualEncoderUNet"`` plus ``arch_kwargs``), the pretraining spacing and patch size
+(``pretrain_plan.configurations.<name>``), the number of input channels and where encoder, stem,
+input projection and learnable positional embedding live in ``network_weights``. The weights are
+the backbone's full state dict (encoder + decoder), so plain nnU-Net ``load_pretrained_weights``
+also accepts them (every key but ``seg_layers`` present with its shape).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["adaptation_plan", "nnssl_checkpoint", "save_nnssl_checkpoint"]
+
+_ARCH_CLASS = {"resenc-l": "ResEncL", "primus-m": "PrimusM", "tiny": "ResidualEncoderUNet"}
+
+
+def _dotted(value: Any) -> Any:
+    """Module classes as nnssl serialises them ("torch.nn.modules.conv.Conv3d"); other values unchanged."""
+    return f"{value.__module__}.{value.__name__}" if isinstance(value, type) else value
+
+
+def _arch_plans(arch: str) -> dict:
+    if arch not in _ARCH_CLASS:
+        raise ValueError(f"cannot export architecture {arch!r}; choose one of {sorted(_ARCH_CLASS)}")
+    if arch != "tiny":
+        return {"arch_class_name": _ARCH_CLASS[arch], "arch_kwargs": None, "arch_kwargs_requiring_import": None}
+    from trainers.networks import TINY_KWARGS
+
+    kwargs = {k: _dotted(v) for k, v in TINY_KWARGS.items()}
+    return {"arch_class_name": "ResidualEncoderUNet", "arch_kwargs": kwargs,
+            "arch_kwargs_requiring_import": [k for k, v in TINY_KWARGS.items() if isinstance(v, type)]}
+
+
+def adaptation_plan(arch: str, patch_size: Sequence[int], *, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                    in_channels: int = 1, dataset_name: str = "Dataset001_OpenMind",
+                    downstream_patch_size: Sequence[int] = (160, 160, 160)) -> dict:
+    """The serialised ``AdaptationPlan`` nnssl stores in its checkpoints, for our ``arch``.
+
+    >>> p = adaptation_plan("resenc-l", (128, 128, 128))
+    >>> p["architecture_plans"]["arch_class_name"], p["key_to_encoder"], p["key_to_stem"]
+    ('ResEncL', 'encoder.stages', 'encoder.stem')
+    >>> adaptation_plan("primus-m", (160, 160, 160))["key_to_lpe"]
+    'eva.pos_embed'
+    """
+    if arch == "primus-m":
+        keys = {"key_to_encoder": "eva", "key_to_stem": "down_projection",
+                "keys_to_in_proj": ["down_projection.proj"], "key_to_lpe": "eva.pos_embed"}
+    else:
+        keys = {"key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
+                "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"],
+                "key_to_lpe": None}
+    configuration = {
+        "data_identifier": "nnsslPlans_onemmiso", "preprocessor_name": "DefaultPreprocessor",
+        "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"] * in_channels,
+        "use_mask_for_norm": [False] * in_channels, "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_mask": "resample_data_or_seg_to_shape",
+        "resampling_fn_mask_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "spacing": [float(s) for s in spacing], "patch_size": [int(p) for p in patch_size],
+    }
+    pretrain_plan = {
+        "dataset_name": dataset_name, "plans_name": "nnsslPlans",
+        "original_median_spacing_after_transp": [float(s) for s in spacing],
+        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "configurations": {"onemmiso": configuration}, "experiment_planner_used": "openmind-prep trainers.cva",
+    }
+    return {"architecture_plans": _arch_plans(arch), "pretrain_plan": pretrain_plan,
+            "pretrain_num_input_channels": in_channels,
+            "recommended_downstream_patchsize": [int(p) for p in downstream_patch_size], **keys}
+
+
+def nnssl_checkpoint(backbone: nn.Module, arch: str, patch_size: Sequence[int], config: dict | None = None,
+                     **plan_kwargs: Any) -> dict:
+    """The checkpoint dict: CPU ``network_weights``, ``nnssl_adaptation_plan`` and our run config.
+
+    >>> from trainers.networks import tiny
+    >>> ck = nnssl_checkpoint(tiny(), "tiny", (32, 32, 32))
+    >>> sorted(ck)[:2], "encoder.stem.convs.0.conv.weight" in ck["network_weights"]
+    (['citations', 'init_args'], True)
+    """
+    weights = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
+               for k, v in backbone.state_dict().items()}
+    return {
+        "network_weights": weights,
+        "nnssl_adaptation_plan": adaptation_plan(arch, patch_size, **plan_kwargs),
+        "trainer_name": "trainers.cva",
+        "init_args": dict(config or {}),
+        "citations": ["Consistent View Alignment (MICCAI 2025 SSL3D challenge)", "nnssl (MIC-DKFZ)"],
+    }
+
+
+def save_nnssl_checkpoint(path: str | Path, backbone: nn.Module, arch: str, patch_size: Sequence[int],
+                          config: dict | None = None, **plan_kwargs: Any) -> Path:
+    """Write :func:`nnssl_checkpoint` to ``path`` (atomically: temp file, then rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(nnssl_checkpoint(backbone, arch, patch_size, config, **plan_kwargs), tmp)
+    tmp.replace(path)
+    return path
