@@ -198,13 +198,26 @@ def preprocess(src_root: Path, store: Path, selection: Selection, cluster: Clust
               help="Inner chunk edge in voxels (all chunks of an array sit in one shard file).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per Dask task.")
+@click.option("--format", "formats", default="zarr", show_default=True,
+              type=click.Choice(["zarr", "zarr,webdataset"]),
+              help="Also write WebDataset tar shards (openmind_prep.shards) into --shards.")
+@click.option("--shards", "shards_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Shard folder for --format zarr,webdataset [default: <out>-wds].")
+@click.option("--shard-size", default="1GB", show_default=True, help="Target bytes per tar shard.")
 @selection_options
 @cluster_options
-def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_size: int,
-                       selection: Selection, cluster: ClusterConfig) -> None:
+def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_size: int, formats: str,
+                       shards_dir: Path | None, shard_size: str, selection: Selection,
+                       cluster: ClusterConfig) -> None:
     """Preprocess SRC (OpenMind repo layout) into the Zarr store --out with onemmiso (nnssl-exact)."""
     options = PreprocessOptions(dtype=dtype, chunks=chunks)
     records, rows, table = preprocess(src, store, selection, cluster, options, batch_size=batch_size)
+    if "webdataset" in formats:  # shards of every ok image (resumable: finished shards are kept)
+        from openmind_prep.shards import merge_index, parse_size, write_shards
+
+        shards_dir = shards_dir or Path(store).with_name(Path(store).name + "-wds")
+        write_shards(store, shards_dir, shard_size=parse_size(shard_size), rows=table.to_pylist())
+        click.echo(f"webdataset: {merge_index(shards_dir)['samples']} samples in {shards_dir}")
     manifest = {r["image_path"]: r for r in table.to_pylist()}
     selected = [manifest.get(r.image_path) for r in records]
     failed = [r for r in selected if r is None or r["status"] != OK]

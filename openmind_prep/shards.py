@@ -217,11 +217,13 @@ def read_fragment(out: Path, prefix: str) -> list[ShardInfo]:
 
 def write_shards(
     store: Path, out: Path, *, shard_size: int = 10**9, keys: Sequence[str] | None = None,
-    prefix: str = "shard", progress: bool = True,
+    rows: Sequence[dict] | None = None, prefix: str = "shard", progress: bool = True,
 ) -> list[ShardInfo]:
     """Write the store's ``ok`` images (or only ``keys``, group keys) as tar shards; resumable.
 
-    Returns this prefix's shards. Call :func:`merge_index` afterwards (``shard`` does).
+    ``rows`` (manifest rows, e.g. one preprocess batch's) replaces reading the manifest; give
+    each batch its own ``prefix`` (:func:`batch_prefix`). Returns this prefix's shards. Call
+    :func:`merge_index` afterwards (the ``shard`` and ``preprocess`` commands do).
 
     >>> import tempfile, numpy as np
     >>> from openmind_prep import manifest, store as st
@@ -240,7 +242,9 @@ def write_shards(
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
         raise ValueError(f"shard prefix {prefix!r}: use letters, digits, '_', '-', '.' only")
     (out / INDEX_DIR).mkdir(parents=True, exist_ok=True)
-    rows = [r for r in read_manifest(store).to_pylist() if r["status"] == OK]
+    if rows is None:  # a preprocess batch passes its own rows: no manifest read per batch
+        rows = read_manifest(store).to_pylist()
+    rows = [r for r in rows if r["status"] == OK]
     if keys is not None:
         wanted = set(keys)
         rows = [r for r in rows if r["zarr_path"].rsplit("/", 1)[0] in wanted]
@@ -263,6 +267,16 @@ def write_shards(
         if re.fullmatch(rf"{re.escape(prefix)}-\d{{6}}\.tar", stale.name) and stale.name not in current:
             stale.unlink()
     return shards
+
+
+def batch_prefix(rows: Sequence[dict]) -> str:
+    """A stable shard prefix for one preprocess batch (same images → same prefix → resumable).
+
+    >>> batch_prefix([{"image_path": "a.nii.gz"}]) == batch_prefix([{"image_path": "a.nii.gz"}])
+    True
+    """
+    digest = hashlib.sha1("\n".join(sorted(r["image_path"] for r in rows)).encode()).hexdigest()
+    return f"batch-{digest[:12]}"
 
 
 def merge_index(out: Path) -> dict:

@@ -133,3 +133,21 @@ def test_cli_shard_command(store, tmp_path):
     member = io.BytesIO((tmp_path / "o" / index["shards"][0]["url"]).read_bytes())
     with tarfile.open(fileobj=member) as tar:
         assert all(i.mtime == 0 for i in tar)
+
+
+def test_preprocess_format_webdataset_writes_shards_of_the_store(sample_tree, tmp_path):
+    from openmind_prep.preprocess import preprocess_command
+
+    store = tmp_path / "store"
+    result = CliRunner().invoke(preprocess_command, [str(sample_tree), "--out", str(store), "--format",
+                                                     "zarr,webdataset", "--workers", "1", "--threads-only"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "store-wds" / "index.json").read_text())
+    ok = [r for r in read_manifest(store).to_pylist() if r["status"] == "ok"]
+    assert index["samples"] == len(ok) > 0
+    samples = {k: v for s in index["shards"] for k, v in _read_tar(tmp_path / "store-wds" / s["url"]).items()}
+    for row in ok:
+        key = row["zarr_path"].rsplit("/", 1)[0]
+        decoded = decode_array(samples[key]["image.zshard"])[...]
+        np.testing.assert_array_equal(decoded, image_array(store, row["zarr_path"])[...])
+        assert "sha256:" + hashlib.sha256(decoded.tobytes()).hexdigest() == row["checksum"]
