@@ -18,6 +18,7 @@ def _register() -> None:
     from openmind_prep.hub import download_command
     from openmind_prep.preprocess import preprocess_command
     from openmind_prep.sample import sample_command
+    from openmind_prep.stream import run_command
     from openmind_prep.verify import verify_command
     from openmind_prep.show import show_command
     from openmind_prep.shards import shard_command
@@ -26,6 +27,7 @@ def _register() -> None:
     main.add_command(download_command)
     main.add_command(preprocess_command)
     main.add_command(sample_command)
+    main.add_command(run_command)
     main.add_command(verify_command)
     main.add_command(show_command)
     main.add_command(shard_command)

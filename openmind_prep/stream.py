@@ -1,0 +1,307 @@
+"""``openmind-prep run``: stream download → preprocess → write → delete raw, under a raw-bytes bound.
+
+Raw OpenMind is several TB; most labs cannot hold it next to the preprocessed store. ``run``
+keeps at most ``--max-raw-gb`` of image and mask bytes (complete or partial) in its work folder:
+
+    downloader thread:  reserve the batch's bytes (blocks while over the bound) → fetch + verify
+    main thread:        take every batch fetched so far → ``run_preprocess`` on the Dask client
+                        (the same code as ``openmind-prep preprocess``) → delete their raw files
+                        (unless ``--keep-raw``) → release their bytes → merge the manifest
+
+so downloads of the next batches overlap preprocessing of the current ones. The bound is exact
+because sizes are known before any byte is written (lock / paths-info). A file that cannot be
+fetched gives its image a ``failed`` manifest row naming the file. Images already ``ok`` in the
+store are skipped before anything is downloaded, so a killed run resumes. ``--source DIR`` runs
+the same on a local folder with the repo layout (files are copied in, processed, deleted).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import click
+
+from openmind_prep.cluster import ClusterConfig, cluster_options
+from openmind_prep.hub import DownloadError, HubRepo, RemoteFile, download_files, repo_options
+from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
+from openmind_prep.selection import Selection, selection_options
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image with the files it needs (image first, then masks), repo-relative."""
+
+    record: ImageRecord
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def plan_batches(items: Sequence[Item], batch_size: int, max_bytes: int) -> list[list[Item]]:
+    """Greedy batches in order: at most ``batch_size`` images and ``max_bytes // 2`` bytes each
+    (so one batch can download while another is processed); a bigger image goes alone.
+
+    >>> its = [Item(None, (RemoteFile(str(i), n, None, ""),)) for i, n in enumerate([4, 4, 9, 1])]
+    >>> [[i.files[0].path for i in b] for b in plan_batches(its, batch_size=8, max_bytes=16)]
+    [['0', '1'], ['2'], ['3']]
+    """
+    too_big = [i for i in items if i.bytes > max_bytes]
+    if too_big:
+        i = too_big[0]
+        raise click.UsageError(f"{i.files[0].path} needs {i.bytes / 1e9:.3f} GB with its masks, more than "
+                               f"--max-raw-gb {max_bytes / 1e9:g}")
+    batches: list[list[Item]] = []
+    current: list[Item] = []
+    for item in items:
+        if current and (len(current) == batch_size or sum(i.bytes for i in current) + item.bytes > max_bytes // 2):
+            batches.append(current)
+            current = []
+        current.append(item)
+    return batches + ([current] if current else [])
+
+
+class ByteBudget:
+    """Reserved raw bytes, bounded by ``limit``: ``acquire`` blocks until the bytes fit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, stop: threading.Event) -> bool:
+        with self._cond:
+            while self.used + n > self.limit and not stop.is_set():
+                self._cond.wait(0.2)
+            if stop.is_set():
+                return False
+            self.used += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+Fetch = Callable[[list[RemoteFile]], dict[str, str]]  # files → {path: error} for the failures
+
+
+def hub_fetcher(repo: HubRepo, commit: str, work: Path, workers: int) -> Fetch:
+    """Fetch + verify from the hub (see :mod:`openmind_prep.hub`)."""
+    def fetch(files: list[RemoteFile]) -> dict[str, str]:
+        report = download_files(repo, commit, files, work, workers=workers, batch_size=1, progress=False)
+        return dict(report.failed)
+
+    return fetch
+
+
+def local_fetcher(source: Path, work: Path) -> Fetch:
+    """Copy from a local tree with the repo layout (temp file + rename, size checked)."""
+    def fetch(files: list[RemoteFile]) -> dict[str, str]:
+        failed = {}
+        for f in files:
+            dest = work / f.path
+            tmp = dest.with_name(dest.name + ".part")
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / f.path, tmp)
+                if tmp.stat().st_size != f.size:
+                    raise OSError(f"size changed while copying ({tmp.stat().st_size} != {f.size} bytes)")
+                os.replace(tmp, dest)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                failed[f.path] = f"{source / f.path}: {e}"
+        return failed
+
+    return fetch
+
+
+def _failed_row(record: ImageRecord, error: str) -> dict:
+    from openmind_prep.manifest import empty_row
+
+    row = empty_row(record.image_path)
+    row.update(modality=record.modality, dataset=record.dataset, subject=record.subject,
+               session=record.session, image_quality_score=record.image_quality_score, error=error)
+    return row
+
+
+def _delete_raw(work: Path, item: Item) -> None:
+    for f in item.files:
+        path = work / f.path
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        while parent != work and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+
+def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client, options, *,
+           max_raw_bytes: int, keep_raw: bool = False, batch_size: int = 8,
+           on_fetched: Callable[[], None] | None = None, progress: bool = True) -> list[dict]:
+    """Fetch, preprocess and delete ``items`` batch by batch; returns this run's manifest rows.
+
+    ``on_fetched`` is called after each batch is fetched (tests sample the raw bytes there).
+    """
+    from tqdm.auto import tqdm
+
+    from openmind_prep.manifest import merge_manifest, write_fragment
+    from openmind_prep.preprocess import pending, run_preprocess
+    from openmind_prep.store import create_store
+
+    work, store = Path(work), create_store(Path(store))
+    todo_paths = {r.image_path for r in pending([i.record for i in items], store)}
+    todo = [i for i in items if i.record.image_path in todo_paths]
+    budget = ByteBudget(max_raw_bytes if not keep_raw else 1 << 62)
+    ready: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def downloader() -> None:
+        try:
+            for batch in plan_batches(todo, batch_size, budget.limit):
+                if not budget.acquire(sum(i.bytes for i in batch), stop):
+                    return
+                failed = fetch([f for i in batch for f in i.files])
+                if on_fetched is not None:
+                    on_fetched()
+                ready.put((batch, failed))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            ready.put(e)
+        finally:
+            ready.put(None)
+
+    thread = threading.Thread(target=downloader, name="openmind-prep-fetch", daemon=True)
+    thread.start()
+    rows: list[dict] = []
+    finished = False
+    with tqdm(total=len(todo), unit="img", desc="run", disable=not progress) as bar:
+        try:
+            while not finished:
+                got = [ready.get()]
+                while not ready.empty():
+                    got.append(ready.get())
+                if any(isinstance(g, BaseException) for g in got):
+                    raise next(g for g in got if isinstance(g, BaseException))
+                finished = any(g is None for g in got)
+                batches = [g for g in got if g is not None]
+                if not batches:
+                    continue
+                fetched, lost = [], []
+                for batch, failed in batches:
+                    for item in batch:
+                        errors = [failed[f.path] for f in item.files if f.path in failed]
+                        (lost if errors else fetched).append((item, "; ".join(errors)))
+                if lost:
+                    lost_rows = [_failed_row(item.record, error) for item, error in lost]
+                    write_fragment(store, lost_rows)
+                    rows.extend(lost_rows)
+                if fetched:
+                    rows.extend(run_preprocess([i.record for i, _ in fetched], work, store, client, options,
+                                               batch_size=batch_size, progress=False))
+                for batch, _ in batches:
+                    for item in batch:
+                        if not keep_raw:
+                            _delete_raw(work, item)
+                    budget.release(sum(i.bytes for i in batch))
+                merge_manifest(store)
+                bar.update(len(fetched) + len(lost))
+        finally:
+            stop.set()
+            thread.join()
+    return rows
+
+
+def hub_items(repo: HubRepo, selection: Selection, work: Path, lock_file: Path | None,
+              workers: int) -> tuple[list[Item], Fetch]:
+    """Resolve (or read) the lock against the hub; the items to process and how to fetch them."""
+    from openmind_prep.lockfile import Lock, fetch_metadata, group_files, records_of, resolve_lock
+
+    if lock_file is not None:
+        lock = Lock.read(lock_file)
+        repo = HubRepo(lock.repo, lock.commit, repo.endpoint, repo.token, repo.policy)
+        full_csv = fetch_metadata(repo, lock.commit, work, lock.metadata)
+    else:
+        lock = resolve_lock(repo, selection, work, progress=True)
+        full_csv = fetch_metadata(repo, lock.commit, work, lock.metadata)
+    items = [Item(r, tuple(files)) for r, files in group_files(lock, records_of(lock, full_csv))]
+    return items, hub_fetcher(repo, lock.commit, work, workers)
+
+
+def source_items(source: Path, selection: Selection, work: Path) -> tuple[list[Item], Fetch]:
+    """The selected images of a local tree with the repo layout; missing files are named."""
+    records = selection.apply(read_metadata(source / METADATA_CSV))
+    items = []
+    for r in records:
+        paths = [f"{IMAGES_DIR}/{p}" for p in r.files()]
+        missing = [p for p in paths if not (source / p).is_file()]
+        if missing:
+            raise click.ClickException(f"{source / missing[0]}: listed in {METADATA_CSV} but not found")
+        items.append(Item(r, tuple(RemoteFile(p, (source / p).stat().st_size, None, "") for p in paths)))
+    return items, local_fetcher(source, work)
+
+
+@click.command("run")
+@repo_options
+@click.option("--source", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="A local folder with the repo layout instead of the hub (--repo is then ignored).")
+@click.option("--out", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The Zarr v3 store to write (created; re-running resumes).")
+@click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where raw files wait for preprocessing. Default: <STORE>.raw next to the store.")
+@click.option("--max-raw-gb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Bound on image + mask bytes (complete or partial) in --work at any time.")
+@click.option("--keep-raw", is_flag=True, help="Keep the raw files (then --max-raw-gb does not apply).")
+@click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Replay a lock file (exact commit and files) instead of resolving a selection.")
+@click.option("--download-workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Concurrent downloads.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Stored image dtype (as in preprocess).")
+@click.option("--chunks", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Inner chunk edge in voxels (as in preprocess).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images per download batch and per Dask task.")
+@selection_options
+@cluster_options
+def run_command(repo: str, revision: str, endpoint: str | None, source: Path | None, store: Path,
+                work: Path | None, max_raw_gb: float, keep_raw: bool, lock_file: Path | None,
+                download_workers: int, dtype: str, chunks: int, batch_size: int, selection: Selection,
+                cluster: ClusterConfig) -> None:
+    """Download (or copy from --source), preprocess and delete raw files in a stream, keeping at
+    most --max-raw-gb of raw bytes on disk; writes the same store as download + preprocess."""
+    from openmind_prep.cluster import dask_client
+    from openmind_prep.manifest import OK, merge_manifest
+    from openmind_prep.preprocess import PreprocessOptions
+
+    work = Path(work) if work else Path(store).with_name(Path(store).name + ".raw")
+    work.mkdir(parents=True, exist_ok=True)
+    if lock_file is not None and selection != Selection():
+        raise click.UsageError("--lock replays a fixed file list; drop the selection options")
+    try:
+        if source is not None:
+            if lock_file is not None:
+                raise click.UsageError("--lock applies to the hub, not to --source")
+            items, fetch = source_items(Path(source), selection, work)
+        else:
+            items, fetch = hub_items(HubRepo(repo, revision, endpoint), selection, work, lock_file, download_workers)
+    except (DownloadError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    options = PreprocessOptions(dtype=dtype, chunks=chunks)
+    with dask_client(cluster) as client:
+        rows = stream(items, fetch, work, store, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
+                      keep_raw=keep_raw, batch_size=batch_size)
+    manifest = {r["image_path"]: r for r in merge_manifest(store).to_pylist()}
+    failed = [manifest.get(i.record.image_path) or {"error": f"{i.record.image_path}: no row"}
+              for i in items if (manifest.get(i.record.image_path) or {}).get("status") != OK]
+    click.echo(f"{len(items)} selected: {len(items) - len(failed)} ok ({len(items) - len(rows)} already done), "
+               f"{len(failed)} failed; manifest: {Path(store) / 'manifest.parquet'}")
+    for row in failed[:20]:
+        click.echo(f"  FAILED {row['error']}", err=True)
+    if failed:
+        raise SystemExit(1)
