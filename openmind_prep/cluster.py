@@ -105,7 +105,7 @@ def dask_client(config: ClusterConfig) -> Iterator["distributed.Client"]:  # noq
     elif config.kind == "local":
         cluster = LocalCluster(n_workers=config.n_workers, threads_per_worker=1,
                                processes=config.processes, memory_limit=config.memory_limit,
-                               dashboard_address=None)
+                               dashboard_address=":0")  # any free port: runs side by side
         client = Client(cluster)
     else:
         raise ValueError(f"unknown cluster kind {config.kind!r} (local | slurm)")
