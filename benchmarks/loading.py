@@ -1,0 +1,185 @@
+"""Region reads per CPU-second and bytes per volume: our Zarr store and WebDataset shards vs nnssl's blosc2.
+
+The same real volumes (the embedded default, preprocessed by ``openmind_prep.preprocess``) are
+stored three ways:
+
+* ours, Zarr: float16, 64³ chunks in one shard per array, blosc zstd(5) + bitshuffle; a training
+  sample reads the 160³ patch region through ``ZarrVolumeDataset`` (arrays re-opened per read);
+* ours, WebDataset: the same arrays inside tar shards (``zshard``); ``WebDatasetStream`` with
+  ``region_size=160`` reads each sample from the tar and decodes only the region's chunks;
+* reference (nnssl): the float32 store of the same preprocessing, written like nnssl's
+  ``nnSSLDatasetBlosc2.save_case`` (shape ``(1, z, y, x)``, blosc2 ZSTD clevel 8, default filter,
+  block/chunk sizes from nnssl's ``comp_blosc2_params`` rule for patch 160, re-implemented in
+  :func:`nnssl_blocks_chunks`), read like its data loader: ``blosc2.open(..., dparams
+  {"nthreads": 1}, mmap_mode="r")`` per sample, then the 257³ region (clipped to the volume).
+
+Single process; zarr limited to one codec thread; rates are samples per CPU-second of the process
+(all threads), i.e. per core. Run with the benchmark venv (blosc2 + zarr; see README):
+
+    PYTHONPATH=. .venv-bench/bin/python benchmarks/loading.py [--reads 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PATCH, REF_REGION = 160, 257
+
+
+def nnssl_blocks_chunks(image_size: tuple[int, ...], patch: tuple[int, ...], itemsize: int,
+                        l1: int = 32768, l3: int = 1441792, safety: float = 0.8) -> tuple[tuple, tuple]:
+    """nnssl's blosc2 (block, chunk) rule: blocks start at 2^floor(log2(patch/2)) and halve the axis
+    furthest above its patch share until they fit 80% of L1; chunks then grow by whole blocks along
+    the axis least grown until they fill 80% of L3 (per core of an old Xeon: 32 KiB, 1.375 MiB)."""
+    size, patch = np.array(image_size), np.array(patch)
+    block = np.array([size[0], *[2 ** max(0, math.floor(math.log2(p / 2))) for p in patch]])
+    while block.prod() * itemsize > l1 * safety and not (block == size).all():
+        for axis in np.argsort(block[1:] / patch)[::-1] + 1:
+            if block[axis] != 1 and block[axis] != size[axis]:
+                break
+        block[axis] = min(2 ** max(0, math.floor(math.log2(block[axis] - 1))), size[axis])
+    chunk = block.copy()
+    while chunk.prod() * itemsize < l3 * safety and not (chunk == size).all():
+        for axis in np.argsort(chunk[1:] / block[1:]) + 1:
+            if chunk[axis] != size[axis] and patch[axis - 1] != 1:
+                break
+        chunk[axis] = min(chunk[axis] + block[axis], size[axis])
+    return tuple(int(b) for b in block), tuple(int(c) for c in chunk)
+
+
+def build_stores(work: Path) -> tuple[Path, Path]:
+    """Preprocess the embedded default twice (float16: ours, float32: the reference's values)."""
+    from openmind_prep.manifest import merge_manifest
+    from openmind_prep.metadata import METADATA_CSV, read_metadata
+    from openmind_prep.preprocess import PreprocessOptions, process_batch
+    from openmind_prep.sample import build_sample_tree
+    from openmind_prep.store import create_store
+
+    src = build_sample_tree(work / "src")
+    records = read_metadata(src / METADATA_CSV)
+    stores = []
+    for dtype in ("float16", "float32"):
+        store = create_store(work / f"store_{dtype}")
+        process_batch(records, src, store, PreprocessOptions(dtype=dtype))
+        merge_manifest(store)
+        stores.append(store)
+    return stores[0], stores[1]
+
+
+def write_reference(store32: Path, rows: list[dict], out: Path) -> list[Path]:
+    import blosc2
+
+    from openmind_prep.store import image_array
+
+    blosc2.set_nthreads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, row in enumerate(rows):
+        data = np.ascontiguousarray(image_array(store32, row["zarr_path"])[...][None], dtype=np.float32)
+        blocks, chunks = nnssl_blocks_chunks(data.shape, (PATCH,) * 3, data.itemsize)
+        path = out / f"case{i}.b2nd"
+        blosc2.asarray(data, urlpath=str(path), chunks=chunks, blocks=blocks, mode="w",
+                       cparams={"codec": blosc2.Codec.ZSTD, "clevel": 8})
+        paths.append(path)
+    return paths
+
+
+def timed(fn, n: int) -> tuple[float, float]:
+    """(samples per CPU-second, samples per wall-second) of n calls."""
+    fn(0)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(n):
+        fn(i)
+    return n / (time.process_time() - cpu), n / (time.perf_counter() - wall)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reads", type=int, default=30, help="Region reads per method (more: steadier rates).")
+    parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temp dir).")
+    args = parser.parse_args()
+
+    import blosc2
+    import zarr
+
+    from loaders import WebDatasetStream, ZarrVolumeDataset
+    from openmind_prep.manifest import read_manifest
+    from openmind_prep.shards import merge_index, write_shards
+
+    zarr.config.set({"threading.max_workers": 1})
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_loading_"))
+    store16, store32 = build_stores(work)
+    rows = [r for r in read_manifest(store16).to_pylist() if r["status"] == "ok"]
+    rows32 = {r["image_path"]: r for r in read_manifest(store32).to_pylist()}
+    ref_paths = write_reference(store32, [rows32[r["image_path"]] for r in rows], work / "reference")
+    write_shards(store16, work / "wds", shard_size=10**9, progress=False)
+    index = merge_index(work / "wds")
+    shapes = [tuple(r["shape"]) for r in rows]
+    print(f"{len(rows)} real volumes (embedded default, onemmiso 1 mm): shapes {shapes}")
+
+    rng = np.random.default_rng(0)
+    ds = ZarrVolumeDataset(store16, masks=False)
+
+    def region(shape, size):
+        starts = [int(rng.integers(0, max(n - size, 0) + 1)) for n in shape]
+        return tuple(slice(a, min(a + size, n)) for a, n in zip(starts, shape))
+
+    def ours_zarr(i):
+        ds._open.clear()  # cold: open the array per read, like the reference opens its file
+        k = i % len(ds)
+        return ds[k, region(ds.shape(k), PATCH)]
+
+    def reference(i):
+        k = i % len(ref_paths)
+        arr = blosc2.open(urlpath=str(ref_paths[k]), mode="r", dparams={"nthreads": 1}, mmap_mode="r")
+        return arr[(slice(0, 1), *region(arr.shape[1:], REF_REGION))]
+
+    stream_iter = iter(())
+
+    def ours_wds(i):
+        nonlocal stream_iter
+        try:
+            return next(stream_iter)
+        except StopIteration:
+            stream_iter = iter(WebDatasetStream(str(work / "wds"), region_size=PATCH, shuffle_buffer=0,
+                                                rank=0, world_size=1, worker=0, num_workers=1))
+            return next(stream_iter)
+
+    results = {"reference (blosc2 f32, 257³ region)": timed(reference, args.reads),
+               "ours Zarr (f16, 160³ region)": timed(ours_zarr, args.reads),
+               "ours WebDataset (160³ region)": timed(ours_wds, args.reads)}
+
+    # output difference: the same 160³ region through both stores
+    diffs = []
+    for k in range(len(ds)):
+        reg = region(ds.shape(k), PATCH)
+        ours = ds[k, reg]["image"][0].numpy().astype(np.float32)
+        ref = blosc2.open(urlpath=str(ref_paths[k]), mode="r")[(slice(0, 1), *reg)][0]
+        diffs.append(float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-8)))
+
+    def folder_bytes(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+    ref_bytes = np.mean([p.stat().st_size for p in ref_paths])
+    zarr_bytes = np.mean([folder_bytes(store16 / r["zarr_path"]) for r in rows])
+    wds_bytes = index["bytes"] / index["samples"]  # whole tar incl. masks and json
+    wds_image = np.mean([folder_bytes(store16 / r["zarr_path"]) + 512 for r in rows])
+    ref_cpu = results["reference (blosc2 f32, 257³ region)"][0]
+    print(f"\n{'method':38s} {'samples/CPU-s':>14s} {'samples/s':>10s} {'vs ref/core':>12s}")
+    for name, (per_cpu, per_wall) in results.items():
+        print(f"{name:38s} {per_cpu:14.1f} {per_wall:10.1f} {per_cpu / ref_cpu:11.2f}x")
+    print(f"\nbytes per volume (image): reference {ref_bytes / 1e6:.2f} MB, ours Zarr {zarr_bytes / 1e6:.2f} MB "
+          f"({zarr_bytes / ref_bytes:.2f}x), WebDataset image member ≈ {wds_image / 1e6:.2f} MB "
+          f"({wds_image / ref_bytes:.2f}x); whole WebDataset sample incl. masks + json {wds_bytes / 1e6:.2f} MB")
+    print(f"max |ours f16 - reference f32| / max|reference| over the same regions: {max(diffs):.2e}")
+    print("targets: >= 2x the reference's reads per core, <= 0.5x its bytes")
+
+
+if __name__ == "__main__":
+    main()
