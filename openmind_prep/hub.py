@@ -110,7 +110,7 @@ class HubRepo:
             raise DownloadError(self.repo_id, f"the hub returned no commit sha for {self.revision!r}")
         return info.sha
 
-    def paths_info(self, commit: str, paths: Sequence[str], *, batch: int = 500,
+    def paths_info(self, commit: str, paths: Sequence[str], *, batch: int = 500,  # hub max: 1000
                    progress: bool = False) -> list[RemoteFile]:
         """Size, LFS sha256 and blob id of each path (in order), ``batch`` paths per request.
 
@@ -198,7 +198,7 @@ def file_digests(path: Path) -> tuple[str, str]:
     >>> p = Path(tempfile.mkdtemp()) / "x"
     >>> _ = p.write_bytes(b"hi")
     >>> file_digests(p)[1]  # same as `git hash-object`
-    '32f95c0d1244a8b8ab1b3a5c6fa4ee7f4ab9a6ad'
+    '32f95c0d1244a78b2be1bab8de17906fabb2c4a8'
     """
     sha256 = hashlib.sha256()
     sha1 = hashlib.sha1(b"blob %d\0" % Path(path).stat().st_size)
@@ -344,11 +344,13 @@ class DownloadReport:
 
 def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw: Path, *,
                    workers: int = 4, batch_size: int = 16, progress: bool = True,
-                   dest: Callable[[RemoteFile], Path] | None = None) -> DownloadReport:
+                   dest: Callable[[RemoteFile], Path] | None = None,
+                   state: VerifiedState | None = None) -> DownloadReport:
     """Download and verify ``files`` into ``raw`` (repo layout) as Dask tasks of ``batch_size``
     files, at most ``workers`` at a time; failures are collected, never left at final paths.
 
-    ``dest`` maps a file to its final path (default ``raw / file.path``).
+    ``dest`` maps a file to its final path (default ``raw / file.path``); ``state`` lets repeated
+    calls share one loaded :class:`VerifiedState`.
     """
     import dask
     from tqdm.auto import tqdm
@@ -356,7 +358,7 @@ def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw:
     raw = Path(raw)
     dest = dest or (lambda f: raw / f.path)
     files = list(files)
-    state = VerifiedState(raw)
+    state = state or VerifiedState(raw)
     lock = threading.Lock()
     total = sum(f.size for f in files)
     files_bar = tqdm(total=len(files), unit="file", desc="files", disable=not progress)

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import click
 
 from openmind_prep.cluster import ClusterConfig, cluster_options
-from openmind_prep.hub import DownloadError, HubRepo, RemoteFile, download_files, repo_options
+from openmind_prep.hub import DownloadError, HubRepo, RemoteFile, VerifiedState, download_files, repo_options
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
 from openmind_prep.selection import Selection, selection_options
 
@@ -95,8 +95,11 @@ Fetch = Callable[[list[RemoteFile]], dict[str, str]]  # files → {path: error} 
 
 def hub_fetcher(repo: HubRepo, commit: str, work: Path, workers: int) -> Fetch:
     """Fetch + verify from the hub (see :mod:`openmind_prep.hub`)."""
+    state = VerifiedState(work)
+
     def fetch(files: list[RemoteFile]) -> dict[str, str]:
-        report = download_files(repo, commit, files, work, workers=workers, batch_size=1, progress=False)
+        report = download_files(repo, commit, files, work, workers=workers, batch_size=1, progress=False,
+                                state=state)
         return dict(report.failed)
 
     return fetch

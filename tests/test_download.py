@@ -235,3 +235,19 @@ def test_fixture_tree_listing_paginates_like_the_hub(hub, sample_tree):
     assert sorted(listed) == sorted(p.relative_to(sample_tree).as_posix()
                                     for p in sample_tree.rglob("*") if p.is_file())
     assert len(hub.hits("tree")) > 1  # more than one page was followed
+
+
+def test_digests_match_sha256sum_and_git_hash_object(sample_tree):
+    import subprocess
+
+    from openmind_prep.hub import file_digests
+
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git not installed")
+    for rel in (T1, METADATA_CSV):
+        path = sample_tree / rel
+        sha256, blob = file_digests(path)
+        assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert blob == subprocess.run([git, "hash-object", str(path)], capture_output=True, text=True,
+                                      check=True).stdout.strip()
