@@ -14,7 +14,8 @@ It serves one dataset repo built from a folder on disk (normally the real-MRI sa
 
 Faults (set on ``server.faults`` between runs): ``rate_limit`` (the next N requests get 429 with
 ``Retry-After``), ``error_rate`` (random 500s, seeded), ``cut`` (path → how many GETs send half the
-body then close), ``corrupt`` (path → how many GETs flip one byte at the right length; -1 = always).
+body then close), ``corrupt`` (path → how many GETs flip one byte at the right length; -1 = always),
+``ignore_range`` (answer 200 with the whole body to a ``Range`` request).
 Every request is logged in ``server.log`` as a :class:`Hit`.
 """
 
@@ -56,6 +57,7 @@ class Faults:
     seed: int = 0
     cut: dict[str, int] = field(default_factory=dict)
     corrupt: dict[str, int] = field(default_factory=dict)
+    ignore_range: bool = False  # answer 200 with the whole body, like a CDN that drops Range
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -332,7 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
         status, start = 200, 0
         rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes="):
+        if rng and rng.startswith("bytes=") and not self.hub.faults.ignore_range:
             first, _, last = rng[len("bytes="):].partition("-")
             start = int(first)
             end = int(last) if last else len(data) - 1

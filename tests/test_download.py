@@ -139,6 +139,19 @@ def test_partial_file_from_a_killed_run_is_resumed_with_range(hub, sample_tree, 
     assert not part.exists()
 
 
+def test_resume_against_a_server_ignoring_range_restarts_cleanly(hub, sample_tree, tmp_path):
+    raw = tmp_path / "raw"
+    download(_repo(hub), raw, progress=False, lock_only=True)
+    part = raw / STATE_DIR / "partial" / (hashlib.sha1(T1.encode()).hexdigest()[:24] + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes((sample_tree / T1).read_bytes()[:30000])
+    hub.faults.ignore_range = True  # 200 + full body: appending it would double the first 30 kB
+    hub.clear_log()
+    _, report = download(_repo(hub), raw, progress=False)
+    assert [h.status for h in hub.hits("cdn") if h.path == T1] == [200] and not report.failed
+    _assert_mirror(raw, sample_tree, [T1])
+
+
 def test_corruption_once_is_refetched(hub, sample_tree, tmp_path):
     hub.faults.corrupt[T1] = 1
     raw = tmp_path / "raw"
