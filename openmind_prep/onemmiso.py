@@ -122,10 +122,11 @@ def read_image(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.nd
     Raises :class:`InputError` for a missing, non-NIfTI, truncated, NaN/inf, multi-volume, empty,
     badly spaced, too large (``max_bytes``, decoded float32 size) or all-zero image.
 
-    >>> from openmind_prep.sample import mni_template_path  # doctest: +SKIP
-    >>> data, props = read_image(mni_template_path())  # doctest: +SKIP
-    >>> data.dtype, props.shape  # doctest: +SKIP
-    (dtype('float32'), (189, 233, 197))
+    >>> import nilearn
+    >>> mni = Path(nilearn.__file__).parent / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    >>> data, props = read_image(mni)
+    >>> data.dtype, props.shape, props.spacing
+    (dtype('float32'), (189, 233, 197), (1.0, 1.0, 1.0))
     """
     path = Path(path)
     data, props = _read_checked(path, max_bytes)
@@ -221,9 +222,11 @@ def preprocess_case(image_path: str | Path, masks: Mapping[str, str | Path | Non
 
     ``None`` mask paths mean "no mask" and are left out of ``PreprocessedCase.masks``.
 
-    >>> case = preprocess_case("sub-01_T1w.nii.gz", {"anat_mask": None})  # doctest: +SKIP
-    >>> case.image.dtype, sorted(case.masks)  # doctest: +SKIP
-    (dtype('float16'), [])
+    >>> import nilearn
+    >>> mni = Path(nilearn.__file__).parent / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    >>> case = preprocess_case(mni, {"anat_mask": None})
+    >>> case.image.dtype, case.image.shape, case.crop_bbox.bounds, sorted(case.masks)
+    (dtype('float16'), (155, 181, 145), ((0, 155), (27, 208), (26, 171)), [])
     """
     image_path = Path(image_path)
     masks = dict(masks or {})

@@ -65,7 +65,7 @@ def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     ``map_coordinates(mode='nearest')`` takes ``floor(c + 0.5)`` clamped to ``[0, n_in - 1]``.
 
     >>> nearest_indices(10, 20)[:6].tolist()
-    [0, 1, 1, 2, 2, 3]
+    [0, 0, 1, 1, 2, 2]
     """
     scale = float(n_in) / n_out
     coords = scale * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
@@ -190,8 +190,8 @@ def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[
     then nearest-neighbour along that axis.
 
     >>> m = np.zeros((4, 4, 4), np.uint8); m[1:3, 1:3, 1:3] = 1
-    >>> int(resample_mask(m, (8, 8, 8), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0)).sum())
-    64
+    >>> int(resample_mask(m, (8, 8, 8), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0)).sum())  # corners: 0.75**3 < 0.5
+    56
     """
     new_shape = tuple(int(n) for n in new_shape)
     if mask.ndim != 3 or len(new_shape) != 3:
