@@ -88,42 +88,50 @@ def draw_intensity(n: int, channels: int, generator: torch.Generator) -> Intensi
     )
 
 
-def _blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of one ``[X, Y, Z]`` volume (truncate 4 sigma, edges replicated)."""
+def _blur_matrix(n: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[n, n]`` Gaussian smoothing along one axis (truncate 4 sigma, edge voxels replicated)."""
     r = max(1, int(4 * sigma + 0.5))
-    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    offsets = torch.arange(-r, r + 1, device=device)
+    k = torch.exp(-0.5 * (offsets.to(dtype) / sigma) ** 2)
     k = k / k.sum()
-    y = x[None, None]
-    for d in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + d] = 2 * r + 1
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - d)] = pad[2 * (2 - d) + 1] = r
-        y = F.conv3d(F.pad(y, pad, mode="replicate"), k.reshape(shape))
-    return y[0, 0]
+    rows = torch.arange(n, device=device)[:, None].expand(n, 2 * r + 1)
+    cols = (rows + offsets).clamp(0, n - 1)
+    return torch.zeros(n, n, device=device, dtype=dtype).index_put_((rows, cols), k.expand(n, -1), accumulate=True)
 
 
-def _gamma(x: Tensor, gamma: float, invert: bool) -> Tensor:
-    """batchgenerators' gamma with retained mean and std (optionally on the inverted image)."""
-    x = -x if invert else x
-    mean, std = x.mean(), x.std()
-    lo = x.min()
-    rng = x.max() - lo
-    y = ((x - lo) / (rng + 1e-7)).pow(gamma) * rng + lo
-    y = (y - y.mean()) / (y.std() + 1e-8) * std + mean
-    return -y if invert else y
+def _blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of one ``[X, Y, Z]`` volume: three small matrix products."""
+    nx, ny, nz = x.shape
+    m0, m1, m2 = (_blur_matrix(n, sigma, x.device, x.dtype) for n in x.shape)
+    y = (m0 @ x.reshape(nx, ny * nz)).reshape(nx, ny, nz)
+    y = m1 @ y
+    return y @ m2.T
 
 
-def apply_intensity(views: Tensor, params: IntensityParams) -> Tensor:
-    """Apply drawn intensity augmentation to ``views`` ``[N, C, X, Y, Z]`` (a new tensor).
+def _gamma_(x: Tensor, gamma: float, invert: bool) -> Tensor:
+    """batchgenerators' gamma with retained mean and std (optionally on the inverted image), in place."""
+    if invert:
+        x.neg_()
+    std, mean = torch.std_mean(x)
+    lo, top = torch.aminmax(x)
+    rng = top - lo
+    x.sub_(lo).div_(rng + 1e-7).pow_(gamma).mul_(rng)  # + lo cancels in the re-standardisation
+    std2, mean2 = torch.std_mean(x)
+    x.sub_(mean2).mul_(std / (std2 + 1e-8)).add_(mean)
+    if invert:
+        x.neg_()
+    return x
+
+
+def apply_intensity(views: Tensor, params: IntensityParams, *, inplace: bool = False) -> Tensor:
+    """Apply drawn intensity augmentation to ``views`` ``[N, C, X, Y, Z]`` (a copy unless ``inplace``).
 
     >>> v = torch.randn(2, 1, 8, 8, 8)
     >>> p = draw_intensity(2, 1, torch.Generator().manual_seed(1))
     >>> apply_intensity(v, p).shape
     torch.Size([2, 1, 8, 8, 8])
     """
-    out = views.clone()
+    out = views if inplace else views.clone()
     n, c, *size = out.shape
     for i in range(n):
         for ch in range(c):
@@ -136,26 +144,26 @@ def apply_intensity(views: Tensor, params: IntensityParams) -> Tensor:
         if kind:
             gen = torch.Generator(device=out.device).manual_seed(int(params.seeds[i]))
             std = float(params.noise_std[i])
-            n1 = torch.randn(out[i].shape, generator=gen, device=out.device, dtype=out.dtype) * std
+            n1 = torch.randn(out[i].shape, generator=gen, device=out.device, dtype=out.dtype).mul_(std)
             if kind == 1:
                 out[i] += n1
             else:
-                n2 = torch.randn(out[i].shape, generator=gen, device=out.device, dtype=out.dtype) * std
-                out[i] = torch.sqrt((out[i] + n1) ** 2 + n2**2) * torch.sign(out[i])
+                n2 = torch.randn(out[i].shape, generator=gen, device=out.device, dtype=out.dtype).mul_(std)
+                sign = torch.sign(out[i])
+                out[i] = n1.add_(out[i]).square_().add_(n2.square_()).sqrt_().mul_(sign)
         for ch in range(c):
             x = out[i, ch]
             if float(params.blur[i, ch]) > 0:
-                x = _blur(x, float(params.blur[i, ch]))
+                x.copy_(_blur(x, float(params.blur[i, ch])))
             if float(params.brightness[i, ch]) != 1:
-                x = x * float(params.brightness[i, ch])
+                x.mul_(float(params.brightness[i, ch]))
             if float(params.contrast[i, ch]) != 1:
-                mean, lo, hi = x.mean(), x.min(), x.max()
-                x = ((x - mean) * float(params.contrast[i, ch]) + mean).clamp(lo, hi)
+                mean, (lo, hi) = x.mean(), torch.aminmax(x)
+                x.sub_(mean).mul_(float(params.contrast[i, ch])).add_(mean).clamp_(lo, hi)
             if float(params.gamma_inv[i, ch]) != 1:
-                x = _gamma(x, float(params.gamma_inv[i, ch]), invert=True)
+                _gamma_(x, float(params.gamma_inv[i, ch]), invert=True)
             if float(params.gamma[i, ch]) != 1:
-                x = _gamma(x, float(params.gamma[i, ch]), invert=False)
-            out[i, ch] = x
+                _gamma_(x, float(params.gamma[i, ch]), invert=False)
     return out
 
 

@@ -246,13 +246,22 @@ def draw_pair_geometry(
                     torch.floor((size - union) / 2))
     centre = k + union / 2  # union centre, continuous source position (voxel i spans [i, i+1])
 
+    views = ((zoom[0], low1, flips[0]), (zoom[1], low2, flips[1]))
+    # union position of each view's voxel 0, and its source index relative to the union centre
+    firsts = [low + torch.where(fl, zv[:, None] * (p - 0.5), zv[:, None] * 0.5) for zv, low, fl in views]
+    rel = [-0.5 + (rot @ (first - union / 2)[..., None])[..., 0] for first in firsts]
+    # Unrotated pairs: move the pair by < 1 voxel so an unzoomed view lands on whole voxels (an exact crop).
+    plain = (rot == torch.eye(3, dtype=f64)).flatten(1).all(1)[:, None]
+    whole = [plain & (zv == 1)[:, None] for zv, _, _ in views]
+    target = torch.where(whole[0], centre + rel[0], centre + rel[1])
+    centre = torch.where(whole[0] | whole[1], centre + target.round() - target, centre)
+
     affines, boxes = [], []
-    for zv, low, fl in ((zoom[0], low1, flips[0]), (zoom[1], low2, flips[1])):
+    for (zv, low, fl), r, w in zip(views, rel, whole):
         step = torch.where(fl, -zv[:, None], zv[:, None]).expand(n, 3)
-        first = low + torch.where(fl, zv[:, None] * (p - 0.5), zv[:, None] * 0.5)  # union pos of voxel 0
         a = torch.zeros(n, 4, 4, dtype=f64)
         a[:, :3, :3] = rot * step[:, None, :]
-        a[:, :3, 3] = centre - 0.5 + (rot @ (first - union / 2)[..., None])[..., 0]
+        a[:, :3, 3] = torch.where(w, (centre + r).round(), centre + r)  # drop float dust on crops
         a[:, 3, 3] = 1
         start, end = (ov0 - low) / (zv[:, None] * p), (ov0 + overlap - low) / (zv[:, None] * p)
         start, end = torch.where(fl, 1 - start, start), torch.where(fl, 1 - end, end)

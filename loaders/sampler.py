@@ -43,10 +43,9 @@ class ViewPair:
     intensity: IntensityParams | None
 
 
-def _crop(volume: Tensor, affine: Tensor, size: Shape3, pad: Tensor) -> Tensor:
-    """Whole-voxel (maybe mirrored) crop of ``volume`` ``[C, X, Y, Z]`` given an integer affine."""
-    c = volume.shape[0]
-    out = pad.reshape(c, 1, 1, 1).expand(c, *size).clone()
+def _crop(volume: Tensor, affine: Tensor, out: Tensor, pad: Tensor) -> None:
+    """Write the whole-voxel (maybe mirrored) crop of ``volume`` ``[C, X, Y, Z]`` into ``out``."""
+    size = out.shape[1:]
     src, dst, flip_dims = [], [], []
     for d in range(3):
         first, n = int(affine[d, 3]), volume.shape[1 + d]
@@ -57,32 +56,48 @@ def _crop(volume: Tensor, affine: Tensor, size: Shape3, pad: Tensor) -> Tensor:
             j0, j1 = max(0, first - n + 1), min(size[d], first + 1)
             src.append(slice(first - j1 + 1, first - j0 + 1))
             flip_dims.append(1 + d)
-        if j0 >= j1:
-            return out
-        dst.append(slice(j0, j1))
-    piece = volume[(slice(None), *src)]
-    out[(slice(None), *dst)] = piece.flip(flip_dims) if flip_dims else piece
-    return out
+        dst.append(slice(j0, max(j0, j1)))
+    if any(s.stop - s.start < n for s, n in zip(dst, size)):
+        out.copy_(pad.reshape(-1, 1, 1, 1).expand_as(out))
+    if all(s.stop > s.start for s in dst):
+        piece = volume[(slice(None), *src)]
+        out[(slice(None), *dst)] = piece.flip(flip_dims) if flip_dims else piece
 
 
-def _resample(volume: Tensor, affine: Tensor, size: Shape3, pad: Tensor) -> Tensor:
-    """Trilinear resampling of ``volume`` ``[C, X, Y, Z]`` through ``affine`` (one grid_sample)."""
+def _resample(volume: Tensor, affine: Tensor, out: Tensor, pad: Tensor) -> None:
+    """Trilinear resampling of ``volume`` ``[C, X, Y, Z]`` through ``affine`` into ``out`` (one grid_sample).
+
+    Where the view reaches outside the volume, only the region it touches is copied, padded with
+    ``pad``, so grid_sample never blends in its own zero padding.
+    """
+    size = tuple(out.shape[1:])
     dev, shape = volume.device, volume.shape[1:]
-    a = affine.to(dev, torch.float32)
-    scale = torch.tensor([2.0 / s for s in shape], device=dev)  # index -> normalised: (2i + 1) / s - 1
-    lin = a[:3, :3] * scale[:, None]
-    off = (2 * a[:3, 3] + 1) * scale / 2 - 1
-    axes = [torch.arange(m, device=dev, dtype=torch.float32) for m in size]
-    grid = (off + lin[:, 0] * axes[0][:, None, None, None] + lin[:, 1] * axes[1][:, None, None]
-            + lin[:, 2] * axes[2][:, None])
-    grid = grid.flip(-1)[None]  # grid_sample reads (last axis, middle, first)
     corners = torch.tensor([[i, j, k, 1] for i in (0, size[0] - 1) for j in (0, size[1] - 1)
                             for k in (0, size[2] - 1)], dtype=affine.dtype) @ affine.T
-    inside = bool(((corners[:, :3] >= 0) & (corners[:, :3] <= torch.tensor(shape) - 1)).all())
-    src = volume if inside else volume - pad.reshape(-1, 1, 1, 1)
-    out = F.grid_sample(src[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-    out = out.to(volume.dtype)
-    return out if inside else out + pad.reshape(-1, 1, 1, 1)
+    lo = corners[:, :3].amin(0).floor().long() - 1
+    hi = corners[:, :3].amax(0).ceil().long() + 2
+    affine = affine.clone()
+    if bool((lo < 0).any() or (hi > torch.tensor(shape)).any()):
+        sub_shape = (hi - lo).tolist()
+        sub = pad.reshape(-1, 1, 1, 1).expand(volume.shape[0], *sub_shape).clone()
+        a, b = lo.clamp(min=0), torch.minimum(hi, torch.tensor(shape))
+        if bool((a < b).all()):
+            dst = tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(a, b, lo))
+            sub[(slice(None), *dst)] = volume[(slice(None), *(slice(int(x), int(y)) for x, y in zip(a, b)))]
+        volume, shape = sub, tuple(sub_shape)
+        affine[:3, 3] -= lo.to(affine.dtype)
+    a32 = affine.to(dev, torch.float32)
+    scale = torch.tensor([2.0 / n for n in shape], device=dev)  # index i -> normalised (2i + 1) / n - 1
+    lin = (a32[:3, :3] * scale[:, None]).flip(0)  # rows in grid_sample's (last, middle, first) order
+    off = ((2 * a32[:3, 3] + 1) * scale / 2 - 1).flip(0)
+    axes = [torch.arange(m, device=dev, dtype=torch.float32) for m in size]
+    grid = torch.empty(*size, 3, device=dev)
+    grid.copy_((off + lin[:, 0] * axes[0][:, None, None, None]).expand(*size, 3))
+    grid.add_(lin[:, 1] * axes[1][:, None, None])
+    grid.add_(lin[:, 2] * axes[2][:, None])
+    res = F.grid_sample(volume[None].float(), grid[None], mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    out.copy_(res[0])
 
 
 class OverlapViewSampler:
@@ -154,12 +169,11 @@ class OverlapViewSampler:
         b = len(vols)
         pads = [v.amin(dim=(1, 2, 3)) if self.pad_value is None
                 else torch.full((v.shape[0],), self.pad_value, dtype=v.dtype, device=v.device) for v in vols]
-        views = []
+        out = torch.empty(2 * b, vols[0].shape[0], *self.patch_size, dtype=vols[0].dtype, device=vols[0].device)
         for row in range(2 * b):
             cut = _crop if geometry.is_crop(row) else _resample
-            views.append(cut(vols[row % b], geometry.affines[row], self.patch_size, pads[row % b]))
-        out = torch.stack(views)
-        return apply_intensity(out, intensity) if intensity is not None else out
+            cut(vols[row % b], geometry.affines[row], out[row], pads[row % b])
+        return apply_intensity(out, intensity, inplace=True) if intensity is not None else out
 
     def __call__(self, volumes: Tensor | Sequence[Tensor], generator: torch.Generator | None = None) -> ViewPair:
         """Draw, then apply. ``volumes``: ``[B, C, X, Y, Z]`` or a list of ``[C, x, y, z]``."""

@@ -99,7 +99,8 @@ def test_crop_path_equals_grid_sample_path(mri):
     for seed in range(8):
         r = sampler([mri, small], generator=torch.Generator().manual_seed(seed))
         for row, vol in enumerate([mri, small, mri, small]):
-            ref = _resample(vol, r.geometry.affines[row], PATCH, vol.amin(dim=(1, 2, 3)))
+            ref = torch.empty(1, *PATCH)
+            _resample(vol, r.geometry.affines[row], ref, vol.amin(dim=(1, 2, 3)))
             assert (ref - r.views[row]).abs().max() < 1e-4
 
 
@@ -242,6 +243,17 @@ def test_intensity_augmentations(mri):
     assert abs(float((nz - v).std()) - 0.05) < 0.005
     lr = apply_intensity(v, _params(1, lowres=torch.tensor([[0.5]])))
     assert lr.shape == v.shape and not torch.allclose(lr, v)
+
+
+def test_blur_matches_scipy(mri):
+    """The matrix-product blur equals scipy's gaussian_filter with edge replication (mode='nearest')."""
+    from scipy.ndimage import gaussian_filter
+
+    v = mri[None, :, 10:26, 10:30, 10:34].contiguous()
+    for sigma in (0.5, 0.8, 1.0):
+        ours = apply_intensity(v, _params(1, blur=torch.tensor([[sigma]])))[0, 0].double()
+        ref = torch.from_numpy(gaussian_filter(v[0, 0].double().numpy(), sigma, mode="nearest", truncate=4.0))
+        assert (ours - ref).abs().max() < 1e-5
 
 
 def test_intensity_switch_and_default_draw(mri):
