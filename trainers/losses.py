@@ -51,8 +51,9 @@ def align_views(features: torch.Tensor, boxes: torch.Tensor, out_size: int, samp
     if features.ndim != 5 or boxes.shape != (features.shape[0], 6):
         raise ValueError(f"align_views wants features [N,C,X,Y,Z] and boxes [N,6], got {tuple(features.shape)} and {tuple(boxes.shape)}")
     n, s = features.shape[0], out_size * samples_per_bin
-    t = (torch.arange(s, device=features.device, dtype=torch.float32) + 0.5) / s  # sub-bin centres in [0, 1]
-    start, end = boxes[:, :3].float(), boxes[:, 3:].float()
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    t = (torch.arange(s, device=features.device, dtype=dtype) + 0.5) / s  # sub-bin centres in [0, 1]
+    start, end = boxes[:, :3].to(dtype), boxes[:, 3:].to(dtype)
     u = start[:, :, None] + (end - start)[:, :, None] * t  # [N, 3 (x, y, z), s]
     g = 2.0 * u - 1.0
     gx = g[:, 0, :, None, None].expand(n, s, s, s)
