@@ -169,6 +169,14 @@ class CostModel:
     peak_bytes_per_voxel: float = DEFAULT_PEAK_BYTES_PER_VOXEL
     source: str = "defaults"
 
+    def describe(self) -> str:
+        """The rates in one line (as printed by ``openmind-prep plan``)."""
+        time = (f"{self.seconds_per_volume} s per volume" if self.seconds_per_volume is not None else
+                f"{self.seconds_per_mvoxel:.3f} s per million voxels (cropped input + 1 mm output)")
+        return (f"{time}; {self.stored_bytes_per_voxel:.2f} stored bytes per output voxel; peak "
+                f"{self.peak_bytes_per_voxel:.1f} bytes per voxel (input + output) + "
+                f"{WORKER_BASE_BYTES / 2**20:.0f} MiB per worker")
+
     def seconds(self, work_voxels: np.ndarray) -> np.ndarray:
         """Estimated seconds for volumes of these work voxel counts."""
         if self.seconds_per_volume is not None:
@@ -247,6 +255,7 @@ class Plan:
     download_bytes: float
     download_seconds: float
     cost_source: str
+    cost_model: str
 
 
 def makespan(task_seconds: Sequence[float], workers: int) -> float:
@@ -285,7 +294,7 @@ def estimate(volumes: Volumes, cost: CostModel, workers: int, batch_size: int, *
         raw_bytes=raw, output_bytes=float(cost.stored_bytes_per_voxel * volumes.out_voxels.sum()),
         download_bytes=raw + METADATA_CSV_BYTES,
         download_seconds=(raw + METADATA_CSV_BYTES) / (bandwidth_mb_s * 1e6),
-        cost_source=cost.source,
+        cost_source=cost.source, cost_model=cost.describe(),
     )
 
 
@@ -309,6 +318,7 @@ def render(plan: Plan, metadata_note: str, memory_limit: str | None) -> str:
     return "\n".join([
         f"plan:      {p.volumes:,} volumes ({metadata_note}) on {p.workers} workers",
         f"costs:     {p.cost_source}",
+        f"model:     {p.cost_model}",
         f"batching:  {p.batch_size} images per Dask task -> {p.tasks:,} tasks, at most "
         f"{2 * p.workers} in flight (2 per worker); a failed task is retried image by image",
         f"compute:   {_duration(p.cpu_seconds)} CPU in total; {p.mean_seconds:.2f} s per volume on "

@@ -122,3 +122,16 @@ def test_plan_cli_full_dataset_text_report():
     assert "tasks" in result.output and "above --memory-limit 1GiB" in result.output
     hours = float(result.output.split("compute:")[1].split(" h CPU")[0])
     assert hours == pytest.approx(OPENMIND_ROWS / 3600, rel=0.01)
+
+
+def test_calibration_runs_the_real_path_on_real_mri(sample_tree, tmp_path):
+    from openmind_prep.plan import calibrate
+
+    cost = calibrate(sample_tree, tmp_path, "float16")
+    assert "3 volumes" in cost.source  # every sample image went through process_image and was ok
+    assert 0 < cost.seconds_per_mvoxel < 10
+    # float16 image (<= 2 B/voxel before compression) plus at most two uint8 masks
+    assert 0.05 < cost.stored_bytes_per_voxel < 4
+    # at least the float32 copy of the input and the SimpleITK buffer; not absurdly more
+    assert 4 <= cost.peak_bytes_per_voxel < 200
+    assert list((tmp_path / "calibration.zarr").rglob("image/zarr.json"))  # the scratch store was written

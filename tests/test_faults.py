@@ -1,0 +1,260 @@
+"""Faults at scale: a REAL Dask scheduler and workers on 127.0.0.1 (subprocesses), a worker
+SIGKILLed mid-run, the CLI SIGKILLed mid-run while the cluster lives on, a full disk, a damaged
+array. Every test compares against an uninterrupted local run of the same tree."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from openmind_prep.cli import main
+from openmind_prep.cluster import ClusterConfig
+from openmind_prep.manifest import MANIFEST_DIR, OK, RUN_COLUMNS, read_manifest
+from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
+from openmind_prep.preprocess import PreprocessOptions, preprocess
+from openmind_prep.selection import Selection
+from openmind_prep.store import TMP_DIR, array_checksum, image_array
+
+COPIES = 2  # the small sample (3 real MRI) × 2 datasets = 6 images: long enough to kill mid-run
+CLI = [sys.executable, "-c", "from openmind_prep.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def tree(sample_tree, tmp_path_factory) -> Path:
+    """The small real-MRI sample replicated under COPIES dataset ids (files and CSV rows)."""
+    dest = tmp_path_factory.mktemp("faults_tree")
+    with (sample_tree / METADATA_CSV).open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    out = []
+    for copy in range(COPIES):
+        for row in rows:
+            new = dict(row)
+            for col in ("image_path", "anon_mask_path", "anat_mask_path"):
+                if row[col]:
+                    dataset, rest = row[col].split("/", 1)
+                    new[col] = f"ds{copy + 1}{dataset[3:]}/{rest}"  # ds000001 -> ds100001, ds200001, ...
+                    target = dest / IMAGES_DIR / new[col]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(sample_tree / IMAGES_DIR / row[col], target)
+            new["unique_id"] = f"{new['image_path'].split('/')[0]}_{row['unique_id']}"
+            out.append(new)
+    with (dest / METADATA_CSV).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(out)
+    return dest
+
+
+def _rows(store: Path) -> dict[str, dict]:
+    return {r["image_path"]: {k: v for k, v in r.items() if k not in RUN_COLUMNS}
+            for r in read_manifest(store).to_pylist()}
+
+
+def _stored_checksums(store: Path) -> dict[str, str]:
+    """Checksums recomputed from the decoded arrays on disk (not read from the manifest)."""
+    sums = {}
+    for meta in sorted(Path(store).rglob("zarr.json")):
+        rel = meta.parent.relative_to(store).as_posix()
+        if rel.startswith((TMP_DIR, MANIFEST_DIR)) or json.loads(meta.read_text())["node_type"] != "array":
+            continue
+        sums[rel] = array_checksum(image_array(store, rel)[...])
+    return sums
+
+
+@pytest.fixture(scope="module")
+def reference(tree, tmp_path_factory) -> Path:
+    """An uninterrupted local run (one in-process worker)."""
+    store = tmp_path_factory.mktemp("reference") / "store"
+    preprocess(tree, store, Selection(), ClusterConfig(workers=1, processes=False), PreprocessOptions(),
+               progress=False)
+    rows = _rows(store)
+    assert len(rows) == 3 * COPIES and all(r["status"] == OK for r in rows.values())
+    return store
+
+
+def _assert_same_store(store: Path, reference: Path) -> None:
+    assert _rows(store) == _rows(reference)  # every image once, same rows (timings aside)
+    assert _stored_checksums(store) == _stored_checksums(reference)
+    assert not list((store / TMP_DIR).iterdir()) and not list((store / MANIFEST_DIR).iterdir())
+
+
+class Cluster:
+    """A real ``dask scheduler`` plus ``dask worker`` processes on 127.0.0.1 (random ports)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.workers, self.address = workdir, {}, ""
+        scheduler_file = workdir / "scheduler.json"
+        self.scheduler = self._spawn("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0",
+                                                   "--no-dashboard", "--scheduler-file", str(scheduler_file)])
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            assert time.monotonic() < deadline and self.scheduler.poll() is None, self.log("scheduler")
+            time.sleep(0.1)
+        time.sleep(0.1)
+        self.address = json.loads(scheduler_file.read_text())["address"]
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def add_worker(self, name: str) -> None:
+        # no nanny: a SIGKILL takes the worker away for good (nobody restarts it)
+        self.workers[name] = self._spawn(name, ["worker", self.address, "--name", name, "--nthreads", "1",
+                                                "--no-nanny", "--host", "127.0.0.1", "--no-dashboard",
+                                                "--memory-limit", "2GiB", "--death-timeout", "60"])
+
+    def wait_for_workers(self, client, n: int) -> None:
+        client.wait_for_workers(n, timeout=60)
+
+    def close(self) -> None:
+        for proc in [*self.workers.values(), self.scheduler]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.workers.values(), self.scheduler]:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    from distributed import Client
+
+    c = Cluster(tmp_path)
+    try:
+        for name in ("w0", "w1"):
+            c.add_worker(name)
+        with Client(c.address, timeout=30) as client:
+            c.wait_for_workers(client, 2)
+        yield c
+    finally:
+        c.close()
+
+
+def _preprocess_cli(tree: Path, store: Path, *extra: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, "preprocess", str(tree), "--out", str(store), "--batch-size", "1", *extra],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+
+def _wait_for_fragment(store: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not list((store / MANIFEST_DIR).glob("*.parquet")):
+        assert time.monotonic() < deadline and proc.poll() is None, "no manifest fragment appeared"
+        time.sleep(0.02)
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, tree, reference, tmp_path):
+    from distributed import Client
+
+    store = tmp_path / "store"
+    proc = _preprocess_cli(tree, store, "--scheduler", cluster.address, log=tmp_path / "cli.log")
+    with Client(cluster.address, timeout=30) as client:
+        _wait_for_fragment(store, proc)
+        victim = None
+        deadline = time.monotonic() + 60
+        while victim is None:  # a worker that holds a batch right now
+            assert time.monotonic() < deadline and proc.poll() is None, "run ended before a kill"
+            info = client.scheduler_info(n_workers=-1)["workers"]
+            busy = [info[a]["name"] for a, tasks in client.processing().items() if tasks and a in info]
+            victim = next((name for name in busy if name in cluster.workers), None)
+            time.sleep(0.01)
+        cluster.workers[victim].kill()  # SIGKILL, as the OOM killer or a pre-emption would
+        cluster.workers[victim].wait()
+        done_at_kill = len(read_manifest(store))
+    assert proc.wait(timeout=120) == 0, (tmp_path / "cli.log").read_text()
+    assert done_at_kill < 3 * COPIES  # the kill really came mid-run
+    _assert_same_store(store, reference)
+
+
+def test_cli_killed_while_the_cluster_lives_on_resumes_to_the_same_store(cluster, tree, reference, tmp_path):
+    """SIGKILL of the client process only: its in-flight batches may still finish on the workers
+    while the re-run starts; the result must still equal an uninterrupted run."""
+    store = tmp_path / "store"
+    proc = _preprocess_cli(tree, store, "--scheduler", cluster.address, log=tmp_path / "cli1.log")
+    _wait_for_fragment(store, proc)
+    proc.kill()
+    proc.wait()
+    n_done = len(read_manifest(store))
+    assert 1 <= n_done < 3 * COPIES and not (store / "manifest.parquet").exists()
+    rerun = _preprocess_cli(tree, store, "--scheduler", cluster.address, log=tmp_path / "cli2.log")
+    assert rerun.wait(timeout=120) == 0, (tmp_path / "cli2.log").read_text()
+    assert "already done" in (tmp_path / "cli2.log").read_text()
+    _assert_same_store(store, reference)
+
+
+def test_disk_full_gives_a_clear_error_and_a_rerun_completes(tree, reference, tmp_path, monkeypatch):
+    """ENOSPC injected into the array writer after a partial write, for every third shard file."""
+    import zarr.storage._local as local
+
+    real_put, calls = local._put, []
+
+    def put_until_full(path, value, exclusive=False):
+        calls.append(path)
+        if "/c/" in path.as_posix() and len(calls) % 3 == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(bytes(value.as_buffer_like())[: len(value) // 2])  # half a shard on disk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_put(path, value, exclusive)
+
+    store = tmp_path / "store"
+    monkeypatch.setattr(local, "_put", put_until_full)
+    runner = CliRunner()
+    result = runner.invoke(main, ["preprocess", str(tree), "--out", str(store), "--workers", "1", "--threads-only"])
+    assert result.exit_code == 1, result.output
+    rows = read_manifest(store).to_pylist()
+    failed = [r for r in rows if r["status"] != OK]
+    assert failed and len(rows) == 3 * COPIES
+    for row in failed:
+        assert "No space left on device" in row["error"] and row["image_path"] in row["error"]
+        assert not (store / row["image_path"].split(".nii")[0]).exists()  # nothing visible at its key
+        assert f"FAILED {row['error']}" in result.output
+    for row in rows:
+        if row["status"] == OK:  # what was reported ok is complete and intact
+            assert array_checksum(image_array(store, row["zarr_path"])[...]) == row["checksum"]
+    assert runner.invoke(main, ["verify", str(store)]).exit_code == 0
+
+    monkeypatch.setattr(local, "_put", real_put)  # space freed: the re-run completes
+    result = runner.invoke(main, ["preprocess", str(tree), "--out", str(store), "--workers", "1", "--threads-only"])
+    assert result.exit_code == 0, result.output
+    _assert_same_store(store, reference)
+
+
+def test_verify_finds_damaged_and_missing_arrays(reference, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    rows = sorted(read_manifest(store).to_pylist(), key=lambda r: r["image_path"])
+    flipped, truncated, removed = rows[0]["zarr_path"], rows[1]["zarr_path"], rows[2]["anat_mask_zarr_path"] \
+        or rows[2]["zarr_path"]
+    (shard,) = [p for p in (store / flipped / "c").rglob("*") if p.is_file()]  # one shard per array
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    (shard,) = [p for p in (store / truncated / "c").rglob("*") if p.is_file()]
+    shard.write_bytes(shard.read_bytes()[:100])
+    shutil.rmtree(store / removed)
+    result = CliRunner().invoke(main, ["verify", str(store)])
+    assert result.exit_code == 1
+    damaged = [line for line in result.output.splitlines() if line.startswith("DAMAGED")]
+    assert len(damaged) == 3, result.output
+    for path in (flipped, truncated, removed):
+        assert any(str(store / path) in line for line in damaged), path
+    assert CliRunner().invoke(main, ["verify", str(reference)]).exit_code == 0
