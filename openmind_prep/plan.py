@@ -208,7 +208,7 @@ def cost_from_rows(rows: Sequence[dict], source: str, peak_bytes_per_voxel: floa
 
 
 def calibrate(src_root: Path, work_dir: Path, dtype: str = "float16") -> CostModel:
-    """Run the real per-image path on every image of ``src_root`` (one process, one thread) into a
+    """Run the real per-image path on every image of ``src_root`` (one thread, like a worker) into a
     scratch store under ``work_dir``; fit the costs to the rows. Peak memory is traced per image
     (numpy allocations) plus 4 bytes per input voxel for SimpleITK's untraced read buffer."""
     import tracemalloc
@@ -220,18 +220,25 @@ def calibrate(src_root: Path, work_dir: Path, dtype: str = "float16") -> CostMod
 
     import nibabel as nib
 
-    set_sitk_threads(1)
+    import torch
+
+    set_sitk_threads(1)  # a worker is single-threaded: measure one thread (Dask sets OMP_NUM_THREADS=1)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     store = create_store(Path(work_dir) / "calibration.zarr")
     rows, peaks = [], []
-    for record in read_metadata(Path(src_root) / METADATA_CSV):
-        tracemalloc.start()
-        row = process_image(record, Path(src_root), store, PreprocessOptions(dtype=dtype))
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        if row["status"] == "ok":
-            in_voxels = math.prod(nib.load(Path(src_root) / IMAGES_DIR / record.image_path).shape[:3])
-            peaks.append((peak + 4 * in_voxels) / (in_voxels + math.prod(row["shape"])))
-            rows.append(row)
+    try:
+        for record in read_metadata(Path(src_root) / METADATA_CSV):
+            tracemalloc.start()
+            row = process_image(record, Path(src_root), store, PreprocessOptions(dtype=dtype))
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            if row["status"] == "ok":
+                in_voxels = math.prod(nib.load(Path(src_root) / IMAGES_DIR / record.image_path).shape[:3])
+                peaks.append((peak + 4 * in_voxels) / (in_voxels + math.prod(row["shape"])))
+                rows.append(row)
+    finally:
+        torch.set_num_threads(torch_threads)
     return cost_from_rows(rows, f"calibrated on {src_root} ({dtype})", max(peaks, default=None))
 
 
