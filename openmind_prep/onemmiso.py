@@ -179,8 +179,13 @@ def new_shape_for(shape: tuple[int, ...], spacing: tuple[float, ...], target_spa
 
 
 def preprocess_array(data: np.ndarray, spacing: tuple[float, float, float],
-                     target_spacing: float = 1.0) -> tuple[np.ndarray, CropBox]:
+                     target_spacing: float = 1.0, *, max_bytes: int | None = None,
+                     source: str | Path = "<array>") -> tuple[np.ndarray, CropBox]:
     """Crop to nonzero, z-score (float32, whole box) and resample to ``target_spacing`` mm.
+
+    The resampled float32 volume must fit ``max_bytes`` too, and have no empty axis: an absurd
+    (finite, positive) spacing such as 1e6 mm raises :class:`InputError` naming ``source``
+    before anything is resampled.
 
     >>> d = np.zeros((6, 8, 8), np.float32); d[1:5, 2:6, 2:6] = np.arange(64).reshape(4, 4, 4)
     >>> out, box = preprocess_array(d, (2.0, 1.0, 1.0))
@@ -194,6 +199,14 @@ def preprocess_array(data: np.ndarray, spacing: tuple[float, float, float],
     image /= max(std, 1e-8)
     target = (float(target_spacing),) * 3
     shape = new_shape_for(image.shape, spacing, target_spacing)
+    voxels = int(np.prod(shape, dtype=object))
+    if voxels == 0:
+        raise InputError(source, f"resampled to {target_spacing} mm the volume would be empty (shape {shape}, "
+                                 f"spacing {tuple(spacing)})")
+    if max_bytes is not None and voxels * 4 > max_bytes:
+        raise InputError(source, f"resampled to {target_spacing} mm the volume would need {voxels * 4:,} bytes "
+                                 f"({voxels:,} voxels × 4, shape {shape}, spacing {tuple(spacing)}), above the "
+                                 f"limit of {max_bytes:,} bytes")
     return resample_image(image, shape, spacing, target), box
 
 
@@ -237,7 +250,7 @@ def preprocess_case(image_path: str | Path, masks: Mapping[str, str | Path | Non
     if dtype not in (np.float16, np.float32):
         raise ValueError(f"dtype must be float16 or float32, got {dtype}")
     data, props = read_image(image_path, max_bytes=max_bytes)
-    image, box = preprocess_array(data, props.spacing, target_spacing)
+    image, box = preprocess_array(data, props.spacing, target_spacing, max_bytes=max_bytes, source=image_path)
     out_masks = {}
     for name, mask_path in masks.items():
         if mask_path is None or str(mask_path) == "":
