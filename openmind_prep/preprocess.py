@@ -28,7 +28,8 @@ from openmind_prep.store import IMAGE, MASK_NAMES, case_exists, clear_tmp, creat
 
 @dataclass(frozen=True)
 class PreprocessOptions:
-    """Per-image settings: stored dtype, inner chunk edge, blosc zstd level, input size cap.
+    """Per-image settings: stored dtype, inner chunk edge, blosc zstd level, input size cap
+    (``max_bytes``; None: the Dask worker's memory limit / 8, see :func:`worker_max_bytes`).
 
     >>> PreprocessOptions().dtype
     'float16'
@@ -38,6 +39,44 @@ class PreprocessOptions:
     chunks: int = 64
     clevel: int = 5
     max_bytes: int | None = None
+
+
+def source_path(images: Path, rel: str) -> Path:
+    """``images / rel`` for a path from the CSV, refusing one that leaves the source tree.
+
+    A metadata row must never make a worker read (or the store write) elsewhere: absolute paths,
+    ``.``/``..``/empty parts and symlinks resolving outside ``images`` raise ``InputError``.
+
+    >>> source_path(Path("/data/OpenMind"), "ds1/../../etc/passwd")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    openmind_prep.nifti_check.InputError: /data/OpenMind/ds1/../../etc/passwd: path leaves the source tree ...
+    """
+    from openmind_prep.onemmiso import InputError
+
+    path = Path(images) / rel
+    if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
+        raise InputError(path, "path leaves the source tree (absolute, or a '.', '..' or empty part); refused")
+    real = path.resolve()
+    if not real.is_relative_to(Path(images).resolve()):
+        raise InputError(path, f"resolves outside the source tree (symlink to {real}); refused")
+    return path
+
+
+def worker_max_bytes(fraction: int = 8) -> int | None:
+    """The per-image budget on the current Dask worker: its memory limit / ``fraction`` (an image's
+    peak is ~6x its float32 size), checked against the decoded input and the 1 mm output before
+    they are allocated. ``None`` outside a worker or when the worker has no limit.
+
+    >>> worker_max_bytes() is None  # not inside a Dask worker
+    True
+    """
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):
+        return None
+    return int(limit) // fraction if limit else None
 
 
 def _row(record: ImageRecord) -> dict:
@@ -55,11 +94,12 @@ def process_image(record: ImageRecord, src_root: Path, store: Path, options: Pre
     start = time.perf_counter()
     row = _row(record)
     images = Path(src_root) / IMAGES_DIR
-    masks = {name: images / path if path else None
-             for name, path in (("anon_mask", record.anon_mask_path), ("anat_mask", record.anat_mask_path))}
+    max_bytes = options.max_bytes if options.max_bytes is not None else worker_max_bytes()
     try:
-        case = preprocess_case(images / record.image_path, masks=masks, dtype=np.dtype(options.dtype),
-                               max_bytes=options.max_bytes)
+        masks = {name: source_path(images, path) if path else None
+                 for name, path in (("anon_mask", record.anon_mask_path), ("anat_mask", record.anat_mask_path))}
+        case = preprocess_case(source_path(images, record.image_path), masks=masks,
+                               dtype=np.dtype(options.dtype), max_bytes=max_bytes)
         image = np.asarray(case.image).astype(options.dtype, copy=False)
         if not np.isfinite(image).all():
             raise InputError(images / record.image_path,
