@@ -195,6 +195,9 @@ def preprocess_array(data: np.ndarray, spacing: tuple[float, float, float],
     box = nonzero_box(data)
     image = np.array(data[box.slices()], dtype=np.float32)
     mean, std = image.mean(), image.std()
+    if not (np.isfinite(mean) and np.isfinite(std)):  # e.g. scl_slope 1e30: x² overflows float32
+        raise InputError(source, f"intensities too large for float32 statistics (mean {mean}, std {std}, max "
+                                 f"{float(np.abs(image).max()):.3g}); check the header's scl_slope/scl_inter")
     image -= mean
     image /= max(std, 1e-8)
     target = (float(target_spacing),) * 3
