@@ -125,6 +125,13 @@ class PairGeometry:
         )
 
 
+def _fresh_generator() -> torch.Generator:
+    """A CPU generator seeded from the OS (the global torch RNG is left alone)."""
+    gen = torch.Generator()
+    gen.seed()
+    return gen
+
+
 def _rotation(angles: Tensor) -> Tensor:
     """``[B, 3]`` angles (radians, about axes 0, 1, 2) -> ``[B, 3, 3]`` rotations R0 @ R1 @ R2."""
     c, s = angles.cos(), angles.sin()
@@ -193,7 +200,7 @@ def draw_pair_geometry(
         raise ValueError(f"need 0 < min_overlap <= max_overlap <= 1, got {min_overlap}, {max_overlap}")
     if min(patch_size) < 2:
         raise ValueError(f"patch_size must be at least 2 per axis, got {patch_size}")
-    g = generator if generator is not None else torch.Generator().manual_seed(torch.seed())
+    g = generator if generator is not None else _fresh_generator()
     n = len(source_shapes)
     f64 = torch.float64
 

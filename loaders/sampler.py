@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from loaders.augment import IntensityParams, apply_intensity, draw_intensity
-from loaders.geometry import PairGeometry, Shape3, draw_pair_geometry
+from loaders.geometry import PairGeometry, Shape3, _fresh_generator, draw_pair_geometry
 from loaders.masking import block_mask
 
 
@@ -178,7 +178,7 @@ class OverlapViewSampler:
     def __call__(self, volumes: Tensor | Sequence[Tensor], generator: torch.Generator | None = None) -> ViewPair:
         """Draw, then apply. ``volumes``: ``[B, C, X, Y, Z]`` or a list of ``[C, x, y, z]``."""
         vols = _as_list(volumes)
-        g = generator if generator is not None else torch.Generator().manual_seed(torch.seed())
+        g = generator if generator is not None else _fresh_generator()
         shapes = [tuple(v.shape[1:]) for v in vols]
         geometry, intensity, masks = self.draw(shapes, vols[0].shape[0], g, vols[0].device)
         views = self.apply(vols, geometry, intensity)
