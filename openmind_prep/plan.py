@@ -31,6 +31,7 @@ import click
 import numpy as np
 
 from openmind_prep.metadata import ImageRecord, record_from_row
+from openmind_prep.preprocess import IMAGE_MEMORY_FRACTION
 from openmind_prep.selection import Selection, selection_options
 
 OPENMIND_ROWS = 114_570
@@ -256,6 +257,7 @@ class Plan:
     max_seconds: float
     peak_worker_bytes: float
     p95_worker_bytes: float
+    refused_by_limit: int
     over_memory_limit: int
     raw_bytes: float
     output_bytes: float
@@ -297,6 +299,8 @@ def estimate(volumes: Volumes, cost: CostModel, workers: int, batch_size: int, *
         mean_seconds=float(seconds.mean()) if n else 0.0, max_seconds=float(seconds.max(initial=0)),
         peak_worker_bytes=float(peaks.max(initial=0)),
         p95_worker_bytes=float(np.percentile(peaks, 95)) if n else 0.0,
+        refused_by_limit=int((4 * np.maximum(volumes.in_voxels, volumes.out_voxels)
+                              > memory_limit_bytes // IMAGE_MEMORY_FRACTION).sum()) if memory_limit_bytes else 0,
         over_memory_limit=int((peaks > memory_limit_bytes).sum()) if memory_limit_bytes else 0,
         raw_bytes=raw, output_bytes=float(cost.stored_bytes_per_voxel * volumes.out_voxels.sum()),
         download_bytes=raw + METADATA_CSV_BYTES,
@@ -320,8 +324,9 @@ def _duration(s: float) -> str:
 def render(plan: Plan, metadata_note: str, memory_limit: str | None) -> str:
     """The human-readable report printed by ``openmind-prep plan``."""
     p = plan
-    limit = (f"; {p.over_memory_limit:,} volumes above --memory-limit {memory_limit} (would fail, refused "
-             "before reading)" if memory_limit else "")
+    limit = (f"; with --memory-limit {memory_limit}: {p.refused_by_limit:,} volumes refused as failed rows "
+             f"(float32 input or 1 mm output above limit/{IMAGE_MEMORY_FRACTION}), {p.over_memory_limit:,} whose "
+             "estimated peak exceeds the limit" if memory_limit else "")
     return "\n".join([
         f"plan:      {p.volumes:,} volumes ({metadata_note}) on {p.workers} workers",
         f"costs:     {p.cost_source}",

@@ -62,7 +62,11 @@ def source_path(images: Path, rel: str) -> Path:
     return path
 
 
-def worker_max_bytes(fraction: int = 8) -> int | None:
+#: A worker's per-image budget is its memory limit / this (an image's peak is ~6x its float32 size).
+IMAGE_MEMORY_FRACTION = 8
+
+
+def worker_max_bytes(fraction: int = IMAGE_MEMORY_FRACTION) -> int | None:
     """The per-image budget on the current Dask worker: its memory limit / ``fraction`` (an image's
     peak is ~6x its float32 size), checked against the decoded input and the 1 mm output before
     they are allocated. ``None`` outside a worker or when the worker has no limit.

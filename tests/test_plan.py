@@ -68,6 +68,9 @@ def test_estimate_counts_tasks_bytes_and_memory():
     peaks = WORKER_BASE_BYTES + 20.0 * (vols.in_voxels + vols.out_voxels)
     assert plan.peak_worker_bytes == pytest.approx(peaks.max())
     assert plan.over_memory_limit == int((peaks > limit).sum()) > 0
+    small = 400e6
+    too_big = (vols.in_voxels * 4 > small // 8) | (vols.out_voxels * 4 > small // 8)  # the workers' rule
+    assert estimate(vols, cost, 4, 10, memory_limit_bytes=small).refused_by_limit == int(too_big.sum()) > 0
     assert plan.output_bytes == pytest.approx(0.7 * vols.out_voxels.sum())
     assert plan.download_seconds == pytest.approx(plan.download_bytes / 50e6)
     assert plan.raw_bytes == pytest.approx(vols.file_bytes.sum())
@@ -119,7 +122,9 @@ def test_plan_cli_full_dataset_text_report():
                                        "--memory-limit", "1GiB"])
     assert result.exit_code == 0, result.output
     assert f"{OPENMIND_ROWS:,} volumes (SYNTHESISED" in result.output
-    assert "tasks" in result.output and "above --memory-limit 1GiB" in result.output
+    assert "tasks" in result.output and "with --memory-limit 1GiB" in result.output
+    refused = int(result.output.split("1GiB: ")[1].split(" volumes refused")[0].replace(",", ""))
+    assert 0 < refused < OPENMIND_ROWS  # angio volumes (>16M voxels) exceed 1 GiB / 8 as float32
     hours = float(result.output.split("compute:")[1].split(" h CPU")[0])
     assert hours == pytest.approx(OPENMIND_ROWS / 3600, rel=0.01)
 
