@@ -75,6 +75,25 @@ def __getattr__(name: str):
     return SitkThreads
 
 
+def slurm_cluster(config: ClusterConfig):
+    """A dask-jobqueue ``SLURMCluster`` (no job submitted yet): ``cores`` single-threaded
+    workers per job, ``memory`` split between them, workers retired after ``lifetime``.
+
+    >>> c = slurm_cluster(ClusterConfig(kind="slurm", queue="cpu", cores=4, lifetime="3h50m"))
+    >>> "--nworkers 4" in c.job_script() and "--lifetime 3h50m" in c.job_script()
+    True
+    >>> c.close()
+    """
+    from dask_jobqueue import SLURMCluster
+
+    extra = []  # processes == cores: one thread per worker
+    if config.lifetime:  # retire workers before the job's walltime; adapt() replaces them
+        extra += ["--lifetime", config.lifetime, "--lifetime-stagger", "2m"]
+    return SLURMCluster(queue=config.queue, cores=config.cores, processes=config.cores,
+                        memory=config.memory, walltime=config.walltime, worker_extra_args=extra,
+                        scheduler_options={"dashboard_address": ":0"})
+
+
 @contextmanager
 def dask_client(config: ClusterConfig) -> Iterator["distributed.Client"]:  # noqa: F821
     """Start (or connect to) the cluster, yield a ``distributed.Client``, shut down after.
@@ -90,14 +109,7 @@ def dask_client(config: ClusterConfig) -> Iterator["distributed.Client"]:  # noq
     if config.scheduler:
         client = Client(config.scheduler)
     elif config.kind == "slurm":
-        from dask_jobqueue import SLURMCluster
-
-        extra = ["--nthreads", "1"]
-        if config.lifetime:  # retire workers before the job's walltime; adapt() replaces them
-            extra += ["--lifetime", config.lifetime, "--lifetime-stagger", "2m"]
-        cluster = SLURMCluster(queue=config.queue, cores=config.cores, processes=config.cores,
-                               memory=config.memory, walltime=config.walltime,
-                               worker_extra_args=extra)
+        cluster = slurm_cluster(config)
         if config.lifetime:
             cluster.adapt(minimum_jobs=config.jobs, maximum_jobs=config.jobs)
         else:

@@ -209,3 +209,24 @@ def test_killed_process_resumes_to_the_same_store(src, full_run, tmp_path):
         np.testing.assert_allclose(image_array(store, row["zarr_path"])[...],
                                    image_array(full_run[0], row["zarr_path"])[...], atol=1e-4, rtol=0)
     assert verify_store(store) == []
+
+
+def test_slurm_jobs_run_single_threaded_workers_with_the_requested_resources():
+    from openmind_prep.cluster import slurm_cluster
+
+    cluster = slurm_cluster(ClusterConfig(kind="slurm", queue="cpu", cores=6, memory="24GB",
+                                          walltime="02:00:00", lifetime="1h50m"))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p cpu" in script and "#SBATCH -t 02:00:00" in script and "--cpus-per-task=6" in script
+    assert "--nworkers 6" in script and "--nthreads 1" in script and "--lifetime 1h50m" in script
+
+
+def test_the_command_modules_import_no_heavy_libraries():
+    """`openmind-prep preprocess --help` stays fast: dask, zarr, torch, SimpleITK load in the command."""
+    code = ("import sys, openmind_prep.preprocess, openmind_prep.verify, openmind_prep.cluster; "
+            "print(sorted(m for m in ('dask', 'distributed', 'zarr', 'torch', 'SimpleITK') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
