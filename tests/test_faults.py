@@ -85,9 +85,14 @@ def reference(tree, tmp_path_factory) -> Path:
     return store
 
 
-def _assert_same_store(store: Path, reference: Path) -> None:
-    assert _rows(store) == _rows(reference)  # every image once, same rows (timings aside)
-    assert _stored_checksums(store) == _stored_checksums(reference)
+def _assert_same_store(store: Path, reference: Path, prefix: str = "") -> None:
+    """Same manifest rows (timings aside; every image exactly once) and the same decoded arrays as
+    the reference, restricted to image paths starting with ``prefix``."""
+    def keep(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k.startswith(prefix)}
+
+    assert _rows(store) == keep(_rows(reference))
+    assert _stored_checksums(store) == keep(_stored_checksums(reference))
     assert not list((store / TMP_DIR).iterdir()) and not list((store / MANIFEST_DIR).iterdir())
 
 
@@ -186,13 +191,21 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, tree, ref
 
 
 def test_cli_killed_while_the_cluster_lives_on_resumes_to_the_same_store(cluster, tree, reference, tmp_path):
-    """SIGKILL of the client process only: its in-flight batches may still finish on the workers
-    while the re-run starts; the result must still equal an uninterrupted run."""
+    """SIGKILL of the client process only (e.g. the login-node driver dies): the scheduler drops
+    its tasks, but a batch already running finishes on its worker and may add a fragment after the
+    kill. Once those orphans are done, a re-run resumes to a store equal to an uninterrupted run."""
+    from distributed import Client
+
     store = tmp_path / "store"
     proc = _preprocess_cli(tree, store, "--scheduler", cluster.address, log=tmp_path / "cli1.log")
     _wait_for_fragment(store, proc)
     proc.kill()
     proc.wait()
+    with Client(cluster.address, timeout=30) as client:  # orphaned batches finish (see README)
+        deadline = time.monotonic() + 60
+        while any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     n_done = len(read_manifest(store))
     assert 1 <= n_done < 3 * COPIES and not (store / "manifest.parquet").exists()
     rerun = _preprocess_cli(tree, store, "--scheduler", cluster.address, log=tmp_path / "cli2.log")
@@ -215,14 +228,15 @@ def test_disk_full_gives_a_clear_error_and_a_rerun_completes(tree, reference, tm
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real_put(path, value, exclusive)
 
-    store = tmp_path / "store"
+    store, one_copy = tmp_path / "store", ["--dataset", "ds100001", "--dataset", "ds100003"]  # 3 images
     monkeypatch.setattr(local, "_put", put_until_full)
     runner = CliRunner()
-    result = runner.invoke(main, ["preprocess", str(tree), "--out", str(store), "--workers", "1", "--threads-only"])
+    cmd = ["preprocess", str(tree), "--out", str(store), "--workers", "1", "--threads-only", *one_copy]
+    result = runner.invoke(main, cmd)
     assert result.exit_code == 1, result.output
     rows = read_manifest(store).to_pylist()
     failed = [r for r in rows if r["status"] != OK]
-    assert failed and len(rows) == 3 * COPIES
+    assert failed and len(rows) == 3
     for row in failed:
         assert "No space left on device" in row["error"] and row["image_path"] in row["error"]
         assert not (store / row["image_path"].split(".nii")[0]).exists()  # nothing visible at its key
@@ -233,9 +247,9 @@ def test_disk_full_gives_a_clear_error_and_a_rerun_completes(tree, reference, tm
     assert runner.invoke(main, ["verify", str(store)]).exit_code == 0
 
     monkeypatch.setattr(local, "_put", real_put)  # space freed: the re-run completes
-    result = runner.invoke(main, ["preprocess", str(tree), "--out", str(store), "--workers", "1", "--threads-only"])
+    result = runner.invoke(main, cmd)
     assert result.exit_code == 0, result.output
-    _assert_same_store(store, reference)
+    _assert_same_store(store, reference, prefix="ds1")
 
 
 def test_verify_finds_damaged_and_missing_arrays(reference, tmp_path):
