@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +69,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dask-"))
+    try:
+        run(tmp, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(tmp: Path, args: argparse.Namespace) -> None:
     src = replicated_tree(tmp, args.copies)
     records = read_metadata(src / METADATA_CSV)
     options = PreprocessOptions(dtype=args.dtype)
