@@ -14,6 +14,7 @@ def main() -> None:
 
 def _register() -> None:
     # One line per command; each module owns its command.
+    from openmind_prep.demo import demo_command
     from openmind_prep.plan import plan_command
     from openmind_prep.hub import download_command
     from openmind_prep.preprocess import preprocess_command
@@ -23,6 +24,7 @@ def _register() -> None:
     from openmind_prep.show import show_command
     from openmind_prep.shards import shard_command
 
+    main.add_command(demo_command)
     main.add_command(plan_command)
     main.add_command(download_command)
     main.add_command(preprocess_command)

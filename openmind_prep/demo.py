@@ -1,0 +1,171 @@
+"""``openmind-prep demo``: the whole pipeline end to end, on the embedded sample or on OpenMind.
+
+download (or write the embedded real-MRI sample) → preprocess (Dask) → Zarr + WebDataset shards
+→ overlapping views on the device → a short tiny-model CVA run → feature k-means. The run folder:
+
+    RUN/raw/            the source tree (repo layout)       RUN/views.png     view pairs + boxes
+    RUN/store/          Zarr store + manifest.parquet        RUN/loss.png      CVA loss curve
+    RUN/shards/         WebDataset tars + index.json         RUN/clusters.png  k-means of features
+    RUN/cva/            trainer run folder (log, ckpt)       RUN/summary.json / summary.txt
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from openmind_prep.cluster import ClusterConfig
+from openmind_prep.selection import Selection, selection_options
+
+
+@contextmanager
+def _stage(name: str, timings: dict):
+    click.secho(f"==> {name}", bold=True)
+    t0 = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t0, 2)
+    click.echo(f"    {name}: {timings[name]:.1f} s")
+
+
+def _source(run: Path, repo: str | None, revision: str, endpoint: str | None, selection: Selection,
+            small: bool) -> tuple[Path, Selection]:
+    """The raw tree and the selection still to apply to it."""
+    raw = run / "raw"
+    if repo is None:
+        from openmind_prep.sample import build_sample_tree
+
+        if not (raw / "openneuro_metadata.csv").exists():
+            build_sample_tree(raw, small=small)
+        return raw, selection
+    from openmind_prep.hub import HubRepo, download
+
+    download(HubRepo(repo, revision, endpoint), raw, selection=selection)
+    return raw, Selection()  # RAW's CSV lists exactly what was downloaded
+
+
+def _views(shards: Path, run: Path, patch: int, device: str, seed: int) -> dict:
+    import torch
+
+    from loaders import OverlapViewSampler, WebDatasetStream, collate_volumes, to_device
+    from loaders.preview import save_views_png
+
+    stream = WebDatasetStream(str(shards / "index.json"), seed=seed, shuffle_buffer=1, rank=0, world_size=1,
+                              worker=0, num_workers=1)
+    samples = [s for _, s in zip(range(4), stream)]
+    volumes = to_device(collate_volumes(samples), device)["image"]
+    sampler = OverlapViewSampler((patch,) * 3)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    pair = sampler(volumes, generator=g)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    save_views_png(pair, run / "views.png", n=min(3, len(volumes)))
+    return {"pairs": len(volumes), "patch": patch, "sampler_seconds": round(seconds, 4),
+            "overlaps": [round(float(o), 3) for o in pair.overlaps],
+            "keys": [s["key"] for s in samples]}
+
+
+def _cva(store: Path, run: Path, steps: int, patch: int, device: str, seed: int) -> dict:
+    from trainers.cva import parse_args, train
+
+    out = run / "cva"
+    args = parse_args(["--store", str(store), "--out", str(out), "--arch", "tiny", "--patch-size", str(patch),
+                       "--batch-size", "2", "--steps", str(steps), "--warmup-steps", str(max(1, steps // 10)),
+                       "--lr", "1e-3", "--proj-dim", "128", "--pool-size", "4", "--align-size", "4",
+                       "--num-workers", "0", "--ckpt-every", str(steps), "--device", device,
+                       "--seed", str(seed), "--export", str(out / "export.pth")])
+    result = train(args)
+    shutil.copyfile(out / "loss.png", run / "loss.png")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    first, last = log[: max(1, len(log) // 4)], log[-max(1, len(log) // 4):]
+    mean = lambda rows: sum(r["loss"] for r in rows) / len(rows)  # noqa: E731
+    return {"steps": result["step"], "loss_first_quarter": round(mean(first), 4),
+            "loss_last_quarter": round(mean(last), 4),
+            "samples_per_s": round(sum(r.get("samples_per_s", 0) for r in log) / len(log), 2),
+            "student": result["student"]}
+
+
+def _clusters(store: Path, run: Path, student, key: str, k: int, seed: int) -> dict:
+    import torch
+
+    from loaders import ZarrVolumeDataset
+    from trainers.clusters import kmeans_labels, save_clusters_png, voxel_features
+
+    ds = ZarrVolumeDataset(store, masks=False)
+    index = ds.keys.index(key) if key in ds.keys else 0
+    volume = torch.as_tensor(ds[index]["image"]).float()
+    backbone = student.backbone.cpu().eval()
+    labels = kmeans_labels(voxel_features(backbone, volume), k, seed=seed)
+    save_clusters_png(volume, labels, run / "clusters.png", title=f"k-means (k={k}) of CVA features: {ds.keys[index]}")
+    return {"volume": ds.keys[index], "k": k, "voxels": int(labels.size)}
+
+
+@click.command("demo")
+@click.option("--out", "run", type=click.Path(path_type=Path, file_okay=False), default=Path("runs/demo"),
+              show_default=True, help="Run folder (re-running resumes every stage).")
+@click.option("--repo", default=None, help="Hugging Face dataset repo (e.g. AnonRes/OpenMind); "
+              "default: the embedded real-MRI sample.")
+@click.option("--revision", default="main", show_default=True, help="Repo revision (with --repo).")
+@click.option("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
+@selection_options
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Dask workers [default: all cores].")
+@click.option("--steps", type=click.IntRange(min=2), default=60, show_default=True, help="CVA optimiser steps.")
+@click.option("--patch", type=click.IntRange(min=16), default=48, show_default=True, help="View edge in voxels.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if present), cpu or cuda.")
+@click.option("--small", is_flag=True, help="Use the 3-volume small sample (quicker).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_command(run: Path, repo: str | None, revision: str, endpoint: str | None, selection: Selection,
+                 workers: int | None, steps: int, patch: int, device: str, small: bool, seed: int) -> None:
+    """Run the main job end to end: data → preprocess → shards → views → CVA → pictures."""
+    import torch
+
+    from openmind_prep.preprocess import PreprocessOptions, preprocess
+    from openmind_prep.shards import merge_index, write_shards
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    run.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    with _stage("download" if repo else "sample", timings):
+        raw, rest = _source(run, repo, revision, endpoint, selection, small)
+    with _stage("preprocess", timings):
+        records, _, table = preprocess(raw, run / "store", rest, ClusterConfig(workers=workers),
+                                       PreprocessOptions(dtype="float16"))
+        rows = table.to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        raise click.ClickException(f"no image was preprocessed; see {run / 'store' / 'manifest.parquet'}")
+    with _stage("shards", timings):
+        write_shards(run / "store", run / "shards", shard_size=64 * 2**20, rows=ok, progress=True)
+        index = merge_index(run / "shards")
+    with _stage("views", timings):
+        views = _views(run / "shards", run, patch, device, seed)
+    with _stage("cva", timings):
+        cva = _cva(run / "store", run, steps, min(patch, 32), device, seed)
+    with _stage("clusters", timings):
+        clusters = _clusters(run / "store", run, cva.pop("student"), views["keys"][0], 6, seed)
+    timings["total"] = round(time.perf_counter() - t_all, 2)
+    summary = {
+        "source": repo or "embedded sample (nilearn MNI152, nibabel, dipy)", "device": device,
+        "images": len(records), "ok": len(ok), "failed": len(rows) - len(ok),
+        "shards": len(index["shards"]), "shard_samples": index["samples"],
+        "views": views, "cva": cva, "clusters": clusters, "seconds": timings,
+        "artefacts": ["store/manifest.parquet", "shards/index.json", "views.png", "loss.png", "clusters.png"],
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [f"openmind-prep demo on {summary['source']} ({device})",
+             f"images: {len(records)} selected, {len(ok)} ok, {summary['failed']} failed",
+             f"shards: {summary['shards']} with {summary['shard_samples']} samples",
+             f"views: {views['pairs']} pairs of {patch}^3, overlaps {views['overlaps']}",
+             f"cva: {cva['steps']} steps, loss {cva['loss_first_quarter']} -> {cva['loss_last_quarter']} "
+             f"(mean of first/last quarter), {cva['samples_per_s']} samples/s",
+             "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
+    (run / "summary.txt").write_text("\n".join(lines) + "\n")
+    click.echo("\n".join(lines))
+    click.echo(f"run folder: {run}")
