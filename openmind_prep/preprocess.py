@@ -11,6 +11,7 @@ only the image that kills a worker is marked failed. Re-running skips every imag
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,16 @@ def worker_max_bytes(fraction: int = IMAGE_MEMORY_FRACTION) -> int | None:
     return int(limit) // fraction if limit else None
 
 
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the store's file system is full (ENOSPC / EDQUOT). A full disk stops
+    the run with a clear error instead of failing every remaining image one by one.
+
+    >>> disk_full(OSError(errno.ENOSPC, "No space left on device")), disk_full(ValueError("x"))
+    (True, False)
+    """
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _row(record: ImageRecord) -> dict:
     row = empty_row(record.image_path)
     row.update(modality=record.modality, dataset=record.dataset, subject=record.subject,
@@ -132,6 +143,8 @@ def process_image(record: ImageRecord, src_root: Path, store: Path, options: Pre
     except InputError as e:
         row.update(error=str(e))
     except Exception as e:  # noqa: BLE001 - any other error fails this image only
+        if disk_full(e):
+            raise  # not this image's fault: stop the run (half-written groups stay in STORE/_tmp)
         row.update(error=f"{images / record.image_path}: {type(e).__name__}: {' '.join(str(e).split())}")
     row["seconds"] = time.perf_counter() - start
     return row
@@ -198,6 +211,8 @@ def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, 
             try:
                 batch_rows = future.result()
             except Exception as e:  # noqa: BLE001 - the task died, not one image
+                if disk_full(e):
+                    raise
                 if len(batch) > 1:  # isolate the image that kills workers
                     queue.extend([record] for record in reversed(batch))
                     batch_rows = []
@@ -255,7 +270,13 @@ def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_si
                        cluster: ClusterConfig) -> None:
     """Preprocess SRC (OpenMind repo layout) into the Zarr store --out with onemmiso (nnssl-exact)."""
     options = PreprocessOptions(dtype=dtype, chunks=chunks)
-    records, rows, table = preprocess(src, store, selection, cluster, options, batch_size=batch_size)
+    try:
+        records, rows, table = preprocess(src, store, selection, cluster, options, batch_size=batch_size)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        raise click.ClickException(f"disk full while writing {store} ({e}). Finished batches are kept; free "
+                                   "space and re-run the same command to resume.") from e
     if "webdataset" in formats:  # shards of every ok image (resumable: finished shards are kept)
         from openmind_prep.shards import merge_index, parse_size, write_shards
 
