@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -273,7 +274,7 @@ def train(args: argparse.Namespace) -> dict:
     save_checkpoint(ckpt_path, student, teacher, optimizer, step, view_rng, config, rank, world, use_cuda)
     if rank == 0:
         plot_losses(out / "log.jsonl", out / "loss.png")
-        if args.export is not None:
+        if args.export is not None and step >= args.steps:
             from trainers.export import save_nnssl_checkpoint
 
             source = student if args.export_weights == "student" else teacher
@@ -338,16 +339,24 @@ def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, opti
 
 def save_checkpoint(path: Path, student, teacher, optimizer, step: int, view_rng: torch.Generator, config: dict,
                     rank: int, world: int, use_cuda: bool) -> None:
-    """Everything exact resume needs; RNG states of every rank are gathered to rank 0, which writes."""
+    """Everything exact resume needs; RNG states of every rank are gathered to rank 0, which writes.
+
+    Each rank also reports a sha256 of its student and teacher weights (``replicas``): DDP replicas in
+    sync have equal digests.
+    """
+    digest = hashlib.sha256()
+    for module in (student, teacher):
+        for t in module.state_dict().values():
+            digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     rng = {"torch": torch.get_rng_state(), "views": view_rng.get_state(),
-           "cuda": torch.cuda.get_rng_state() if use_cuda else None}
+           "cuda": torch.cuda.get_rng_state() if use_cuda else None, "digest": digest.hexdigest()}
     rngs = [rng]
     if world > 1:
         rngs = [None] * world
         dist.all_gather_object(rngs, rng)
     if rank == 0:
         ckpt = {"student": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "rng": rngs, "config": config}
+                "step": step, "rng": rngs, "replicas": [r.pop("digest") for r in rngs], "config": config}
         tmp = path.with_name(path.name + ".tmp")
         torch.save(ckpt, tmp)
         tmp.replace(path)

@@ -1,0 +1,177 @@
+"""The CVA trainer end to end on CPU over a store preprocessed from the embedded real MRI.
+
+Runs are tiny (24³ views, the tiny net) so that the whole file stays well under two minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainers import cva
+from trainers.networks import CVANet, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", str(ROOT / "trainers/configs/tiny_cpu.py"), "--patch-size", "24", "--threads", "1",
+        "--warmup-steps", "3", "--lr", "2e-3"]
+
+
+@pytest.fixture(scope="module")
+def store(sample_tree, tmp_path_factory) -> Path:
+    """The small sample tree (real MRI) through the real onemmiso preprocessing into a Zarr store."""
+    from openmind_prep.manifest import merge_manifest
+    from openmind_prep.metadata import METADATA_CSV, read_metadata
+    from openmind_prep.preprocess import PreprocessOptions, process_batch
+    from openmind_prep.store import create_store
+
+    s = create_store(tmp_path_factory.mktemp("cva") / "store")
+    rows = process_batch(read_metadata(sample_tree / METADATA_CSV), sample_tree, s, PreprocessOptions())
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    merge_manifest(s)
+    return s
+
+
+def _args(store: Path, out: Path, *extra: str):
+    return cva.parse_args(["--store", str(store), "--out", str(out), *TINY, *extra])
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _fixed_batch_loss(store: Path, ckpt: dict, args) -> float:
+    """The run's loss on one fixed batch (same volumes, views and masks) with the checkpoint's networks."""
+    from loaders import OverlapViewSampler
+    from loaders.zarr_dataset import ZarrVolumeDataset
+
+    ds = ZarrVolumeDataset(store, masks=False)
+    vols = [ds[i]["image"].float() for i in range(len(ds))]
+    pair = OverlapViewSampler(args.patch_size, flip=False, scale=False, rotate=False, intensity=False,
+                              mask_block=args.mask_block)(vols, generator=torch.Generator().manual_seed(123))
+    student, teacher = CVANet(tiny(), 8, 256), CVANet(tiny(), 8, 256).eval()
+    student.load_state_dict(ckpt["student"])
+    teacher.load_state_dict(ckpt["teacher"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out_s = student(pair.views * pair.masks, predict=True)
+        out_t = teacher(pair.views, predict=False)
+        terms = cva.cva_losses(out_s, out_t, pair.views, pair.boxes, pair.masks, args)
+    return float(terms["loss"])
+
+
+def test_tiny_run_lowers_its_loss_and_exports(store, tmp_path):
+    out = tmp_path / "run"
+    flags = ["--store", str(store), "--out", str(out), *TINY, "--steps", "40", "--ckpt-every", "20",
+             "--export", str(out / "export.pth")]
+    cva.main([*flags, "--stop-at-step", "1"])
+    after_one = torch.load(out / "checkpoint.pt", weights_only=False)
+    cva.main(flags)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    args = cva.parse_args(flags)
+    before, after = _fixed_batch_loss(store, after_one, args), _fixed_batch_loss(store, ckpt, args)
+    assert after < 0.9 * before, (before, after)
+    rows = _log(out)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert all(r["samples_per_s"] > 0 and 0 <= r["data_wait_frac"] <= 1 for r in rows)
+    assert {"recon", "consistency", "ntxent"} <= set(rows[0])
+    assert (out / "loss.png").stat().st_size > 1000
+    config = json.loads((out / "config.json").read_text())
+    assert config["arch"] == "tiny" and config["patch_size"] == [24, 24, 24]
+    assert ckpt["step"] == 40 and ckpt["config"] == config
+    # the export loads into the matching dynamic-network-architectures network
+    exported = torch.load(out / "export.pth", weights_only=True)
+    net = tiny()
+    net.load_state_dict(exported["network_weights"])
+    student = CVANet(tiny(), 8, 256)
+    student.load_state_dict(ckpt["student"])
+    for k, v in student.backbone.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k
+
+
+def test_stopped_and_resumed_run_equals_a_straight_run(store, tmp_path):
+    straight = cva.train(_args(store, tmp_path / "a", "--steps", "4", "--ckpt-every", "100"))
+    cva.train(_args(store, tmp_path / "b", "--steps", "4", "--ckpt-every", "100", "--stop-at-step", "2"))
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 2
+    resumed = cva.train(_args(store, tmp_path / "b", "--steps", "4", "--ckpt-every", "100"))
+    assert resumed["step"] == straight["step"] == 4
+    for name in ("student", "teacher"):
+        a, b = straight[name].state_dict(), resumed[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    ca = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    cb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert torch.equal(ca["rng"][0]["views"], cb["rng"][0]["views"])
+    assert [r["loss"] for r in _log(tmp_path / "a")] == [r["loss"] for r in _log(tmp_path / "b")]
+
+
+def test_ddp_two_cpu_processes_keep_replicas_in_sync(store, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "trainers.cva", "--store", str(store), "--out", str(out), *TINY,
+           "--steps", "3", "--batch-size", "1", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 3 and len(ckpt["replicas"]) == 2
+    assert ckpt["replicas"][0] == ckpt["replicas"][1]  # both ranks hold the same student and teacher
+    init = CVANet(tiny(), 8, 256)
+    assert not torch.equal(init.backbone.encoder.stem.convs[0].conv.weight,
+                           ckpt["student"]["backbone.encoder.stem.convs.0.conv.weight"])  # it did train
+    assert [r["samples_per_s"] > 0 for r in _log(out)] == [True] * 3
+
+
+@pytest.mark.parametrize("recon", ["ae", "mae"])
+@pytest.mark.parametrize("consistency", ["none", "cva", "c-cva", "gram"])
+@pytest.mark.parametrize("contrastive", [True, False])
+def test_every_ablation_row_gives_its_terms_and_gradients(recon, consistency, contrastive, tmp_path):
+    flags = ["--recon", recon, "--consistency", consistency, "--contrastive" if contrastive else "--no-contrastive"]
+    args = cva.parse_args(["--store", str(tmp_path), "--out", str(tmp_path), *TINY, *flags])
+    torch.manual_seed(0)
+    net = CVANet(tiny(), 2, 32, vector_head=contrastive)
+    teacher = CVANet(tiny(), 2, 32, vector_head=contrastive).eval()
+    views = torch.randn(4, 1, 16, 16, 16)
+    boxes = torch.tensor([[0.25, 0.0, 0.5, 1.0, 0.75, 1.0]] * 2 + [[0.0, 0.25, 0.5, 0.75, 1.0, 0.0]] * 2)
+    masks = torch.rand(4, 1, 16, 16, 16) > 0.75 if recon == "mae" else None
+    out_s = net(views if masks is None else views * masks)
+    with torch.no_grad():
+        out_t = teacher(views, predict=False)
+    terms = cva.cva_losses(out_s, out_t, views, boxes, masks, args)
+    want = {"loss", "recon"} | ({"consistency"} if consistency != "none" else set()) | ({"ntxent"} if contrastive else set())
+    assert set(terms) == want
+    expected = 5.0 * terms["recon"] + terms.get("consistency", 0) + 0.1 * terms.get("ntxent", 0)
+    torch.testing.assert_close(terms["loss"], expected)
+    terms["loss"].backward()
+    assert net.backbone.encoder.stem.convs[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path):
+    cfg = tmp_path / "c.py"
+    cfg.write_text("arch = 'primus-m'\npatch_size = [160]\nlr = 1e-4\n")
+    args = cva.parse_args(["--store", "s", "--out", "o", "--config", str(cfg), "--lr", "5e-4"])
+    assert (args.arch, args.patch_size, args.lr) == ("primus-m", [160, 160, 160], 5e-4)
+    cfg.write_text("learning_rate = 1\n")
+    with pytest.raises(SystemExit):
+        cva.parse_args(["--store", "s", "--out", "o", "--config", str(cfg)])
+
+
+def test_schedules_are_per_step_arrays():
+    lr = cva.warmup_schedule(1.0, 0.0, 10, 100, "poly")
+    assert len(lr) == 100 and lr[9] == 1.0 and lr[4] == 0.5 and lr[-1] < 0.05
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
+    cos = cva.warmup_schedule(1.0, 0.1, 0, 100, "cosine")
+    assert cos[0] == 1.0 and cos[-1] == pytest.approx(0.1, abs=1e-3)
+    m = cva.momentum_schedule(0.995, 1.0, 50)
+    assert m[0] == 0.995 and m[-1] == pytest.approx(1.0, abs=1e-3)
+    assert (cva.momentum_schedule(0.995, None, 5) == 0.995).all()
