@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from loaders.separable import gaussian_matrix, separable
+
 
 @dataclass(frozen=True, eq=False)
 class IntensityParams:
@@ -88,36 +90,29 @@ def draw_intensity(n: int, channels: int, generator: torch.Generator) -> Intensi
     )
 
 
-def _blur_matrix(n: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``[n, n]`` Gaussian smoothing along one axis (truncate 4 sigma, edge voxels replicated)."""
-    r = max(1, int(4 * sigma + 0.5))
-    offsets = torch.arange(-r, r + 1, device=device)
-    k = torch.exp(-0.5 * (offsets.to(dtype) / sigma) ** 2)
-    k = k / k.sum()
-    rows = torch.arange(n, device=device)[:, None].expand(n, 2 * r + 1)
-    cols = (rows + offsets).clamp(0, n - 1)
-    return torch.zeros(n, n, device=device, dtype=dtype).index_put_((rows, cols), k.expand(n, -1), accumulate=True)
-
-
 def _blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of one ``[X, Y, Z]`` volume: three small matrix products."""
-    nx, ny, nz = x.shape
-    m0, m1, m2 = (_blur_matrix(n, sigma, x.device, x.dtype) for n in x.shape)
-    y = (m0 @ x.reshape(nx, ny * nz)).reshape(nx, ny, nz)
-    y = m1 @ y
-    return y @ m2.T
+    """Separable Gaussian blur of one ``[X, Y, Z]`` volume (scipy ``gaussian_filter``, mode 'nearest')."""
+    return separable(x, tuple(gaussian_matrix(n, sigma) for n in x.shape))  # type: ignore[arg-type]
+
+
+def _std_mean(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Unbiased std and mean, two-pass (``torch.std_mean`` within round-off, ~5x faster on a CPU)."""
+    mean = x.mean()
+    d = (x - mean).reshape(-1)
+    return (torch.dot(d, d) / max(d.numel() - 1, 1)).sqrt(), mean
 
 
 def _gamma_(x: Tensor, gamma: float, invert: bool) -> Tensor:
     """batchgenerators' gamma with retained mean and std (optionally on the inverted image), in place."""
     if invert:
         x.neg_()
-    std, mean = torch.std_mean(x)
+    std, mean = _std_mean(x)
     lo, top = torch.aminmax(x)
     rng = top - lo
     x.sub_(lo).div_(rng + 1e-7).pow_(gamma).mul_(rng)  # + lo cancels in the re-standardisation
-    std2, mean2 = torch.std_mean(x)
-    x.sub_(mean2).mul_(std / (std2 + 1e-8)).add_(mean)
+    std2, mean2 = _std_mean(x)
+    gain = std / (std2 + 1e-8)
+    x.mul_(gain).add_(mean - mean2 * gain)  # (x - mean2) * gain + mean in two passes
     if invert:
         x.neg_()
     return x

@@ -115,6 +115,11 @@ class PairGeometry:
         b = self.boxes[view].tolist()
         return OverlapBox(start=tuple(b[:3]), end=tuple(b[3:]))  # type: ignore[arg-type]
 
+    def is_axis_aligned(self, view: int) -> bool:
+        """True when view row ``view`` is mirror + zoom + shift of its source (no rotation)."""
+        lin = self.affines[view, :3, :3]
+        return bool(torch.count_nonzero(lin - torch.diag(torch.diagonal(lin))) == 0)
+
     def is_crop(self, view: int) -> bool:
         """True when view row ``view`` is an exact voxel crop (maybe mirrored) of its source."""
         a = self.affines[view]

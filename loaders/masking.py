@@ -40,10 +40,10 @@ def block_mask(
     hidden = int(ratio * cells)
     order = torch.rand(n, cells, generator=generator).argsort(dim=1)  # a random permutation per mask
     visible = order >= hidden  # ranks below `hidden` are hidden
-    small = visible.reshape(n, 1, grid[0], 1, grid[1], 1, grid[2], 1).to(device)
-    k = block_size
-    full = small.expand(n, 1, grid[0], k, grid[1], k, grid[2], k).reshape(n, 1, *(g * k for g in grid))
-    return full[:, :, : patch_size[0], : patch_size[1], : patch_size[2]].contiguous()
+    m = visible.reshape(n, 1, *grid).to(device)
+    for d in (4, 3, 2):  # upsample one axis at a time, smallest first: each step copies whole rows
+        m = m.index_select(d, torch.arange(patch_size[d - 2], device=m.device) // block_size)
+    return m
 
 
 __all__ = ["block_mask"]

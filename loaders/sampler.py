@@ -5,15 +5,18 @@
 applies them: each view is one resampling of its source through its affine (mirror, zoom and the
 pair's shared rotation in one ``grid_sample``, trilinear, ``align_corners=False``). A view whose
 affine is a whole-voxel crop (possibly mirrored) is copied by slicing instead, which gives the
-same values without interpolation round-off. Outside the volume, views are padded with the
+same values without interpolation round-off; a view without rotation (mirror + zoom) takes the same
+trilinear weights as three banded 1-D matrix products (``loaders.separable``), equal to the
+``grid_sample`` route within float round-off and ~5x cheaper on a CPU. Outside the volume, views are padded with the
 volume's background value (its per-channel minimum: the z-scored value of zero), not with 0.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,7 @@ from torch import Tensor
 from loaders.augment import IntensityParams, apply_intensity, draw_intensity
 from loaders.geometry import PairGeometry, Shape3, _fresh_generator, draw_pair_geometry
 from loaders.masking import block_mask
+from loaders.separable import linear_matrix, separable
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +47,10 @@ class ViewPair:
     intensity: IntensityParams | None
 
 
-def _crop(volume: Tensor, affine: Tensor, out: Tensor, pad: Tensor) -> None:
+Pad = Callable[[], Tensor]
+
+
+def _crop(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad) -> None:
     """Write the whole-voxel (maybe mirrored) crop of ``volume`` ``[C, X, Y, Z]`` into ``out``."""
     size = out.shape[1:]
     src, dst, flip_dims = [], [], []
@@ -58,46 +65,69 @@ def _crop(volume: Tensor, affine: Tensor, out: Tensor, pad: Tensor) -> None:
             flip_dims.append(1 + d)
         dst.append(slice(j0, max(j0, j1)))
     if any(s.stop - s.start < n for s, n in zip(dst, size)):
-        out.copy_(pad.reshape(-1, 1, 1, 1).expand_as(out))
+        out.copy_(pad().reshape(-1, 1, 1, 1).expand_as(out))
     if all(s.stop > s.start for s in dst):
         piece = volume[(slice(None), *src)]
         out[(slice(None), *dst)] = piece.flip(flip_dims) if flip_dims else piece
 
 
-def _resample(volume: Tensor, affine: Tensor, out: Tensor, pad: Tensor) -> None:
-    """Trilinear resampling of ``volume`` ``[C, X, Y, Z]`` through ``affine`` into ``out`` (one grid_sample).
+def _region(volume: Tensor, affine: Tensor, size: Shape3, pad: Pad, crop: bool) -> tuple[Tensor, Tensor]:
+    """The part of ``volume`` a view reads (its corners' bounding box + 1 voxel) and the affine shifted to it.
 
-    Where the view reaches outside the volume, only the region it touches is copied, padded with
-    ``pad``, so grid_sample never blends in its own zero padding.
+    Where the view reaches outside the volume, that region is copied and padded with ``pad()``;
+    otherwise the volume itself (``crop=False``) or a slice of it (``crop=True``) is returned.
     """
-    size = tuple(out.shape[1:])
-    dev, shape = volume.device, volume.shape[1:]
+    shape = torch.tensor(volume.shape[1:])
     corners = torch.tensor([[i, j, k, 1] for i in (0, size[0] - 1) for j in (0, size[1] - 1)
                             for k in (0, size[2] - 1)], dtype=affine.dtype) @ affine.T
     lo = corners[:, :3].amin(0).floor().long() - 1
     hi = corners[:, :3].amax(0).ceil().long() + 2
-    affine = affine.clone()
-    if bool((lo < 0).any() or (hi > torch.tensor(shape)).any()):
-        sub_shape = (hi - lo).tolist()
-        sub = pad.reshape(-1, 1, 1, 1).expand(volume.shape[0], *sub_shape).clone()
-        a, b = lo.clamp(min=0), torch.minimum(hi, torch.tensor(shape))
+    a, b = lo.clamp(min=0), torch.minimum(hi, shape)
+    if bool((lo < 0).any() or (hi > shape).any()):
+        sub = pad().reshape(-1, 1, 1, 1).expand(volume.shape[0], *(hi - lo).tolist()).clone()
         if bool((a < b).all()):
             dst = tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(a, b, lo))
             sub[(slice(None), *dst)] = volume[(slice(None), *(slice(int(x), int(y)) for x, y in zip(a, b)))]
-        volume, shape = sub, tuple(sub_shape)
-        affine[:3, 3] -= lo.to(affine.dtype)
+        volume, shift = sub, lo
+    elif crop:
+        volume, shift = volume[(slice(None), *(slice(int(x), int(y)) for x, y in zip(a, b)))], a
+    else:
+        return volume, affine
+    affine = affine.clone()
+    affine[:3, 3] -= shift.to(affine.dtype)
+    return volume, affine
+
+
+def _resample(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad) -> None:
+    """Trilinear resampling of ``volume`` ``[C, X, Y, Z]`` through ``affine`` into ``out`` (one grid_sample).
+
+    Where the view reaches outside the volume, only the region it touches is copied, padded with
+    ``pad()``, so grid_sample never blends in its own zero padding.
+    """
+    size = tuple(out.shape[1:])
+    volume, affine = _region(volume, affine, size, pad, crop=False)
+    dev, shape = volume.device, volume.shape[1:]
     a32 = affine.to(dev, torch.float32)
     scale = torch.tensor([2.0 / n for n in shape], device=dev)  # index i -> normalised (2i + 1) / n - 1
     lin = (a32[:3, :3] * scale[:, None]).flip(0)  # rows in grid_sample's (last, middle, first) order
     off = ((2 * a32[:3, 3] + 1) * scale / 2 - 1).flip(0)
     axes = [torch.arange(m, device=dev, dtype=torch.float32) for m in size]
-    grid = torch.empty(*size, 3, device=dev)
-    grid.copy_((off + lin[:, 0] * axes[0][:, None, None, None]).expand(*size, 3))
-    grid.add_(lin[:, 1] * axes[1][:, None, None])
-    grid.add_(lin[:, 2] * axes[2][:, None])
+    plane = off + lin[:, 0] * axes[0][:, None, None] + lin[:, 1] * axes[1][:, None]  # [X, Y, 3]
+    grid = torch.add(plane[:, :, None], lin[:, 2] * axes[2][:, None])  # one pass over the [X, Y, Z, 3] grid
     res = F.grid_sample(volume[None].float(), grid[None], mode="bilinear", padding_mode="border",
                         align_corners=False)
     out.copy_(res[0])
+
+
+def _resample_separable(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad) -> None:
+    """``_resample`` for an axis-aligned affine (mirror + zoom + shift, no rotation): the same
+    trilinear weights, applied as one banded 1-D interpolation matrix per axis (``loaders.separable``)."""
+    size = tuple(out.shape[1:])
+    volume, affine = _region(volume, affine, size, pad, crop=True)
+    for c in range(volume.shape[0]):
+        mats = tuple(linear_matrix(size[d], volume.shape[1 + d], float(affine[d, d]), float(affine[d, 3]))
+                     for d in range(3))
+        out[c] = separable(volume[c].float(), mats)  # type: ignore[arg-type]
 
 
 class OverlapViewSampler:
@@ -159,6 +189,12 @@ class OverlapViewSampler:
                                device=device)
         return geometry, intensity, masks
 
+    def _pad(self, volume: Tensor) -> Tensor:
+        """Per-channel padding value of ``volume``: ``pad_value``, or its minimum."""
+        if self.pad_value is None:
+            return volume.amin(dim=(1, 2, 3))
+        return torch.full((volume.shape[0],), self.pad_value, dtype=volume.dtype, device=volume.device)
+
     def apply(self, volumes: Tensor | Sequence[Tensor], geometry: PairGeometry,
               intensity: IntensityParams | None = None) -> Tensor:
         """Cut the views that ``geometry`` describes (and augment them with ``intensity``)."""
@@ -167,11 +203,15 @@ class OverlapViewSampler:
             raise ValueError(f"volumes of shapes {[tuple(v.shape) for v in vols]} do not match the "
                              f"geometry drawn for {geometry.source_shapes}")
         b = len(vols)
-        pads = [v.amin(dim=(1, 2, 3)) if self.pad_value is None
-                else torch.full((v.shape[0],), self.pad_value, dtype=v.dtype, device=v.device) for v in vols]
+        pads = [functools.cache(functools.partial(self._pad, v)) for v in vols]  # computed only if needed
         out = torch.empty(2 * b, vols[0].shape[0], *self.patch_size, dtype=vols[0].dtype, device=vols[0].device)
         for row in range(2 * b):
-            cut = _crop if geometry.is_crop(row) else _resample
+            if geometry.is_crop(row):
+                cut = _crop
+            elif geometry.is_axis_aligned(row):
+                cut = _resample_separable
+            else:
+                cut = _resample
             cut(vols[row % b], geometry.affines[row], out[row], pads[row % b])
         return apply_intensity(out, intensity, inplace=True) if intensity is not None else out
 

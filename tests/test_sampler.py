@@ -100,7 +100,7 @@ def test_crop_path_equals_grid_sample_path(mri):
         r = sampler([mri, small], generator=torch.Generator().manual_seed(seed))
         for row, vol in enumerate([mri, small, mri, small]):
             ref = torch.empty(1, *PATCH)
-            _resample(vol, r.geometry.affines[row], ref, vol.amin(dim=(1, 2, 3)))
+            _resample(vol, r.geometry.affines[row], ref, lambda: vol.amin(dim=(1, 2, 3)))
             assert (ref - r.views[row]).abs().max() < 1e-4
 
 
@@ -286,3 +286,89 @@ def test_bad_input_is_rejected():
         OverlapViewSampler(PATCH)(torch.randn(1, 30, 30, 30))
     with pytest.raises(ValueError, match="min_overlap"):
         OverlapViewSampler(PATCH, min_overlap=0.9, max_overlap=0.5)(torch.randn(1, 1, 30, 30, 30))
+
+
+def test_separable_route_equals_grid_sample_route(mri):
+    """Unrotated zoomed (and mirrored) views take banded per-axis matrix products; the grid_sample
+    route is the independent reference, including views that leave the volume (padding)."""
+    from loaders.sampler import _resample_separable
+
+    sampler = OverlapViewSampler(PATCH, p_scale=1.0, rotate=False, intensity=False)
+    small = mri[:, :14, :, 5:30]
+    seen_pad = False
+    for seed in range(10):
+        r = sampler([mri, small], generator=torch.Generator().manual_seed(seed))
+        for row, vol in enumerate([mri, small, mri, small]):
+            assert r.geometry.is_axis_aligned(row) and not r.geometry.is_crop(row)
+            ref, sep = torch.empty(1, *PATCH), torch.empty(1, *PATCH)
+            pad = lambda: vol.amin(dim=(1, 2, 3))  # noqa: E731
+            _resample(vol, r.geometry.affines[row], ref, pad)
+            _resample_separable(vol, r.geometry.affines[row], sep, pad)
+            assert (ref - sep).abs().max() < 1e-4
+            assert torch.equal(sep, r.views[row])  # the sampler took the separable route
+            a = r.geometry.affines[row]
+            ends = torch.stack([a[:3, 3], a[:3, 3] + a[:3, :3].diagonal() * (torch.tensor(PATCH) - 1)])
+            seen_pad |= bool((ends < 0).any() or (ends > torch.tensor(vol.shape[1:]) - 1).any())
+    assert seen_pad  # some views reach outside their volume: the padded region is compared too
+
+
+def test_separable_route_matches_scipy_float64(mri):
+    """Against scipy's float64 trilinear interpolation (map_coordinates order 1) at the affine's points."""
+    from scipy.ndimage import map_coordinates
+
+    from loaders.sampler import _resample_separable
+
+    sampler = OverlapViewSampler(PATCH, p_scale=1.0, rotate=False, intensity=False)
+    vol = mri[:, :, :, :].contiguous()
+    idx = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in PATCH], indexing="ij"), -1)
+    checked = 0
+    for seed in range(12):
+        r = sampler([vol], generator=torch.Generator().manual_seed(seed))
+        for row in range(2):
+            a = r.affines[row]
+            src = idx @ a[:3, :3].T + a[:3, 3]
+            if (src < 0).any() or (src > torch.tensor(vol.shape[1:], dtype=torch.float64) - 1).any():
+                continue  # padded views are covered by the grid_sample comparison
+            want = map_coordinates(vol[0].double().numpy(), src.permute(3, 0, 1, 2).numpy(), order=1)
+            got = torch.empty(1, *PATCH)
+            _resample_separable(vol, a, got, lambda: vol.amin(dim=(1, 2, 3)))
+            assert (got[0].double() - torch.from_numpy(want)).abs().max() < 2e-5
+            checked += 1
+    assert checked >= 6
+
+
+def test_separable_operators():
+    from loaders.separable import band_blocks, gaussian_matrix, linear_matrix, separable
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(13, 17, 11, generator=g, dtype=torch.float64)
+    mats = (linear_matrix(9, 13, 1.3, 0.4), gaussian_matrix(17, 0.9), linear_matrix(20, 11, -0.45, 10.2))
+    dense = torch.einsum("ai,bj,ck,ijk->abc", *mats, x)  # the Kronecker product, written out
+    assert torch.allclose(separable(x, mats), dense, atol=1e-12)
+    m = linear_matrix(40, 30, 0.7, 2.0)
+    blocks = band_blocks(m, dtype=torch.float64, rows=8)
+    rebuilt = torch.zeros_like(m)
+    for r0, r1, c0, c1, w in blocks:
+        rebuilt[r0:r1, c0:c1] = w
+    assert torch.equal(rebuilt, m) and max(c1 - c0 for _, _, c0, c1, _ in blocks) <= 8
+    assert torch.allclose(m.sum(1), torch.ones(40, dtype=torch.float64))
+    with pytest.raises(ValueError, match="does not fit"):
+        separable(x, (mats[1], None, None))
+
+
+def test_fast_statistics_and_masks_equal_the_plain_forms(mri):
+    from loaders.augment import _std_mean
+
+    v = mri[0, 5:40, 3:50, 2:40].contiguous()
+    s, m = _std_mean(v)
+    s_ref, m_ref = torch.std_mean(v.double())
+    assert abs(float(s) - float(s_ref)) < 1e-5 and abs(float(m) - float(m_ref)) < 1e-5
+    g = torch.Generator().manual_seed(3)
+    for patch, block in [((40, 24, 33), 8), ((32, 32, 48), 16)]:
+        mask = block_mask(3, patch, 0.6, block, generator=torch.Generator().manual_seed(3))
+        grid = [-(-p // block) for p in patch]
+        order = torch.rand(3, grid[0] * grid[1] * grid[2], generator=g.manual_seed(3)).argsort(dim=1)
+        small = (order >= int(0.6 * grid[0] * grid[1] * grid[2])).reshape(3, 1, *grid)
+        for d in (2, 3, 4):
+            small = small.repeat_interleave(block, dim=d)
+        assert torch.equal(mask, small[:, :, :patch[0], :patch[1], :patch[2]])
