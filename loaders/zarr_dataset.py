@@ -8,10 +8,11 @@ Both loaders (this one and :mod:`loaders.webdataset_stream`) yield the same samp
      "meta": manifest row + {"region": [[z0, z1], [y0, y1], [x0, x1]], "volume_shape": [z, y, x]}}
 
 A region is a tuple of three ``slice`` objects in zyx voxels (half-open, clipped to the volume);
-reading it decodes only the 64³ chunks it intersects (zarr's sharding codec reads the shard index
-and then just those chunks' byte ranges). The dataset is fork-safe: the parent process only reads
-the manifest (pyarrow); Zarr arrays (and the threads Zarr starts) are opened lazily inside each
-worker process and re-opened after a fork. Tensors leave DataLoader workers through shared memory,
+reading it decodes only the inner chunks (64³) it intersects, through the one region reader both
+loaders share (:mod:`openmind_prep.region_read`: the shard index, then just those chunks' bytes,
+one blosc thread, no event loop). The dataset is fork-safe: the parent process only reads the
+manifest (pyarrow); arrays are opened lazily inside each worker process and re-opened after a
+fork, and the reader starts no threads. Tensors leave DataLoader workers through shared memory,
 not pickled NumPy arrays.
 """
 
@@ -88,8 +89,6 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
         store: the store folder (``manifest.parquet`` + one group per image).
         keys: only these image group keys (default: all ``ok`` rows, manifest order).
         masks: also read ``anon_mask`` / ``anat_mask`` where the image has them.
-        zarr_store: a ``zarr`` store object to read arrays through instead of the folder
-            (e.g. a wrapper that counts reads); must be picklable for worker processes.
 
     >>> import tempfile
     >>> from openmind_prep import manifest, store as st
@@ -102,8 +101,7 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
     (1, torch.Size([1, 10, 10, 10]), torch.Size([1, 2, 2, 2]))
     """
 
-    def __init__(self, store: str | Path, keys: Sequence[str] | None = None, *, masks: bool = True,
-                 zarr_store: Any = None) -> None:
+    def __init__(self, store: str | Path, keys: Sequence[str] | None = None, *, masks: bool = True) -> None:
         from openmind_prep.manifest import OK, read_manifest
 
         self.store = Path(store)
@@ -116,7 +114,6 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
         self.keys = list(by_key) if keys is None else list(keys)
         self.rows = [by_key[k] for k in self.keys]
         self.masks = masks
-        self.zarr_store = zarr_store
         self._pid: int | None = None
         self._open: dict[int, dict[str, Any]] = {}
 
@@ -131,18 +128,17 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
         return {**self.__dict__, "_pid": None, "_open": {}}  # never ship open arrays to workers
 
     def _arrays(self, index: int) -> dict[str, Any]:
-        import zarr
+        from openmind_prep.region_read import open_array
 
         if self._pid != os.getpid():  # first use in this process (or after a fork)
             self._pid, self._open = os.getpid(), {}
         if index not in self._open:
             if len(self._open) >= _CACHE_SIZE:
                 self._open.pop(next(iter(self._open)))
-            root = self.zarr_store if self.zarr_store is not None else str(self.store)
             row, arrays = self.rows[index], {}
             for name in ARRAYS if self.masks else ARRAYS[:1]:
                 if row.get(_COLUMNS[name]):
-                    arrays[name] = zarr.open_array(store=root, path=row[_COLUMNS[name]], mode="r")
+                    arrays[name] = open_array(self.store / row[_COLUMNS[name]])
             self._open[index] = arrays
         return self._open[index]
 

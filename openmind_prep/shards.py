@@ -15,7 +15,8 @@ WebDataset's "extension starts at the first dot" rule holds; :func:`tar_key` / :
     <key>.json               its manifest row (``checksum`` = sha256 of the decoded image bytes)
 
 Encoding ``zshard`` (version 1) carries the Zarr array's own files, byte for byte, so a sample is
-exactly as large as the Zarr copy and a region read decodes only the 64³ chunks inside it::
+exactly as large as the Zarr copy and a region read decodes only the inner chunks inside it
+(:mod:`openmind_prep.region_read`, the same reader as the Zarr dataset's)::
 
     8 bytes  b"OMZSHRD1"
     8 bytes  N, uint64 little-endian
@@ -103,17 +104,16 @@ def encode_array(folder: Path) -> bytes:
     return b"".join([MAGIC, struct.pack("<Q", len(header)), header, *blobs])
 
 
-def decode_array(blob: bytes, name: str = "<blob>"):
-    """A ``zshard`` blob → read-only in-memory ``zarr.Array`` (slicing decodes only the chunks hit).
+def decode_array(blob: bytes | memoryview, name: str = "<blob>"):
+    """A ``zshard`` blob → read-only :class:`openmind_prep.region_read.ShardedArray` over it.
 
-    ``name`` (e.g. ``shard.tar:key.image.zshard``) goes into the error for a damaged blob.
+    Nothing is copied or decompressed up front: slicing decodes only the chunks it touches,
+    straight from the blob. ``name`` (e.g. ``shard.tar:key.image.zshard``) goes into errors.
     """
-    import zarr
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.storage import MemoryStore
+    from openmind_prep.region_read import ShardedArray, parse_layout
 
     view = memoryview(blob)
-    if bytes(view[:8]) != MAGIC or len(view) < 16:
+    if len(view) < 16 or bytes(view[:8]) != MAGIC:
         raise ValueError(f"{name}: not a zshard blob (bad magic)")
     (n,) = struct.unpack("<Q", view[8:16])
     try:
@@ -121,13 +121,18 @@ def decode_array(blob: bytes, name: str = "<blob>"):
     except (ValueError, KeyError) as err:
         raise ValueError(f"{name}: damaged zshard header ({err})") from None
     start, contents = 16 + n, {}
-    make = default_buffer_prototype().buffer.from_bytes
     for fname, size in files:
         if start + size > len(view):
             raise ValueError(f"{name}: truncated zshard ({fname} needs {size} bytes)")
-        contents[fname] = make(view[start:start + size])
+        contents[fname] = view[start:start + size]
         start += size
-    return zarr.open_array(MemoryStore(contents, read_only=True), mode="r")
+    if "zarr.json" not in contents:
+        raise ValueError(f"{name}: damaged zshard (no zarr.json)")
+    try:
+        meta = json.loads(bytes(contents["zarr.json"]))
+    except ValueError as err:
+        raise ValueError(f"{name}: damaged zarr.json ({err})") from None
+    return ShardedArray(parse_layout(meta, name), contents.get)
 
 
 def _sample_members(store: Path, row: dict) -> list[tuple[str, bytes]]:
