@@ -3,33 +3,40 @@
 The same real volumes (the embedded default, preprocessed by ``openmind_prep.preprocess``) are
 stored three ways:
 
-* ours, Zarr: float16, 64³ chunks in one shard per array, blosc zstd(5) + bitshuffle; a training
-  sample reads the 160³ patch region through ``ZarrVolumeDataset`` (arrays re-opened per read);
-* ours, WebDataset: the same arrays inside tar shards (``zshard``); ``WebDatasetStream`` with
-  ``region_size=160`` reads each sample from the tar and decodes only the region's chunks;
+* ours, Zarr: float16, 64³ chunks in one shard per array, as ``openmind_prep.store`` writes it
+  (codec printed at the start); ``ZarrVolumeDataset`` re-opens the array for every read;
+* ours, WebDataset: the same arrays inside tar shards (``zshard``); ``WebDatasetStream`` reads
+  each sample from the tar and decodes only the region's chunks;
 * reference (nnssl): the float32 store of the same preprocessing, written like nnssl's
   ``nnSSLDatasetBlosc2.save_case`` (shape ``(1, z, y, x)``, blosc2 ZSTD clevel 8, default filter,
   block/chunk sizes from nnssl's ``comp_blosc2_params`` rule for patch 160, re-implemented in
   :func:`nnssl_blocks_chunks`), read like its data loader: ``blosc2.open(..., dparams
   {"nthreads": 1}, mmap_mode="r")`` per sample, then the 257³ region (clipped to the volume).
 
-Single process; zarr limited to one codec thread; rates are samples per CPU-second of the process
-(all threads), i.e. per core. Run with the benchmark venv (blosc2 + zarr; see README):
+Regions: the reference reads 257³ for one 160³ patch (nnssl's enlarged patch for rotation and
+scaling). Our CVA trainer reads ``--region-scale`` (default 2) × patch = 320³ for a pair of 160³
+views, so that is the headline row for both of our loaders; 160³ (one view) is shown too. Both
+loaders read through ``openmind_prep.region_read``; a row reads the same store through the zarr
+library for comparison. Every method decodes with one thread (blosc2 ``nthreads=1``; our reader
+uses blosc's per-call context with one thread; zarr ``threading.max_workers=1``). Calls are
+interleaved round-robin; rates are samples per CPU-second of the process (all threads), i.e. per
+core. Run with the benchmark venv (blosc2 + zarr; see README):
 
-    PYTHONPATH=. .venv-bench/bin/python benchmarks/loading.py [--reads 30]
+    PYTHONPATH=. .venv-bench/bin/python benchmarks/loading.py [--reads 60] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 PATCH, REF_REGION = 160, 257
+CVA_REGION = 2 * PATCH  # trainers/cva.py reads region_scale (default 2.0) x patch for a view pair
 
 
 def nnssl_blocks_chunks(image_size: tuple[int, ...], patch: tuple[int, ...], itemsize: int,
@@ -90,19 +97,29 @@ def write_reference(store32: Path, rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def timed(fn, n: int) -> tuple[float, float]:
-    """(samples per CPU-second, samples per wall-second) of n calls."""
-    fn(0)
-    wall, cpu = time.perf_counter(), time.process_time()
+def timed(methods: dict, n: int) -> dict[str, tuple[float, float]]:
+    """(samples per CPU-second, samples per wall-second) of each method, calls interleaved round-robin
+    (the machine's load drifts; interleaving gives every method the same share of it)."""
+    import time
+
+    cpu = dict.fromkeys(methods, 0.0)
+    wall = dict.fromkeys(methods, 0.0)
+    for fn in methods.values():
+        fn(0)  # warm: imports, page cache
     for i in range(n):
-        fn(i)
-    return n / (time.process_time() - cpu), n / (time.perf_counter() - wall)
+        for name, fn in methods.items():
+            w, c = time.perf_counter(), time.process_time()
+            fn(i)
+            cpu[name] += time.process_time() - c
+            wall[name] += time.perf_counter() - w
+    return {name: (n / cpu[name], n / wall[name]) for name in methods}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reads", type=int, default=30, help="Region reads per method (more: steadier rates).")
-    parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temp dir).")
+    parser.add_argument("--reads", type=int, default=60, help="Reads per method (more: steadier rates).")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="Scratch folder (default: a temp dir); stores already built there are reused.")
     args = parser.parse_args()
 
     import blosc2
@@ -112,16 +129,27 @@ def main() -> None:
     from openmind_prep.manifest import read_manifest
     from openmind_prep.shards import merge_index, write_shards
 
+    blosc2.set_nthreads(1)
     zarr.config.set({"threading.max_workers": 1})
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_loading_"))
-    store16, store32 = build_stores(work)
+    if (work / "store_float16" / "manifest.parquet").exists() and (work / "store_float32" / "manifest.parquet").exists():
+        store16, store32 = work / "store_float16", work / "store_float32"
+    else:
+        store16, store32 = build_stores(work)
     rows = [r for r in read_manifest(store16).to_pylist() if r["status"] == "ok"]
     rows32 = {r["image_path"]: r for r in read_manifest(store32).to_pylist()}
     ref_paths = write_reference(store32, [rows32[r["image_path"]] for r in rows], work / "reference")
     write_shards(store16, work / "wds", shard_size=10**9, progress=False)
     index = merge_index(work / "wds")
     shapes = [tuple(r["shape"]) for r in rows]
+    codec = json.loads((store16 / rows[0]["zarr_path"] / "zarr.json").read_text())["codecs"][0]["configuration"]
+    blosc = codec["codecs"][-1]["configuration"]
     print(f"{len(rows)} real volumes (embedded default, onemmiso 1 mm): shapes {shapes}")
+    print(f"ours: float16, {codec['chunk_shape']} chunks, blosc {blosc['cname']}-{blosc['clevel']} {blosc['shuffle']}, "
+          "read with one blosc thread (ctx); reference: blosc2 nthreads=1 (set_nthreads + dparams)")
+    print(f"regions: reference {REF_REGION}³ (nnssl's read for one {PATCH}³ patch); ours {CVA_REGION}³ = the CVA "
+          f"trainer's read for a {PATCH}³ view pair (--region-scale 2), and {PATCH}³ (one view); all clipped to "
+          "the volume")
 
     rng = np.random.default_rng(0)
     ds = ZarrVolumeDataset(store16, masks=False)
@@ -130,54 +158,70 @@ def main() -> None:
         starts = [int(rng.integers(0, max(n - size, 0) + 1)) for n in shape]
         return tuple(slice(a, min(a + size, n)) for a, n in zip(starts, shape))
 
-    def ours_zarr(i):
-        ds._open.clear()  # cold: open the array per read, like the reference opens its file
-        k = i % len(ds)
-        return ds[k, region(ds.shape(k), PATCH)]
+    def ours_zarr(size):
+        def read(i):
+            ds._open.clear()  # cold: open the array per read, like the reference opens its file
+            k = i % len(ds)
+            return ds[k, region(ds.shape(k), size)]
+        return read
+
+    def zarr_library(i):  # the same store read through the zarr library itself (for comparison)
+        k = i % len(rows)
+        arr = zarr.open_array(str(store16 / rows[k]["zarr_path"]), mode="r")
+        return arr[region(arr.shape, CVA_REGION)]
 
     def reference(i):
         k = i % len(ref_paths)
         arr = blosc2.open(urlpath=str(ref_paths[k]), mode="r", dparams={"nthreads": 1}, mmap_mode="r")
         return arr[(slice(0, 1), *region(arr.shape[1:], REF_REGION))]
 
-    stream_iter = iter(())
+    def ours_wds(size):
+        state = {"it": iter(())}
 
-    def ours_wds(i):
-        nonlocal stream_iter
-        try:
-            return next(stream_iter)
-        except StopIteration:
-            stream_iter = iter(WebDatasetStream(str(work / "wds"), region_size=PATCH, shuffle_buffer=0,
-                                                rank=0, world_size=1, worker=0, num_workers=1))
-            return next(stream_iter)
+        def read(i):
+            try:
+                return next(state["it"])
+            except StopIteration:  # next epoch: a new pass over the shards
+                state["it"] = iter(WebDatasetStream(str(work / "wds"), region_size=size, shuffle_buffer=0,
+                                                    rank=0, world_size=1, worker=0, num_workers=1, masks=False))
+                return next(state["it"])
+        return read
 
-    results = {"reference (blosc2 f32, 257³ region)": timed(reference, args.reads),
-               "ours Zarr (f16, 160³ region)": timed(ours_zarr, args.reads),
-               "ours WebDataset (160³ region)": timed(ours_wds, args.reads)}
+    ref_name = f"reference (blosc2 f32, {REF_REGION}³)"
+    results = timed({ref_name: reference,
+                     f"ours Zarr ({CVA_REGION}³ pair region)": ours_zarr(CVA_REGION),
+                     f"ours WebDataset ({CVA_REGION}³ pair region)": ours_wds(CVA_REGION),
+                     f"ours Zarr ({PATCH}³ one view)": ours_zarr(PATCH),
+                     f"ours WebDataset ({PATCH}³ one view)": ours_wds(PATCH),
+                     f"same store via zarr library ({CVA_REGION}³)": zarr_library}, args.reads)
 
-    # output difference: the same 160³ region through both stores
+    # output difference: the same regions through our reader, zarr itself and the reference
     diffs = []
     for k in range(len(ds)):
         reg = region(ds.shape(k), PATCH)
-        ours = ds[k, reg]["image"][0].numpy().astype(np.float32)
+        ours = ds[k, reg]["image"][0].numpy()
+        if not np.array_equal(ours, zarr.open_array(str(store16 / rows[k]["zarr_path"]), mode="r")[reg]):
+            raise AssertionError(f"{rows[k]['zarr_path']}: our reader differs from zarr's on {reg}")
         ref = blosc2.open(urlpath=str(ref_paths[k]), mode="r")[(slice(0, 1), *reg)][0]
-        diffs.append(float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-8)))
+        diffs.append(float(np.abs(ours.astype(np.float32) - ref).max() / max(np.abs(ref).max(), 1e-8)))
 
     def folder_bytes(p: Path) -> int:
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
-    ref_bytes = np.mean([p.stat().st_size for p in ref_paths])
-    zarr_bytes = np.mean([folder_bytes(store16 / r["zarr_path"]) for r in rows])
+    ref_each = np.array([p.stat().st_size for p in ref_paths], float)
+    zarr_each = np.array([folder_bytes(store16 / r["zarr_path"]) for r in rows], float)
     wds_bytes = index["bytes"] / index["samples"]  # whole tar incl. masks and json
-    wds_image = np.mean([folder_bytes(store16 / r["zarr_path"]) + 512 for r in rows])
-    ref_cpu = results["reference (blosc2 f32, 257³ region)"][0]
-    print(f"\n{'method':38s} {'samples/CPU-s':>14s} {'samples/s':>10s} {'vs ref/core':>12s}")
+    wds_image = zarr_each + 512  # the zshard member: the same files plus a small header
+    ref_cpu = results[ref_name][0]
+    print(f"\n{'method':42s} {'samples/CPU-s':>14s} {'samples/s':>10s} {'vs ref/core':>12s}")
     for name, (per_cpu, per_wall) in results.items():
-        print(f"{name:38s} {per_cpu:14.1f} {per_wall:10.1f} {per_cpu / ref_cpu:11.2f}x")
-    print(f"\nbytes per volume (image): reference {ref_bytes / 1e6:.2f} MB, ours Zarr {zarr_bytes / 1e6:.2f} MB "
-          f"({zarr_bytes / ref_bytes:.2f}x), WebDataset image member ≈ {wds_image / 1e6:.2f} MB "
-          f"({wds_image / ref_bytes:.2f}x); whole WebDataset sample incl. masks + json {wds_bytes / 1e6:.2f} MB")
-    print(f"max |ours f16 - reference f32| / max|reference| over the same regions: {max(diffs):.2e}")
+        print(f"{name:42s} {per_cpu:14.1f} {per_wall:10.1f} {per_cpu / ref_cpu:11.2f}x")
+    print(f"\nbytes per volume (image): reference {ref_each.mean() / 1e6:.2f} MB, ours Zarr {zarr_each.mean() / 1e6:.2f} MB "
+          f"({zarr_each.mean() / ref_each.mean():.2f}x; per volume {(zarr_each / ref_each).min():.2f}-"
+          f"{(zarr_each / ref_each).max():.2f}x), WebDataset image member ≈ {wds_image.mean() / 1e6:.2f} MB "
+          f"({wds_image.mean() / ref_each.mean():.2f}x); whole WebDataset sample incl. masks + json "
+          f"{wds_bytes / 1e6:.2f} MB")
+    print(f"our reader == zarr's read on every region; max |ours f16 - reference f32| / max|reference|: {max(diffs):.2e}")
     print("targets: >= 2x the reference's reads per core, <= 0.5x its bytes")
 
 

@@ -32,6 +32,8 @@ import torch
 
 from loaders.zarr_dataset import random_region, read_sample
 
+_TAR_BUFSIZE = 1 << 20  # tarfile's stream default (10 KiB) splits a volume into hundreds of reads + a join
+
 
 class CorruptShardError(ValueError):
     """A shard (or a sample inside it) cannot be read; the message names the shard."""
@@ -178,7 +180,8 @@ def expand_tars(streams: Iterable[tuple[str, Any]], records: dict[str, dict] | N
         count = 0
         try:
             current: dict[str, Any] = {}
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            seekable = getattr(stream, "seekable", lambda: False)()  # local files, fsspec files: read members directly
+            with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|", bufsize=_TAR_BUFSIZE) as tar:
                 for info in tar:
                     if not info.isfile():
                         continue
@@ -215,20 +218,23 @@ def _complete(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_samples(raw: Iterable[dict[str, Any]], *, region_size: int | Sequence[int] | None = None,
-                   rng: np.random.Generator | None = None, skip_corrupt: bool = False) -> Iterator[dict]:
+                   rng: np.random.Generator | None = None, skip_corrupt: bool = False,
+                   masks: bool = True) -> Iterator[dict]:
     """Raw samples → sample dicts (see :mod:`loaders.zarr_dataset`), optionally a random region.
 
-    Only the chunks inside the region are decompressed.
+    Only the chunks inside the region are decompressed (:mod:`openmind_prep.region_read`, straight
+    from the member's bytes); ``masks=False`` leaves the masks undecoded (``None`` in the dict).
     """
     from openmind_prep.shards import decode_array
 
     rng = rng if rng is not None else np.random.default_rng(0)
+    names = ("image", "anon_mask", "anat_mask") if masks else ("image",)
     for sample in raw:
         url, key = sample["__url__"], sample["__key__"]
         try:
             meta = json.loads(sample["json"])
             arrays = {name: decode_array(sample[f"{name}.zshard"], f"{url}:{key}.{name}.zshard")
-                      for name in ("image", "anon_mask", "anat_mask") if f"{name}.zshard" in sample}
+                      for name in names if f"{name}.zshard" in sample}
             shape = arrays["image"].shape
             region = None if region_size is None else random_region(shape, region_size, rng)
             yield read_sample(key, arrays, region, meta)
@@ -275,6 +281,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
             the DataLoader worker info).
         skip_corrupt: warn and skip a damaged shard / sample instead of raising.
         verify: check each shard's sha256 against the index before use (buffers one shard).
+        masks: also decode ``anon_mask`` / ``anat_mask`` where a sample has them.
 
     >>> stream = WebDatasetStream(["a.tar", "b.tar"], rank=0, world_size=1)
     >>> stream.shards(worker=1, num_workers=2)
@@ -285,7 +292,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
                  region_size: int | Sequence[int] | None = None, resampled: bool = False,
                  samples_per_worker: int | None = None, rank: int | None = None, world_size: int | None = None,
                  worker: int | None = None, num_workers: int | None = None, skip_corrupt: bool = False,
-                 verify: bool = False) -> None:
+                 verify: bool = False, masks: bool = True) -> None:
         if isinstance(source, str):
             self.urls, self.records = read_index(source)
         else:
@@ -293,7 +300,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
         self.seed, self.shuffle_buffer, self.region_size = seed, shuffle_buffer, region_size
         self.resampled, self.samples_per_worker = resampled, samples_per_worker
         self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
-        self.skip_corrupt, self.verify = skip_corrupt, verify
+        self.skip_corrupt, self.verify, self.masks = skip_corrupt, verify, masks
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -319,7 +326,8 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
         streams = open_shards(urls, self.records, verify=self.verify, skip_corrupt=self.skip_corrupt)
         raw = expand_tars(streams, self.records, skip_corrupt=self.skip_corrupt)
         raw = shuffle_samples(raw, self.shuffle_buffer, rng)  # compressed samples: small buffer
-        samples = decode_samples(raw, region_size=self.region_size, rng=rng, skip_corrupt=self.skip_corrupt)
+        samples = decode_samples(raw, region_size=self.region_size, rng=rng, skip_corrupt=self.skip_corrupt,
+                                 masks=self.masks)
         for count, sample in enumerate(samples):
             if self.samples_per_worker is not None and count >= self.samples_per_worker:
                 return
