@@ -85,6 +85,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default).")
     g.add_argument("--ckpt-every", type=int, default=100, help="Steps between checkpoints (and loss-curve redraws).")
     g.add_argument("--log-every", type=int, default=1, help="Steps between log lines.")
+    g.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
+                   help="Write checkpoints (--no-checkpoint for benchmarks and throw-away smoke runs).")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="Continue from OUT/checkpoint.pt when it exists.")
     g.add_argument("--stop-at-step", type=int, default=None,
@@ -354,7 +356,7 @@ def save_checkpoint(path: Path, student, teacher, optimizer, step: int, view_rng
     if world > 1:
         rngs = [None] * world
         dist.all_gather_object(rngs, rng)
-    if rank == 0:
+    if rank == 0 and config["checkpoint"]:
         ckpt = {"student": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "rng": rngs, "replicas": [r.pop("digest") for r in rngs], "config": config}
         tmp = path.with_name(path.name + ".tmp")
