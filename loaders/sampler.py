@@ -98,11 +98,12 @@ def _region(volume: Tensor, affine: Tensor, size: Shape3, pad: Pad, crop: bool) 
     return volume, affine
 
 
-def _resample(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad) -> None:
+def _resample(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad, grid: Tensor | None = None) -> None:
     """Trilinear resampling of ``volume`` ``[C, X, Y, Z]`` through ``affine`` into ``out`` (one grid_sample).
 
     Where the view reaches outside the volume, only the region it touches is copied, padded with
-    ``pad()``, so grid_sample never blends in its own zero padding.
+    ``pad()``, so grid_sample never blends in its own zero padding. ``grid`` (``[*size, 3]``
+    float32) is an optional buffer to build the sampling grid in (fresh pages are slow on a CPU).
     """
     size = tuple(out.shape[1:])
     volume, affine = _region(volume, affine, size, pad, crop=False)
@@ -113,7 +114,7 @@ def _resample(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad) -> None:
     off = ((2 * a32[:3, 3] + 1) * scale / 2 - 1).flip(0)
     axes = [torch.arange(m, device=dev, dtype=torch.float32) for m in size]
     plane = off + lin[:, 0] * axes[0][:, None, None] + lin[:, 1] * axes[1][:, None]  # [X, Y, 3]
-    grid = torch.add(plane[:, :, None], lin[:, 2] * axes[2][:, None])  # one pass over the [X, Y, Z, 3] grid
+    grid = torch.add(plane[:, :, None], lin[:, 2] * axes[2][:, None], out=grid)  # one pass over [X, Y, Z, 3]
     res = F.grid_sample(volume[None].float(), grid[None], mode="bilinear", padding_mode="border",
                         align_corners=False)
     out.copy_(res[0])
@@ -204,15 +205,18 @@ class OverlapViewSampler:
                              f"geometry drawn for {geometry.source_shapes}")
         b = len(vols)
         pads = [functools.cache(functools.partial(self._pad, v)) for v in vols]  # computed only if needed
+        grid = None
         out = torch.empty(2 * b, vols[0].shape[0], *self.patch_size, dtype=vols[0].dtype, device=vols[0].device)
         for row in range(2 * b):
+            args = (vols[row % b], geometry.affines[row], out[row], pads[row % b])
             if geometry.is_crop(row):
-                cut = _crop
+                _crop(*args)
             elif geometry.is_axis_aligned(row):
-                cut = _resample_separable
-            else:
-                cut = _resample
-            cut(vols[row % b], geometry.affines[row], out[row], pads[row % b])
+                _resample_separable(*args)
+            else:  # rotated: both views of the pair, so build their grids in one buffer
+                if grid is None:
+                    grid = torch.empty(*self.patch_size, 3, device=out.device)
+                _resample(*args, grid=grid)
         return apply_intensity(out, intensity, inplace=True) if intensity is not None else out
 
     def __call__(self, volumes: Tensor | Sequence[Tensor], generator: torch.Generator | None = None) -> ViewPair:
