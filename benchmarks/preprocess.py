@@ -11,7 +11,7 @@ resampling, one thick-slice variant taking nnU-Net's separate-z path) it times
   nnU-Net: crop_to_nonzero + ZScoreNormalization + resample_data_or_seg_to_shape (order 3,
            order_z 0, force_separate_z None: the nnssl onemmiso plan),
 and prints the times, the speed ratio, the max abs output difference, and the stored bytes:
-ours (Zarr v3, float16, blosc zstd + bitshuffle, one shard) vs nnssl's float32 blosc2 zstd level 8.
+ours (Zarr v3, float16, blosc zstd + byte shuffle, one shard) vs nnssl's float32 blosc2 zstd level 8.
 Reading the file (SimpleITK, the same for both) is not timed.
 """
 

@@ -74,6 +74,21 @@ def test_stream_regions_are_slices_of_the_volume(data):
         np.testing.assert_array_equal(s["image"][0].numpy(), full[region])
 
 
+def test_stream_without_masks_leaves_them_undecoded(data, monkeypatch):
+    import openmind_prep.region_read as rr
+
+    _, written, wds = data
+    decoded: list[str] = []
+    real = rr._decompress
+    monkeypatch.setattr(rr, "_decompress", lambda d, dest, what: (decoded.append(what), real(d, dest, what)))
+    samples = list(WebDatasetStream(str(wds), seed=1, rank=0, world_size=1, masks=False))
+    assert {s["key"] for s in samples} == set(written)
+    assert all(s["anon_mask"] is None and s["anat_mask"] is None for s in samples)
+    assert decoded and not any("mask" in d for d in decoded)
+    for s in samples:
+        np.testing.assert_array_equal(s["image"][0].numpy(), written[s["key"]]["image"])
+
+
 def test_stage_split_partitions_a_list():
     urls = [f"s{i}" for i in range(11)]
     parts = [list(split_by_worker(split_by_node(urls, r, 3), w, 2)) for r in range(3) for w in range(2)]
