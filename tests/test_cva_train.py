@@ -6,6 +6,7 @@ Runs are tiny (24³ views, the tiny net) so that the whole file stays well under
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -130,6 +131,17 @@ def test_ddp_two_cpu_processes_keep_replicas_in_sync(store, tmp_path):
     assert not torch.equal(init.backbone.encoder.stem.convs[0].conv.weight,
                            ckpt["student"]["backbone.encoder.stem.convs.0.conv.weight"])  # it did train
     assert [r["samples_per_s"] > 0 for r in _log(out)] == [True] * 3
+
+
+def test_tiny_run_streams_webdataset_shards(store, tmp_path):
+    from openmind_prep.shards import merge_index, write_shards
+
+    write_shards(store, tmp_path / "wds", shard_size=1, progress=False)  # one volume per shard
+    merge_index(tmp_path / "wds")
+    out = tmp_path / "run"
+    result = cva.train(cva.parse_args(["--shards", str(tmp_path / "wds"), "--out", str(out), *TINY, "--steps", "3"]))
+    assert result["step"] == 3 and [r["step"] for r in _log(out)] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in _log(out))
 
 
 @pytest.mark.parametrize("recon", ["ae", "mae"])

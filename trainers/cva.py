@@ -38,7 +38,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None,
                    help="Python file of `name = value` overrides (see trainers/configs/); flags given here still win.")
     g = p.add_argument_group("data")
-    g.add_argument("--store", type=Path, default=None, help="Preprocessed Zarr store (openmind-prep preprocess).")
+    g.add_argument("--store", type=Path, default=None,
+                   help="Preprocessed Zarr store (openmind-prep preprocess): random region reads, exact data replay on resume.")
+    g.add_argument("--shards", default=None,
+                   help="WebDataset shard index (index.json, its folder or an fsspec URL) instead of --store: "
+                        "streaming for object storage / many nodes; a resumed run continues with a fresh seeded stream.")
     g.add_argument("--out", type=Path, default=None, help="Run folder: config, log, loss curve, checkpoint.")
     g.add_argument("--patch-size", type=int, nargs="+", default=[128],
                    help="View size, 1 or 3 ints (ResEnc-L 128 as in the CVA paper, Primus-M 160; 32 on CPU).")
@@ -111,8 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--config {first.config}: unknown setting(s) {unknown}")
         parser.set_defaults(**{k: v for k, v in overrides.items() if not k.startswith("_")})
     args = parser.parse_args(argv)
-    if args.store is None or args.out is None:
-        parser.error("--store and --out are required (on the command line or in --config)")
+    if (args.store is None) == (args.shards is None) or args.out is None:
+        parser.error("--out and exactly one of --store / --shards are required (on the command line or in --config)")
     if len(args.patch_size) not in (1, 3):
         parser.error("--patch-size takes 1 or 3 integers")
     args.patch_size = list(args.patch_size) * 3 if len(args.patch_size) == 1 else list(args.patch_size)
@@ -163,11 +167,6 @@ def cva_losses(out_s: dict, out_t: dict, views: torch.Tensor, boxes: torch.Tenso
     return {"loss": total, **terms}
 
 
-def _volumes(samples: list[dict]) -> list[torch.Tensor]:
-    """DataLoader collate: the image tensors ``[1, z, y, x]`` of a batch, shapes may differ."""
-    return [s["image"] for s in samples]
-
-
 def _rank_items(dataset, args, rank: int, world: int) -> list:
     """This rank's (index, region) reads for the whole run, epoch after epoch (a pure function of the seed).
 
@@ -190,8 +189,7 @@ def _rank_items(dataset, args, rank: int, world: int) -> list:
 
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) the training that ``args`` describes; returns the final modules and step."""
-    from loaders import OverlapViewSampler
-    from loaders.zarr_dataset import ZarrVolumeDataset
+    from loaders import OverlapViewSampler, WebDatasetStream, ZarrVolumeDataset, collate_volumes
 
     # ------------------------------------------------------------ setup: processes, device, seeds
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -212,10 +210,15 @@ def train(args: argparse.Namespace) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    # ------------------------------------------------------------ data
-    dataset = ZarrVolumeDataset(args.store, masks=False)
-    items = _rank_items(dataset, args, rank, world)
-    steps_per_epoch = max(1, math.ceil(len(dataset) / world / args.batch_size))
+    # ------------------------------------------------------------ data (built in the loop section, after resume)
+    if args.store is not None:
+        dataset = ZarrVolumeDataset(args.store, masks=False)
+        n_volumes = len(dataset)
+    else:
+        region = [math.ceil(args.region_scale * p) for p in args.patch_size]
+        dataset = WebDatasetStream(args.shards, seed=args.seed, region_size=region, resampled=True, masks=False)
+        n_volumes = sum(int(r.get("samples", 0)) for r in dataset.records.values()) or len(dataset.urls)
+    steps_per_epoch = max(1, math.ceil(n_volumes / world / args.batch_size))
     sampler = OverlapViewSampler(
         args.patch_size, args.min_overlap, args.max_overlap, flip=args.augment, scale=args.augment,
         rotate=args.augment, intensity=args.augment, mask_block=args.mask_block,
@@ -259,10 +262,14 @@ def train(args: argparse.Namespace) -> dict:
                 log_path.write_text("".join(ln + "\n" for ln in keep))
 
     # ------------------------------------------------------------ loop
+    if args.store is not None:  # this rank's reads for the whole run; step s reads items [s·B, (s+1)·B)
+        reads = {"sampler": _rank_items(dataset, args, rank, world)[step * args.batch_size:]}
+    else:  # an infinite resampled stream, seeded by the start step
+        dataset.set_epoch(step)
+        reads = {}
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=items[step * args.batch_size:], collate_fn=_volumes,
-        num_workers=args.num_workers, pin_memory=use_cuda, persistent_workers=False,
-        multiprocessing_context="spawn" if args.num_workers else None)
+        dataset, batch_size=args.batch_size, collate_fn=collate_volumes, num_workers=args.num_workers,
+        pin_memory=use_cuda, multiprocessing_context="spawn" if args.num_workers else None, **reads)
     batches = iter(loader)
     stop = min(args.steps, args.stop_at_step or args.steps)
     ctx = dict(model=model, student=student, teacher=teacher, sampler=sampler, view_rng=view_rng, batches=batches,
@@ -288,12 +295,14 @@ def train(args: argparse.Namespace) -> dict:
 def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, optimizer, lr_schedule, ema_schedule,
                     device, args, rank, world, out, epoch, start, end, save) -> int:
     """Steps ``start`` .. ``end`` − 1 of the run; returns the next step."""
+    from loaders import to_device
+
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     t_last = time.perf_counter()
     for step in range(start, end):
         # data: volumes → device → two views per volume, boxes, masks
-        vols = [v.to(device, non_blocking=True).float() for v in next(batches)]
+        vols = to_device(next(batches), device)["image"]
         pair = sampler(vols, generator=view_rng)
         views, boxes, masks = pair.views, pair.boxes, pair.masks
         if device.type == "cuda":
