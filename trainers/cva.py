@@ -280,7 +280,8 @@ def train(args: argparse.Namespace) -> dict:
         step = train_one_epoch(**ctx, epoch=epoch, start=step, end=min((epoch + 1) * steps_per_epoch, stop),
                                save=lambda s: save_checkpoint(ckpt_path, student, teacher, optimizer, s, view_rng,
                                                               config, rank, world, use_cuda))
-    save_checkpoint(ckpt_path, student, teacher, optimizer, step, view_rng, config, rank, world, use_cuda)
+    if step % args.ckpt_every:  # not saved by the loop yet
+        save_checkpoint(ckpt_path, student, teacher, optimizer, step, view_rng, config, rank, world, use_cuda)
     if rank == 0:
         plot_losses(out / "log.jsonl", out / "loss.png")
         if args.export is not None and step >= args.steps:
@@ -339,7 +340,7 @@ def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, opti
                    "step_s": dt, "data_wait_frac": t_data / dt, "peak_mem_bytes": int(mem)}
             log.write(json.dumps(row) + "\n")
             log.flush()
-        if (step + 1) % args.ckpt_every == 0 and step + 1 < end:
+        if (step + 1) % args.ckpt_every == 0:
             save(step + 1)
             if rank == 0:
                 plot_losses(out / "log.jsonl", out / "loss.png")
