@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from loaders.geometry import box_grid
+
 __all__ = [
     "align_views",
     "swap_views",
@@ -31,7 +33,8 @@ def align_views(features: torch.Tensor, boxes: torch.Tensor, out_size: int, samp
 
     Output voxel ``(i, j, k)`` is the mean of ``samples_per_bin``³ trilinear samples spread evenly over
     bin ``(i, j, k)`` of the box. ``grid_sample`` reads ``grid[..., 0]`` as the LAST tensor axis, so
-    the box's z component (axis 4) goes to grid channel 0 and x (axis 2) to channel 2.
+    the box's z component (axis 4) goes to grid channel 0 and x (axis 2) to channel 2; the grid
+    comes from ``loaders.geometry.box_grid``, the sampler's own mapping.
 
     Args:
         features: ``[N, C, X, Y, Z]``.
@@ -50,16 +53,9 @@ def align_views(features: torch.Tensor, boxes: torch.Tensor, out_size: int, samp
     """
     if features.ndim != 5 or boxes.shape != (features.shape[0], 6):
         raise ValueError(f"align_views wants features [N,C,X,Y,Z] and boxes [N,6], got {tuple(features.shape)} and {tuple(boxes.shape)}")
-    n, s = features.shape[0], out_size * samples_per_bin
+    s = out_size * samples_per_bin
     dtype = torch.promote_types(features.dtype, torch.float32)
-    t = (torch.arange(s, device=features.device, dtype=dtype) + 0.5) / s  # sub-bin centres in [0, 1]
-    start, end = boxes[:, :3].to(dtype), boxes[:, 3:].to(dtype)
-    u = start[:, :, None] + (end - start)[:, :, None] * t  # [N, 3 (x, y, z), s]
-    g = 2.0 * u - 1.0
-    gx = g[:, 0, :, None, None].expand(n, s, s, s)
-    gy = g[:, 1, None, :, None].expand(n, s, s, s)
-    gz = g[:, 2, None, None, :].expand(n, s, s, s)
-    grid = torch.stack((gz, gy, gx), dim=-1).to(features.dtype)  # channel 0 -> last axis (z)
+    grid = box_grid(boxes.to(dtype), (s, s, s)).to(features.dtype)  # the sampler's own box → grid mapping
     out = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return F.avg_pool3d(out, samples_per_bin) if samples_per_bin > 1 else out
 
