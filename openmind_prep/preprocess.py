@@ -169,6 +169,29 @@ def is_done(row: dict | None, store: Path) -> bool:
     return all(case_exists(store, p) for p in paths)
 
 
+def duplicate_keys(records: Sequence[ImageRecord], src_root: Path) -> list[dict]:
+    """``failed`` rows for the records whose store key (path without ``.nii``/``.nii.gz``) an earlier
+    record already uses, e.g. ``x.nii`` and ``x.nii.gz``: both would write one group, the second
+    silently replacing the first. The first keeps the key.
+
+    >>> from openmind_prep.metadata import record_from_row
+    >>> recs = [record_from_row({"image_path": p}) for p in ("d/s/a/x.nii", "d/s/a/x.nii.gz", "d/s/a/y.nii")]
+    >>> [r["image_path"] for r in duplicate_keys(recs, Path("/src"))]
+    ['d/s/a/x.nii.gz']
+    """
+    first: dict[str, str] = {}
+    rows = []
+    for record in records:
+        key = image_key(record.image_path)
+        if key in first and first[key] != record.image_path:
+            row = _row(record)
+            row["error"] = (f"{Path(src_root) / IMAGES_DIR / record.image_path}: its store key {key!r} is "
+                            f"already used by {first[key]!r} (same path without .nii/.nii.gz); refused")
+            rows.append(row)
+        first.setdefault(key, record.image_path)
+    return rows
+
+
 def pending(records: Iterable[ImageRecord], store: Path) -> list[ImageRecord]:
     """The records that still need work (no ``ok`` row with existing arrays)."""
     rows = current_rows(store)
@@ -190,11 +213,15 @@ def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, 
 
     store = create_store(store)
     clear_tmp(store)
-    todo = pending(records, store)
+    clashes = duplicate_keys(records, src_root)
+    if clashes:
+        write_fragment(store, clashes)
+    clashing = {row["image_path"] for row in clashes}
+    todo = [r for r in pending(records, store) if r.image_path not in clashing]
     queue = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     queue.reverse()  # pop() from the end keeps the CSV order
     max_in_flight = max_in_flight or 2 * max(1, sum(client.nthreads().values()))
-    futures, rows = {}, []
+    futures, rows = {}, list(clashes)
 
     def submit() -> None:
         batch = queue.pop()

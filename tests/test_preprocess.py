@@ -230,3 +230,28 @@ def test_the_command_modules_import_no_heavy_libraries():
             "print(sorted(m for m in ('dask', 'distributed', 'zarr', 'torch', 'SimpleITK') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_two_rows_with_one_store_key_keep_the_first_and_fail_the_second(tmp_path):
+    """``x.nii`` and ``x.nii.gz`` map to one group: the second must not silently replace the first."""
+    import gzip
+
+    src = build_sample_tree(tmp_path / "src", small=True)
+    first = "ds000003/sub-01/anat/sub-01_T1w.nii"
+    twin = first + ".gz"
+    raw = (src / IMAGES_DIR / first).read_bytes()
+    (src / IMAGES_DIR / twin).write_bytes(gzip.compress(raw[:-2000] + bytes(2000), mtime=0))  # other content
+    csv = src / METADATA_CSV
+    lines = csv.read_text().splitlines()
+    lines.append(next(line for line in lines if line.startswith(first + ",")).replace(first + ",", twin + ",", 1))
+    csv.write_text("\n".join(lines) + "\n")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(pp.preprocess_command, [str(src), "--out", str(store), *FAST])
+    assert result.exit_code == 1
+    rows = _rows(store)
+    assert rows[first]["status"] == OK and rows[twin]["status"] == FAILED
+    assert twin in rows[twin]["error"] and "already used by" in rows[twin]["error"]
+    from openmind_prep.onemmiso import preprocess_case
+
+    again = preprocess_case(src / IMAGES_DIR / first, masks={}, dtype=np.float16).image
+    np.testing.assert_array_equal(image_array(store, rows[first]["zarr_path"])[...], again)
