@@ -349,14 +349,17 @@ def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw:
     """Download and verify ``files`` into ``raw`` (repo layout) as Dask tasks of ``batch_size``
     files, at most ``workers`` at a time; failures are collected, never left at final paths.
 
-    ``dest`` maps a file to its final path (default ``raw / file.path``); ``state`` lets repeated
-    calls share one loaded :class:`VerifiedState`.
+    ``dest`` maps a file to its final path (default ``raw / file.path``, refused with a per-file
+    failure when the path leaves ``raw``); ``state`` lets repeated calls share one loaded
+    :class:`VerifiedState`.
     """
     import dask
     from tqdm.auto import tqdm
 
+    from openmind_prep.preprocess import source_path
+
     raw = Path(raw)
-    dest = dest or (lambda f: raw / f.path)
+    dest = dest or (lambda f: source_path(raw, f.path))
     files = list(files)
     state = state or VerifiedState(raw)
     lock = threading.Lock()

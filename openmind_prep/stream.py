@@ -106,15 +106,22 @@ def hub_fetcher(repo: HubRepo, commit: str, work: Path, workers: int) -> Fetch:
 
 
 def local_fetcher(source: Path, work: Path) -> Fetch:
-    """Copy from a local tree with the repo layout (temp file + rename, size checked)."""
+    """Copy from a local tree with the repo layout (temp file + rename, size checked); a path that
+    leaves either tree is a per-file failure."""
+    from openmind_prep.preprocess import source_path
+
     def fetch(files: list[RemoteFile]) -> dict[str, str]:
         failed = {}
         for f in files:
-            dest = work / f.path
+            try:
+                src, dest = source_path(source, f.path), source_path(work, f.path)
+            except ValueError as e:  # InputError: names the path and the reason
+                failed[f.path] = str(e)
+                continue
             tmp = dest.with_name(dest.name + ".part")
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source / f.path, tmp)
+                shutil.copyfile(src, tmp)
                 if tmp.stat().st_size != f.size:
                     raise OSError(f"size changed while copying ({tmp.stat().st_size} != {f.size} bytes)")
                 os.replace(tmp, dest)
@@ -136,8 +143,13 @@ def _failed_row(record: ImageRecord, error: str) -> dict:
 
 
 def _delete_raw(work: Path, item: Item) -> None:
+    from openmind_prep.preprocess import source_path
+
     for f in item.files:
-        path = work / f.path
+        try:
+            path = source_path(work, f.path)
+        except ValueError:  # never fetched (refused by the fetcher), so nothing to delete
+            continue
         path.unlink(missing_ok=True)
         parent = path.parent
         while parent != work and parent.is_dir() and not any(parent.iterdir()):

@@ -264,3 +264,17 @@ def test_digests_match_sha256sum_and_git_hash_object(sample_tree):
         assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         assert blob == subprocess.run([git, "hash-object", str(path)], capture_output=True, text=True,
                                       check=True).stdout.strip()
+
+
+def test_a_path_leaving_raw_is_a_per_file_failure_and_writes_nothing_outside(tmp_path):
+    """A hostile CSV/lock path (``..``) must not make the downloader write outside RAW; the fetch is
+    refused before any request (the endpoint here does not even exist)."""
+    from openmind_prep.hub import RemoteFile, download_files
+
+    raw = tmp_path / "raw"
+    evil = RemoteFile(path="OpenMind/../../escaped.nii.gz", size=10, sha256="0" * 64, blob_id=None)
+    report = download_files(HubRepo("x/y", "main", "http://127.0.0.1:9"), "c" * 40, [evil], raw,
+                            workers=1, progress=False)
+    assert [p for p, _ in report.failed] == [evil.path]
+    assert "leaves the source tree" in report.failed[0][1]
+    assert not (tmp_path / "escaped.nii.gz").exists() and report.transferred == ()
