@@ -7,11 +7,15 @@ its default angles, scale 0.7-1.4 p=0.2, centre crop to 257^3); low-res simulati
 overlapping 160^3 numpy crops; then per-crop noise / blur / brightness / contrast / gamma. It is
 re-built here from batchgenerators with the same arguments (nnssl itself is not installed).
 Ours: ``OverlapViewSampler((160,) * 3)`` on the same regions with the same probabilities.
+Same cores on both sides: ours with ``--threads`` torch threads, the reference in as many worker
+processes (its numpy/scipy steps are single-threaded; nnssl runs it in worker processes).
+Printed for p = 0, the default p = 0.2 (measured, and the reference's expectation from its p = 0
+and p = 1 costs, because a few reference batches at p = 0.2 are dominated by luck) and p = 1.
 
 Run (benchmark venv, see README):
-    PYTHONPATH=. .venv-bench/bin/python benchmarks/sampler.py                # CPU, ours vs reference
-    PYTHONPATH=. .venv-bench/bin/python benchmarks/sampler.py --always-spatial  # p_rot = p_scale = 1
-    PYTHONPATH=. python benchmarks/sampler.py --device cuda                   # ours on the GPU, ms/batch
+    PYTHONPATH=. .venv-bench/bin/python benchmarks/sampler.py               # CPU, 1 core each side
+    PYTHONPATH=. .venv-bench/bin/python benchmarks/sampler.py --threads 2   # 2 threads vs 2 processes
+    PYTHONPATH=. python benchmarks/sampler.py --device cuda [--always-spatial]  # ours on the GPU, ms/batch
 """
 
 from __future__ import annotations
@@ -112,37 +116,112 @@ def reference_pipeline(p_spatial: float):
     return run
 
 
-def time_cpu(args: argparse.Namespace) -> None:
-    torch.manual_seed(0)
-    np.random.seed(0)
-    regions = load_regions(args.batch, args.volume)
-    p = 1.0 if args.always_spatial else 0.2
-    ours = OverlapViewSampler((PATCH,) * 3, p_scale=p, p_rotate=p)
-    g = torch.Generator().manual_seed(0)
+_DATA: np.ndarray | None = None  # the regions, inherited by forked reference workers (not pickled)
+_CALLS = [0]
+
+
+def _init_worker() -> None:
+    """Reference worker start-up (untimed): import batchgenerators and count the samples it
+    resamples (rotated and/or scaled) with a counter around its ``interpolate_img`` (one call
+    per channel; the wrapper costs nothing measurable next to an order-3 257^3 resampling)."""
+    from batchgenerators.augmentations import spatial_transformations as st
+
+    inner = st.interpolate_img
+
+    def counted(*a, **k):
+        _CALLS[0] += 1
+        return inner(*a, **k)
+
+    st.interpolate_img = counted
+    reference_pipeline(0.0)
+
+
+def _ref_worker(job: tuple[float, int]) -> tuple[float, int]:
+    """One reference batch in a worker process: (seconds, samples resampled)."""
+    from threadpoolctl import threadpool_limits
+
+    p, seed = job
+    data, _CALLS[0] = _DATA, 0
+    np.random.seed(seed)  # batchgenerators draws from numpy's global RNG
+    run, rng = reference_pipeline(p), np.random.default_rng(seed)
+    with threadpool_limits(1):
+        t0 = time.perf_counter()
+        run(data, rng)
+        return time.perf_counter() - t0, _CALLS[0] // data.shape[1]
+
+
+def _interleaved(regions: torch.Tensor, p: float, n_ours: int, n_ref: int, procs: int, pool) -> dict:
+    """Alternate reference batches (``procs`` at once, in worker processes) with runs of our
+    batches, so both sides see the same load on a shared machine. ms per batch, branch counts."""
+    ours, g = OverlapViewSampler((PATCH,) * 3, p_scale=p, p_rotate=p), torch.Generator().manual_seed(0)
     ours(regions, generator=g)  # warm-up
-    t_ours = []
-    for _ in range(args.batches):
+    t_ours, resampled, t_ref, spatial = 0.0, 0, 0.0, 0
+    per_round = -(-n_ours // n_ref)
+    for r in range(n_ref):
+        for _ in range(per_round):
+            t0 = time.perf_counter()
+            pair = ours(regions, generator=g)
+            t_ours += time.perf_counter() - t0
+            resampled += sum(not pair.geometry.is_crop(i) for i in range(pair.views.shape[0]))
         t0 = time.perf_counter()
-        ours(regions, generator=g)
-        t_ours.append(time.perf_counter() - t0)
-    ref, rng, data = reference_pipeline(p), np.random.default_rng(0), regions.numpy()
-    t_ref = []
-    for _ in range(args.ref_batches):
-        t0 = time.perf_counter()
-        ref(data, rng)
-        t_ref.append(time.perf_counter() - t0)
-    mo, mr = statistics.mean(t_ours), statistics.mean(t_ref)
-    print(f"CPU, {torch.get_num_threads()} torch threads, B={args.batch}, patch {PATCH}^3 from {REGION}^3 regions, "
-          f"p_rotate = p_scale = {p}")
-    print(f"  ours:      {mo * 1e3:8.0f} ms/batch  {args.batch / mo:7.2f} pairs/s  ({args.batches} batches)")
-    print(f"  reference: {mr * 1e3:8.0f} ms/batch  {args.batch / mr:7.2f} pairs/s  ({args.ref_batches} batches)")
-    print(f"  speed-up:  {mr / mo:.1f}x")
+        res = pool.map(_ref_worker, [(p, 1000 * r + k) for k in range(procs)])
+        wall = time.perf_counter() - t0
+        t_ref += res[0][0] if procs == 1 else wall / procs  # procs batches finished in this wall time
+        spatial += sum(x[1] for x in res)
+    b = regions.shape[0]
+    return dict(ours=1e3 * t_ours / (per_round * n_ref), views=f"{resampled}/{2 * b * per_round * n_ref}",
+                ref=1e3 * t_ref / n_ref, samples=f"{spatial}/{b * procs * n_ref}")
+
+
+def time_cpu(args: argparse.Namespace) -> None:
+    """Ours vs the reference on the same cores, at p = 0, the default p and p = 1.
+
+    The reference's cost per batch is linear in how many samples it resamples (each costs one
+    order-3 ``map_coordinates`` over 257^3, whether rotated, scaled or both), and a sample is
+    resampled with probability q = 1 - (1 - p)^2. Besides measuring it at p directly (few batches:
+    the count of resampled samples varies a lot), we print its expectation T(0) + q (T(1) - T(0)).
+    """
+    import multiprocessing as mp
+
+    from threadpoolctl import threadpool_info
+
+    torch.set_num_threads(args.threads)
+    regions = load_regions(args.batch, args.volume)
+    b, p = args.batch, args.p
+    pools = sorted({(i["internal_api"], i["num_threads"]) for i in threadpool_info()})
+    print(f"CPU ({mp.cpu_count()} cores); ours: torch {torch.__version__}, torch.get_num_threads() = "
+          f"{torch.get_num_threads()}; reference: numpy {np.__version__} + scipy (map_coordinates, gaussian_filter: "
+          f"single-threaded C), native pools limited to 1 thread, in {args.threads} worker process(es) "
+          f"(this process: {pools})")
+    print(f"B={b} pairs, patch {PATCH}^3 from {REGION}^3 real-MRI regions (MNI152 T1, z-scored), same input both "
+          f"sides, batches interleaved")
+    settings = [("p=0 (crops only)", 0.0), (f"p={p} (default)", p), ("p=1 (always spatial)", 1.0)]
+    if args.skip_direct:
+        settings.pop(1)
+    rows = {}
+    global _DATA
+    _DATA = regions.numpy()
+    with mp.get_context("fork").Pool(args.threads, initializer=_init_worker) as pool:
+        for label, pp in settings:
+            n = args.batches if pp == p else max(2, args.batches // 4)
+            rows[pp] = (label, _interleaved(regions, pp, n, args.ref_batches, args.threads, pool))
+    q = 1 - (1 - p) ** 2
+    expect = rows[0.0][1]["ref"] + q * (rows[1.0][1]["ref"] - rows[0.0][1]["ref"])
+    print(f"{'setting':24s} {'ours ms/batch':>14s} {'views resampled':>16s} {'reference ms/batch':>19s} "
+          f"{'samples resampled':>18s} {'speed-up':>9s}")
+    for pp in sorted(rows):
+        label, r = rows[pp]
+        print(f"{label:24s} {r['ours']:14.0f} {r['views']:>16s} {r['ref']:19.0f} {r['samples']:>18s} "
+              f"{r['ref'] / r['ours']:8.1f}x")
+    ours_p = rows[p][1]["ours"] if p in rows else float("nan")
+    print(f"{f'p={p} expectation':24s} {ours_p:14.0f} {'':>16s} {expect:19.0f} {f'q={q:.2f}':>18s} "
+          f"{expect / ours_p:8.1f}x   <- reference T(0) + q (T(1) - T(0))")
 
 
 def time_gpu(args: argparse.Namespace) -> None:
     dev = torch.device(args.device)
     regions = load_regions(args.batch, args.volume).to(dev)
-    p = 1.0 if args.always_spatial else 0.2
+    p = 1.0 if args.always_spatial else args.p
     ours = OverlapViewSampler((PATCH,) * 3, p_scale=p, p_rotate=p)
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
@@ -163,10 +242,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu: ours vs reference; cuda: ours only, ms per batch")
     ap.add_argument("--batch", type=int, default=4, help="volumes per batch (pairs)")
-    ap.add_argument("--batches", type=int, default=10, help="timed batches for ours (repeats on GPU: use 50)")
-    ap.add_argument("--ref-batches", type=int, default=4, help="timed batches for the reference (slow)")
-    ap.add_argument("--always-spatial", action="store_true",
-                    help="rotate and zoom every sample (both sides) instead of p=0.2: the worst case")
+    ap.add_argument("--batches", type=int, default=16, help="timed batches for ours at p (repeats on GPU: use 50)")
+    ap.add_argument("--ref-batches", type=int, default=2, help="timed reference batches per setting (slow)")
+    ap.add_argument("--p", type=float, default=0.2, help="p_rotate = p_scale (the reference's value: 0.2)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU: torch threads for ours = worker processes for the reference (same cores)")
+    ap.add_argument("--skip-direct", action="store_true",
+                    help="CPU: skip the direct reference run at p (print only the expectation)")
+    ap.add_argument("--always-spatial", action="store_true", help="GPU: p=1 (rotate and zoom every sample)")
     ap.add_argument("--volume", type=Path, default=None, help="3D NIfTI used as region (default: MNI152)")
     args = ap.parse_args()
     (time_cpu if args.device == "cpu" else time_gpu)(args)
