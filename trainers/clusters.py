@@ -18,19 +18,26 @@ from trainers.networks import stage_features
 
 
 @torch.no_grad()
-def voxel_features(backbone: torch.nn.Module, volume: torch.Tensor, *, multiple: int = 16) -> torch.Tensor:
-    """Per-voxel features ``[D, x, y, z]`` of ``volume`` ``[1, x, y, z]`` (cropped to a multiple).
+def voxel_features(backbone: torch.nn.Module, volume: torch.Tensor, *, multiple: int = 16,
+                   stride: int = 1) -> torch.Tensor:
+    """Per-voxel features ``[D, x/stride, y/stride, z/stride]`` of ``volume`` ``[1, x, y, z]``.
+
+    The volume is cropped to a multiple of ``multiple``; ``stride`` 2 keeps memory at 1/8 for
+    whole 1 mm brains (the feature maps are resampled to that grid, not computed on a coarser input).
 
     >>> from trainers.networks import tiny
     >>> voxel_features(tiny().eval(), torch.randn(1, 20, 33, 17)).shape
     torch.Size([120, 16, 32, 16])
+    >>> voxel_features(tiny().eval(), torch.randn(1, 20, 33, 17), stride=2).shape
+    torch.Size([120, 8, 16, 8])
     """
     shape = [s - s % multiple for s in volume.shape[1:]]
     if min(shape) == 0:
         raise ValueError(f"volume {tuple(volume.shape)} is smaller than {multiple} voxels along an axis")
     x = volume[None, :, : shape[0], : shape[1], : shape[2]].float()
     feats, _ = stage_features(backbone, x)
-    up = [F.normalize(F.interpolate(f.float(), size=shape, mode="trilinear", align_corners=False), dim=1) for f in feats]
+    grid = [s // stride for s in shape]
+    up = [F.normalize(F.interpolate(f.float(), size=grid, mode="trilinear", align_corners=False), dim=1) for f in feats]
     return torch.cat(up, dim=1)[0]
 
 
@@ -57,7 +64,8 @@ def save_clusters_png(volume: torch.Tensor, labels: np.ndarray, path: Path, *, t
     """Rows: image slices, then the same slices coloured by cluster (slices along the first axis)."""
     from matplotlib.figure import Figure
 
-    vol = volume[0, : labels.shape[0], : labels.shape[1], : labels.shape[2]].float().cpu().numpy()
+    stride = max(1, volume.shape[1] // labels.shape[0])
+    vol = volume[0, ::stride, ::stride, ::stride][: labels.shape[0], : labels.shape[1], : labels.shape[2]].float().cpu().numpy()
     idx = np.linspace(0.25, 0.75, n_slices) * (labels.shape[0] - 1)
     fig = Figure(figsize=(2.2 * n_slices, 4.6), dpi=dpi)
     axes = fig.subplots(2, n_slices, squeeze=False)
