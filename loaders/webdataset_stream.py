@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
+import os
 import tarfile
 import warnings
 import zlib
@@ -170,17 +172,22 @@ def expand_tars(streams: Iterable[tuple[str, Any]], records: dict[str, dict] | N
                 skip_corrupt: bool = False) -> Iterator[dict[str, Any]]:
     """Group consecutive tar members by key into raw samples ``{"__key__", "__url__", ext: bytes}``.
 
+    A shard that is a local file is memory-mapped and its ``zshard`` members are ``memoryview``
+    slices of the map (no copy; the region reader decodes straight from them); other seekable streams are read
+    member by member, non-seekable ones in tarfile's stream mode.
+
     A damaged tar (bad header, truncated member, fewer samples than the index says, a sample
     without ``json`` or ``image.zshard``) raises :class:`CorruptShardError` naming the shard, or
     with ``skip_corrupt`` warns and moves on to the next shard.
     """
-    from openmind_prep.shards import untar_key
+    from openmind_prep.shards import EXTENSION, untar_key
 
     for url, stream in streams:
         count = 0
         try:
             current: dict[str, Any] = {}
             seekable = getattr(stream, "seekable", lambda: False)()  # local files, fsspec files: read members directly
+            mapped = _map_file(stream) if seekable else None
             with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|", bufsize=_TAR_BUFSIZE) as tar:
                 for info in tar:
                     if not info.isfile():
@@ -192,7 +199,13 @@ def expand_tars(streams: Iterable[tuple[str, Any]], records: dict[str, dict] | N
                         count, current = count + 1, {}
                     current.setdefault("__key__", key)
                     current["__url__"] = url
-                    current[ext] = tar.extractfile(info).read()
+                    if mapped is None:
+                        current[ext] = tar.extractfile(info).read()
+                    elif info.offset_data + info.size > len(mapped):
+                        raise tarfile.ReadError(f"unexpected end of data in {info.name}")
+                    else:
+                        data = mapped[info.offset_data:info.offset_data + info.size]
+                        current[ext] = data if ext.endswith(EXTENSION) else bytes(data)
             if current:
                 yield _complete(current)
                 count += 1
@@ -208,6 +221,17 @@ def expand_tars(streams: Iterable[tuple[str, Any]], records: dict[str, dict] | N
             if not skip_corrupt:
                 raise
             warnings.warn(f"skipping rest of {err}", stacklevel=2)
+
+
+def _map_file(stream: Any) -> memoryview | None:
+    """Read-only memory map of a stream backed by a local file (None for anything else)."""
+    try:
+        fd = stream.fileno()
+        if os.fstat(fd).st_size == 0:
+            return None
+        return memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def _complete(sample: dict[str, Any]) -> dict[str, Any]:
