@@ -280,6 +280,7 @@ def train(args: argparse.Namespace) -> dict:
         step = train_one_epoch(**ctx, epoch=epoch, start=step, end=min((epoch + 1) * steps_per_epoch, stop),
                                save=lambda s: save_checkpoint(ckpt_path, student, teacher, optimizer, s, view_rng,
                                                               config, rank, world, use_cuda))
+    del ctx, batches  # shut the DataLoader workers down
     if step % args.ckpt_every:  # not saved by the loop yet
         save_checkpoint(ckpt_path, student, teacher, optimizer, step, view_rng, config, rank, world, use_cuda)
     if rank == 0:
