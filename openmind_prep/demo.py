@@ -77,16 +77,19 @@ def _cva(store: Path, run: Path, steps: int, patch: int, device: str, seed: int)
     out = run / "cva"
     args = parse_args(["--store", str(store), "--out", str(out), "--arch", "tiny", "--patch-size", str(patch),
                        "--batch-size", "2", "--steps", str(steps), "--warmup-steps", str(max(1, steps // 10)),
-                       "--lr", "1e-3", "--proj-dim", "128", "--pool-size", "4", "--align-size", "4",
+                       "--lr", "3e-3", "--proj-dim", "128", "--pool-size", "4", "--align-size", "4",
                        "--num-workers", "0", "--ckpt-every", str(steps), "--device", device,
+                       "--probe-every", str(max(1, steps // 6)),
                        "--seed", str(seed), "--export", str(out / "export.pth")])
     result = train(args)
     shutil.copyfile(out / "loss.png", run / "loss.png")
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     first, last = log[: max(1, len(log) // 4)], log[-max(1, len(log) // 4):]
     mean = lambda rows: sum(r["loss"] for r in rows) / len(rows)  # noqa: E731
+    probes = [r["probe_loss"] for r in log if "probe_loss" in r]
     return {"steps": result["step"], "loss_first_quarter": round(mean(first), 4),
             "loss_last_quarter": round(mean(last), 4),
+            "probe_loss_first": round(probes[0], 4), "probe_loss_last": round(probes[-1], 4),
             "samples_per_s": round(sum(r.get("samples_per_s", 0) for r in log) / len(log), 2),
             "student": result["student"]}
 
@@ -164,8 +167,9 @@ def demo_command(run: Path, repo: str | None, revision: str, endpoint: str | Non
              f"images: {len(records)} selected, {len(ok)} ok, {summary['failed']} failed",
              f"shards: {summary['shards']} with {summary['shard_samples']} samples",
              f"views: {views['pairs']} pairs of {patch}^3, overlaps {views['overlaps']}",
-             f"cva: {cva['steps']} steps, loss {cva['loss_first_quarter']} -> {cva['loss_last_quarter']} "
-             f"(mean of first/last quarter), {cva['samples_per_s']} samples/s",
+             f"cva: {cva['steps']} steps, loss on a fixed batch {cva['probe_loss_first']} -> {cva['probe_loss_last']}, "
+             f"training loss {cva['loss_first_quarter']} -> {cva['loss_last_quarter']} (mean of first/last quarter), "
+             f"{cva['samples_per_s']} samples/s",
              "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
     (run / "summary.txt").write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines))

@@ -89,6 +89,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default).")
     g.add_argument("--ckpt-every", type=int, default=100, help="Steps between checkpoints (and loss-curve redraws).")
     g.add_argument("--log-every", type=int, default=1, help="Steps between log lines.")
+    g.add_argument("--probe-every", type=int, default=0,
+                   help="Steps between evaluations of the loss on one fixed, un-augmented batch (0: off). The per-step "
+                        "loss is noisy (new views and masks each step); the probe loss is the steadier progress signal.")
     g.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
                    help="Write checkpoints (--no-checkpoint for benchmarks and throw-away smoke runs).")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -224,6 +227,7 @@ def train(args: argparse.Namespace) -> dict:
         rotate=args.augment, intensity=args.augment, mask_block=args.mask_block,
         mask_ratio=args.mask_ratio if args.recon == "mae" else None)
     view_rng = torch.Generator().manual_seed(args.seed * 1000 + rank)  # views and masks of this rank
+    probe = make_probe(dataset, args, device) if args.probe_every and rank == 0 else None
 
     # ------------------------------------------------------------ networks
     backbone = build_backbone(args.arch, args.patch_size, drop_path_rate=args.drop_path)
@@ -274,7 +278,7 @@ def train(args: argparse.Namespace) -> dict:
     stop = min(args.steps, args.stop_at_step or args.steps)
     ctx = dict(model=model, student=student, teacher=teacher, sampler=sampler, view_rng=view_rng, batches=batches,
                optimizer=optimizer, lr_schedule=lr_schedule, ema_schedule=ema_schedule, device=device, args=args,
-               rank=rank, world=world, out=out)
+               rank=rank, world=world, out=out, probe=probe)
     while step < stop:
         epoch = step // steps_per_epoch
         step = train_one_epoch(**ctx, epoch=epoch, start=step, end=min((epoch + 1) * steps_per_epoch, stop),
@@ -294,8 +298,36 @@ def train(args: argparse.Namespace) -> dict:
     return {"student": student, "teacher": teacher, "step": step}
 
 
+def make_probe(dataset, args: argparse.Namespace, device: torch.device):
+    """One fixed batch of views (the first ``batch_size`` volumes, no augmentation, fixed views and masks)."""
+    from loaders import OverlapViewSampler, ZarrVolumeDataset, collate_volumes, to_device
+
+    if isinstance(dataset, ZarrVolumeDataset):
+        samples = [dataset[i] for i in range(min(args.batch_size, len(dataset)))]
+    else:  # a fresh pass over the stream; the training loader iterates its own copy
+        samples = [s for _, s in zip(range(args.batch_size), iter(dataset))]
+    vols = to_device(collate_volumes(samples), device)["image"]
+    sampler = OverlapViewSampler(args.patch_size, args.min_overlap, args.max_overlap, flip=False, scale=False,
+                                 rotate=False, intensity=False, mask_block=args.mask_block,
+                                 mask_ratio=args.mask_ratio if args.recon == "mae" else None)
+    return sampler(vols, generator=torch.Generator().manual_seed(args.seed + 12345))
+
+
+@torch.no_grad()
+def probe_loss(student, teacher, probe, args: argparse.Namespace) -> float:
+    """The loss of the current networks on the fixed probe batch (no RNG drawn: exact resume is kept)."""
+    was_training = student.training
+    student.eval()
+    views, masks = probe.views, probe.masks
+    out_s = student(views if masks is None else views * masks, predict=True)
+    out_t = teacher(views, predict=False)
+    loss = cva_losses(out_s, out_t, views, probe.boxes, masks, args)["loss"]
+    student.train(was_training)
+    return float(loss)
+
+
 def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, optimizer, lr_schedule, ema_schedule,
-                    device, args, rank, world, out, epoch, start, end, save) -> int:
+                    device, args, rank, world, out, epoch, start, end, save, probe=None) -> int:
     """Steps ``start`` .. ``end`` − 1 of the run; returns the next step."""
     from loaders import to_device
 
@@ -339,6 +371,8 @@ def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, opti
                    "grad_norm": float(grad_norm), "lr": float(lr_schedule[step]),
                    "momentum": float(ema_schedule[step]), "samples_per_s": args.batch_size * world / dt,
                    "step_s": dt, "data_wait_frac": t_data / dt, "peak_mem_bytes": int(mem)}
+            if probe is not None and (step == 0 or (step + 1) % args.probe_every == 0):
+                row["probe_loss"] = probe_loss(student, teacher, probe, args)
             log.write(json.dumps(row) + "\n")
             log.flush()
         if (step + 1) % args.ckpt_every == 0:
@@ -388,10 +422,11 @@ def plot_losses(log_path: Path, png_path: Path) -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "recon", "consistency", "ntxent"):
+    for key in ("loss", "recon", "consistency", "ntxent", "probe_loss"):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
-            ax.plot(*zip(*pts), label=key, lw=1)
+            ax.plot(*zip(*pts), label="loss on a fixed batch" if key == "probe_loss" else key,
+                    lw=2 if key == "probe_loss" else 1, marker="o" if key == "probe_loss" else None, ms=3)
     ax.set(xlabel="step", ylabel="loss", yscale="log", title=f"CVA pretraining ({log_path.parent.name})")
     ax.legend()
     fig.tight_layout()

@@ -1,0 +1,102 @@
+"""The main job end to end on the embedded sample: every artefact of the run folder is checked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from openmind_prep.cli import main
+from openmind_prep.metadata import read_metadata
+
+pytestmark = pytest.mark.slow
+STEPS = 48
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("demo") / "run"
+    result = CliRunner().invoke(main, ["demo", "--out", str(run), "--small", "--steps", str(STEPS),
+                                       "--patch", "32", "--workers", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return run
+
+
+def test_manifest_has_one_ok_row_per_sample_image(demo_run):
+    records = read_metadata(demo_run / "raw" / "openneuro_metadata.csv")
+    rows = pq.read_table(demo_run / "store" / "manifest.parquet").to_pylist()
+    assert sorted(r["image_path"] for r in rows) == sorted(r.image_path for r in records)
+    assert all(r["status"] == "ok" and r["error"] in ("", None) for r in rows)
+    for r in rows:
+        assert (demo_run / "store" / r["zarr_path"] / "zarr.json").is_file()
+
+
+def test_shard_index_matches_files_and_manifest(demo_run):
+    index = json.loads((demo_run / "shards" / "index.json").read_text())
+    assert index["samples"] == len(pq.read_table(demo_run / "store" / "manifest.parquet"))
+    assert sum(s["samples"] for s in index["shards"]) == index["samples"]
+    for shard in index["shards"]:
+        path = demo_run / "shards" / Path(shard["url"]).name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"].removeprefix("sha256:")
+
+
+def test_pngs_decode_with_expected_sizes(demo_run):
+    views = Image.open(demo_run / "views.png")
+    assert views.size == (6 * 2 * 80, 3 * 2 * 80)  # 3 pairs × (view 1, view 2) × 3 planes, 2-inch panels at 80 dpi
+    clusters = Image.open(demo_run / "clusters.png")
+    assert clusters.size == (int(4 * 2.2 * 80), int(4.6 * 80))
+    loss = Image.open(demo_run / "loss.png")
+    assert loss.size[0] > 300 and loss.size[1] > 200
+    for png in (views, clusters, loss):
+        pixels = np.asarray(png.convert("L"), dtype=np.float32)
+        assert pixels.std() > 10  # a picture, not a blank canvas
+
+
+def test_loss_log_decreases(demo_run):
+    """The per-step loss is noisy (new views and masks every step); the loss on the fixed probe batch,
+    logged every STEPS // 6 steps, must fall clearly."""
+    log = [json.loads(line) for line in (demo_run / "cva" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+    assert np.isfinite([r["loss"] for r in log]).all()
+    probes = [(r["step"], r["probe_loss"]) for r in log if "probe_loss" in r]
+    assert [s for s, _ in probes] == [1, *range(STEPS // 6, STEPS + 1, STEPS // 6)]
+    assert probes[-1][1] < 0.95 * probes[0][1], probes
+
+
+def test_summary_numbers_match_the_artefacts(demo_run):
+    summary = json.loads((demo_run / "summary.json").read_text())
+    rows = pq.read_table(demo_run / "store" / "manifest.parquet").to_pylist()
+    index = json.loads((demo_run / "shards" / "index.json").read_text())
+    log = [json.loads(line) for line in (demo_run / "cva" / "log.jsonl").read_text().splitlines()]
+    assert summary["images"] == len(rows) and summary["ok"] == len(rows) and summary["failed"] == 0
+    assert summary["shard_samples"] == index["samples"] and summary["shards"] == len(index["shards"])
+    assert summary["cva"]["steps"] == STEPS
+    probes = [r["probe_loss"] for r in log if "probe_loss" in r]
+    assert (summary["cva"]["probe_loss_first"], summary["cva"]["probe_loss_last"]) == (
+        pytest.approx(probes[0], abs=1e-4), pytest.approx(probes[-1], abs=1e-4))
+    quarter = STEPS // 4
+    assert summary["cva"]["loss_first_quarter"] == pytest.approx(np.mean([r["loss"] for r in log[:quarter]]), abs=1e-3)
+    assert summary["cva"]["loss_last_quarter"] == pytest.approx(np.mean([r["loss"] for r in log[-quarter:]]), abs=1e-3)
+    stages = {k: v for k, v in summary["seconds"].items() if k != "total"}
+    assert set(stages) == {"sample", "preprocess", "shards", "views", "cva", "clusters"}
+    assert all(v >= 0 for v in stages.values())
+    assert summary["seconds"]["total"] >= sum(stages.values()) - 0.1
+    assert all(0.4 - 1e-6 <= o <= 0.8 + 1e-6 for o in summary["views"]["overlaps"])
+    text = (demo_run / "summary.txt").read_text()
+    assert f"{STEPS} steps" in text and f"{len(rows)} ok" in text
+
+
+def test_show_renders_a_stored_volume(demo_run, tmp_path):
+    rows = pq.read_table(demo_run / "store" / "manifest.parquet").to_pylist()
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(main, ["show", str(demo_run / "store"), rows[0]["image_path"], "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (1200, 440)
+    bad = CliRunner().invoke(main, ["show", str(demo_run / "store"), "ds0/sub-x/anat/nope.nii.gz", "--out", str(out)])
+    assert bad.exit_code != 0 and "no stored image" in bad.output
