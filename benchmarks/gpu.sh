@@ -2,7 +2,7 @@
 # GPU measurements on a lent machine (the `device` tool; see README "Benchmarks"):
 # sampler ms/batch (B=4 pairs, 160³) and CVA training steps (ResEnc-L 128³, Primus-M 160³, batch 4).
 # Expects, carried with the call: .whl/ (wheels of packages the GPU image lacks: zarr, numcodecs,
-# donfig, crc32c, webdataset, braceexpand, dynamic-network-architectures, nibabel), .gpu/store (a
+# donfig, crc32c, webdataset, braceexpand, dynamic-network-architectures, timm 1.0.22, nibabel), .gpu/store (a
 # preprocessed store, e.g. from `openmind-prep demo`) and .gpu/mni.nii.gz (nilearn's MNI152 T1).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
