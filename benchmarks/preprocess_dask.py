@@ -15,7 +15,6 @@ All stores must end with the same checksums. Run with the main venv:
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import tempfile
@@ -26,35 +25,10 @@ import torch
 
 from openmind_prep.cluster import ClusterConfig, dask_client
 from openmind_prep.manifest import merge_manifest
-from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
+from openmind_prep.metadata import METADATA_CSV, read_metadata
 from openmind_prep.onemmiso import set_sitk_threads
 from openmind_prep.preprocess import PreprocessOptions, process_batch, run_preprocess
-from openmind_prep.sample import build_sample_tree
-
-
-def replicated_tree(dest: Path, copies: int) -> Path:
-    """The sample tree with every image repeated ``copies`` times under new dataset ids."""
-    base = build_sample_tree(dest / "base")
-    root = dest / "src"
-    with (base / METADATA_CSV).open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames, list(reader)
-    out = []
-    for k in range(copies):
-        for row in rows:
-            new = dict(row)
-            for col in ("image_path", "anon_mask_path", "anat_mask_path"):
-                if row[col]:
-                    new[col] = f"ds9{k:02d}{row[col][5:]}"  # ds000001/... -> ds900001/...
-                    target = root / IMAGES_DIR / new[col]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.link(base / IMAGES_DIR / row[col], target)
-            out.append(new)
-    with (root / METADATA_CSV).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(out)
-    return root
+from openmind_prep.sample import build_sample_tree, replicate_tree
 
 
 def checksums(store: Path) -> dict[str, str]:
@@ -76,7 +50,7 @@ def main() -> None:
 
 
 def run(tmp: Path, args: argparse.Namespace) -> None:
-    src = replicated_tree(tmp, args.copies)
+    src = replicate_tree(build_sample_tree(tmp / "base"), tmp / "src", args.copies, link=True)
     records = read_metadata(src / METADATA_CSV)
     options = PreprocessOptions(dtype=args.dtype)
     n = len(records)

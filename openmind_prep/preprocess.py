@@ -274,16 +274,27 @@ def preprocess(src_root: Path, store: Path, selection: Selection, cluster: Clust
     return records, rows, merge_manifest(store)
 
 
+def store_options(command: Callable) -> Callable:
+    """Click options of every command that writes a store (``preprocess``, ``run``):
+    ``--out`` (→ ``store``), ``--dtype``, ``--chunks``, ``--batch-size``."""
+    options = [
+        click.option("--out", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
+                     help="The Zarr v3 store to write (created; re-running resumes)."),
+        click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+                     help="Stored image dtype (float16 halves the bytes; ≤1e-2 SD error)."),
+        click.option("--chunks", type=click.IntRange(min=8), default=64, show_default=True,
+                     help="Inner chunk edge in voxels (all chunks of an array sit in one shard file)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Images per Dask task (and, in `run`, per download batch)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command("preprocess")
 @click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--out", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="The Zarr v3 store to write (created; re-running resumes).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Stored image dtype (float16 halves the bytes; ≤1e-2 SD error).")
-@click.option("--chunks", type=click.IntRange(min=8), default=64, show_default=True,
-              help="Inner chunk edge in voxels (all chunks of an array sit in one shard file).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per Dask task.")
+@store_options
 @click.option("--format", "formats", default="zarr", show_default=True,
               type=click.Choice(["zarr", "zarr,webdataset"]),
               help="Also write WebDataset tar shards (openmind_prep.shards) into --shards.")

@@ -208,6 +208,45 @@ def build_sample_tree(dest: Path, *, small: bool = False, broken: bool = False) 
     return dest
 
 
+def replicate_tree(src: Path, dest: Path, copies: int, *, link: bool = False) -> Path:
+    """A larger tree: every image of ``src`` (with its masks) ``copies`` times under new dataset ids
+    (``ds000001`` → ``ds100001``, ``ds200001``, ...), CSV rows included; files are copied, or
+    hard-linked with ``link=True``. For scale tests and benchmarks.
+
+    >>> import tempfile, pathlib
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> big = replicate_tree(build_sample_tree(tmp / "s", small=True), tmp / "big", 2)
+    >>> from openmind_prep.metadata import read_metadata
+    >>> sorted({r.dataset for r in read_metadata(big / METADATA_CSV)})
+    ['ds100001', 'ds100003', 'ds200001', 'ds200003']
+    """
+    import os
+    import shutil
+
+    src, dest = Path(src), Path(dest)
+    with (src / METADATA_CSV).open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    out = []
+    for copy in range(copies):
+        for row in rows:
+            new = dict(row)
+            for col in ("image_path", "anon_mask_path", "anat_mask_path"):
+                if row[col]:
+                    dataset, rest = row[col].split("/", 1)
+                    new[col] = f"ds{copy + 1}{dataset[3:]}/{rest}"
+                    target = dest / IMAGES_DIR / new[col]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    (os.link if link else shutil.copyfile)(src / IMAGES_DIR / row[col], target)
+            new["unique_id"] = f"{new['image_path'].split('/')[0]}_{row['unique_id']}"
+            out.append(new)
+    with (dest / METADATA_CSV).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(out)
+    return dest
+
+
 @click.command("sample")
 @click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--small", is_flag=True, help="Three small volumes (for quick tries and tests).")

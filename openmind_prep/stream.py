@@ -30,6 +30,7 @@ import click
 from openmind_prep.cluster import ClusterConfig, cluster_options
 from openmind_prep.hub import DownloadError, HubRepo, RemoteFile, VerifiedState, download_files, repo_options
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
+from openmind_prep.preprocess import store_options
 from openmind_prep.selection import Selection, selection_options
 
 
@@ -265,8 +266,7 @@ def source_items(source: Path, selection: Selection, work: Path) -> tuple[list[I
 @repo_options
 @click.option("--source", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="A local folder with the repo layout instead of the hub (--repo is then ignored).")
-@click.option("--out", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="The Zarr v3 store to write (created; re-running resumes).")
+@store_options
 @click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where raw files wait for preprocessing. Default: <STORE>.raw next to the store.")
 @click.option("--max-raw-gb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
@@ -276,12 +276,6 @@ def source_items(source: Path, selection: Selection, work: Path) -> tuple[list[I
               help="Replay a lock file (exact commit and files) instead of resolving a selection.")
 @click.option("--download-workers", type=click.IntRange(min=1), default=4, show_default=True,
               help="Concurrent downloads.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Stored image dtype (as in preprocess).")
-@click.option("--chunks", type=click.IntRange(min=8), default=64, show_default=True,
-              help="Inner chunk edge in voxels (as in preprocess).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per download batch and per Dask task.")
 @selection_options
 @cluster_options
 def run_command(repo: str, revision: str, endpoint: str | None, source: Path | None, store: Path,

@@ -4,7 +4,6 @@ array. Every test compares against an uninterrupted local run of the same tree."
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import os
@@ -14,15 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from openmind_prep.cli import main
 from openmind_prep.cluster import ClusterConfig
 from openmind_prep.manifest import MANIFEST_DIR, OK, RUN_COLUMNS, read_manifest
-from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
 from openmind_prep.preprocess import PreprocessOptions, preprocess
+from openmind_prep.sample import replicate_tree
 from openmind_prep.selection import Selection
 from openmind_prep.store import TMP_DIR, array_checksum, image_array
 
@@ -33,28 +31,7 @@ CLI = [sys.executable, "-c", "from openmind_prep.cli import main; main()"]
 @pytest.fixture(scope="module")
 def tree(sample_tree, tmp_path_factory) -> Path:
     """The small real-MRI sample replicated under COPIES dataset ids (files and CSV rows)."""
-    dest = tmp_path_factory.mktemp("faults_tree")
-    with (sample_tree / METADATA_CSV).open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames, list(reader)
-    out = []
-    for copy in range(COPIES):
-        for row in rows:
-            new = dict(row)
-            for col in ("image_path", "anon_mask_path", "anat_mask_path"):
-                if row[col]:
-                    dataset, rest = row[col].split("/", 1)
-                    new[col] = f"ds{copy + 1}{dataset[3:]}/{rest}"  # ds000001 -> ds100001, ds200001, ...
-                    target = dest / IMAGES_DIR / new[col]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(sample_tree / IMAGES_DIR / row[col], target)
-            new["unique_id"] = f"{new['image_path'].split('/')[0]}_{row['unique_id']}"
-            out.append(new)
-    with (dest / METADATA_CSV).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(out)
-    return dest
+    return replicate_tree(sample_tree, tmp_path_factory.mktemp("faults_tree"), COPIES)
 
 
 def _rows(store: Path) -> dict[str, dict]:
