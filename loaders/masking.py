@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from loaders.hugepages import empty
+
 
 def block_mask(
     n: int,
@@ -41,9 +43,10 @@ def block_mask(
     order = torch.rand(n, cells, generator=generator).argsort(dim=1)  # a random permutation per mask
     visible = order >= hidden  # ranks below `hidden` are hidden
     m = visible.reshape(n, 1, *grid).to(device)
-    for d in (4, 3, 2):  # upsample one axis at a time, smallest first: each step copies whole rows
+    for d in (4, 3):  # upsample one axis at a time, smallest first: each step copies whole rows
         m = m.index_select(d, torch.arange(patch_size[d - 2], device=m.device) // block_size)
-    return m
+    out = empty((n, 1, *patch_size), torch.bool, m.device)  # the large last step: huge pages on a CPU
+    return torch.index_select(m, 2, torch.arange(patch_size[0], device=m.device) // block_size, out=out)
 
 
 __all__ = ["block_mask"]

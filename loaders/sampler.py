@@ -24,6 +24,7 @@ from torch import Tensor
 
 from loaders.augment import IntensityParams, apply_intensity, draw_intensity
 from loaders.geometry import PairGeometry, Shape3, _fresh_generator, draw_pair_geometry
+from loaders.hugepages import empty
 from loaders.masking import block_mask
 from loaders.separable import linear_matrix, separable
 
@@ -84,7 +85,8 @@ def _region(volume: Tensor, affine: Tensor, size: Shape3, pad: Pad, crop: bool) 
     hi = corners[:, :3].amax(0).ceil().long() + 2
     a, b = lo.clamp(min=0), torch.minimum(hi, shape)
     if bool((lo < 0).any() or (hi > shape).any()):
-        sub = pad().reshape(-1, 1, 1, 1).expand(volume.shape[0], *(hi - lo).tolist()).clone()
+        sub = empty((volume.shape[0], *(hi - lo).tolist()), volume.dtype, volume.device)
+        sub.copy_(pad().reshape(-1, 1, 1, 1).expand_as(sub))
         if bool((a < b).all()):
             dst = tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(a, b, lo))
             sub[(slice(None), *dst)] = volume[(slice(None), *(slice(int(x), int(y)) for x, y in zip(a, b)))]
@@ -118,6 +120,44 @@ def _resample(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad, grid: Tenso
     res = F.grid_sample(volume[None].float(), grid[None], mode="bilinear", padding_mode="border",
                         align_corners=False)
     out.copy_(res[0])
+
+
+def _resample_stacked(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad, grid: Tensor | None = None) -> None:
+    """``_resample`` through torch's vectorised 2-D bilinear kernel (CPU 3-D ``grid_sample`` is scalar code).
+
+    The region's (x, y) planes are read as one tall image of rows ``x * Y + y`` (a strided view, no
+    copy), with a second channel starting one x-plane later; one 2-D ``grid_sample`` gives the
+    bilinear (y, z) values on planes ``floor(x)`` and ``floor(x) + 1``, and a lerp in x gives the
+    trilinear value. Same weights as ``_resample``; the row coordinate is rounded to float32 on an
+    image ~``X * Y`` rows tall (<= ~0.01 voxel along y on a 257³ region). ~2.4x faster on a CPU.
+    ``grid`` (``[P0 * P1, P2, 2]`` float32) is an optional buffer.
+    """
+    size = tuple(out.shape[1:])
+    volume, affine = _region(volume, affine, size, pad, crop=True)  # positions in [1, n - 2] per axis
+    if volume.stride(3) != 1 or volume.stride(1) % volume.stride(2):
+        volume = volume.contiguous()
+    _, nx, ny, nz = volume.shape
+    sc, sx, sy, _ = volume.stride()
+    rows_per_plane, rows = sx // sy, (nx - 2) * (sx // sy) + ny  # planes 0..nx-2 (x0 + 1 <= nx - 1)
+    a32, t32 = affine[:3, :3].float(), affine[:3, 3].float()
+    axes = [torch.arange(m, dtype=torch.float32) for m in size]
+
+    def coord(d: int) -> Tensor:  # source position along axis d of every view voxel, [P0, P1, P2]
+        plane = (a32[d, 0] * axes[0] + t32[d])[:, None, None] + (a32[d, 1] * axes[1])[None, :, None]
+        return plane + (a32[d, 2] * axes[2])[None, None, :]
+
+    grid = grid if grid is not None else empty((size[0] * size[1], size[2], 2), torch.float32)
+    gz, gy = (grid[..., i].view(size) for i in (0, 1))
+    wx = coord(0)
+    x0 = wx.floor()
+    wx.sub_(x0)
+    torch.add(coord(1), x0, alpha=rows_per_plane, out=gy).mul_(2.0 / rows).add_(1.0 / rows - 1)
+    torch.mul(coord(2), 2.0 / nz, out=gz).add_(1.0 / nz - 1)
+    for c in range(volume.shape[0]):
+        img = volume.as_strided((1, 2, rows, nz), (0, sx, sy, 1), volume.storage_offset() + c * sc)
+        both = F.grid_sample(img.float(), grid[None], mode="bilinear", padding_mode="border",
+                             align_corners=False)[0].view(2, *size)
+        torch.lerp(both[0], both[1], wx, out=out[c])
 
 
 def _resample_separable(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad) -> None:
@@ -206,13 +246,17 @@ class OverlapViewSampler:
         b = len(vols)
         pads = [functools.cache(functools.partial(self._pad, v)) for v in vols]  # computed only if needed
         grid = None
-        out = torch.empty(2 * b, vols[0].shape[0], *self.patch_size, dtype=vols[0].dtype, device=vols[0].device)
+        out = empty((2 * b, vols[0].shape[0], *self.patch_size), vols[0].dtype, vols[0].device)
         for row in range(2 * b):
             args = (vols[row % b], geometry.affines[row], out[row], pads[row % b])
             if geometry.is_crop(row):
                 _crop(*args)
             elif geometry.is_axis_aligned(row):
                 _resample_separable(*args)
+            elif out.device.type == "cpu":  # rotated, on a CPU: 2-D kernel; grids of a pair share a buffer
+                p = self.patch_size
+                grid = grid if grid is not None else empty((p[0] * p[1], p[2], 2), torch.float32)
+                _resample_stacked(*args, grid=grid)
             else:  # rotated: both views of the pair, so build their grids in one buffer
                 if grid is None:
                     grid = torch.empty(*self.patch_size, 3, device=out.device)

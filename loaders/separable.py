@@ -19,6 +19,8 @@ import math
 import torch
 from torch import Tensor
 
+from loaders.hugepages import empty
+
 _ROWS = 32  # output rows per block of a banded product
 
 Blocks = tuple[tuple[int, int, int, int, Tensor], ...]
@@ -82,16 +84,16 @@ def _apply_axis(x: Tensor, axis: int, blocks: Blocks, n_out: int) -> Tensor:
     """Apply one axis's banded matrix to a ``[A, B, C]`` tensor."""
     a, b, c = x.shape
     if axis == 0:
-        src, out = x.contiguous().reshape(a, b * c), x.new_empty((n_out, b * c))
+        src, out = x.contiguous().reshape(a, b * c), empty((n_out, b * c), x.dtype, x.device)
         for r0, r1, c0, c1, w in blocks:
             torch.matmul(w, src[c0:c1], out=out[r0:r1])
         return out.reshape(n_out, b, c)
     if axis == 1:
-        out = x.new_empty((a, n_out, c))
+        out = empty((a, n_out, c), x.dtype, x.device)
         for r0, r1, c0, c1, w in blocks:
             out[:, r0:r1] = torch.matmul(w, x[:, c0:c1])
         return out
-    src, out = x.contiguous().reshape(a * b, c), x.new_empty((a * b, n_out))
+    src, out = x.contiguous().reshape(a * b, c), empty((a * b, n_out), x.dtype, x.device)
     for r0, r1, c0, c1, w in blocks:
         out[:, r0:r1] = src[:, c0:c1] @ w.T
     return out.reshape(a, b, n_out)
