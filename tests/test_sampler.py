@@ -372,3 +372,46 @@ def test_fast_statistics_and_masks_equal_the_plain_forms(mri):
         for d in (2, 3, 4):
             small = small.repeat_interleave(block, dim=d)
         assert torch.equal(mask, small[:, :, :patch[0], :patch[1], :patch[2]])
+
+
+def test_stacked_route_equals_grid_sample_route(mri):
+    """Rotated views on a CPU take the stacked-plane 2-D kernel + lerp in x; the 3-D grid_sample
+    route is the independent reference (zoom, mirrors and views leaving the volume included)."""
+    from loaders.sampler import _resample_stacked
+
+    sampler = OverlapViewSampler(PATCH, p_scale=0.5, p_rotate=1.0, intensity=False)
+    small = mri[:, :14, :, 5:30]
+    seen_pad = False
+    for seed in range(10):
+        r = sampler([mri, small], generator=torch.Generator().manual_seed(seed))
+        for row, vol in enumerate([mri, small, mri, small]):
+            assert not r.geometry.is_axis_aligned(row)
+            ref, got = torch.empty(1, *PATCH), torch.empty(1, *PATCH)
+            pad = lambda: vol.amin(dim=(1, 2, 3))  # noqa: E731
+            _resample(vol, r.geometry.affines[row], ref, pad)
+            _resample_stacked(vol, r.geometry.affines[row], got, pad)
+            assert (ref - got).abs().max() < 1e-3
+            assert torch.equal(got, r.views[row])  # the sampler took the stacked route
+            a = r.geometry.affines[row]
+            corners = torch.tensor([[i, j, k] for i in (0, PATCH[0] - 1) for j in (0, PATCH[1] - 1)
+                                    for k in (0, PATCH[2] - 1)], dtype=torch.float64) @ a[:3, :3].T + a[:3, 3]
+            seen_pad |= bool((corners < 0).any() or (corners > torch.tensor(vol.shape[1:]) - 1).any())
+    assert seen_pad  # some views reach outside their volume: the padded region is compared too
+
+
+def test_huge_page_buffers():
+    import gc
+    import mmap
+
+    from loaders.hugepages import MIN_BYTES, empty
+
+    x = empty((3, MIN_BYTES // 4), torch.float32)
+    x.copy_(torch.arange(x.numel(), dtype=torch.float32).reshape(x.shape))
+    gc.collect()
+    _ = [torch.ones(MIN_BYTES // 4) for _ in range(4)]  # reuse of freed memory would show
+    assert torch.equal(x, torch.arange(x.numel(), dtype=torch.float32).reshape(x.shape))
+    assert x.is_contiguous() and x.dtype == torch.float32
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        assert x.data_ptr() % (2 << 20) == 0  # aligned to a huge page
+    small = empty((5, 2), torch.bool)
+    assert small.shape == (5, 2) and small.dtype == torch.bool
