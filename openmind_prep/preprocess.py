@@ -256,6 +256,7 @@ def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, 
                 on_batch(batch_rows)
             while queue and len(futures) < max_in_flight:
                 submit()
+    clear_tmp(store)  # every task of this run has ended: what is left in _tmp was a killed writer's
     return rows
 
 
