@@ -109,9 +109,9 @@ def _gamma_(x: Tensor, gamma: float, invert: bool) -> Tensor:
     std, mean = _std_mean(x)
     lo, top = torch.aminmax(x)
     rng = top - lo
-    # x ** gamma as exp(gamma log x) (vectorised, ~20 % cheaper than pow_ on a CPU; 0 -> 0);
-    # the reference's "* rng + lo" cancels in the re-standardisation below
-    x.sub_(lo).div_(rng + 1e-7).log_().mul_(gamma).exp_()
+    # the reference's "* rng + lo" cancels in the re-standardisation below (exp(gamma log x) was
+    # tried: log_ of the many background zeros is ~2x slower than pow_ on real MRI)
+    x.sub_(lo).div_(rng + 1e-7).pow_(gamma)
     std2, mean2 = _std_mean(x)
     gain = std / (std2 + 1e-8)
     x.mul_(gain).add_(mean - mean2 * gain)  # (x - mean2) * gain + mean in two passes
