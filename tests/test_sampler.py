@@ -288,28 +288,36 @@ def test_bad_input_is_rejected():
         OverlapViewSampler(PATCH, min_overlap=0.9, max_overlap=0.5)(torch.randn(1, 1, 30, 30, 30))
 
 
+def _assert_route_equals_grid_sample(mri, sampler, route, tolerance: float, rotated: bool) -> None:
+    """Every view the sampler cut (of a large and a small volume, 10 seeds) equals the 3-D
+    grid_sample route within ``tolerance``, is bitwise what ``route`` gives (the sampler took it),
+    and some views reach outside their volume, so padding is compared too."""
+    small = mri[:, :14, :, 5:30]
+    seen_pad = False
+    for seed in range(10):
+        r = sampler([mri, small], generator=torch.Generator().manual_seed(seed))
+        for row, vol in enumerate([mri, small, mri, small]):
+            assert r.geometry.is_axis_aligned(row) != rotated and not r.geometry.is_crop(row)
+            ref, got = torch.empty(1, *PATCH), torch.empty(1, *PATCH)
+            pad = lambda: vol.amin(dim=(1, 2, 3))  # noqa: E731
+            _resample(vol, r.geometry.affines[row], ref, pad)
+            route(vol, r.geometry.affines[row], got, pad)
+            assert (ref - got).abs().max() < tolerance
+            assert torch.equal(got, r.views[row])
+            a = r.geometry.affines[row]
+            corners = torch.tensor([[i, j, k] for i in (0, PATCH[0] - 1) for j in (0, PATCH[1] - 1)
+                                    for k in (0, PATCH[2] - 1)], dtype=torch.float64) @ a[:3, :3].T + a[:3, 3]
+            seen_pad |= bool((corners < 0).any() or (corners > torch.tensor(vol.shape[1:]) - 1).any())
+    assert seen_pad
+
+
 def test_separable_route_equals_grid_sample_route(mri):
     """Unrotated zoomed (and mirrored) views take banded per-axis matrix products; the grid_sample
     route is the independent reference, including views that leave the volume (padding)."""
     from loaders.sampler import _resample_separable
 
     sampler = OverlapViewSampler(PATCH, p_scale=1.0, rotate=False, intensity=False)
-    small = mri[:, :14, :, 5:30]
-    seen_pad = False
-    for seed in range(10):
-        r = sampler([mri, small], generator=torch.Generator().manual_seed(seed))
-        for row, vol in enumerate([mri, small, mri, small]):
-            assert r.geometry.is_axis_aligned(row) and not r.geometry.is_crop(row)
-            ref, sep = torch.empty(1, *PATCH), torch.empty(1, *PATCH)
-            pad = lambda: vol.amin(dim=(1, 2, 3))  # noqa: E731
-            _resample(vol, r.geometry.affines[row], ref, pad)
-            _resample_separable(vol, r.geometry.affines[row], sep, pad)
-            assert (ref - sep).abs().max() < 1e-4
-            assert torch.equal(sep, r.views[row])  # the sampler took the separable route
-            a = r.geometry.affines[row]
-            ends = torch.stack([a[:3, 3], a[:3, 3] + a[:3, :3].diagonal() * (torch.tensor(PATCH) - 1)])
-            seen_pad |= bool((ends < 0).any() or (ends > torch.tensor(vol.shape[1:]) - 1).any())
-    assert seen_pad  # some views reach outside their volume: the padded region is compared too
+    _assert_route_equals_grid_sample(mri, sampler, _resample_separable, 1e-4, rotated=False)
 
 
 def test_separable_route_matches_scipy_float64(mri):
@@ -380,23 +388,7 @@ def test_stacked_route_equals_grid_sample_route(mri):
     from loaders.sampler import _resample_stacked
 
     sampler = OverlapViewSampler(PATCH, p_scale=0.5, p_rotate=1.0, intensity=False)
-    small = mri[:, :14, :, 5:30]
-    seen_pad = False
-    for seed in range(10):
-        r = sampler([mri, small], generator=torch.Generator().manual_seed(seed))
-        for row, vol in enumerate([mri, small, mri, small]):
-            assert not r.geometry.is_axis_aligned(row)
-            ref, got = torch.empty(1, *PATCH), torch.empty(1, *PATCH)
-            pad = lambda: vol.amin(dim=(1, 2, 3))  # noqa: E731
-            _resample(vol, r.geometry.affines[row], ref, pad)
-            _resample_stacked(vol, r.geometry.affines[row], got, pad)
-            assert (ref - got).abs().max() < 1e-3
-            assert torch.equal(got, r.views[row])  # the sampler took the stacked route
-            a = r.geometry.affines[row]
-            corners = torch.tensor([[i, j, k] for i in (0, PATCH[0] - 1) for j in (0, PATCH[1] - 1)
-                                    for k in (0, PATCH[2] - 1)], dtype=torch.float64) @ a[:3, :3].T + a[:3, 3]
-            seen_pad |= bool((corners < 0).any() or (corners > torch.tensor(vol.shape[1:]) - 1).any())
-    assert seen_pad  # some views reach outside their volume: the padded region is compared too
+    _assert_route_equals_grid_sample(mri, sampler, _resample_stacked, 1e-3, rotated=True)
 
 
 def test_huge_page_buffers():
