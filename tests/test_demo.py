@@ -100,3 +100,28 @@ def test_show_renders_a_stored_volume(demo_run, tmp_path):
     assert Image.open(out).size == (1200, 440)
     bad = CliRunner().invoke(main, ["show", str(demo_run / "store"), "ds0/sub-x/anat/nope.nii.gz", "--out", str(out)])
     assert bad.exit_code != 0 and "no stored image" in bad.output
+
+
+def test_the_same_command_with_repo_downloads_then_runs(sample_tree, tmp_path, monkeypatch):
+    """``--repo`` takes the download path (real huggingface_hub client against the local hub fixture):
+    only the selected images arrive, verified, and the rest of the job runs on them."""
+    from hf_server import HubFixture
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    hub = HubFixture(sample_tree, lfs_threshold=1000)
+    try:
+        run = tmp_path / "run"
+        result = CliRunner().invoke(main, ["demo", "--repo", "AnonRes/OpenMind", "--endpoint", hub.endpoint,
+                                           "--out", str(run), "--modality", "T1w", "--steps", "6", "--patch", "32",
+                                           "--workers", "1", "--device", "cpu"])
+    finally:
+        hub.close()
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    wanted = [r for r in read_metadata(sample_tree / "openneuro_metadata.csv") if r.modality == "T1w"]
+    assert [r.image_path for r in read_metadata(run / "raw" / "openneuro_metadata.csv")] == [r.image_path for r in wanted]
+    for r in wanted:
+        for f in r.files():
+            assert (run / "raw" / "OpenMind" / f).read_bytes() == (sample_tree / "OpenMind" / f).read_bytes(), f
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["source"] == "AnonRes/OpenMind" and summary["ok"] == len(wanted) == 2
+    assert summary["cva"]["steps"] == 6 and (run / "clusters.png").is_file()
