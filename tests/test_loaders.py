@@ -65,6 +65,26 @@ def test_stream_samples_equal_store_and_are_deterministic(data):
                 assert s[mask] is None
 
 
+def test_stream_reads_shards_through_an_fsspec_url(data):
+    """Shards on a non-local fsspec filesystem (``memory://``, standing in for ``s3://`` / ``hf://``):
+    the index's relative shard names resolve against its URL, and samples equal the store."""
+    import fsspec
+
+    store, written, wds = data
+    fs = fsspec.filesystem("memory")
+    for f in wds.iterdir():
+        if f.is_file():
+            fs.pipe(f"/omp-test/{f.name}", f.read_bytes())
+    try:
+        got = {s["key"]: s for s in WebDatasetStream("memory://omp-test/index.json", seed=1, rank=0, world_size=1,
+                                                      verify=True)}
+    finally:
+        fs.rm("/omp-test", recursive=True)
+    assert sorted(got) == sorted(written)
+    for key, sample in got.items():
+        np.testing.assert_array_equal(sample["image"][0].numpy(), written[key]["image"])
+
+
 def test_stream_regions_are_slices_of_the_volume(data):
     store, written, wds = data
     for s in WebDatasetStream(str(wds), region_size=40, seed=1, rank=0, world_size=1):
