@@ -342,53 +342,77 @@ class DownloadReport:
     bytes: int
 
 
-def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw: Path, *,
-                   workers: int = 4, batch_size: int = 16, progress: bool = True,
-                   dest: Callable[[RemoteFile], Path] | None = None,
-                   state: VerifiedState | None = None) -> DownloadReport:
-    """Download and verify ``files`` into ``raw`` (repo layout) as Dask tasks of ``batch_size``
-    files, at most ``workers`` at a time; failures are collected, never left at final paths.
+def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Path, *,
+                state: VerifiedState | None = None, dest: Callable[[RemoteFile], Path] | None = None,
+                on_bytes: Callable[[int], None] | None = None,
+                on_file: Callable[[], None] | None = None) -> list[tuple[str, str | bool]]:
+    """One download task: fetch and verify each file of ``batch``; per file ``True`` (transferred),
+    ``False`` (already verified) or the error text. Runs in a thread here or on a Dask worker that
+    shares RAW's file system (then with its own :class:`VerifiedState`, appending to the same record).
 
-    ``dest`` maps a file to its final path (default ``raw / file.path``, refused with a per-file
-    failure when the path leaves ``raw``); ``state`` lets repeated calls share one loaded
-    :class:`VerifiedState`.
+    ``dest`` maps a file to its final path (default ``raw / file.path``; a path that leaves ``raw``
+    is a per-file failure).
     """
-    import dask
-    from tqdm.auto import tqdm
-
     from openmind_prep.preprocess import source_path
 
     raw = Path(raw)
     dest = dest or (lambda f: source_path(raw, f.path))
-    files = list(files)
     state = state or VerifiedState(raw)
-    lock = threading.Lock()
+    out: list[tuple[str, str | bool]] = []
+    for f in batch:
+        try:
+            moved = fetch_verified(repo, commit, f, dest(f), raw, state, on_bytes)
+            out.append((f.path, moved))
+            if not moved and on_bytes is not None:
+                on_bytes(f.size)
+        except Exception as e:  # noqa: BLE001 - reported per file
+            out.append((f.path, str(e) if isinstance(e, DownloadError) else f"{f.path}: {e!r}"))
+        if on_file is not None:
+            on_file()
+    return out
+
+
+def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw: Path, *,
+                   workers: int = 4, batch_size: int = 16, progress: bool = True,
+                   dest: Callable[[RemoteFile], Path] | None = None,
+                   state: VerifiedState | None = None, client=None) -> DownloadReport:
+    """Download and verify ``files`` into ``raw`` (repo layout) as tasks of ``batch_size`` files,
+    at most ``workers`` at a time; failures are collected, never left at final paths.
+
+    Tasks run on local threads, or on the Dask cluster of ``client`` (a ``distributed.Client``
+    whose workers share RAW's file system; the bars then advance per finished batch).
+    ``dest`` and ``state`` (local threads only) are passed to :func:`fetch_batch`.
+    """
+    from tqdm.auto import tqdm
+
+    raw = Path(raw)
+    files = list(files)
+    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
     total = sum(f.size for f in files)
     files_bar = tqdm(total=len(files), unit="file", desc="files", disable=not progress)
     bytes_bar = tqdm(total=total, unit="B", unit_scale=True, desc="bytes", disable=not progress)
-
-    def on_bytes(n: int) -> None:
-        with lock:
-            bytes_bar.update(n)
-
-    def batch_task(batch: list[RemoteFile]) -> list[tuple[str, str | bool]]:
-        out: list[tuple[str, str | bool]] = []
-        for f in batch:
-            try:
-                moved = fetch_verified(repo, commit, f, dest(f), raw, state, on_bytes)
-                out.append((f.path, moved))
-                if not moved:
-                    on_bytes(f.size)
-            except Exception as e:  # noqa: BLE001 - reported per file below
-                out.append((f.path, str(e) if isinstance(e, DownloadError) else f"{f.path}: {e!r}"))
-            with lock:
-                files_bar.update(1)
-        return out
-
-    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
-    tasks = [dask.delayed(batch_task, pure=False)(b) for b in batches]
     try:
-        results = dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers))
+        if client is None:
+            import dask
+
+            lock = threading.Lock()
+            state = state or VerifiedState(raw)
+
+            def on_bytes(n: int) -> None:
+                with lock:
+                    bytes_bar.update(n)
+
+            def on_file() -> None:
+                with lock:
+                    files_bar.update(1)
+
+            tasks = [dask.delayed(fetch_batch, pure=False)(repo, commit, b, raw, state=state, dest=dest,
+                                                           on_bytes=on_bytes, on_file=on_file) for b in batches]
+            results = dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers))
+        else:
+            if dest is not None or state is not None:
+                raise ValueError("download_files: dest/state are local-thread options, not for a Dask client")
+            results = _on_cluster(client, repo, commit, batches, raw, max(1, workers), files_bar, bytes_bar)
     finally:
         files_bar.close()
         bytes_bar.close()
@@ -401,6 +425,34 @@ def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw:
         failed=tuple((p, r) for p, r in done if isinstance(r, str)),
         bytes=sum(sizes[p] for p in transferred),
     )
+
+
+def _on_cluster(client, repo: HubRepo, commit: str, batches: list, raw: Path, in_flight: int,
+                files_bar, bytes_bar) -> list:
+    """:func:`fetch_batch` tasks on a Dask cluster, at most ``in_flight`` at a time, in order."""
+    from distributed import as_completed
+
+    results: dict[int, list] = {}
+    queue = list(enumerate(batches))[::-1]
+    running = as_completed()
+    index = {}
+
+    def submit() -> None:
+        i, batch = queue.pop()
+        future = client.submit(fetch_batch, repo, commit, batch, raw, pure=False)
+        index[future] = i
+        running.add(future)
+
+    while queue and len(index) < in_flight:
+        submit()
+    for future in running:
+        i = index.pop(future)
+        results[i] = future.result()  # fetch_batch reports per file; only a dead task raises
+        files_bar.update(len(results[i]))
+        bytes_bar.update(sum(f.size for f, (_, r) in zip(batches[i], results[i]) if not isinstance(r, str)))
+        while queue and len(index) < in_flight:
+            submit()
+    return [results[i] for i in range(len(batches))]
 
 
 
@@ -420,7 +472,7 @@ def repo_options(command: Callable) -> Callable:
 
 
 def download(repo: HubRepo, raw: Path, *, selection=None, lock=None, write_lock: Path | None = None,
-             lock_only: bool = False, workers: int = 4, progress: bool = True):
+             lock_only: bool = False, workers: int = 4, progress: bool = True, client=None):
     """Resolve ``selection`` (or replay ``lock``), optionally write the lock, download and verify
     every file into ``raw``, then write ``raw/openneuro_metadata.csv`` for the images present.
 
@@ -439,7 +491,8 @@ def download(repo: HubRepo, raw: Path, *, selection=None, lock=None, write_lock:
         lock.write(write_lock)
     if lock_only:
         return lock, None
-    report = download_files(repo, lock.commit, lock.data_files, raw, workers=workers, progress=progress)
+    report = download_files(repo, lock.commit, lock.data_files, raw, workers=workers, progress=progress,
+                            client=client)
     write_present_csv(full_csv, raw)
     return lock, report
 
@@ -455,9 +508,13 @@ def download(repo: HubRepo, raw: Path, *, selection=None, lock=None, write_lock:
 @click.option("--lock-only", is_flag=True, help="Resolve and write the lock, download no images.")
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
               help="Concurrent downloads (the hub rate-limits; keep it small).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run the download tasks on a running Dask cluster (e.g. tcp://host:8786) whose workers "
+                   "share RAW's file system; default: threads of this process.")
 @selection_options
 def download_command(repo: str, revision: str, endpoint: str | None, raw: Path, lock_file: Path | None,
-                     write_lock: Path | None, lock_only: bool, workers: int, selection: Selection) -> None:
+                     write_lock: Path | None, lock_only: bool, workers: int, scheduler: str | None,
+                     selection: Selection) -> None:
     """Download a selection of OpenMind from the Hugging Face hub into RAW, verifying every file
     (size + LFS sha256); re-running resumes and skips verified files."""
     from openmind_prep.lockfile import Lock
@@ -470,9 +527,19 @@ def download_command(repo: str, revision: str, endpoint: str | None, raw: Path, 
             lock = Lock.read(lock_file)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--lock") from e
+    from contextlib import nullcontext
+
+    if scheduler:
+        from distributed import Client
+
+        connection = Client(scheduler)
+    else:
+        connection = nullcontext()
     try:
-        lock, report = download(HubRepo(repo, revision, endpoint), raw, selection=selection, lock=lock,
-                                write_lock=write_lock, lock_only=lock_only, workers=workers)
+        with connection as client:
+            lock, report = download(HubRepo(repo, revision, endpoint), raw.absolute(), selection=selection,
+                                    lock=lock, write_lock=write_lock, lock_only=lock_only, workers=workers,
+                                    client=client)
     except DownloadError as e:
         raise click.ClickException(str(e)) from e
     head = f"{lock.repo}@{lock.commit[:12]}: {len(lock.images)} images, {len(lock.files)} files"

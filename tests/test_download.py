@@ -278,3 +278,23 @@ def test_a_path_leaving_raw_is_a_per_file_failure_and_writes_nothing_outside(tmp
     assert [p for p, _ in report.failed] == [evil.path]
     assert "leaves the source tree" in report.failed[0][1]
     assert not (tmp_path / "escaped.nii.gz").exists() and report.transferred == ()
+
+
+def test_download_runs_on_an_existing_dask_cluster(hub, sample_tree, tmp_path):
+    """``--scheduler``: the download tasks run in the cluster's worker processes (pickled there),
+    which write into the shared RAW; the result is the same verified mirror, and a re-run skips it."""
+    from distributed import LocalCluster
+
+    raw = tmp_path / "raw"
+    expected = [p for r in read_metadata(sample_tree / METADATA_CSV) for p in repo_paths(r)]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        args = ["download", "--endpoint", hub.endpoint, "--out", str(raw), "--scheduler",
+                cluster.scheduler_address, "--workers", "2"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert "fetch_batch" in cluster.scheduler.task_prefixes  # the work went through the cluster
+        _assert_mirror(raw, sample_tree, expected)
+        hub.clear_log()
+        again = CliRunner().invoke(main, args)
+        assert again.exit_code == 0 and f"{len(expected)} already verified" in again.output, again.output
+        assert hub.hits("resolve") == [] and hub.hits("cdn") == []
