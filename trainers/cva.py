@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 from trainers import losses
 from trainers.networks import ARCHITECTURES, CVANet, build_backbone
@@ -276,14 +277,16 @@ def train(args: argparse.Namespace) -> dict:
         pin_memory=use_cuda, multiprocessing_context="spawn" if args.num_workers else None, **reads)
     batches = iter(loader)
     stop = min(args.steps, args.stop_at_step or args.steps)
+    bar = tqdm(total=stop, initial=step, unit="step", desc="cva", disable=rank != 0, dynamic_ncols=True)
     ctx = dict(model=model, student=student, teacher=teacher, sampler=sampler, view_rng=view_rng, batches=batches,
                optimizer=optimizer, lr_schedule=lr_schedule, ema_schedule=ema_schedule, device=device, args=args,
-               rank=rank, world=world, out=out, probe=probe)
+               rank=rank, world=world, out=out, probe=probe, bar=bar)
     while step < stop:
         epoch = step // steps_per_epoch
         step = train_one_epoch(**ctx, epoch=epoch, start=step, end=min((epoch + 1) * steps_per_epoch, stop),
                                save=lambda s: save_checkpoint(ckpt_path, student, teacher, optimizer, s, view_rng,
                                                               config, rank, world, use_cuda))
+    bar.close()
     del ctx, batches  # shut the DataLoader workers down
     if step % args.ckpt_every:  # not saved by the loop yet
         save_checkpoint(ckpt_path, student, teacher, optimizer, step, view_rng, config, rank, world, use_cuda)
@@ -327,7 +330,7 @@ def probe_loss(student, teacher, probe, args: argparse.Namespace) -> float:
 
 
 def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, optimizer, lr_schedule, ema_schedule,
-                    device, args, rank, world, out, epoch, start, end, save, probe=None) -> int:
+                    device, args, rank, world, out, epoch, start, end, save, probe=None, bar=None) -> int:
     """Steps ``start`` .. ``end`` − 1 of the run; returns the next step."""
     from loaders import to_device
 
@@ -375,6 +378,9 @@ def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, opti
                 row["probe_loss"] = probe_loss(student, teacher, probe, args)
             log.write(json.dumps(row) + "\n")
             log.flush()
+        if bar is not None:  # progress on the console (rank 0; disabled elsewhere)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(terms['loss']):.3f}", pairs_per_s=f"{args.batch_size * world / dt:.1f}")
         if (step + 1) % args.ckpt_every == 0:
             save(step + 1)
             if rank == 0:
