@@ -380,7 +380,7 @@ def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, opti
             log.flush()
         if bar is not None:  # progress on the console (rank 0; disabled elsewhere)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(terms['loss']):.3f}", pairs_per_s=f"{args.batch_size * world / dt:.1f}")
+            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", pairs_per_s=f"{args.batch_size * world / dt:.1f}")
         if (step + 1) % args.ckpt_every == 0:
             save(step + 1)
             if rank == 0:
