@@ -62,10 +62,12 @@ def render_volume(volume: np.ndarray, out: Path, *, title: str = "", masks: dict
 
 def _find_image(store: Path, image: str) -> str:
     """Accept a group key, an array path or the CSV image_path; return the group key."""
+    from openmind_prep.store import case_exists
+
     key = strip_nifti_suffix(image.strip("/"))
     if key.endswith("/image"):
         key = key[: -len("/image")]
-    if not (store / key / "image" / "zarr.json").is_file():
+    if not case_exists(store, f"{key}/image"):
         raise click.BadParameter(f"{store}: no stored image {image!r} (see STORE/manifest.parquet)",
                                  param_hint="IMAGE")
     return key
@@ -81,12 +83,12 @@ def show_command(store: Path, image: str, out: Path, masks: bool) -> None:
 
     IMAGE is the image's path as in the metadata CSV (``ds.../sub-.../anat/x.nii.gz``) or its key.
     """
-    from openmind_prep.store import MASK_NAMES, image_array
+    from openmind_prep.store import MASK_NAMES, case_exists, image_array
 
     key = _find_image(store, image)
     arr = image_array(store, f"{key}/image")
     mask_arrays = {m: image_array(store, f"{key}/{m}")[...] for m in MASK_NAMES
-                   if masks and (store / key / m / "zarr.json").is_file()}
+                   if masks and case_exists(store, f"{key}/{m}")}
     title = f"{key}  shape {tuple(arr.shape)}  {arr.dtype}"
     render_volume(arr[...], out, title=title, masks=mask_arrays)
     click.echo(f"wrote {out}")
