@@ -26,7 +26,7 @@ from loaders.augment import IntensityParams, apply_intensity, draw_intensity
 from loaders.geometry import PairGeometry, Shape3, _fresh_generator, draw_pair_geometry
 from loaders.hugepages import empty
 from loaders.masking import block_mask
-from loaders.separable import linear_matrix, separable
+from loaders.separable import band_blocks, linear_matrix, separable
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,10 +165,10 @@ def _resample_separable(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad) -
     trilinear weights, applied as one banded 1-D interpolation matrix per axis (``loaders.separable``)."""
     size = tuple(out.shape[1:])
     volume, affine = _region(volume, affine, size, pad, crop=True)
+    mats = tuple(band_blocks(linear_matrix(size[d], volume.shape[1 + d], float(affine[d, d]), float(affine[d, 3])),
+                             volume.device) for d in range(3))  # one set for every channel
     for c in range(volume.shape[0]):
-        mats = tuple(linear_matrix(size[d], volume.shape[1 + d], float(affine[d, d]), float(affine[d, 3]))
-                     for d in range(3))
-        out[c] = separable(volume[c].float(), mats)  # type: ignore[arg-type]
+        out[c] = separable(volume[c].float(), mats)
 
 
 class OverlapViewSampler:

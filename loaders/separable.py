@@ -64,14 +64,15 @@ def gaussian_matrix(n: int, sigma: float) -> Tensor:
 
 
 def band_blocks(m: Tensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                rows: int = _ROWS) -> Blocks:
-    """Row blocks ``(r0, r1, c0, c1, m[r0:r1, c0:c1])`` of a CPU matrix, cast and moved to ``device``.
+                rows: int = _ROWS, tol: float = 0.0) -> Blocks:
+    """Row blocks ``(r0, r1, c0, c1, m[r0:r1, c0:c1])`` of a CPU matrix, cast and moved to ``device``;
+    a block's columns span its entries with ``|m| > tol``.
 
     >>> [(r0, r1, c0, c1) for r0, r1, c0, c1, _ in band_blocks(torch.eye(5, dtype=torch.float64), rows=2)]
     [(0, 2, 0, 2), (2, 4, 2, 4), (4, 5, 4, 5)]
     """
     out = []
-    nonzero = m != 0
+    nonzero = m.abs() > tol
     for r0 in range(0, m.shape[0], rows):
         r1 = min(r0 + rows, m.shape[0])
         cols = torch.nonzero(nonzero[r0:r1].any(0)).flatten()
@@ -99,10 +100,12 @@ def _apply_axis(x: Tensor, axis: int, blocks: Blocks, n_out: int) -> Tensor:
     return out.reshape(a, b, n_out)
 
 
-def separable(x: Tensor, matrices: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...]) -> Tensor:
     """Apply ``matrices[d]`` (``[n_out_d, n_in_d]``, CPU) along axis ``d`` of ``x`` ``[X, Y, Z]``.
 
-    Axes whose matrix is ``None`` are left alone. Returns a new tensor on ``x``'s device.
+    Axes whose matrix is ``None`` are left alone; an entry may also be precomputed
+    :func:`band_blocks` (e.g. cached by the caller). Axes go in the order with the fewest flops.
+    Returns a new tensor on ``x``'s device.
 
     >>> x = torch.arange(24.0).reshape(2, 3, 4)
     >>> y = separable(x, (torch.eye(2, dtype=torch.float64), None, linear_matrix(2, 4, 2.0, 0.5)))
@@ -111,21 +114,27 @@ def separable(x: Tensor, matrices: tuple[Tensor, Tensor, Tensor]) -> Tensor:
     """
     if x.dim() != 3:
         raise ValueError(f"separable expects a [X, Y, Z] tensor, got shape {tuple(x.shape)}")
-    todo = [d for d in range(3) if matrices[d] is not None]
-    for d in todo:
-        if matrices[d].shape[1] != x.shape[d]:
-            raise ValueError(f"axis {d}: matrix {tuple(matrices[d].shape)} does not fit size {x.shape[d]}")
-    blocks = {d: band_blocks(matrices[d], x.device, x.dtype) for d in todo}
+    blocks: dict[int, Blocks] = {}
+    for d, m in enumerate(matrices):
+        if m is None:
+            continue
+        if isinstance(m, Tensor):
+            if m.shape[1] != x.shape[d]:
+                raise ValueError(f"axis {d}: matrix {tuple(m.shape)} does not fit size {x.shape[d]}")
+            blocks[d] = band_blocks(m, x.device, x.dtype)
+        else:
+            blocks[d] = tuple((r0, r1, c0, c1, w.to(device=x.device, dtype=x.dtype)) for r0, r1, c0, c1, w in m)
+    n_out = {d: b[-1][1] for d, b in blocks.items()}
 
     def cost(order: tuple[int, ...]) -> float:
         shape, total = list(x.shape), 0.0
         for d in order:
             total += sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1, _ in blocks[d]) * math.prod(shape) / shape[d]
-            shape[d] = matrices[d].shape[0]
+            shape[d] = n_out[d]
         return total
 
-    for d in min(itertools.permutations(todo), key=cost, default=()):
-        x = _apply_axis(x, d, blocks[d], matrices[d].shape[0])
+    for d in min(itertools.permutations(blocks), key=cost, default=()):
+        x = _apply_axis(x, d, blocks[d], n_out[d])
     return x
 
 

@@ -17,7 +17,6 @@ Coordinates: output voxel ``i`` samples input position ``(i + 0.5) * n_in / n_ou
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -91,55 +90,21 @@ def separate_z_axis(spacing: Sequence[float], new_spacing: Sequence[float],
 
 
 @functools.lru_cache(maxsize=256)
-def _blocks(n_in: int, n_out: int, order: int) -> tuple[tuple[int, int, int, int, torch.Tensor], ...]:
+def _blocks(n_in: int, n_out: int, order: int):
     """Row blocks of ``axis_matrix`` with the column range that holds their non-negligible entries."""
-    m = axis_matrix(n_in, n_out, order)
-    big = np.abs(m) > _TOL
-    out = []
-    for r0 in range(0, n_out, _BLOCK):
-        r1 = min(r0 + _BLOCK, n_out)
-        cols = np.flatnonzero(big[r0:r1].any(axis=0))
-        c0, c1 = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 1)
-        out.append((r0, r1, c0, c1, torch.from_numpy(m[r0:r1, c0:c1].astype(np.float32))))
-    return tuple(out)
+    from loaders.separable import band_blocks
 
-
-def _apply_axis(x: torch.Tensor, axis: int, n_out: int, order: int) -> torch.Tensor:
-    """Resize a contiguous 3-D tensor along one axis with the block-banded matrix."""
-    a, b, c = x.shape
-    n_in = x.shape[axis]
-    if axis == 0:
-        src, out = x.reshape(a, b * c), x.new_empty((n_out, b * c))
-        for r0, r1, c0, c1, w in _blocks(n_in, n_out, order):
-            torch.matmul(w, src[c0:c1], out=out[r0:r1])
-        return out.reshape(n_out, b, c)
-    if axis == 1:
-        out = x.new_empty((a, n_out, c))
-        for r0, r1, c0, c1, w in _blocks(n_in, n_out, order):
-            out[:, r0:r1] = torch.matmul(w, x[:, c0:c1])
-        return out
-    src, out = x.reshape(a * b, c), x.new_empty((a * b, n_out))
-    for r0, r1, c0, c1, w in _blocks(n_in, n_out, order):
-        out[:, r0:r1] = src[:, c0:c1] @ w.T
-    return out.reshape(a, b, n_out)
+    return band_blocks(torch.tensor(axis_matrix(n_in, n_out, order)), rows=_BLOCK, tol=_TOL)  # a copy: the cached matrix is read-only
 
 
 def _resize(x: torch.Tensor, new_shape: Sequence[int], axes: Sequence[int], order: int) -> torch.Tensor:
-    """Resize ``x`` along ``axes`` (others untouched), in the order that needs the fewest flops."""
-    axes = [ax for ax in axes if x.shape[ax] != new_shape[ax]]
+    """Resize ``x`` along ``axes`` (others untouched) with the cached banded matrices
+    (:func:`loaders.separable.separable` picks the axis order that needs the fewest flops)."""
+    from loaders.separable import separable
 
-    def cost(perm: tuple[int, ...]) -> float:
-        shape, total = list(x.shape), 0.0
-        for ax in perm:
-            band = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1, _ in _blocks(shape[ax], new_shape[ax], order))
-            total += band * np.prod(shape) / shape[ax]
-            shape[ax] = new_shape[ax]
-        return total
-
-    best = min(itertools.permutations(axes), key=cost, default=())
-    for ax in best:
-        x = _apply_axis(x.contiguous(), ax, int(new_shape[ax]), order)
-    return x
+    return separable(x.contiguous(), tuple(
+        _blocks(x.shape[d], int(new_shape[d]), order) if d in axes and x.shape[d] != new_shape[d] else None
+        for d in range(3)))
 
 
 def _plan(shape: Sequence[int], new_shape: Sequence[int], spacing: Sequence[float],
