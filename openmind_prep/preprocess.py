@@ -198,30 +198,51 @@ def pending(records: Iterable[ImageRecord], store: Path) -> list[ImageRecord]:
     return [r for r in records if not is_done(rows.get(r.image_path), store)]
 
 
-def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, client,
-                   options: PreprocessOptions, *, batch_size: int = 8,
-                   max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
-                   progress: bool = True) -> list[dict]:
-    """Preprocess the pending ``records`` on a ``distributed.Client``; returns this run's rows.
-
-    At most ``max_in_flight`` batches (default: two per worker thread) are submitted at a time,
-    so the scheduler never holds more than a few tasks. ``on_batch`` is called with each finished
-    batch's rows (in completion order). The manifest is NOT merged here (see :func:`preprocess`).
-    """
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
+def prepare(records: Sequence[ImageRecord], src_root: Path, store: Path) -> tuple[list[dict], list[ImageRecord]]:
+    """Before a run: create the store, drop leftovers of killed writers, write ``failed`` rows for
+    records whose store key an earlier record uses (:func:`duplicate_keys`); returns those rows
+    and the records still to do (:func:`pending`). One call over the whole selection, so clashes
+    between images that would be processed in different rounds (``run``) are caught too."""
     store = create_store(store)
     clear_tmp(store)
     clashes = duplicate_keys(records, src_root)
     if clashes:
         write_fragment(store, clashes)
     clashing = {row["image_path"] for row in clashes}
-    todo = [r for r in pending(records, store) if r.image_path not in clashing]
+    return clashes, [r for r in pending(records, store) if r.image_path not in clashing]
+
+
+def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, client,
+                   options: PreprocessOptions, *, batch_size: int = 8,
+                   max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
+                   progress: bool = True) -> list[dict]:
+    """Preprocess the pending ``records`` on a ``distributed.Client``; returns this run's rows.
+
+    :func:`prepare`, then :func:`process_records`. The manifest is NOT merged here (see
+    :func:`preprocess`).
+    """
+    clashes, todo = prepare(records, src_root, store)
+    return clashes + process_records(todo, src_root, Path(store), client, options, batch_size=batch_size,
+                                     max_in_flight=max_in_flight, on_batch=on_batch, progress=progress)
+
+
+def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Path, client,
+                    options: PreprocessOptions, *, batch_size: int = 8,
+                    max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
+                    progress: bool = True) -> list[dict]:
+    """Process ``todo`` (already :func:`prepare`-d) in Dask tasks of ``batch_size`` images.
+
+    At most ``max_in_flight`` batches (default: two per worker thread) are submitted at a time,
+    so the scheduler never holds more than a few tasks. ``on_batch`` is called with each finished
+    batch's rows (in completion order).
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
     queue = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     queue.reverse()  # pop() from the end keeps the CSV order
     max_in_flight = max_in_flight or 2 * max(1, sum(client.nthreads().values()))
-    futures, rows = {}, list(clashes)
+    futures, rows = {}, []
 
     def submit() -> None:
         batch = queue.pop()

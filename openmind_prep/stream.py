@@ -167,12 +167,12 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client,
     """
     from tqdm.auto import tqdm
 
-    from openmind_prep.manifest import merge_manifest, write_fragment
-    from openmind_prep.preprocess import pending, run_preprocess
-    from openmind_prep.store import create_store
+    from openmind_prep.manifest import write_fragment
+    from openmind_prep.preprocess import prepare, process_records
 
-    work, store = Path(work), create_store(Path(store))
-    todo_paths = {r.image_path for r in pending([i.record for i in items], store)}
+    work, store = Path(work), Path(store)
+    clashes, todo_records = prepare([i.record for i in items], work, store)  # over all items, once
+    todo_paths = {r.image_path for r in todo_records}
     todo = [i for i in items if i.record.image_path in todo_paths]
     budget = ByteBudget(max_raw_bytes if not keep_raw else 1 << 62)
     ready: queue.Queue = queue.Queue()
@@ -194,7 +194,7 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client,
 
     thread = threading.Thread(target=downloader, name="openmind-prep-fetch", daemon=True)
     thread.start()
-    rows: list[dict] = []
+    rows: list[dict] = list(clashes)
     finished = False
     with tqdm(total=len(todo), unit="img", desc="run", disable=not progress) as bar:
         try:
@@ -218,14 +218,13 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client,
                     write_fragment(store, lost_rows)
                     rows.extend(lost_rows)
                 if fetched:
-                    rows.extend(run_preprocess([i.record for i, _ in fetched], work, store, client, options,
-                                               batch_size=batch_size, progress=False))
+                    rows.extend(process_records([i.record for i, _ in fetched], work, store, client, options,
+                                                batch_size=batch_size, progress=False))
                 for batch, _ in batches:
                     for item in batch:
                         if not keep_raw:
                             _delete_raw(work, item)
                     budget.release(sum(i.bytes for i in batch))
-                merge_manifest(store)
                 bar.update(len(fetched) + len(lost))
         finally:
             stop.set()

@@ -144,3 +144,31 @@ def test_run_cli_through_hf_endpoint(hub, sample_tree, tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "t"), "--max-raw-gb", "0.00005",
                                     "--threads-only", "--workers", "1"])
     assert res.exit_code != 0 and "more than --max-raw-gb" in res.output
+
+
+def test_run_refuses_a_store_key_clash_across_rounds(tmp_path):
+    """``x.nii`` and ``x.nii.gz`` fetched in different rounds (batch size 1, a budget of about one
+    image) must not both be ``ok`` on one group: the second is a failed row and the store verifies."""
+    import gzip
+
+    from openmind_prep.manifest import FAILED, OK
+    from openmind_prep.sample import build_sample_tree
+    from openmind_prep.verify import verify_store
+
+    src = build_sample_tree(tmp_path / "src", small=True)
+    first = "ds000003/sub-01/anat/sub-01_T1w.nii"
+    twin = first + ".gz"
+    raw = (src / "OpenMind" / first).read_bytes()
+    (src / "OpenMind" / twin).write_bytes(gzip.compress(raw[:-2000] + bytes(2000), mtime=0))  # other content
+    csv = src / METADATA_CSV
+    lines = csv.read_text().splitlines()
+    lines.append(next(line for line in lines if line.startswith(first + ",")).replace(first + ",", twin + ",", 1))
+    csv.write_text("\n".join(lines) + "\n")
+    store = tmp_path / "store"
+    res = CliRunner().invoke(main, ["run", "--source", str(src), "--out", str(store), "--batch-size", "1",
+                                    "--max-raw-gb", str(2 * len(raw) / 1e9), "--workers", "1", "--threads-only"])
+    assert res.exit_code == 1, res.output
+    rows = {r["image_path"]: r for r in read_manifest(store).to_pylist()}
+    assert rows[first]["status"] == OK and rows[twin]["status"] == FAILED
+    assert "already used by" in rows[twin]["error"]
+    assert verify_store(store) == []
