@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from loaders.geometry import split_range
 from loaders.separable import gaussian_matrix, separable
 
 
@@ -41,13 +42,6 @@ class IntensityParams:
     contrast: Tensor
     gamma_inv: Tensor
     gamma: Tensor
-
-
-def _split_range(u_side: Tensor, u: Tensor, lo: float, hi: float) -> Tensor:
-    """batchgenerators' draw: half the time below 1, half above (when the range straddles 1)."""
-    below = lo + (min(1.0, hi) - lo) * u
-    above = max(lo, 1.0) + (hi - max(lo, 1.0)) * u
-    return torch.where((u_side < 0.5) & (lo < 1), below, above)
 
 
 def draw_intensity(n: int, channels: int, generator: torch.Generator) -> IntensityParams:
@@ -84,9 +78,9 @@ def draw_intensity(n: int, channels: int, generator: torch.Generator) -> Intensi
         seeds=seeds,
         blur=gate(0.2, "bl_p", 0.5 + 0.5 * u["bl"], 0.0, u["bl_pc"]),
         brightness=gate(0.15, "br_p", 0.75 + 0.5 * u["br"], 1.0),
-        contrast=gate(0.15, "ct_p", _split_range(u["ct_side"], u["ct"], 0.75, 1.25), 1.0),
-        gamma_inv=gate(0.1, "gi_p", _split_range(u["gi_side"], u["gi"], 0.7, 1.5), 1.0),
-        gamma=gate(0.3, "g_p", _split_range(u["g_side"], u["g"], 0.7, 1.5), 1.0),
+        contrast=gate(0.15, "ct_p", split_range(u["ct_side"], u["ct"], 0.75, 1.25), 1.0),
+        gamma_inv=gate(0.1, "gi_p", split_range(u["gi_side"], u["gi"], 0.7, 1.5), 1.0),
+        gamma=gate(0.3, "g_p", split_range(u["g_side"], u["g"], 0.7, 1.5), 1.0),
     )
 
 

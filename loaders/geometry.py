@@ -173,6 +173,18 @@ def _repair_overlap(o: list[int], cap: list[int], lmin: list[float], lo: float, 
     return o
 
 
+def split_range(u_side: Tensor, u: Tensor, lo: float, hi: float) -> Tensor:
+    """batchgenerators' draw of a factor in ``[lo, hi]``: half the time below 1, half above (when
+    the range straddles 1), from uniforms ``u_side`` and ``u``.
+
+    >>> split_range(torch.tensor([0.2, 0.8]), torch.tensor([0.5, 0.5]), 0.5, 2.0).tolist()
+    [0.75, 1.5]
+    """
+    below = lo + (min(1.0, hi) - lo) * u
+    above = max(lo, 1.0) + (hi - max(lo, 1.0)) * u
+    return torch.where((u_side < 0.5) & (lo < 1), below, above)
+
+
 def draw_pair_geometry(
     source_shapes: list[Shape3] | tuple[Shape3, ...],
     patch_size: Shape3,
@@ -226,9 +238,7 @@ def draw_pair_geometry(
     zoom = torch.ones(2, n, dtype=f64)
     if scale_range is not None:
         lo, hi = scale_range
-        below = lo + (min(1.0, hi) - lo) * u_scale
-        above = max(lo, 1.0) + (hi - max(lo, 1.0)) * u_scale
-        drawn = torch.where((u_side < 0.5) & (lo < 1), below, above)
+        drawn = split_range(u_side, u_scale, lo, hi)
         zoom = torch.where(u_pscale < p_scale, drawn, zoom)
     flips = (u_flip < 0.5) & flip
     angles = (2 * u_angle - 1) * (max_rotation or 0.0)

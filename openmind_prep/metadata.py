@@ -15,6 +15,11 @@ from pathlib import Path
 METADATA_CSV = "openneuro_metadata.csv"
 IMAGES_DIR = "OpenMind"
 
+#: Mask array names, in this order everywhere: ``anon_mask`` = the defacing mask (``deface_mask.nii.gz``,
+#: CSV column ``anon_mask_path``), ``anat_mask`` = the anatomy/foreground mask (``fb_mask.nii.gz``,
+#: ``anat_mask_path``). nnssl swaps them on disk; we never do.
+MASK_NAMES = ("anon_mask", "anat_mask")
+
 #: Columns we interpret; every other column is carried through in ``ImageRecord.extra``.
 CORE_COLUMNS = (
     "image_path",
@@ -58,7 +63,7 @@ class ImageRecord:
     @property
     def mask_paths(self) -> dict[str, str]:
         """``{"anon_mask": ..., "anat_mask": ...}`` for the masks this image has."""
-        masks = {"anon_mask": self.anon_mask_path, "anat_mask": self.anat_mask_path}
+        masks = dict(zip(MASK_NAMES, (self.anon_mask_path, self.anat_mask_path)))
         return {name: path for name, path in masks.items() if path}
 
     def files(self) -> list[str]:

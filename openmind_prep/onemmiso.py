@@ -20,17 +20,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from openmind_prep.metadata import MASK_NAMES
 from openmind_prep.nifti_check import InputError, check_nifti
 from openmind_prep.resample import resample_image, resample_mask
 
-__all__ = ["InputError", "ImageProps", "CropBox", "PreprocessedCase", "MASK_NAMES", "MASK_COLUMNS",
-           "MASK_FILES", "read_image", "read_mask", "nonzero_box", "new_shape_for", "preprocess_array",
+__all__ = ["InputError", "ImageProps", "CropBox", "PreprocessedCase", "MASK_NAMES",
+           "read_image", "read_mask", "nonzero_box", "new_shape_for", "preprocess_array",
            "preprocess_mask", "preprocess_case", "set_sitk_threads"]
 
 # Mask name -> CSV column and file name inside `<image stem>__Data/` (the reference swaps these).
-MASK_COLUMNS = {"anon_mask": "anon_mask_path", "anat_mask": "anat_mask_path"}
-MASK_FILES = {"anon_mask": "deface_mask.nii.gz", "anat_mask": "fb_mask.nii.gz"}
-MASK_NAMES = tuple(MASK_COLUMNS)
 
 
 def set_sitk_threads(n: int) -> None:

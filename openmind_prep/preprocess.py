@@ -52,7 +52,7 @@ def source_path(images: Path, rel: str) -> Path:
     Traceback (most recent call last):
     openmind_prep.nifti_check.InputError: /data/OpenMind/ds1/../../etc/passwd: path leaves the source tree ...
     """
-    from openmind_prep.onemmiso import InputError
+    from openmind_prep.nifti_check import InputError  # not onemmiso: downloads need no torch/SimpleITK
 
     path = Path(images) / rel
     if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
@@ -111,8 +111,7 @@ def process_image(record: ImageRecord, src_root: Path, store: Path, options: Pre
     images = Path(src_root) / IMAGES_DIR
     max_bytes = options.max_bytes if options.max_bytes is not None else worker_max_bytes()
     try:
-        masks = {name: source_path(images, path) if path else None
-                 for name, path in (("anon_mask", record.anon_mask_path), ("anat_mask", record.anat_mask_path))}
+        masks = {name: source_path(images, path) for name, path in record.mask_paths.items()}
         case = preprocess_case(source_path(images, record.image_path), masks=masks,
                                dtype=np.dtype(options.dtype), max_bytes=max_bytes)
         image = np.asarray(case.image).astype(options.dtype, copy=False)

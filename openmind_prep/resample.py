@@ -107,8 +107,7 @@ def _resize(x: torch.Tensor, new_shape: Sequence[int], axes: Sequence[int], orde
         for d in range(3)))
 
 
-def _plan(shape: Sequence[int], new_shape: Sequence[int], spacing: Sequence[float],
-          new_spacing: Sequence[float]) -> tuple[int | None, list[int]]:
+def _plan(spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int | None, list[int]]:
     z = separate_z_axis(spacing, new_spacing)
     return z, [ax for ax in range(3) if ax != z]
 
@@ -131,7 +130,7 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], spacing: Sequence
     if tuple(data.shape) == new_shape:
         return data
     x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-    z, in_plane = _plan(data.shape, new_shape, spacing, new_spacing)
+    z, in_plane = _plan(spacing, new_spacing)
     y = _resize(x, new_shape, in_plane, order=3)
     if z is None:
         y.clamp_(float(x.min()), float(x.max()))
@@ -165,7 +164,7 @@ def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[
         raise ValueError(f"mask must be uint8, got {mask.dtype}")
     if tuple(mask.shape) == new_shape:
         return mask
-    z, in_plane = _plan(mask.shape, new_shape, spacing, new_spacing)
+    z, in_plane = _plan(spacing, new_spacing)
     mid_shape = tuple(mask.shape[ax] if ax == z else new_shape[ax] for ax in range(3))
     out = torch.zeros(mid_shape, dtype=torch.uint8)
     src = torch.from_numpy(np.ascontiguousarray(mask))

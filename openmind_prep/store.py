@@ -33,11 +33,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from openmind_prep.manifest import MANIFEST_DIR, read_manifest  # noqa: F401  (re-exported)
-from openmind_prep.metadata import strip_nifti_suffix
+from openmind_prep.metadata import MASK_NAMES, strip_nifti_suffix  # noqa: F401  (MASK_NAMES re-exported)
 
 TMP_DIR = "_tmp"
 IMAGE = "image"
-MASK_NAMES = ("anon_mask", "anat_mask")
 DTYPES = ("float16", "float32")
 _GROUP_META = {"zarr_format": 3, "node_type": "group", "attributes": {}}
 
