@@ -31,7 +31,7 @@ import click
 import numpy as np
 
 from openmind_prep.metadata import ImageRecord, record_from_row
-from openmind_prep.preprocess import IMAGE_MEMORY_FRACTION
+from openmind_prep.preprocess import DEFAULT_BATCH_SIZE, IMAGE_MEMORY_FRACTION
 from openmind_prep.selection import Selection, selection_options
 
 OPENMIND_ROWS = 114_570
@@ -351,12 +351,6 @@ def _parse_bytes(text: str) -> float:
     return float(parse_bytes(text))
 
 
-def _default_batch_size() -> int:
-    from openmind_prep.preprocess import preprocess_command
-
-    return next(p.default for p in preprocess_command.params if p.name == "batch_size")
-
-
 @click.command("plan")
 @click.option("--metadata", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="openneuro_metadata.csv; absent: synthesise 114,570 rows with an assumed modality mix.")
@@ -399,7 +393,7 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
         with tempfile.TemporaryDirectory() as tmp:
             src = calibrate_on or build_sample_tree(Path(tmp) / "sample")
             cost = calibrate(src, Path(tmp), dtype)
-    plan = estimate(volumes_from_records(records), cost, workers, batch_size or _default_batch_size(),
+    plan = estimate(volumes_from_records(records), cost, workers, batch_size or DEFAULT_BATCH_SIZE,
                     bandwidth_mb_s=bandwidth,
                     memory_limit_bytes=_parse_bytes(memory_limit) if memory_limit else None)
     click.echo(json.dumps(asdict(plan), indent=1) if as_json else render(plan, note, memory_limit))

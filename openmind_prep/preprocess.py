@@ -94,10 +94,16 @@ def disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _row(record: ImageRecord) -> dict:
+#: Images per Dask task (and per download batch in ``run``); ``plan`` estimates with it.
+DEFAULT_BATCH_SIZE = 8
+
+
+def record_row(record: ImageRecord, error: str = "") -> dict:
+    """A manifest row for ``record`` with its metadata filled in: ``failed`` with ``error`` until the
+    image is written (then the caller sets ``status`` and the array columns)."""
     row = empty_row(record.image_path)
     row.update(modality=record.modality, dataset=record.dataset, subject=record.subject,
-               session=record.session, image_quality_score=record.image_quality_score)
+               session=record.session, image_quality_score=record.image_quality_score, error=error)
     return row
 
 
@@ -107,7 +113,7 @@ def process_image(record: ImageRecord, src_root: Path, store: Path, options: Pre
     from openmind_prep.onemmiso import InputError, preprocess_case
 
     start = time.perf_counter()
-    row = _row(record)
+    row = record_row(record)
     images = Path(src_root) / IMAGES_DIR
     max_bytes = options.max_bytes if options.max_bytes is not None else worker_max_bytes()
     try:
@@ -183,10 +189,9 @@ def duplicate_keys(records: Sequence[ImageRecord], src_root: Path) -> list[dict]
     for record in records:
         key = image_key(record.image_path)
         if key in first and first[key] != record.image_path:
-            row = _row(record)
-            row["error"] = (f"{Path(src_root) / IMAGES_DIR / record.image_path}: its store key {key!r} is "
-                            f"already used by {first[key]!r} (same path without .nii/.nii.gz); refused")
-            rows.append(row)
+            rows.append(record_row(record, f"{Path(src_root) / IMAGES_DIR / record.image_path}: its store key "
+                                           f"{key!r} is already used by {first[key]!r} (same path without "
+                                           f".nii/.nii.gz); refused"))
         first.setdefault(key, record.image_path)
     return rows
 
@@ -212,7 +217,7 @@ def prepare(records: Sequence[ImageRecord], src_root: Path, store: Path) -> tupl
 
 
 def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, client,
-                   options: PreprocessOptions, *, batch_size: int = 8,
+                   options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE,
                    max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
                    progress: bool = True) -> list[dict]:
     """Preprocess the pending ``records`` on a ``distributed.Client``; returns this run's rows.
@@ -226,7 +231,7 @@ def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, 
 
 
 def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Path, client,
-                    options: PreprocessOptions, *, batch_size: int = 8,
+                    options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE,
                     max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
                     progress: bool = True) -> list[dict]:
     """Process ``todo`` (already :func:`prepare`-d) in Dask tasks of ``batch_size`` images.
@@ -264,10 +269,9 @@ def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Path, cl
                     queue.extend([record] for record in reversed(batch))
                     batch_rows = []
                 else:
-                    row = _row(batch[0])
-                    row["error"] = (f"{Path(src_root) / IMAGES_DIR / batch[0].image_path}: worker died "
-                                    f"while processing it ({type(e).__name__}: {e}); out of memory?")
-                    batch_rows = [row]
+                    batch_rows = [record_row(batch[0], f"{Path(src_root) / IMAGES_DIR / batch[0].image_path}: "
+                                                       f"worker died while processing it ({type(e).__name__}: "
+                                                       f"{e}); out of memory?")]
                     write_fragment(store, batch_rows)
             rows.extend(batch_rows)
             bar.update(len(batch_rows))
@@ -281,7 +285,7 @@ def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Path, cl
 
 
 def preprocess(src_root: Path, store: Path, selection: Selection, cluster: ClusterConfig,
-               options: PreprocessOptions, *, batch_size: int = 8, progress: bool = True):
+               options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True):
     """Select records from ``src_root``'s CSV, preprocess the pending ones, merge the manifest.
 
     Returns ``(selected records, this run's rows, merged manifest table)``.
@@ -305,7 +309,7 @@ def store_options(command: Callable) -> Callable:
                      help="Stored image dtype (float16 halves the bytes; ≤1e-2 SD error)."),
         click.option("--chunks", type=click.IntRange(min=8), default=64, show_default=True,
                      help="Inner chunk edge in voxels (all chunks of an array sit in one shard file)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
                      help="Images per Dask task (and, in `run`, per download batch)."),
     ]
     for option in reversed(options):

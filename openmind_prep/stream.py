@@ -29,8 +29,8 @@ import click
 
 from openmind_prep.cluster import ClusterConfig, cluster_options
 from openmind_prep.hub import DownloadError, HubRepo, RemoteFile, VerifiedState, download_files, repo_options
-from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
-from openmind_prep.preprocess import store_options
+from openmind_prep.metadata import METADATA_CSV, ImageRecord, read_metadata
+from openmind_prep.preprocess import DEFAULT_BATCH_SIZE, store_options
 from openmind_prep.selection import Selection, selection_options
 
 
@@ -134,15 +134,6 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
     return fetch
 
 
-def _failed_row(record: ImageRecord, error: str) -> dict:
-    from openmind_prep.manifest import empty_row
-
-    row = empty_row(record.image_path)
-    row.update(modality=record.modality, dataset=record.dataset, subject=record.subject,
-               session=record.session, image_quality_score=record.image_quality_score, error=error)
-    return row
-
-
 def _delete_raw(work: Path, item: Item) -> None:
     from openmind_prep.preprocess import source_path
 
@@ -159,7 +150,7 @@ def _delete_raw(work: Path, item: Item) -> None:
 
 
 def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client, options, *,
-           max_raw_bytes: int, keep_raw: bool = False, batch_size: int = 8,
+           max_raw_bytes: int, keep_raw: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
            on_fetched: Callable[[], None] | None = None, progress: bool = True) -> list[dict]:
     """Fetch, preprocess and delete ``items`` batch by batch; returns this run's manifest rows.
 
@@ -168,7 +159,7 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client,
     from tqdm.auto import tqdm
 
     from openmind_prep.manifest import write_fragment
-    from openmind_prep.preprocess import prepare, process_records
+    from openmind_prep.preprocess import prepare, process_records, record_row
 
     work, store = Path(work), Path(store)
     clashes, todo_records = prepare([i.record for i in items], work, store)  # over all items, once
@@ -214,7 +205,7 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client,
                         errors = [failed[f.path] for f in item.files if f.path in failed]
                         (lost if errors else fetched).append((item, "; ".join(errors)))
                 if lost:
-                    lost_rows = [_failed_row(item.record, error) for item, error in lost]
+                    lost_rows = [record_row(item.record, error) for item, error in lost]
                     write_fragment(store, lost_rows)
                     rows.extend(lost_rows)
                 if fetched:
@@ -250,10 +241,12 @@ def hub_items(repo: HubRepo, selection: Selection, work: Path, lock_file: Path |
 
 def source_items(source: Path, selection: Selection, work: Path) -> tuple[list[Item], Fetch]:
     """The selected images of a local tree with the repo layout; missing files are named."""
+    from openmind_prep.lockfile import repo_paths
+
     records = selection.apply(read_metadata(source / METADATA_CSV))
     items = []
     for r in records:
-        paths = [f"{IMAGES_DIR}/{p}" for p in r.files()]
+        paths = repo_paths(r)
         missing = [p for p in paths if not (source / p).is_file()]
         if missing:
             raise click.ClickException(f"{source / missing[0]}: listed in {METADATA_CSV} but not found")

@@ -395,8 +395,11 @@ def save_checkpoint(path: Path, student, teacher, optimizer, step: int, view_rng
     """Everything exact resume needs; RNG states of every rank are gathered to rank 0, which writes.
 
     Each rank also reports a sha256 of its student and teacher weights (``replicas``): DDP replicas in
-    sync have equal digests.
+    sync have equal digests. With ``--no-checkpoint`` nothing is gathered, hashed or written (every
+    rank sees the same config, so all skip the collective together).
     """
+    if not config["checkpoint"]:
+        return
     digest = hashlib.sha256()
     for module in (student, teacher):
         for t in module.state_dict().values():
@@ -407,7 +410,7 @@ def save_checkpoint(path: Path, student, teacher, optimizer, step: int, view_rng
     if world > 1:
         rngs = [None] * world
         dist.all_gather_object(rngs, rng)
-    if rank == 0 and config["checkpoint"]:
+    if rank == 0:
         ckpt = {"student": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "rng": rngs, "replicas": [r.pop("digest") for r in rngs], "config": config}
         tmp = path.with_name(path.name + ".tmp")
