@@ -299,6 +299,24 @@ def preprocess(src_root: Path, store: Path, selection: Selection, cluster: Clust
     return records, rows, merge_manifest(store)
 
 
+def report(records: Sequence[ImageRecord], rows: Sequence[dict], table, store: Path) -> None:
+    """The closing summary of ``preprocess`` and ``run``: counts, the first 20 failures (stderr), and
+    exit status 1 when any selected image is not ``ok``. ``rows`` are this run's, ``table`` the
+    merged manifest."""
+    manifest = {r["image_path"]: r for r in table.to_pylist()}
+    selected = [manifest.get(r.image_path) for r in records]
+    failed = [r for r in selected if r is None or r["status"] != OK]
+    n_ok = len(selected) - len(failed)
+    click.echo(f"{len(records)} selected: {n_ok} ok ({len(records) - len(rows)} already done), "
+               f"{len(failed)} failed; manifest: {Path(store) / 'manifest.parquet'}")
+    for row in failed[:20]:
+        click.echo(f"  FAILED {row['error'] if row else '(no row)'}", err=True)
+    if len(failed) > 20:
+        click.echo(f"  ... and {len(failed) - 20} more (status == 'failed' in the manifest)", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
 def store_options(command: Callable) -> Callable:
     """Click options of every command that writes a store (``preprocess``, ``run``):
     ``--out`` (→ ``store``), ``--dtype``, ``--chunks``, ``--batch-size``."""
@@ -346,15 +364,4 @@ def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_si
         shards_dir = shards_dir or Path(store).with_name(Path(store).name + "-wds")
         write_shards(store, shards_dir, shard_size=parse_size(shard_size), rows=table.to_pylist())
         click.echo(f"webdataset: {merge_index(shards_dir)['samples']} samples in {shards_dir}")
-    manifest = {r["image_path"]: r for r in table.to_pylist()}
-    selected = [manifest.get(r.image_path) for r in records]
-    failed = [r for r in selected if r is None or r["status"] != OK]
-    n_ok = len(selected) - len(failed)
-    click.echo(f"{len(records)} selected: {n_ok} ok ({len(records) - len(rows)} already done), "
-               f"{len(failed)} failed; manifest: {Path(store) / 'manifest.parquet'}")
-    for row in failed[:20]:
-        click.echo(f"  FAILED {row['error'] if row else '(no row)'}", err=True)
-    if len(failed) > 20:
-        click.echo(f"  ... and {len(failed) - 20} more (status == 'failed' in the manifest)", err=True)
-    if failed:
-        raise SystemExit(1)
+    report(records, rows, table, store)

@@ -277,8 +277,8 @@ def run_command(repo: str, revision: str, endpoint: str | None, source: Path | N
     """Download (or copy from --source), preprocess and delete raw files in a stream, keeping at
     most --max-raw-gb of raw bytes on disk; writes the same store as download + preprocess."""
     from openmind_prep.cluster import dask_client
-    from openmind_prep.manifest import OK, merge_manifest
-    from openmind_prep.preprocess import PreprocessOptions
+    from openmind_prep.manifest import merge_manifest
+    from openmind_prep.preprocess import PreprocessOptions, report
 
     work = Path(work) if work else Path(store).with_name(Path(store).name + ".raw")
     work.mkdir(parents=True, exist_ok=True)
@@ -297,12 +297,4 @@ def run_command(repo: str, revision: str, endpoint: str | None, source: Path | N
     with dask_client(cluster) as client:
         rows = stream(items, fetch, work, store, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
                       keep_raw=keep_raw, batch_size=batch_size)
-    manifest = {r["image_path"]: r for r in merge_manifest(store).to_pylist()}
-    failed = [manifest.get(i.record.image_path) or {"error": f"{i.record.image_path}: no row"}
-              for i in items if (manifest.get(i.record.image_path) or {}).get("status") != OK]
-    click.echo(f"{len(items)} selected: {len(items) - len(failed)} ok ({len(items) - len(rows)} already done), "
-               f"{len(failed)} failed; manifest: {Path(store) / 'manifest.parquet'}")
-    for row in failed[:20]:
-        click.echo(f"  FAILED {row['error']}", err=True)
-    if failed:
-        raise SystemExit(1)
+    report([i.record for i in items], rows, merge_manifest(store), store)
