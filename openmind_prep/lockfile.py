@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from openmind_prep.atomic import write_text
 from openmind_prep.hub import STATE_DIR, HubRepo, RemoteFile, VerifiedState, fetch_verified
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
 from openmind_prep.selection import Selection
@@ -76,9 +77,7 @@ class Lock:
         """Write as indented JSON (atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     @classmethod

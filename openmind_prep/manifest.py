@@ -8,7 +8,6 @@ deletes them, oldest first, so an interrupted merge can simply be repeated.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from openmind_prep.atomic import write_parquet
 
 MANIFEST_DIR = "_manifest"
 MANIFEST_FILE = "manifest.parquet"
@@ -68,10 +69,7 @@ def _table(rows: Iterable[dict]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=SCHEMA)
 
 
-def _atomic_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+_atomic_parquet = write_parquet  # a module attribute: the disk-full test replaces it
 
 
 def write_fragment(store: Path, rows: list[dict]) -> Path:

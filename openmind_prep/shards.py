@@ -44,6 +44,8 @@ from urllib.parse import quote, unquote
 
 import click
 
+from openmind_prep.atomic import write_parquet, write_text
+
 MAGIC = b"OMZSHRD1"
 EXTENSION = "zshard"
 ARRAY_COLUMNS = {"image": "zarr_path", "anon_mask": "anon_mask_zarr_path", "anat_mask": "anat_mask_zarr_path"}
@@ -206,9 +208,7 @@ def _write_tar(path: Path, samples: Iterable[list[tuple[str, bytes]]]) -> tuple[
 
 
 def _atomic_json(path: Path, value) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(value, indent=1))
 
 
 def read_fragment(out: Path, prefix: str) -> list[ShardInfo]:
@@ -287,7 +287,6 @@ def batch_prefix(rows: Sequence[dict]) -> str:
 def merge_index(out: Path) -> dict:
     """Merge all fragments into ``index.json`` and ``index.parquet`` (atomic); returns the index."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = Path(out)
     shards = [s for frag in sorted((out / INDEX_DIR).glob("*.json"))
@@ -299,9 +298,7 @@ def merge_index(out: Path) -> dict:
                                   for s in shards],
                                  schema=pa.schema([("url", pa.string()), ("samples", pa.int64()),
                                                    ("bytes", pa.int64()), ("sha256", pa.string())]))
-    tmp = out / f".{INDEX_PARQUET}.{uuid.uuid4().hex[:8]}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out / INDEX_PARQUET)
+    write_parquet(table, out / INDEX_PARQUET)
     _atomic_json(out / INDEX_JSON, index)
     return index
 

@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from openmind_prep.atomic import write_text
 from openmind_prep.manifest import MANIFEST_DIR, read_manifest  # noqa: F401  (re-exported)
 from openmind_prep.metadata import MASK_NAMES, strip_nifti_suffix  # noqa: F401  (MASK_NAMES re-exported)
 
@@ -69,12 +70,6 @@ def array_checksum(array: np.ndarray) -> str:
     return "sha256:" + hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def create_store(path: Path) -> Path:
     """Create (or reuse) a store folder with its root group; returns the path.
 
@@ -87,7 +82,7 @@ def create_store(path: Path) -> Path:
     (path / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
     (path / TMP_DIR).mkdir(exist_ok=True)
     if not (path / "zarr.json").exists():
-        _atomic_write_text(path / "zarr.json", json.dumps(_GROUP_META))
+        write_text(path / "zarr.json", json.dumps(_GROUP_META))
     return path
 
 
@@ -103,7 +98,7 @@ def _ensure_parent_groups(store: Path, key: str) -> None:
         parent = parent / part
         parent.mkdir(exist_ok=True)
         if not (parent / "zarr.json").exists():
-            _atomic_write_text(parent / "zarr.json", json.dumps(_GROUP_META))
+            write_text(parent / "zarr.json", json.dumps(_GROUP_META))
 
 
 def _folder_bytes(folder: Path) -> int:
