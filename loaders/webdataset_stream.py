@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from loaders.zarr_dataset import random_region, read_sample
+from openmind_prep.metadata import ARRAYS
 
 _TAR_BUFSIZE = 1 << 20  # tarfile's stream default (10 KiB) splits a volume into hundreds of reads + a join
 
@@ -252,7 +253,7 @@ def decode_samples(raw: Iterable[dict[str, Any]], *, region_size: int | Sequence
     from openmind_prep.shards import decode_array
 
     rng = rng if rng is not None else np.random.default_rng(0)
-    names = ("image", "anon_mask", "anat_mask") if masks else ("image",)
+    names = ARRAYS if masks else ARRAYS[:1]
     for sample in raw:
         url, key = sample["__url__"], sample["__key__"]
         try:

@@ -25,9 +25,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from openmind_prep.metadata import ARRAY_COLUMNS, ARRAYS
+
 Region = tuple[slice, ...]
-ARRAYS = ("image", "anon_mask", "anat_mask")
-_COLUMNS = {"image": "zarr_path", "anon_mask": "anon_mask_zarr_path", "anat_mask": "anat_mask_zarr_path"}
 _CACHE_SIZE = 256
 
 
@@ -137,8 +137,8 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
                 self._open.pop(next(iter(self._open)))
             row, arrays = self.rows[index], {}
             for name in ARRAYS if self.masks else ARRAYS[:1]:
-                if row.get(_COLUMNS[name]):
-                    arrays[name] = open_array(self.store / row[_COLUMNS[name]])
+                if row.get(ARRAY_COLUMNS[name]):
+                    arrays[name] = open_array(self.store / row[ARRAY_COLUMNS[name]])
             self._open[index] = arrays
         return self._open[index]
 

@@ -19,6 +19,9 @@ IMAGES_DIR = "OpenMind"
 #: CSV column ``anon_mask_path``), ``anat_mask`` = the anatomy/foreground mask (``fb_mask.nii.gz``,
 #: ``anat_mask_path``). nnssl swaps them on disk; we never do.
 MASK_NAMES = ("anon_mask", "anat_mask")
+#: The arrays stored per image and the manifest column holding each one's path in the store.
+ARRAYS = ("image", *MASK_NAMES)
+ARRAY_COLUMNS = {"image": "zarr_path", **{name: f"{name}_zarr_path" for name in MASK_NAMES}}
 
 #: Columns we interpret; every other column is carried through in ``ImageRecord.extra``.
 CORE_COLUMNS = (

@@ -45,10 +45,10 @@ from urllib.parse import quote, unquote
 import click
 
 from openmind_prep.atomic import write_parquet, write_text
+from openmind_prep.metadata import ARRAY_COLUMNS
 
 MAGIC = b"OMZSHRD1"
 EXTENSION = "zshard"
-ARRAY_COLUMNS = {"image": "zarr_path", "anon_mask": "anon_mask_zarr_path", "anat_mask": "anat_mask_zarr_path"}
 INDEX_DIR = "_index"
 INDEX_JSON, INDEX_PARQUET = "index.json", "index.parquet"
 _TAR_OVERHEAD = 3 * 512  # header + PAX header + padding, per member (upper estimate)
