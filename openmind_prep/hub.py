@@ -478,15 +478,10 @@ def download(repo: HubRepo, raw: Path, *, selection=None, lock=None, write_lock:
 
     Returns ``(lock, DownloadReport | None)``.
     """
-    from openmind_prep.lockfile import fetch_metadata, full_csv_path, resolve_lock, write_present_csv
+    from openmind_prep.lockfile import open_lock, write_present_csv
 
     raw = Path(raw)
-    if lock is not None:
-        repo = HubRepo(lock.repo, lock.commit, repo.endpoint, repo.token, repo.policy)
-        full_csv = fetch_metadata(repo, lock.commit, raw, lock.metadata)
-    else:
-        lock = resolve_lock(repo, selection or Selection(), raw, progress=progress)
-        full_csv = full_csv_path(raw, lock.commit)
+    repo, lock, full_csv = open_lock(repo, raw, selection=selection, lock=lock, progress=progress)
     if write_lock is not None:
         lock.write(write_lock)
     if lock_only:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -122,6 +123,18 @@ def resolve_lock(repo: HubRepo, selection: Selection, raw: Path, *, progress: bo
     files = repo.paths_info(commit, paths, progress=progress)
     return Lock(repo.repo_id, repo.revision, commit, selection.to_dict(),
                 tuple(r.image_path for r in records), (csv_remote, *files))
+
+
+def open_lock(repo: HubRepo, raw: Path, *, selection: Selection | None = None, lock: Lock | None = None,
+              progress: bool = False) -> tuple[HubRepo, Lock, Path]:
+    """Replay ``lock`` (the repo pinned to its repo and commit, its verified metadata CSV fetched) or
+    resolve ``selection`` into a new one; returns the repo to fetch from, the lock and the local
+    path of the repo's full metadata CSV (inside ``raw``)."""
+    if lock is not None:
+        repo = dataclasses.replace(repo, repo_id=lock.repo, revision=lock.commit)
+        return repo, lock, fetch_metadata(repo, lock.commit, raw, lock.metadata)
+    lock = resolve_lock(repo, selection or Selection(), raw, progress=progress)  # fetches the CSV too
+    return repo, lock, full_csv_path(raw, lock.commit)
 
 
 def write_present_csv(full_csv: Path, raw: Path) -> tuple[Path, int]:

@@ -226,15 +226,10 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client,
 def hub_items(repo: HubRepo, selection: Selection, work: Path, lock_file: Path | None,
               workers: int) -> tuple[list[Item], Fetch]:
     """Resolve (or read) the lock against the hub; the items to process and how to fetch them."""
-    from openmind_prep.lockfile import Lock, fetch_metadata, group_files, records_of, resolve_lock
+    from openmind_prep.lockfile import Lock, group_files, open_lock, records_of
 
-    if lock_file is not None:
-        lock = Lock.read(lock_file)
-        repo = HubRepo(lock.repo, lock.commit, repo.endpoint, repo.token, repo.policy)
-        full_csv = fetch_metadata(repo, lock.commit, work, lock.metadata)
-    else:
-        lock = resolve_lock(repo, selection, work, progress=True)
-        full_csv = fetch_metadata(repo, lock.commit, work, lock.metadata)
+    lock = Lock.read(lock_file) if lock_file is not None else None
+    repo, lock, full_csv = open_lock(repo, work, selection=selection, lock=lock, progress=True)
     items = [Item(r, tuple(files)) for r, files in group_files(lock, records_of(lock, full_csv))]
     return items, hub_fetcher(repo, lock.commit, work, workers)
 
