@@ -65,7 +65,7 @@ def build_stores(work: Path) -> tuple[Path, Path]:
     from openmind_prep.manifest import merge_manifest
     from openmind_prep.metadata import METADATA_CSV, read_metadata
     from openmind_prep.preprocess import PreprocessOptions, process_batch
-    from openmind_prep.sample import build_sample_tree
+    from openmind_prep.embedded import build_sample_tree
     from openmind_prep.store import create_store
 
     src = build_sample_tree(work / "src")

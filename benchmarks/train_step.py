@@ -35,7 +35,7 @@ def build_store(dest: Path) -> Path:
     from openmind_prep.manifest import merge_manifest
     from openmind_prep.metadata import METADATA_CSV, read_metadata
     from openmind_prep.preprocess import PreprocessOptions, process_batch
-    from openmind_prep.sample import build_sample_tree
+    from openmind_prep.embedded import build_sample_tree
     from openmind_prep.store import create_store
 
     tree = build_sample_tree(dest / "tree")

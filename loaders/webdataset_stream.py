@@ -32,7 +32,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from loaders.zarr_dataset import random_region, read_sample
+from loaders.ranks import node_rank, worker_rank
+from loaders.regions import random_region, read_sample
 from openmind_prep.metadata import ARRAYS
 
 _TAR_BUFSIZE = 1 << 20  # tarfile's stream default (10 KiB) splits a volume into hundreds of reads + a join
@@ -44,31 +45,6 @@ class CorruptShardError(ValueError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"{url}: corrupt shard ({reason})")
         self.url, self.reason = url, reason
-
-
-def node_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world_size): explicit values, else ``torch.distributed``'s, else (0, 1).
-
-    >>> node_rank(), node_rank(3, 4)
-    ((0, 1), (3, 4))
-    """
-    if rank is None or world_size is None:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            rank = dist.get_rank() if rank is None else rank
-            world_size = dist.get_world_size() if world_size is None else world_size
-    rank, world_size = (0 if rank is None else rank), (1 if world_size is None else world_size)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world of size {world_size}")
-    return rank, world_size
-
-
-def worker_rank(worker: int | None = None, num_workers: int | None = None) -> tuple[int, int]:
-    """(worker id, number of workers) of the current DataLoader worker; (0, 1) outside one."""
-    info = torch.utils.data.get_worker_info()
-    worker = (info.id if info else 0) if worker is None else worker
-    num_workers = (info.num_workers if info else 1) if num_workers is None else num_workers
-    return worker, num_workers
 
 
 def read_index(source: str) -> tuple[list[str], dict[str, dict]]:

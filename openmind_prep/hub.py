@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import click
 
-from openmind_prep.selection import Selection, selection_options
 
 STATE_DIR = ".openmind-prep"
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
@@ -353,7 +351,7 @@ def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Pa
     ``dest`` maps a file to its final path (default ``raw / file.path``; a path that leaves ``raw``
     is a per-file failure).
     """
-    from openmind_prep.preprocess import source_path
+    from openmind_prep.metadata import source_path
 
     raw = Path(raw)
     dest = dest or (lambda f: source_path(raw, f.path))
@@ -453,100 +451,3 @@ def _on_cluster(client, repo: HubRepo, commit: str, batches: list, raw: Path, in
         while queue and len(index) < in_flight:
             submit()
     return [results[i] for i in range(len(batches))]
-
-
-
-def repo_options(command: Callable) -> Callable:
-    """Click options ``--repo``, ``--revision``, ``--endpoint`` (default ``$HF_ENDPOINT``)."""
-    options = [
-        click.option("--repo", default="AnonRes/OpenMind", show_default=True,
-                     help="Hugging Face dataset repo."),
-        click.option("--revision", default="main", show_default=True,
-                     help="Branch, tag or commit; resolved once to a commit sha that pins every request."),
-        click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True,
-                     help="Hub or mirror base URL (default https://huggingface.co)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def download(repo: HubRepo, raw: Path, *, selection=None, lock=None, write_lock: Path | None = None,
-             lock_only: bool = False, workers: int = 4, progress: bool = True, client=None):
-    """Resolve ``selection`` (or replay ``lock``), optionally write the lock, download and verify
-    every file into ``raw``, then write ``raw/openneuro_metadata.csv`` for the images present.
-
-    Returns ``(lock, DownloadReport | None)``.
-    """
-    from openmind_prep.lockfile import open_lock, write_present_csv
-
-    raw = Path(raw)
-    repo, lock, full_csv = open_lock(repo, raw, selection=selection, lock=lock, progress=progress)
-    if write_lock is not None:
-        lock.write(write_lock)
-    if lock_only:
-        return lock, None
-    report = download_files(repo, lock.commit, lock.data_files, raw, workers=workers, progress=progress,
-                            client=client)
-    write_present_csv(full_csv, raw)
-    return lock, report
-
-
-@click.command("download")
-@repo_options
-@click.option("--out", "raw", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="RAW folder; keeps the repo layout (RAW/openneuro_metadata.csv, RAW/OpenMind/...).")
-@click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Replay this lock file (exact commit and files); selection options are not allowed.")
-@click.option("--write-lock", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the resolved lock file here (e.g. manifests/locks/NAME.json).")
-@click.option("--lock-only", is_flag=True, help="Resolve and write the lock, download no images.")
-@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Concurrent downloads (the hub rate-limits; keep it small).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Run the download tasks on a running Dask cluster (e.g. tcp://host:8786) whose workers "
-                   "share RAW's file system; default: threads of this process.")
-@selection_options
-def download_command(repo: str, revision: str, endpoint: str | None, raw: Path, lock_file: Path | None,
-                     write_lock: Path | None, lock_only: bool, workers: int, scheduler: str | None,
-                     selection: Selection) -> None:
-    """Download a selection of OpenMind from the Hugging Face hub into RAW, verifying every file
-    (size + LFS sha256); re-running resumes and skips verified files."""
-    from openmind_prep.lockfile import Lock
-
-    lock = None
-    if lock_file is not None:
-        if selection != Selection():
-            raise click.UsageError("--lock replays a fixed file list; drop the selection options")
-        try:
-            lock = Lock.read(lock_file)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--lock") from e
-    from contextlib import nullcontext
-
-    if scheduler:
-        from distributed import Client
-
-        connection = Client(scheduler)
-    else:
-        connection = nullcontext()
-    try:
-        with connection as client:
-            lock, report = download(HubRepo(repo, revision, endpoint), raw.absolute(), selection=selection,
-                                    lock=lock, write_lock=write_lock, lock_only=lock_only, workers=workers,
-                                    client=client)
-    except DownloadError as e:
-        raise click.ClickException(str(e)) from e
-    head = f"{lock.repo}@{lock.commit[:12]}: {len(lock.images)} images, {len(lock.files)} files"
-    if write_lock is not None:
-        click.echo(f"lock written: {write_lock}")
-    if report is None:
-        click.echo(head)
-        return
-    click.echo(f"{head}; {len(report.transferred)} downloaded ({report.bytes / 1e6:.1f} MB), "
-               f"{len(report.skipped)} already verified, {len(report.failed)} failed -> {raw}")
-    for path, reason in report.failed[:20]:
-        click.echo(f"  FAILED {reason}", err=True)
-    if report.failed:
-        raise SystemExit(1)
-

@@ -150,3 +150,25 @@ def read_metadata(csv_path: Path) -> list[ImageRecord]:
         if reader.fieldnames is None or "image_path" not in reader.fieldnames:
             raise ValueError(f"{csv_path}: not an OpenMind metadata CSV (no 'image_path' column)")
         return [record_from_row(row) for row in reader]
+
+
+def source_path(images: Path, rel: str) -> Path:
+    """``images / rel`` for a path from the CSV, refusing one that leaves the source tree.
+
+    A metadata row must never make a worker read (or the store write) elsewhere: absolute paths,
+    ``.``/``..``/empty parts and symlinks resolving outside ``images`` raise ``InputError``.
+
+    >>> source_path(Path("/data/OpenMind"), "ds1/../../etc/passwd")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    openmind_prep.nifti_check.InputError: /data/OpenMind/ds1/../../etc/passwd: path leaves the source tree ...
+    """
+    from openmind_prep.nifti_check import InputError  # not onemmiso: downloads need no torch/SimpleITK
+
+    path = Path(images) / rel
+    if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
+        raise InputError(path, "path leaves the source tree (absolute, or a '.', '..' or empty part); refused")
+    real = path.resolve()
+    if not real.is_relative_to(Path(images).resolve()):
+        raise InputError(path, f"resolves outside the source tree (symlink to {real}); refused")
+    return path
+

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import click
 import numpy as np
 
-from openmind_prep.cluster import ClusterConfig, cluster_options
+from openmind_prep.dask_cluster import ClusterConfig
 from openmind_prep.manifest import FAILED, OK, current_rows, empty_row, merge_manifest, write_fragment
-from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
-from openmind_prep.selection import Selection, selection_options
+from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata, source_path
+from openmind_prep.selection import Selection
 from openmind_prep.store import IMAGE, MASK_NAMES, case_exists, clear_tmp, create_store, image_key, write_case
 
 
@@ -40,27 +39,6 @@ class PreprocessOptions:
     chunks: int = 64
     clevel: int = 5
     max_bytes: int | None = None
-
-
-def source_path(images: Path, rel: str) -> Path:
-    """``images / rel`` for a path from the CSV, refusing one that leaves the source tree.
-
-    A metadata row must never make a worker read (or the store write) elsewhere: absolute paths,
-    ``.``/``..``/empty parts and symlinks resolving outside ``images`` raise ``InputError``.
-
-    >>> source_path(Path("/data/OpenMind"), "ds1/../../etc/passwd")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    openmind_prep.nifti_check.InputError: /data/OpenMind/ds1/../../etc/passwd: path leaves the source tree ...
-    """
-    from openmind_prep.nifti_check import InputError  # not onemmiso: downloads need no torch/SimpleITK
-
-    path = Path(images) / rel
-    if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
-        raise InputError(path, "path leaves the source tree (absolute, or a '.', '..' or empty part); refused")
-    real = path.resolve()
-    if not real.is_relative_to(Path(images).resolve()):
-        raise InputError(path, f"resolves outside the source tree (symlink to {real}); refused")
-    return path
 
 
 #: A worker's per-image budget is its memory limit / this (an image's peak is ~6x its float32 size).
@@ -290,78 +268,10 @@ def preprocess(src_root: Path, store: Path, selection: Selection, cluster: Clust
 
     Returns ``(selected records, this run's rows, merged manifest table)``.
     """
-    from openmind_prep.cluster import dask_client
+    from openmind_prep.dask_cluster import dask_client
 
     records = selection.apply(read_metadata(Path(src_root) / METADATA_CSV))
     with dask_client(cluster) as client:
         rows = run_preprocess(records, src_root, store, client, options, batch_size=batch_size,
                               progress=progress)
     return records, rows, merge_manifest(store)
-
-
-def report(records: Sequence[ImageRecord], rows: Sequence[dict], table, store: Path) -> None:
-    """The closing summary of ``preprocess`` and ``run``: counts, the first 20 failures (stderr), and
-    exit status 1 when any selected image is not ``ok``. ``rows`` are this run's, ``table`` the
-    merged manifest."""
-    manifest = {r["image_path"]: r for r in table.to_pylist()}
-    selected = [manifest.get(r.image_path) for r in records]
-    failed = [r for r in selected if r is None or r["status"] != OK]
-    n_ok = len(selected) - len(failed)
-    click.echo(f"{len(records)} selected: {n_ok} ok ({len(records) - len(rows)} already done), "
-               f"{len(failed)} failed; manifest: {Path(store) / 'manifest.parquet'}")
-    for row in failed[:20]:
-        click.echo(f"  FAILED {row['error'] if row else '(no row)'}", err=True)
-    if len(failed) > 20:
-        click.echo(f"  ... and {len(failed) - 20} more (status == 'failed' in the manifest)", err=True)
-    if failed:
-        raise SystemExit(1)
-
-
-def store_options(command: Callable) -> Callable:
-    """Click options of every command that writes a store (``preprocess``, ``run``):
-    ``--out`` (→ ``store``), ``--dtype``, ``--chunks``, ``--batch-size``."""
-    options = [
-        click.option("--out", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
-                     help="The Zarr v3 store to write (created; re-running resumes)."),
-        click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-                     help="Stored image dtype (float16 halves the bytes; ≤1e-2 SD error)."),
-        click.option("--chunks", type=click.IntRange(min=8), default=64, show_default=True,
-                     help="Inner chunk edge in voxels (all chunks of an array sit in one shard file)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
-                     help="Images per Dask task (and, in `run`, per download batch)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-@click.command("preprocess")
-@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@store_options
-@click.option("--format", "formats", default="zarr", show_default=True,
-              type=click.Choice(["zarr", "zarr,webdataset"]),
-              help="Also write WebDataset tar shards (openmind_prep.shards) into --shards.")
-@click.option("--shards", "shards_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Shard folder for --format zarr,webdataset [default: <out>-wds].")
-@click.option("--shard-size", default="1GB", show_default=True, help="Target bytes per tar shard.")
-@selection_options
-@cluster_options
-def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_size: int, formats: str,
-                       shards_dir: Path | None, shard_size: str, selection: Selection,
-                       cluster: ClusterConfig) -> None:
-    """Preprocess SRC (OpenMind repo layout) into the Zarr store --out with onemmiso (nnssl-exact)."""
-    options = PreprocessOptions(dtype=dtype, chunks=chunks)
-    try:
-        records, rows, table = preprocess(src, store, selection, cluster, options, batch_size=batch_size)
-    except OSError as e:
-        if not disk_full(e):
-            raise
-        raise click.ClickException(f"disk full while writing {store} ({e}). Finished batches are kept; free "
-                                   "space and re-run the same command to resume.") from e
-    if "webdataset" in formats:  # shards of every ok image (resumable: finished shards are kept)
-        from openmind_prep.shards import merge_index, parse_size, write_shards
-
-        shards_dir = shards_dir or Path(store).with_name(Path(store).name + "-wds")
-        write_shards(store, shards_dir, shard_size=parse_size(shard_size), rows=table.to_pylist())
-        click.echo(f"webdataset: {merge_index(shards_dir)['samples']} samples in {shards_dir}")
-    report(records, rows, table, store)

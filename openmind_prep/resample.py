@@ -92,15 +92,15 @@ def separate_z_axis(spacing: Sequence[float], new_spacing: Sequence[float],
 @functools.lru_cache(maxsize=256)
 def _blocks(n_in: int, n_out: int, order: int):
     """Row blocks of ``axis_matrix`` with the column range that holds their non-negligible entries."""
-    from loaders.separable import band_blocks
+    from openmind_prep.separable import band_blocks
 
     return band_blocks(torch.tensor(axis_matrix(n_in, n_out, order)), rows=_BLOCK, tol=_TOL)  # a copy: the cached matrix is read-only
 
 
 def _resize(x: torch.Tensor, new_shape: Sequence[int], axes: Sequence[int], order: int) -> torch.Tensor:
     """Resize ``x`` along ``axes`` (others untouched) with the cached banded matrices
-    (:func:`loaders.separable.separable` picks the axis order that needs the fewest flops)."""
-    from loaders.separable import separable
+    (:func:`openmind_prep.separable.separable` picks the axis order that needs the fewest flops)."""
+    from openmind_prep.separable import separable
 
     return separable(x.contiguous(), tuple(
         _blocks(x.shape[d], int(new_shape[d]), order) if d in axes and x.shape[d] != new_shape[d] else None

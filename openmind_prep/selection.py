@@ -16,15 +16,13 @@ Command-line options override the file field by field.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
-import click
 
 from openmind_prep.metadata import ImageRecord
 
@@ -130,30 +128,3 @@ def selection_from_options(
     if limit is not None:
         overrides["limit"] = limit
     return dataclasses.replace(base, **overrides)
-
-
-def selection_options(command: Callable) -> Callable:
-    """Click decorator adding the selection options; the command receives ``selection=Selection``."""
-    options = [
-        click.option("--select", "select", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-                     help="Selection TOML file (see manifests/README.md); options below override it."),
-        click.option("--modality", "modality", multiple=True,
-                     help="Keep only this modality (repeatable), e.g. --modality T1w --modality FLAIR."),
-        click.option("--max-iqs", type=float, default=None,
-                     help="Keep images with image_quality_score <= this (lower is better; nnssl used 1.5-3.5)."),
-        click.option("--dataset", "dataset", multiple=True, help="Keep only this dataset id (repeatable)."),
-        click.option("--limit", type=click.IntRange(min=0), default=None,
-                     help="Keep the first N selected images (CSV order); 0 means all."),
-    ]
-
-    @functools.wraps(command)  # keeps the command's own click params (__click_params__)
-    def wrapper(select, modality, max_iqs, dataset, limit, **kwargs):
-        try:
-            selection = selection_from_options(select, modality, max_iqs, dataset, limit)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--select") from e
-        return command(selection=selection, **kwargs)
-
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import quote, unquote
 
-import click
 
 from openmind_prep.atomic import write_parquet, write_text
 from openmind_prep.metadata import ARRAY_COLUMNS
@@ -311,23 +310,8 @@ def parse_size(text: str) -> int:
     """
     match = re.fullmatch(r"\s*([0-9.]+)\s*([kKMGT]i?)?B?\s*", text)
     if not match:
-        raise click.BadParameter(f"{text!r}: expected a size like 1GB, 500MB, 512MiB")
+        raise ValueError(f"{text!r}: expected a size like 1GB, 500MB, 512MiB")
     unit = (match.group(2) or "").upper().replace("I", "i")
     base = 1024 if unit.endswith("i") else 1000
     power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("i")]
     return int(float(match.group(1)) * base**power)
-
-
-@click.command("shard")
-@click.argument("store", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Folder for the tar shards and index.json / index.parquet.")
-@click.option("--shard-size", default="1GB", show_default=True,
-              help="Target bytes per shard; larger shards mean fewer requests on object storage.")
-@click.option("--prefix", default="shard", show_default=True, help="Shard file name prefix.")
-def shard_command(store: Path, out: Path, shard_size: str, prefix: str) -> None:
-    """Write the images of a preprocessed STORE as WebDataset tar shards (resumable)."""
-    shards = write_shards(store, out, shard_size=parse_size(shard_size), prefix=prefix)
-    index = merge_index(out)
-    click.echo(f"{len(shards)} shards ({sum(s.samples for s in shards)} samples) under {out}; "
-               f"index: {index['samples']} samples in {len(index['shards'])} shards")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from openmind_prep import manifest
-from openmind_prep.sample import source_files
+from openmind_prep.embedded import source_files
 from openmind_prep.store import create_store, write_case
 
 

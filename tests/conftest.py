@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from openmind_prep.sample import build_sample_tree
+from openmind_prep.embedded import build_sample_tree
 
 
 @pytest.fixture(scope="session")

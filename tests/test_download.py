@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from hf_server import COMMIT, Faults, HubFixture
 from openmind_prep.cli import main
-from openmind_prep.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy, download
+from openmind_prep.download import download
+from openmind_prep.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
 from openmind_prep.lockfile import Lock, repo_paths
 from openmind_prep.metadata import METADATA_CSV, read_metadata
 from openmind_prep.selection import Selection
@@ -289,7 +290,7 @@ def test_download_runs_on_an_existing_dask_cluster(hub, sample_tree, tmp_path):
     expected = [p for r in read_metadata(sample_tree / METADATA_CSV) for p in repo_paths(r)]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         args = ["download", "--endpoint", hub.endpoint, "--out", str(raw), "--scheduler",
-                cluster.scheduler_address, "--workers", "2"]
+                cluster.scheduler_address, "--download-workers", "2"]
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output + repr(result.exception)
         assert "fetch_batch" in cluster.scheduler.task_prefixes  # the work went through the cluster

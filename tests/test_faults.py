@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from openmind_prep.cli import main
-from openmind_prep.cluster import ClusterConfig
+from openmind_prep.dask_cluster import ClusterConfig
 from openmind_prep.manifest import MANIFEST_DIR, OK, RUN_COLUMNS, read_manifest
 from openmind_prep.preprocess import PreprocessOptions, preprocess
-from openmind_prep.sample import replicate_tree
+from openmind_prep.embedded import replicate_tree
 from openmind_prep.selection import Selection
 from openmind_prep.store import TMP_DIR, array_checksum, image_array
 

@@ -159,7 +159,7 @@ def test_huge_dims_are_refused_with_an_estimate_before_reading(tmp_path):
 def test_the_worker_memory_limit_bounds_every_image_by_default(tmp_path):
     """No --max-bytes given: a worker with a 512 MiB limit refuses what would not fit (limit / 8),
     from the header for huge dims and before resampling for absurd spacing."""
-    from openmind_prep.cluster import ClusterConfig, dask_client
+    from openmind_prep.dask_cluster import ClusterConfig, dask_client
     from openmind_prep.preprocess import run_preprocess
 
     hdr = nib.Nifti1Image(np.ones((2, 2, 2), np.int16), np.eye(4)).header
@@ -250,7 +250,7 @@ def test_paths_escaping_the_source_tree_are_failed_rows(tmp_path, kind):
 
 def test_a_run_with_every_hostile_kind_accounts_for_every_image(tmp_path):
     """One batch through Dask with hostile files mixed in: each image gets exactly one row."""
-    from openmind_prep.cluster import ClusterConfig, dask_client
+    from openmind_prep.dask_cluster import ClusterConfig, dask_client
     from openmind_prep.preprocess import run_preprocess
 
     hdr = nib.Nifti1Header()

@@ -18,10 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 from openmind_prep import preprocess as pp
-from openmind_prep.cluster import ClusterConfig, dask_client
+from openmind_prep.cli.preprocess import preprocess_command
+from openmind_prep.dask_cluster import ClusterConfig, dask_client
 from openmind_prep.manifest import FAILED, MANIFEST_DIR, OK, RUN_COLUMNS, read_manifest
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
-from openmind_prep.sample import BROKEN_DATASET, build_sample_tree
+from openmind_prep.embedded import BROKEN_DATASET, build_sample_tree
 from openmind_prep.store import image_array
 from openmind_prep.verify import verify_store
 
@@ -38,7 +39,7 @@ def src(tmp_path_factory) -> Path:
 def full_run(src, tmp_path_factory):
     """One uninterrupted float32 run over the whole sample: (store, CliRunner result)."""
     store = tmp_path_factory.mktemp("full") / "store"
-    result = CliRunner().invoke(pp.preprocess_command,
+    result = CliRunner().invoke(preprocess_command,
                                 [str(src), "--out", str(store), "--dtype", "float32", "--batch-size", "3", *FAST])
     return store, result
 
@@ -141,7 +142,7 @@ def test_interrupted_run_resumes_to_the_same_store(src, full_run, tmp_path):
             for r in read_manifest(store).to_pylist() if r["status"] == OK}
     assert 0 < len(done) < len(records)
 
-    result = CliRunner().invoke(pp.preprocess_command,
+    result = CliRunner().invoke(preprocess_command,
                                 [str(src), "--out", str(store), "--dtype", "float32", "--batch-size", "3", *FAST])
     assert result.exit_code == 1 and f"({len(done)} already done)" in result.output, result.output
     for path, inode in done.items():  # finished images were not redone
@@ -194,7 +195,7 @@ def test_killed_process_resumes_to_the_same_store(src, full_run, tmp_path):
     proc.wait()
     n_done = len(read_manifest(store))
     assert 1 <= n_done < len(_good(src))
-    result = CliRunner().invoke(pp.preprocess_command, [str(src), "--out", str(store), "--dtype", "float32", *FAST,
+    result = CliRunner().invoke(preprocess_command, [str(src), "--out", str(store), "--dtype", "float32", *FAST,
                                                         *good])
     assert result.exit_code == 0 and f"({n_done} already done)" in result.output, result.output
     # The killed run's images were made in a Dask worker process (torch on 1 thread), the
@@ -212,7 +213,7 @@ def test_killed_process_resumes_to_the_same_store(src, full_run, tmp_path):
 
 
 def test_slurm_jobs_run_single_threaded_workers_with_the_requested_resources():
-    from openmind_prep.cluster import slurm_cluster
+    from openmind_prep.dask_cluster import slurm_cluster
 
     cluster = slurm_cluster(ClusterConfig(kind="slurm", queue="cpu", cores=6, memory="24GB",
                                           walltime="02:00:00", lifetime="1h50m"))
@@ -226,7 +227,7 @@ def test_slurm_jobs_run_single_threaded_workers_with_the_requested_resources():
 
 def test_the_command_modules_import_no_heavy_libraries():
     """`openmind-prep preprocess --help` stays fast: dask, zarr, torch, SimpleITK load in the command."""
-    code = ("import sys, openmind_prep.preprocess, openmind_prep.verify, openmind_prep.cluster; "
+    code = ("import sys, openmind_prep.preprocess, openmind_prep.verify, openmind_prep.dask_cluster; "
             "print(sorted(m for m in ('dask', 'distributed', 'zarr', 'torch', 'SimpleITK') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -246,7 +247,7 @@ def test_two_rows_with_one_store_key_keep_the_first_and_fail_the_second(tmp_path
     lines.append(next(line for line in lines if line.startswith(first + ",")).replace(first + ",", twin + ",", 1))
     csv.write_text("\n".join(lines) + "\n")
     store = tmp_path / "store"
-    result = CliRunner().invoke(pp.preprocess_command, [str(src), "--out", str(store), *FAST])
+    result = CliRunner().invoke(preprocess_command, [str(src), "--out", str(store), *FAST])
     assert result.exit_code == 1
     rows = _rows(store)
     assert rows[first]["status"] == OK and rows[twin]["status"] == FAILED

@@ -136,7 +136,7 @@ def test_cli_shard_command(store, tmp_path):
 
 
 def test_preprocess_format_webdataset_writes_shards_of_the_store(sample_tree, tmp_path):
-    from openmind_prep.preprocess import preprocess_command
+    from openmind_prep.cli.preprocess import preprocess_command
 
     store = tmp_path / "store"
     result = CliRunner().invoke(preprocess_command, [str(sample_tree), "--out", str(store), "--format",

@@ -14,12 +14,13 @@ from click.testing import CliRunner
 
 from hf_server import HubFixture
 from openmind_prep.cli import main
-from openmind_prep.hub import STATE_DIR, HubRepo, RetryPolicy, download
+from openmind_prep.download import download
+from openmind_prep.hub import STATE_DIR, HubRepo, RetryPolicy
 from openmind_prep.manifest import RUN_COLUMNS, merge_manifest, read_manifest
 from openmind_prep.metadata import METADATA_CSV, read_metadata
 from openmind_prep.preprocess import PreprocessOptions, run_preprocess
 from openmind_prep.selection import Selection
-from openmind_prep.stream import hub_items, source_items, stream
+from openmind_prep.run import hub_items, source_items, stream
 
 T1 = "OpenMind/ds000001/sub-01/anat/sub-01_T1w.nii.gz"
 BOUND = 100_000  # bytes: one image with its masks fits (max 87,823), two never do
@@ -33,7 +34,7 @@ def _env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def client():
-    from openmind_prep.cluster import ClusterConfig, dask_client
+    from openmind_prep.dask_cluster import ClusterConfig, dask_client
 
     with dask_client(ClusterConfig(workers=1, processes=False)) as c:
         yield c
@@ -152,7 +153,7 @@ def test_run_refuses_a_store_key_clash_across_rounds(tmp_path):
     import gzip
 
     from openmind_prep.manifest import FAILED, OK
-    from openmind_prep.sample import build_sample_tree
+    from openmind_prep.embedded import build_sample_tree
     from openmind_prep.verify import verify_store
 
     src = build_sample_tree(tmp_path / "src", small=True)

@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import click
 
-from openmind_prep.cluster import ClusterConfig, cluster_options
-from openmind_prep.hub import DownloadError, HubRepo, RemoteFile, VerifiedState, download_files, repo_options
+from openmind_prep.hub import HubRepo, RemoteFile, VerifiedState, download_files
 from openmind_prep.metadata import METADATA_CSV, ImageRecord, read_metadata
-from openmind_prep.preprocess import DEFAULT_BATCH_SIZE, store_options
-from openmind_prep.selection import Selection, selection_options
+from openmind_prep.preprocess import DEFAULT_BATCH_SIZE
+from openmind_prep.selection import Selection
+
+
+class RawBudgetError(ValueError):
+    """One image (with its masks) is larger than the raw-bytes bound."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def plan_batches(items: Sequence[Item], batch_size: int, max_bytes: int) -> list
     too_big = [i for i in items if i.bytes > max_bytes]
     if too_big:
         i = too_big[0]
-        raise click.UsageError(f"{i.files[0].path} needs {i.bytes / 1e9:.3f} GB with its masks, more than "
+        raise RawBudgetError(f"{i.files[0].path} needs {i.bytes / 1e9:.3f} GB with its masks, more than "
                                f"--max-raw-gb {max_bytes / 1e9:g}")
     batches: list[list[Item]] = []
     current: list[Item] = []
@@ -109,7 +111,7 @@ def hub_fetcher(repo: HubRepo, commit: str, work: Path, workers: int) -> Fetch:
 def local_fetcher(source: Path, work: Path) -> Fetch:
     """Copy from a local tree with the repo layout (temp file + rename, size checked); a path that
     leaves either tree is a per-file failure."""
-    from openmind_prep.preprocess import source_path
+    from openmind_prep.metadata import source_path
 
     def fetch(files: list[RemoteFile]) -> dict[str, str]:
         failed = {}
@@ -135,7 +137,7 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
 
 
 def _delete_raw(work: Path, item: Item) -> None:
-    from openmind_prep.preprocess import source_path
+    from openmind_prep.metadata import source_path
 
     for f in item.files:
         try:
@@ -244,52 +246,6 @@ def source_items(source: Path, selection: Selection, work: Path) -> tuple[list[I
         paths = repo_paths(r)
         missing = [p for p in paths if not (source / p).is_file()]
         if missing:
-            raise click.ClickException(f"{source / missing[0]}: listed in {METADATA_CSV} but not found")
+            raise ValueError(f"{source / missing[0]}: listed in {METADATA_CSV} but not found")
         items.append(Item(r, tuple(RemoteFile(p, (source / p).stat().st_size, None, "") for p in paths)))
     return items, local_fetcher(source, work)
-
-
-@click.command("run")
-@repo_options
-@click.option("--source", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="A local folder with the repo layout instead of the hub (--repo is then ignored).")
-@store_options
-@click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where raw files wait for preprocessing. Default: <STORE>.raw next to the store.")
-@click.option("--max-raw-gb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Bound on image + mask bytes (complete or partial) in --work at any time.")
-@click.option("--keep-raw", is_flag=True, help="Keep the raw files (then --max-raw-gb does not apply).")
-@click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Replay a lock file (exact commit and files) instead of resolving a selection.")
-@click.option("--download-workers", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Concurrent downloads.")
-@selection_options
-@cluster_options
-def run_command(repo: str, revision: str, endpoint: str | None, source: Path | None, store: Path,
-                work: Path | None, max_raw_gb: float, keep_raw: bool, lock_file: Path | None,
-                download_workers: int, dtype: str, chunks: int, batch_size: int, selection: Selection,
-                cluster: ClusterConfig) -> None:
-    """Download (or copy from --source), preprocess and delete raw files in a stream, keeping at
-    most --max-raw-gb of raw bytes on disk; writes the same store as download + preprocess."""
-    from openmind_prep.cluster import dask_client
-    from openmind_prep.manifest import merge_manifest
-    from openmind_prep.preprocess import PreprocessOptions, report
-
-    work = Path(work) if work else Path(store).with_name(Path(store).name + ".raw")
-    work.mkdir(parents=True, exist_ok=True)
-    if lock_file is not None and selection != Selection():
-        raise click.UsageError("--lock replays a fixed file list; drop the selection options")
-    try:
-        if source is not None:
-            if lock_file is not None:
-                raise click.UsageError("--lock applies to the hub, not to --source")
-            items, fetch = source_items(Path(source), selection, work)
-        else:
-            items, fetch = hub_items(HubRepo(repo, revision, endpoint), selection, work, lock_file, download_workers)
-    except (DownloadError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
-    options = PreprocessOptions(dtype=dtype, chunks=chunks)
-    with dask_client(cluster) as client:
-        rows = stream(items, fetch, work, store, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
-                      keep_raw=keep_raw, batch_size=batch_size)
-    report([i.record for i in items], rows, merge_manifest(store), store)

@@ -1,4 +1,5 @@
-"""The ``openmind-prep`` command line. Each sub-command lives in the module that does the work;
+"""The ``openmind-prep`` command line: the shell that composes the three layers. Each sub-command
+has a module in this package (click lives only here); the library modules it calls do the work;
 heavy imports (torch, dask, zarr, SimpleITK) happen inside the commands so ``--help`` is fast."""
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ def main() -> None:
 
 def _register() -> None:
     # One line per command; each module owns its command.
-    from openmind_prep.demo import demo_command
-    from openmind_prep.plan import plan_command
-    from openmind_prep.hub import download_command
-    from openmind_prep.preprocess import preprocess_command
-    from openmind_prep.sample import sample_command
-    from openmind_prep.stream import run_command
-    from openmind_prep.verify import verify_command
-    from openmind_prep.show import show_command
-    from openmind_prep.shards import shard_command
+    from openmind_prep.cli.demo import demo_command
+    from openmind_prep.cli.download import download_command
+    from openmind_prep.cli.plan import plan_command
+    from openmind_prep.cli.preprocess import preprocess_command
+    from openmind_prep.cli.run import run_command
+    from openmind_prep.cli.sample import sample_command
+    from openmind_prep.cli.shard import shard_command
+    from openmind_prep.cli.show import show_command
+    from openmind_prep.cli.verify import verify_command
 
     main.add_command(demo_command)
     main.add_command(plan_command)

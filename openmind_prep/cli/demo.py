@@ -19,8 +19,9 @@ from pathlib import Path
 
 import click
 
-from openmind_prep.cluster import ClusterConfig
-from openmind_prep.selection import Selection, selection_options
+from openmind_prep.dask_cluster import ClusterConfig
+from openmind_prep.cli.options import selection_options
+from openmind_prep.selection import Selection
 
 
 @contextmanager
@@ -37,12 +38,13 @@ def _source(run: Path, repo: str | None, revision: str, endpoint: str | None, se
     """The raw tree and the selection still to apply to it."""
     raw = run / "raw"
     if repo is None:
-        from openmind_prep.sample import build_sample_tree
+        from openmind_prep.embedded import build_sample_tree
 
         if not (raw / "openneuro_metadata.csv").exists():
             build_sample_tree(raw, small=small)
         return raw, selection
-    from openmind_prep.hub import HubRepo, download
+    from openmind_prep.download import download
+    from openmind_prep.hub import HubRepo
 
     download(HubRepo(repo, revision, endpoint), raw, selection=selection)
     return raw, Selection()  # RAW's CSV lists exactly what was downloaded
@@ -98,7 +100,7 @@ def _clusters(store: Path, run: Path, student, key: str, k: int, seed: int) -> d
     import torch
 
     from loaders import ZarrVolumeDataset
-    from trainers.clusters import kmeans_labels, save_clusters_png, voxel_features
+    from trainers.kmeans import kmeans_labels, save_clusters_png, voxel_features
 
     ds = ZarrVolumeDataset(store, masks=False)
     index = ds.keys.index(key) if key in ds.keys else 0

@@ -22,7 +22,6 @@ import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, strip_nifti_suffix
@@ -245,14 +244,3 @@ def replicate_tree(src: Path, dest: Path, copies: int, *, link: bool = False) ->
         writer.writeheader()
         writer.writerows(out)
     return dest
-
-
-@click.command("sample")
-@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--small", is_flag=True, help="Three small volumes (for quick tries and tests).")
-@click.option("--broken", is_flag=True, help="Also write one deliberately broken case per failure mode.")
-def sample_command(dest: Path, small: bool, broken: bool) -> None:
-    """Write the embedded real-MRI sample to DEST in the OpenMind repo layout."""
-    root = build_sample_tree(dest, small=small, broken=broken)
-    n = sum(1 for _ in (root / METADATA_CSV).open()) - 1
-    click.echo(f"wrote {n} images to {root}")

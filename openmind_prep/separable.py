@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from loaders.hugepages import empty
+from openmind_prep.hugepages import empty
 
 _ROWS = 32  # output rows per block of a banded product
 

@@ -7,13 +7,10 @@ cores of the node and N workers would oversubscribe it N-fold.
 
 from __future__ import annotations
 
-import functools
 import os
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
-
-import click
+from typing import Iterator
 
 
 
@@ -136,41 +133,3 @@ def dask_client(config: ClusterConfig) -> Iterator["distributed.Client"]:  # noq
         if cluster is not None:
             cluster.close()
         stack.close()
-
-
-def cluster_options(command: Callable) -> Callable:
-    """Click decorator adding the cluster options; the command receives ``cluster=ClusterConfig``."""
-    options = [
-        click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Local Dask workers (one thread each). Default: all cores."),
-        click.option("--scheduler", default=None, metavar="ADDRESS",
-                     help="Use a running Dask scheduler (e.g. tcp://host:8786) instead."),
-        click.option("--cluster", "kind", type=click.Choice(["local", "slurm"]), default="local",
-                     show_default=True, help="Start a local cluster or SLURM jobs (dask-jobqueue)."),
-        click.option("--memory-limit", default="auto", show_default=True,
-                     help="Per local worker, e.g. 4GiB; a worker above it is restarted by Dask."),
-        click.option("--queue", default=None, help="SLURM partition."),
-        click.option("--cores", type=int, default=8, show_default=True,
-                     help="SLURM: cores per job (= single-threaded workers per job)."),
-        click.option("--memory", default="32GB", show_default=True, help="SLURM: memory per job."),
-        click.option("--walltime", default="04:00:00", show_default=True, help="SLURM: job walltime."),
-        click.option("--lifetime", default=None,
-                     help="SLURM: retire workers after this (e.g. 3h50m, under --walltime) and start fresh jobs."),
-        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="SLURM: number of jobs."),
-        click.option("--threads-only", "threads_only", is_flag=True, hidden=True,
-                     help="Run local workers as threads in this process (tests, debugging)."),
-    ]
-
-    @functools.wraps(command)
-    def wrapper(workers, scheduler, kind, memory_limit, queue, cores, memory, walltime, lifetime,
-                jobs, threads_only, **kwargs):
-        config = ClusterConfig(kind=kind, workers=workers, scheduler=scheduler,
-                               memory_limit=memory_limit, processes=not threads_only, queue=queue,
-                               cores=cores, memory=memory, walltime=walltime, lifetime=lifetime,
-                               jobs=jobs)
-        return command(cluster=config, **kwargs)
-
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper

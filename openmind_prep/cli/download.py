@@ -1,0 +1,71 @@
+"""``openmind-prep download``: a selection (or a lock) from the hub into RAW, verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from openmind_prep.cli.options import repo_options, selection_options
+from openmind_prep.hub import DownloadError, HubRepo
+from openmind_prep.selection import Selection
+
+
+@click.command("download")
+@repo_options
+@click.option("--out", "raw", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="RAW folder; keeps the repo layout (RAW/openneuro_metadata.csv, RAW/OpenMind/...).")
+@click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Replay this lock file (exact commit and files); selection options are not allowed.")
+@click.option("--write-lock", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the resolved lock file here (e.g. manifests/locks/NAME.json).")
+@click.option("--lock-only", is_flag=True, help="Resolve and write the lock, download no images.")
+@click.option("--download-workers", "workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Concurrent downloads (the hub rate-limits; keep it small).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run the download tasks on a running Dask cluster (e.g. tcp://host:8786) whose workers "
+                   "share RAW's file system; default: threads of this process.")
+@selection_options
+def download_command(repo: str, revision: str, endpoint: str | None, raw: Path, lock_file: Path | None,
+                     write_lock: Path | None, lock_only: bool, workers: int, scheduler: str | None,
+                     selection: Selection) -> None:
+    """Download a selection of OpenMind from the Hugging Face hub into RAW, verifying every file
+    (size + LFS sha256); re-running resumes and skips verified files."""
+    from openmind_prep.download import download
+    from openmind_prep.lockfile import Lock
+
+    lock = None
+    if lock_file is not None:
+        if selection != Selection():
+            raise click.UsageError("--lock replays a fixed file list; drop the selection options")
+        try:
+            lock = Lock.read(lock_file)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--lock") from e
+    from contextlib import nullcontext
+
+    if scheduler:
+        from distributed import Client
+
+        connection = Client(scheduler)
+    else:
+        connection = nullcontext()
+    try:
+        with connection as client:
+            lock, report = download(HubRepo(repo, revision, endpoint), raw.absolute(), selection=selection,
+                                    lock=lock, write_lock=write_lock, lock_only=lock_only, workers=workers,
+                                    client=client)
+    except DownloadError as e:
+        raise click.ClickException(str(e)) from e
+    head = f"{lock.repo}@{lock.commit[:12]}: {len(lock.images)} images, {len(lock.files)} files"
+    if write_lock is not None:
+        click.echo(f"lock written: {write_lock}")
+    if report is None:
+        click.echo(head)
+        return
+    click.echo(f"{head}; {len(report.transferred)} downloaded ({report.bytes / 1e6:.1f} MB), "
+               f"{len(report.skipped)} already verified, {len(report.failed)} failed -> {raw}")
+    for path, reason in report.failed[:20]:
+        click.echo(f"  FAILED {reason}", err=True)
+    if report.failed:
+        raise SystemExit(1)

@@ -1,0 +1,112 @@
+"""The click option groups shared by several commands; each hands the command one value object
+(``selection=Selection``, ``cluster=ClusterConfig``) or plain values."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from openmind_prep.dask_cluster import ClusterConfig
+from openmind_prep.preprocess import DEFAULT_BATCH_SIZE
+from openmind_prep.selection import selection_from_options
+
+
+def repo_options(command: Callable) -> Callable:
+    """Click options ``--repo``, ``--revision``, ``--endpoint`` (default ``$HF_ENDPOINT``)."""
+    options = [
+        click.option("--repo", default="AnonRes/OpenMind", show_default=True,
+                     help="Hugging Face dataset repo."),
+        click.option("--revision", default="main", show_default=True,
+                     help="Branch, tag or commit; resolved once to a commit sha that pins every request."),
+        click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True,
+                     help="Hub or mirror base URL (default https://huggingface.co)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def store_options(command: Callable) -> Callable:
+    """Click options of every command that writes a store (``preprocess``, ``run``):
+    ``--out`` (→ ``store``), ``--dtype``, ``--chunks``, ``--batch-size``."""
+    options = [
+        click.option("--out", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
+                     help="The Zarr v3 store to write (created; re-running resumes)."),
+        click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+                     help="Stored image dtype (float16 halves the bytes; ≤1e-2 SD error)."),
+        click.option("--chunks", type=click.IntRange(min=8), default=64, show_default=True,
+                     help="Inner chunk edge in voxels (all chunks of an array sit in one shard file)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+                     help="Images per Dask task (and, in `run`, per download batch)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def selection_options(command: Callable) -> Callable:
+    """Click decorator adding the selection options; the command receives ``selection=Selection``."""
+    options = [
+        click.option("--select", "select", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                     help="Selection TOML file (see manifests/README.md); options below override it."),
+        click.option("--modality", "modality", multiple=True,
+                     help="Keep only this modality (repeatable), e.g. --modality T1w --modality FLAIR."),
+        click.option("--max-iqs", type=float, default=None,
+                     help="Keep images with image_quality_score <= this (lower is better; nnssl used 1.5-3.5)."),
+        click.option("--dataset", "dataset", multiple=True, help="Keep only this dataset id (repeatable)."),
+        click.option("--limit", type=click.IntRange(min=0), default=None,
+                     help="Keep the first N selected images (CSV order); 0 means all."),
+    ]
+
+    @functools.wraps(command)  # keeps the command's own click params (__click_params__)
+    def wrapper(select, modality, max_iqs, dataset, limit, **kwargs):
+        try:
+            selection = selection_from_options(select, modality, max_iqs, dataset, limit)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--select") from e
+        return command(selection=selection, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def cluster_options(command: Callable) -> Callable:
+    """Click decorator adding the cluster options; the command receives ``cluster=ClusterConfig``."""
+    options = [
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Local Dask workers (one thread each). Default: all cores."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Use a running Dask scheduler (e.g. tcp://host:8786) instead."),
+        click.option("--cluster", "kind", type=click.Choice(["local", "slurm"]), default="local",
+                     show_default=True, help="Start a local cluster or SLURM jobs (dask-jobqueue)."),
+        click.option("--memory-limit", default="auto", show_default=True,
+                     help="Per local worker, e.g. 4GiB; a worker above it is restarted by Dask."),
+        click.option("--queue", default=None, help="SLURM partition."),
+        click.option("--cores", type=int, default=8, show_default=True,
+                     help="SLURM: cores per job (= single-threaded workers per job)."),
+        click.option("--memory", default="32GB", show_default=True, help="SLURM: memory per job."),
+        click.option("--walltime", default="04:00:00", show_default=True, help="SLURM: job walltime."),
+        click.option("--lifetime", default=None,
+                     help="SLURM: retire workers after this (e.g. 3h50m, under --walltime) and start fresh jobs."),
+        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="SLURM: number of jobs."),
+        click.option("--threads-only", "threads_only", is_flag=True, hidden=True,
+                     help="Run local workers as threads in this process (tests, debugging)."),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(workers, scheduler, kind, memory_limit, queue, cores, memory, walltime, lifetime,
+                jobs, threads_only, **kwargs):
+        config = ClusterConfig(kind=kind, workers=workers, scheduler=scheduler,
+                               memory_limit=memory_limit, processes=not threads_only, queue=queue,
+                               cores=cores, memory=memory, walltime=walltime, lifetime=lifetime,
+                               jobs=jobs)
+        return command(cluster=config, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

@@ -1,0 +1,63 @@
+"""``openmind-prep run``: download (or copy) → preprocess → delete raw, as a stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from openmind_prep.cli.options import cluster_options, repo_options, selection_options, store_options
+from openmind_prep.dask_cluster import ClusterConfig
+from openmind_prep.hub import DownloadError, HubRepo
+from openmind_prep.run import RawBudgetError, hub_items, source_items, stream
+from openmind_prep.selection import Selection
+
+
+@click.command("run")
+@repo_options
+@click.option("--source", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="A local folder with the repo layout instead of the hub (--repo is then ignored).")
+@store_options
+@click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where raw files wait for preprocessing. Default: <STORE>.raw next to the store.")
+@click.option("--max-raw-gb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Bound on image + mask bytes (complete or partial) in --work at any time.")
+@click.option("--keep-raw", is_flag=True, help="Keep the raw files (then --max-raw-gb does not apply).")
+@click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Replay a lock file (exact commit and files) instead of resolving a selection.")
+@click.option("--download-workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Concurrent downloads.")
+@selection_options
+@cluster_options
+def run_command(repo: str, revision: str, endpoint: str | None, source: Path | None, store: Path,
+                work: Path | None, max_raw_gb: float, keep_raw: bool, lock_file: Path | None,
+                download_workers: int, dtype: str, chunks: int, batch_size: int, selection: Selection,
+                cluster: ClusterConfig) -> None:
+    """Download (or copy from --source), preprocess and delete raw files in a stream, keeping at
+    most --max-raw-gb of raw bytes on disk; writes the same store as download + preprocess."""
+    from openmind_prep.dask_cluster import dask_client
+    from openmind_prep.manifest import merge_manifest
+    from openmind_prep.cli.preprocess import report
+    from openmind_prep.preprocess import PreprocessOptions
+
+    work = Path(work) if work else Path(store).with_name(Path(store).name + ".raw")
+    work.mkdir(parents=True, exist_ok=True)
+    if lock_file is not None and selection != Selection():
+        raise click.UsageError("--lock replays a fixed file list; drop the selection options")
+    try:
+        if source is not None:
+            if lock_file is not None:
+                raise click.UsageError("--lock applies to the hub, not to --source")
+            items, fetch = source_items(Path(source), selection, work)
+        else:
+            items, fetch = hub_items(HubRepo(repo, revision, endpoint), selection, work, lock_file, download_workers)
+    except (DownloadError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    options = PreprocessOptions(dtype=dtype, chunks=chunks)
+    try:
+        with dask_client(cluster) as client:
+            rows = stream(items, fetch, work, store, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
+                          keep_raw=keep_raw, batch_size=batch_size)
+    except RawBudgetError as e:
+        raise click.UsageError(str(e)) from e
+    report([i.record for i in items], rows, merge_manifest(store), store)

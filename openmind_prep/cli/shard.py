@@ -1,0 +1,28 @@
+"""``openmind-prep shard``: a store's images as WebDataset tar shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from openmind_prep.shards import merge_index, parse_size, write_shards
+
+
+@click.command("shard")
+@click.argument("store", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for the tar shards and index.json / index.parquet.")
+@click.option("--shard-size", default="1GB", show_default=True,
+              help="Target bytes per shard; larger shards mean fewer requests on object storage.")
+@click.option("--prefix", default="shard", show_default=True, help="Shard file name prefix.")
+def shard_command(store: Path, out: Path, shard_size: str, prefix: str) -> None:
+    """Write the images of a preprocessed STORE as WebDataset tar shards (resumable)."""
+    try:
+        size = parse_size(shard_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--shard-size") from e
+    shards = write_shards(store, out, shard_size=size, prefix=prefix)
+    index = merge_index(out)
+    click.echo(f"{len(shards)} shards ({sum(s.samples for s in shards)} samples) under {out}; "
+               f"index: {index['samples']} samples in {len(index['shards'])} shards")
