@@ -85,7 +85,7 @@ def draw_intensity(n: int, channels: int, generator: torch.Generator) -> Intensi
 
 
 def _blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of one ``[X, Y, Z]`` volume (scipy ``gaussian_filter``, mode 'nearest')."""
+    """Separable Gaussian blur of one ``[Z, Y, X]`` volume (scipy ``gaussian_filter``, mode 'nearest')."""
     return separable(x, tuple(gaussian_matrix(n, sigma) for n in x.shape))  # type: ignore[arg-type]
 
 
@@ -120,7 +120,7 @@ def _gamma_(x: Tensor, gamma: float, invert: bool) -> Tensor:
 
 
 def apply_intensity(views: Tensor, params: IntensityParams, *, inplace: bool = False) -> Tensor:
-    """Apply drawn intensity augmentation to ``views`` ``[N, C, X, Y, Z]`` (a copy unless ``inplace``).
+    """Apply drawn intensity augmentation to ``views`` ``[N, C, Z, Y, X]`` (a copy unless ``inplace``).
 
     >>> v = torch.randn(2, 1, 8, 8, 8)
     >>> p = draw_intensity(2, 1, torch.Generator().manual_seed(1))

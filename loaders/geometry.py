@@ -1,15 +1,20 @@
 """Geometry of two overlapping views: frozen value objects and the pure function that draws them.
 
-Coordinate conventions (used everywhere in ``loaders``):
+Coordinate conventions (used everywhere in ``loaders`` and ``trainers``):
 
+* **Axis order** is the stored order, named once: a volume is ``[C, Z, Y, X]`` (a batch
+  ``[B, C, Z, Y, X]``), i.e. axis 0/1/2 of the Zarr array = z/y/x = SimpleITK's numpy order =
+  NIfTI's voxel axes k/j/i reversed. Every tuple of three (shapes, boxes, zooms, flips, regions)
+  is in this order. Only ``grid_sample`` grids run the other way (channel 0 = x, the last axis);
+  ``box_grid`` does that reversal in one place.
 * **Voxel index** coordinates: voxel ``i`` of an axis has its centre at ``i`` (NIfTI style).
   ``PairGeometry.affines`` map a view's voxel index ``(i, j, k, 1)`` (tensor axes 2, 3, 4) to a
   continuous voxel index of the source volume.
 * **Normalised box** coordinates: ``u`` in [0, 1] along a view axis of ``size`` voxels covers the
   continuous position ``u * size``, so voxel ``i`` spans ``[i / size, (i + 1) / size]``. This is
   ``grid_sample(..., align_corners=False)`` with grid value ``2 * u - 1``.
-* A box is ``(x1, y1, z1, x2, y2, z2)`` = start then end along tensor axes 2, 3, 4. On an axis
-  that the view mirrors, start > end, so "fraction t of the way from start to end" is the same
+* A box is ``(z1, y1, x1, z2, y2, x2)`` = start then end along axes z, y, x (batch tensor axes
+  2, 3, 4). On an axis that the view mirrors, start > end, so "fraction t of the way from start to end" is the same
   anatomy in both views: sampling view 1 over box 1 and view 2 over box 2 gives the same content.
 
 The draw is a pure function of the shapes and a ``torch.Generator`` (STYLE.md 1, 2, 7): every
@@ -64,7 +69,7 @@ def box_grid(boxes: Tensor, size: Shape3) -> Tensor:
     """``grid_sample`` grid (``align_corners=False``) that resamples each view over its box.
 
     ``boxes`` is ``[N, 6]``; the result is ``[N, *size, 3]`` with the last dimension in
-    ``grid_sample``'s (last axis, middle axis, first axis) order. Output voxel ``i`` samples
+    ``grid_sample``'s (x, y, z) = (last, middle, first axis) order. Output voxel ``i`` samples
     fraction ``(i + 0.5) / size`` of the way from box start to box end.
 
     >>> g = box_grid(torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]), (2, 3, 4))
@@ -77,10 +82,10 @@ def box_grid(boxes: Tensor, size: Shape3) -> Tensor:
         t = (torch.arange(m, device=boxes.device, dtype=boxes.dtype) + 0.5) / m
         u = boxes[:, d, None] + t[None] * (boxes[:, d + 3, None] - boxes[:, d, None])
         axes.append(2 * u - 1)
-    gx = axes[0][:, :, None, None].expand(n, *size)
-    gy = axes[1][:, None, :, None].expand(n, *size)
-    gz = axes[2][:, None, None, :].expand(n, *size)
-    return torch.stack([gz, gy, gx], dim=-1)
+    g_z = axes[0][:, :, None, None].expand(n, *size)
+    g_y = axes[1][:, None, :, None].expand(n, *size)
+    g_x = axes[2][:, None, None, :].expand(n, *size)
+    return torch.stack([g_x, g_y, g_z], dim=-1)  # grid_sample's channel order: last axis first
 
 
 @dataclass(frozen=True, eq=False)

@@ -33,7 +33,7 @@ from openmind_prep.separable import band_blocks, linear_matrix, separable
 class ViewPair:
     """Sampler output. ``views`` ``[2B, C, *patch]`` = view 1 of every volume, then view 2.
 
-    ``boxes`` ``[2B, 6]`` (x1, y1, z1, x2, y2, z2): the overlap inside each view, normalised
+    ``boxes`` ``[2B, 6]`` (z1, y1, x1, z2, y2, x2): the overlap inside each view, normalised
     (``loaders.geometry`` docstring); ``affines`` ``[2B, 4, 4]`` view voxel -> source voxel;
     ``overlaps`` ``[B]``; ``masks`` ``[2B, 1, *patch]`` bool (True = visible) or None;
     ``geometry`` and ``intensity`` (None when off) replay the views via ``sampler.apply``.
@@ -52,7 +52,7 @@ Pad = Callable[[], Tensor]
 
 
 def _crop(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad) -> None:
-    """Write the whole-voxel (maybe mirrored) crop of ``volume`` ``[C, X, Y, Z]`` into ``out``."""
+    """Write the whole-voxel (maybe mirrored) crop of ``volume`` ``[C, Z, Y, X]`` into ``out``."""
     size = out.shape[1:]
     src, dst, flip_dims = [], [], []
     for d in range(3):
@@ -101,7 +101,7 @@ def _region(volume: Tensor, affine: Tensor, size: Shape3, pad: Pad, crop: bool) 
 
 
 def _resample(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad, grid: Tensor | None = None) -> None:
-    """Trilinear resampling of ``volume`` ``[C, X, Y, Z]`` through ``affine`` into ``out`` (one grid_sample).
+    """Trilinear resampling of ``volume`` ``[C, Z, Y, X]`` through ``affine`` into ``out`` (one grid_sample).
 
     Where the view reaches outside the volume, only the region it touches is copied, padded with
     ``pad()``, so grid_sample never blends in its own zero padding. ``grid`` (``[*size, 3]``
@@ -116,7 +116,7 @@ def _resample(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad, grid: Tenso
     off = ((2 * a32[:3, 3] + 1) * scale / 2 - 1).flip(0)
     axes = [torch.arange(m, device=dev, dtype=torch.float32) for m in size]
     plane = off + lin[:, 0] * axes[0][:, None, None] + lin[:, 1] * axes[1][:, None]  # [X, Y, 3]
-    grid = torch.add(plane[:, :, None], lin[:, 2] * axes[2][:, None], out=grid)  # one pass over [X, Y, Z, 3]
+    grid = torch.add(plane[:, :, None], lin[:, 2] * axes[2][:, None], out=grid)  # one pass over [Z, Y, X, 3]
     res = F.grid_sample(volume[None].float(), grid[None], mode="bilinear", padding_mode="border",
                         align_corners=False)
     out.copy_(res[0])
@@ -264,7 +264,7 @@ class OverlapViewSampler:
         return apply_intensity(out, intensity, inplace=True) if intensity is not None else out
 
     def __call__(self, volumes: Tensor | Sequence[Tensor], generator: torch.Generator | None = None) -> ViewPair:
-        """Draw, then apply. ``volumes``: ``[B, C, X, Y, Z]`` or a list of ``[C, x, y, z]``."""
+        """Draw, then apply. ``volumes``: ``[B, C, Z, Y, X]`` or a list of ``[C, z, y, x]``."""
         vols = _as_list(volumes)
         g = generator if generator is not None else _fresh_generator()
         shapes = [tuple(v.shape[1:]) for v in vols]
@@ -283,15 +283,15 @@ class OverlapViewSampler:
 
 
 def _as_list(volumes: Tensor | Sequence[Tensor]) -> list[Tensor]:
-    """Validate the input and return a list of ``[C, X, Y, Z]`` volumes."""
+    """Validate the input and return a list of ``[C, Z, Y, X]`` volumes."""
     vols = list(volumes.unbind(0)) if isinstance(volumes, Tensor) else list(volumes)
     if isinstance(volumes, Tensor) and volumes.dim() != 5:
-        raise ValueError(f"a batch tensor must be [B, C, X, Y, Z], got shape {tuple(volumes.shape)}")
+        raise ValueError(f"a batch tensor must be [B, C, Z, Y, X], got shape {tuple(volumes.shape)}")
     if not vols:
         raise ValueError("no volumes given")
     for i, v in enumerate(vols):
         if v.dim() != 4 or not v.is_floating_point():
-            raise ValueError(f"volume {i} must be a floating [C, X, Y, Z] tensor, got {v.dtype} {tuple(v.shape)}")
+            raise ValueError(f"volume {i} must be a floating [C, Z, Y, X] tensor, got {v.dtype} {tuple(v.shape)}")
         if v.shape[0] != vols[0].shape[0] or v.device != vols[0].device:
             raise ValueError(f"volume {i} differs from volume 0 in channels or device")
     return vols

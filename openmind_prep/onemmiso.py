@@ -42,7 +42,7 @@ def set_sitk_threads(n: int) -> None:
 @dataclass(frozen=True)
 class ImageProps:
     """What the reader records of an image: ``spacing`` and ``shape`` in array order (z, y, x);
-    ``origin`` and ``direction`` (row-major 3×3) as SimpleITK reports them (x, y, z)."""
+    ``origin`` and ``direction`` (row-major 3×3) as SimpleITK reports them: physical (x, y, z), the reverse of the stored axis order."""
 
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]

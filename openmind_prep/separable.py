@@ -101,7 +101,7 @@ def _apply_axis(x: Tensor, axis: int, blocks: Blocks, n_out: int) -> Tensor:
 
 
 def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...]) -> Tensor:
-    """Apply ``matrices[d]`` (``[n_out_d, n_in_d]``, CPU) along axis ``d`` of ``x`` ``[X, Y, Z]``.
+    """Apply ``matrices[d]`` (``[n_out_d, n_in_d]``, CPU) along axis ``d`` of ``x`` ``[Z, Y, X]``.
 
     Axes whose matrix is ``None`` are left alone; an entry may also be precomputed
     :func:`band_blocks` (e.g. cached by the caller). Axes go in the order with the fewest flops.
@@ -113,7 +113,7 @@ def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...]) -> Tensor
     ([20.5, 22.5], [20.5, 22.5])
     """
     if x.dim() != 3:
-        raise ValueError(f"separable expects a [X, Y, Z] tensor, got shape {tuple(x.shape)}")
+        raise ValueError(f"separable expects a [Z, Y, X] tensor, got shape {tuple(x.shape)}")
     blocks: dict[int, Blocks] = {}
     for d, m in enumerate(matrices):
         if m is None:

@@ -13,7 +13,7 @@ from trainers.cva import update_teacher
 
 
 def _ramps(shape=(6, 8, 10)) -> torch.Tensor:
-    """[1, 3, X, Y, Z]: channel a = continuous normalised position along tensor axis 2 + a, each with its own slope."""
+    """[1, 3, Z, Y, X]: channel a = continuous normalised position along tensor axis 2 + a, each with its own slope."""
     x, y, z = shape
     u = [(torch.arange(n, dtype=torch.float64) + 0.5) / n for n in shape]
     f = torch.stack([

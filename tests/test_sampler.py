@@ -29,7 +29,7 @@ MNI = os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data",
 
 @pytest.fixture(scope="module")
 def mri() -> torch.Tensor:
-    """MNI152 T1 at 4 mm (49 x 58 x 47), z-scored over the whole box like onemmiso: [1, X, Y, Z]."""
+    """MNI152 T1 at 4 mm (49 x 58 x 47), z-scored over the whole box like onemmiso: [1, i, j, k] (nibabel's voxel order; the sampler does not care which axis is which)."""
     v = torch.tensor(nibabel.load(MNI).get_fdata(), dtype=torch.float32)
     v = F.avg_pool3d(v[None, None], 4, ceil_mode=True)[0]
     return (v - v.mean()) / v.std()
@@ -282,7 +282,7 @@ def test_overlap_box_value_object():
 
 
 def test_bad_input_is_rejected():
-    with pytest.raises(ValueError, match=r"\[B, C, X, Y, Z\]"):
+    with pytest.raises(ValueError, match=r"\[B, C, Z, Y, X\]"):
         OverlapViewSampler(PATCH)(torch.randn(1, 30, 30, 30))
     with pytest.raises(ValueError, match="min_overlap"):
         OverlapViewSampler(PATCH, min_overlap=0.9, max_overlap=0.5)(torch.randn(1, 1, 30, 30, 30))

@@ -20,7 +20,7 @@ from trainers.networks import stage_features
 @torch.no_grad()
 def voxel_features(backbone: torch.nn.Module, volume: torch.Tensor, *, multiple: int = 16,
                    stride: int = 1) -> torch.Tensor:
-    """Per-voxel features ``[D, x/stride, y/stride, z/stride]`` of ``volume`` ``[1, x, y, z]``.
+    """Per-voxel features ``[D, z/stride, y/stride, x/stride]`` of ``volume`` ``[1, z, y, x]``.
 
     The volume is cropped to a multiple of ``multiple``; ``stride`` 2 keeps memory at 1/8 for
     whole 1 mm brains (the feature maps are resampled to that grid, not computed on a coarser input).
@@ -42,7 +42,7 @@ def voxel_features(backbone: torch.nn.Module, volume: torch.Tensor, *, multiple:
 
 
 def kmeans_labels(features: torch.Tensor, k: int, *, seed: int = 0, fit_voxels: int = 20000) -> np.ndarray:
-    """Cluster label per voxel (``[x, y, z]`` int) for features ``[D, x, y, z]``.
+    """Cluster label per voxel (``[z, y, x]`` int) for features ``[D, z, y, x]``.
 
     >>> f = torch.cat([torch.zeros(2, 4, 4, 2), torch.ones(2, 4, 4, 2)], dim=3)
     >>> labels = kmeans_labels(f, 2)

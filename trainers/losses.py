@@ -3,7 +3,7 @@
 Batch layout everywhere (the sampler's): rows ``0..B-1`` are view 1 of every volume, rows ``B..2B-1``
 view 2 of the same volumes in the same order, so row ``i`` and row ``(i + B) % 2B`` see one volume.
 
-Box convention (``loaders.OverlapViewSampler``): ``(x1, y1, z1, x2, y2, z2)`` normalised to [0, 1]
+Box convention (``loaders.OverlapViewSampler``): ``(z1, y1, x1, z2, y2, x2)`` normalised to [0, 1]
 along tensor axes 2, 3, 4 of a view; coordinate ``u`` is the continuous position ``u * size``
 (voxel ``i`` spans ``[i, i + 1)``, its centre is ``i + 0.5``); a flipped axis has start > end, so the
 ``k``-th aligned voxel of view 1 and of view 2 show the same anatomy.
@@ -37,7 +37,7 @@ def align_views(features: torch.Tensor, boxes: torch.Tensor, out_size: int, samp
     comes from ``loaders.geometry.box_grid``, the sampler's own mapping.
 
     Args:
-        features: ``[N, C, X, Y, Z]``.
+        features: ``[N, C, Z, Y, X]``.
         boxes: ``[N, 6]`` in the convention of the module docstring.
         out_size: edge length ``o`` of the aligned grid.
         samples_per_bin: sub-samples per bin and axis (RoI-align's sampling ratio).
@@ -52,7 +52,7 @@ def align_views(features: torch.Tensor, boxes: torch.Tensor, out_size: int, samp
     [2.5, 0.5]
     """
     if features.ndim != 5 or boxes.shape != (features.shape[0], 6):
-        raise ValueError(f"align_views wants features [N,C,X,Y,Z] and boxes [N,6], got {tuple(features.shape)} and {tuple(boxes.shape)}")
+        raise ValueError(f"align_views wants features [N,C,Z,Y,X] and boxes [N,6], got {tuple(features.shape)} and {tuple(boxes.shape)}")
     s = out_size * samples_per_bin
     dtype = torch.promote_types(features.dtype, torch.float32)
     grid = box_grid(boxes.to(dtype), (s, s, s)).to(features.dtype)  # the sampler's own box → grid mapping

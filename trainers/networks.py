@@ -117,7 +117,7 @@ def build_backbone(arch: str, patch_size: Sequence[int], in_channels: int = 1, o
 def stage_features(backbone: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Run ``backbone`` once; return its per-stage feature maps and its output (the reconstruction).
 
-    Residual U-Nets give every encoder stage's output; Primus gives its token grid ``[N, D, X/8, Y/8, Z/8]``.
+    Residual U-Nets give every encoder stage's output; Primus gives its token grid ``[N, D, Z/8, Y/8, X/8]``.
 
     >>> feats, recon = stage_features(tiny(), torch.zeros(1, 1, 16, 16, 16))
     >>> [f.shape[1] for f in feats], recon.shape[2:]
