@@ -14,6 +14,13 @@ from openmind_prep.preprocess import DEFAULT_BATCH_SIZE
 from openmind_prep.selection import selection_from_options
 
 
+def _with(options: list[Callable], command: Callable) -> Callable:
+    """``command`` decorated by ``options`` in the order they are listed (as ``--help`` shows them)."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def repo_options(command: Callable) -> Callable:
     """Click options ``--repo``, ``--revision``, ``--endpoint`` (default ``$HF_ENDPOINT``)."""
     options = [
@@ -24,9 +31,7 @@ def repo_options(command: Callable) -> Callable:
         click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True,
                      help="Hub or mirror base URL (default https://huggingface.co)."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(options, command)
 
 
 def store_options(command: Callable) -> Callable:
@@ -42,9 +47,7 @@ def store_options(command: Callable) -> Callable:
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
                      help="Images per Dask task (and, in `run`, per download batch)."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(options, command)
 
 
 def selection_options(command: Callable) -> Callable:
@@ -69,9 +72,7 @@ def selection_options(command: Callable) -> Callable:
             raise click.BadParameter(str(e), param_hint="--select") from e
         return command(selection=selection, **kwargs)
 
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+    return _with(options, wrapper)
 
 
 def cluster_options(command: Callable) -> Callable:
@@ -107,6 +108,4 @@ def cluster_options(command: Callable) -> Callable:
                                jobs=jobs)
         return command(cluster=config, **kwargs)
 
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+    return _with(options, wrapper)
