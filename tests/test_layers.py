@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("openmind_prep", "loaders", "trainers")
 SHELL = "openmind_prep.cli"
+ENTRY_POINTS = ("openmind_prep.__main__",)  # ``python -m openmind_prep``: the shell's other door
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -40,7 +41,7 @@ def imports_of(root: Path) -> dict[str, set[str]]:
 
 
 def _layer(module: str) -> int:
-    if module == SHELL or module.startswith(SHELL + "."):
+    if module == SHELL or module.startswith(SHELL + ".") or module in ENTRY_POINTS:
         return 3
     return {"openmind_prep": 0, "loaders": 1, "trainers": 2}[module.split(".")[0]]
 
