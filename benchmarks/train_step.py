@@ -53,7 +53,7 @@ def run_arch(arch: str, store: Path, out: Path, args: argparse.Namespace, cuda: 
     cmd = [sys.executable, "-m", "trainers.cva", "--store", str(store), "--out", str(out), "--arch", arch,
            "--patch-size", str(patch), "--batch-size", str(batch), "--steps", str(steps), "--warmup-steps", "1",
            "--num-workers", str(args.num_workers), "--no-checkpoint", "--no-resume", "--device", args.device,
-           "--recon", "mae", "--consistency", "cva", "--contrastive"]
+           "--recon", "mae", "--consistency", "cva", "--contrastive", "--force"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

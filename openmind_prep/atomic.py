@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import Callable
 from pathlib import Path
 
 
@@ -34,3 +35,30 @@ def write_parquet(table, path: Path) -> None:
     tmp = _temp(path)
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def write_with(path: Path, write: Callable[[Path], None], *, previous: Path | None = None) -> None:
+    """Replace ``path`` with what ``write(temp_path)`` writes, flushed to disk first.
+
+    With ``previous``, the file being replaced is kept under that name (a second-to-last copy for
+    when the last one turns out damaged). A kill between the two renames leaves ``previous`` and
+    no ``path``; readers fall back to ``previous``.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "c.bin"
+    >>> for text in ("one", "two"):
+    ...     write_with(p, lambda tmp: tmp.write_text(text), previous=p.with_suffix(".prev.bin"))
+    >>> p.read_text(), p.with_suffix(".prev.bin").read_text()
+    ('two', 'one')
+    """
+    path = Path(path)
+    tmp = _temp(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from trainers import cva
 from trainers.networks import CVANet, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", str(ROOT / "trainers/configs/tiny_cpu.py"), "--patch-size", "24", "--threads", "1",
+TINY = ["--config", "tiny_cpu", "--patch-size", "24", "--threads", "1",
         "--warmup-steps", "3", "--lr", "2e-3"]
 
 
@@ -72,9 +72,9 @@ def test_tiny_run_lowers_its_loss_and_exports(store, tmp_path):
     flags = ["--store", str(store), "--out", str(out), *TINY, "--steps", "40", "--ckpt-every", "20",
              "--export", str(out / "export.pth")]
     cva.main([*flags, "--stop-at-step", "1"])
-    after_one = torch.load(out / "checkpoint.pt", weights_only=False)
+    after_one = torch.load(out / "checkpoint.pt", weights_only=True)
     cva.main(flags)
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     args = cva.parse_args(flags)
     before, after = _fixed_batch_loss(store, after_one, args), _fixed_batch_loss(store, ckpt, args)
     assert after < 0.9 * before, (before, after)
@@ -99,14 +99,14 @@ def test_tiny_run_lowers_its_loss_and_exports(store, tmp_path):
 def test_stopped_and_resumed_run_equals_a_straight_run(store, tmp_path):
     straight = cva.train(_args(store, tmp_path / "a", "--steps", "4", "--ckpt-every", "100"))
     cva.train(_args(store, tmp_path / "b", "--steps", "4", "--ckpt-every", "100", "--stop-at-step", "2"))
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 2
     resumed = cva.train(_args(store, tmp_path / "b", "--steps", "4", "--ckpt-every", "100"))
     assert resumed["step"] == straight["step"] == 4
     for name in ("student", "teacher"):
         a, b = straight[name].state_dict(), resumed[name].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    ca = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    cb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    ca = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    cb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     assert torch.equal(ca["rng"][0]["views"], cb["rng"][0]["views"])
@@ -124,7 +124,7 @@ def test_ddp_two_cpu_processes_keep_replicas_in_sync(store, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["replicas"]) == 2
     assert ckpt["replicas"][0] == ckpt["replicas"][1]  # both ranks hold the same student and teacher
     init = CVANet(tiny(), 8, 256)
@@ -169,7 +169,7 @@ def test_every_ablation_row_gives_its_terms_and_gradients(recon, consistency, co
 
 
 def test_config_file_sets_defaults_and_flags_win(tmp_path):
-    cfg = tmp_path / "c.py"
+    cfg = tmp_path / "c.toml"
     cfg.write_text("arch = 'primus-m'\npatch_size = [160]\nlr = 1e-4\n")
     args = cva.parse_args(["--store", "s", "--out", "o", "--config", str(cfg), "--lr", "5e-4"])
     assert (args.arch, args.patch_size, args.lr) == ("primus-m", [160, 160, 160], 5e-4)

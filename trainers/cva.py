@@ -1,43 +1,46 @@
 """Consistent View Alignment (CVA) pretraining, one file, top to bottom.
 
-    python -m trainers.cva --store STORE --out runs/cva --config trainers/configs/tiny_cpu.py
-    torchrun --nproc_per_node 8 -m trainers.cva --store STORE --out runs/r --config trainers/configs/resenc_l_cva.py
+    python -m trainers.cva --store STORE --out runs/cva --config tiny_cpu
+    torchrun --nproc_per_node 8 -m trainers.cva --store STORE --out runs/r --config resenc_l_cva
 
-Each step: B volumes (regions of them) from the Zarr store → two overlapping views per volume cut on
-the training device by ``loaders.OverlapViewSampler`` (with overlap boxes and MAE masks) → the student
-sees masked views (MAE) or plain views (AE), the EMA teacher sees plain views → loss = reconstruction
-(Huber on hidden voxels) + consistency of the RoI-aligned feature volumes (CVA cosine, C-CVA contrastive
-or Gram) + NT-Xent on pooled vectors. Every row of the ablation ladder is a flag: ``--recon``,
-``--consistency``, ``--contrastive/--no-contrastive``. ``--config FILE`` is a small Python file of
-``name = value`` overrides (command-line flags still win). The run folder holds ``config.json``,
-``log.jsonl``, ``loss.png`` and ``checkpoint.pt`` (exact resume: rerun the same command).
+Each step: B volumes (regions of them) from the Zarr store or WebDataset shards (one batch source,
+:func:`loaders.batches.batch_source`) → two overlapping views per volume cut on the training device by
+``loaders.OverlapViewSampler`` (with overlap boxes and MAE masks) → the student sees masked views (MAE)
+or plain views (AE), the EMA teacher sees plain views → loss = reconstruction (Huber on hidden voxels)
++ consistency of the RoI-aligned feature volumes (CVA cosine, C-CVA contrastive or Gram) + NT-Xent on
+pooled vectors. Every row of the ablation ladder is a flag: ``--recon``, ``--consistency``,
+``--contrastive/--no-contrastive``. ``--config`` takes TOML files of ``name = value`` settings
+(:mod:`trainers.configs`; flags still win). The run folder (:mod:`trainers.runfolder`) holds
+``config.json``, ``log.jsonl``, ``loss.png`` and ``checkpoint.pt`` (exact resume: rerun the same
+command); Ctrl-C or SIGTERM saves a checkpoint and exits after the current step.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
-import json
 import math
-import os
 import resource
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from trainers import losses
-from trainers.networks import ARCHITECTURES, CVANet, build_backbone
+from openmind_prep import __version__
+from trainers import configs, runfolder
+from trainers.resources import ARCHITECTURES, cpu_refusal, setup_processes
+from trainers.runfolder import RunError, say
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("trainers.cva", description=__doc__.split("\n\n")[0], add_help=True)
-    p.add_argument("--config", type=Path, default=None,
-                   help="Python file of `name = value` overrides (see trainers/configs/); flags given here still win.")
+    """The trainer's flags, each with its default and when to change it (``--help`` imports no torch)."""
+    p = argparse.ArgumentParser("trainers.cva", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s (openmind-prep {__version__})")
+    p.add_argument("--config", action="append", default=[], metavar="NAME_OR_FILE",
+                   help=f"TOML file of `name = value` settings, or a shipped one by name ({', '.join(configs.names())}). "
+                        "Repeat to merge in order (a later file wins); flags given here win over all files.")
     g = p.add_argument_group("data")
     g.add_argument("--store", type=Path, default=None,
                    help="Preprocessed Zarr store (openmind-prep preprocess): random region reads, exact data replay on resume.")
@@ -73,6 +76,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--proj-dim", type=int, default=2048, help="Projector output width (smaller for tiny runs).")
     g = p.add_argument_group("networks")
     g.add_argument("--arch", choices=ARCHITECTURES, default="resenc-l", help="Backbone; 'tiny' for CPU runs and tests.")
+    g.add_argument("--force", action="store_true",
+                   help="Train resenc-l / primus-m on a CPU anyway (refused by default, with a memory estimate).")
     g.add_argument("--drop-path", type=float, default=0.0, help="Primus stochastic depth (nnssl's Primus MAE: 0.2).")
     g.add_argument("--ema-momentum", type=float, default=0.995, help="Teacher EMA momentum (start).")
     g.add_argument("--ema-momentum-end", type=float, default=None, help="Cosine-ramp momentum to this (default: constant).")
@@ -96,7 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
                    help="Write checkpoints (--no-checkpoint for benchmarks and throw-away smoke runs).")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="Continue from OUT/checkpoint.pt when it exists.")
+                   help="Continue from OUT/checkpoint.pt (or checkpoint.prev.pt if the latest is damaged) when it exists.")
     g.add_argument("--stop-at-step", type=int, default=None,
                    help="Checkpoint and exit after this step (a planned preemption; schedules keep --steps).")
     g.add_argument("--export", type=Path, default=None, help="At the end, write the backbone as an nnssl checkpoint here.")
@@ -105,19 +110,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags; a ``--config`` file's ``name = value`` lines become defaults first (nanoGPT style)."""
+    """Flags over the merged ``--config`` files over the defaults; bad values exit 2 with one line."""
     parser = get_args_parser()
     first = parser.parse_args(argv)
-    if first.config is not None:
-        if not first.config.is_file():
-            parser.error(f"--config {first.config}: no such file")
-        overrides: dict = {}
-        exec(compile(first.config.read_text(), str(first.config), "exec"), {}, overrides)
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(k for k in overrides if not k.startswith("_") and k not in known)
-        if unknown:
-            parser.error(f"--config {first.config}: unknown setting(s) {unknown}")
-        parser.set_defaults(**{k: v for k, v in overrides.items() if not k.startswith("_")})
+    try:
+        parser.set_defaults(**configs.merge(parser, first.config))
+    except configs.ConfigError as err:
+        parser.error(str(err))
     args = parser.parse_args(argv)
     if (args.store is None) == (args.shards is None) or args.out is None:
         parser.error("--out and exactly one of --store / --shards are required (on the command line or in --config)")
@@ -147,16 +146,19 @@ def momentum_schedule(start: float, end: float | None, total: int) -> np.ndarray
     return end - (end - start) * 0.5 * (1 + np.cos(np.pi * np.arange(total) / max(total, 1)))
 
 
-@torch.no_grad()
-def update_teacher(student: torch.nn.Module, teacher: torch.nn.Module, momentum: float) -> None:
+def update_teacher(student, teacher, momentum: float) -> None:
     """EMA: teacher ← m · teacher + (1 − m) · student, parameter by parameter."""
-    for p_s, p_t in zip(student.parameters(), teacher.parameters()):
-        p_t.mul_(momentum).add_(p_s.detach(), alpha=1.0 - momentum)
+    import torch
+
+    with torch.no_grad():
+        for p_s, p_t in zip(student.parameters(), teacher.parameters()):
+            p_t.mul_(momentum).add_(p_s.detach(), alpha=1.0 - momentum)
 
 
-def cva_losses(out_s: dict, out_t: dict, views: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor | None,
-               args: argparse.Namespace) -> dict[str, torch.Tensor]:
+def cva_losses(out_s: dict, out_t: dict, views, boxes, masks, args: argparse.Namespace) -> dict:
     """The loss terms of the selected variant and their weighted sum ``loss``."""
+    from trainers import losses
+
     terms = {"recon": losses.masked_huber(out_s["recon"], views, None if masks is None else ~masks)}
     total = args.recon_weight * terms["recon"]
     if args.consistency != "none":
@@ -171,73 +173,59 @@ def cva_losses(out_s: dict, out_t: dict, views: torch.Tensor, boxes: torch.Tenso
     return {"loss": total, **terms}
 
 
-def _rank_items(dataset, args, rank: int, world: int) -> list:
-    """This rank's (index, region) reads for the whole run, epoch after epoch (a pure function of the seed).
+def view_sampler(args: argparse.Namespace, augment: bool):
+    """The overlapping-view sampler of this run (``augment=False``: the fixed probe batch's)."""
+    from loaders import OverlapViewSampler
 
-    Step ``s`` of the run consumes items ``[s·B, (s+1)·B)``: the data position is the step.
-    """
-    from loaders.zarr_dataset import RegionSampler
-
-    region = [math.ceil(args.region_scale * p) for p in args.patch_size]
-    shapes = [dataset.shape(i) for i in range(len(dataset))]
-    reads = RegionSampler(shapes, region, seed=args.seed, rank=rank, world_size=world)
-    if len(reads) == 0:
-        raise ValueError(f"{args.store}: {len(dataset)} images cannot feed {world} processes")
-    items, epoch = [], 0
-    while len(items) < args.steps * args.batch_size:
-        reads.set_epoch(epoch)
-        items.extend(reads)
-        epoch += 1
-    return items[: args.steps * args.batch_size]
+    return OverlapViewSampler(args.patch_size, args.min_overlap, args.max_overlap, flip=augment, scale=augment,
+                              rotate=augment, intensity=augment, mask_block=args.mask_block,
+                              mask_ratio=args.mask_ratio if args.recon == "mae" else None)
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Run (or resume) the training that ``args`` describes; returns the final modules and step."""
-    from loaders import OverlapViewSampler, WebDatasetStream, ZarrVolumeDataset, collate_volumes
+    """Run (or resume) the training that ``args`` describes; returns the final modules and step.
 
-    # ------------------------------------------------------------ setup: processes, device, seeds
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    ``result["interrupted"]`` names the signal (``"SIGINT"``) when one stopped the run (checkpoint saved).
+    """
+    import torch
+
+    from loaders import to_device
+    from loaders.batches import batch_source
+    from trainers.networks import CVANet, build_backbone
+
+    # ------------------------------------------------------------ setup: processes, device, seeds, run folder
+    procs = setup_processes(args.device, args.threads)
+    refusal = cpu_refusal(args.arch, args.patch_size, args.batch_size) if procs.device.type == "cpu" else None
+    if refusal and not args.force:
+        raise RunError(refusal)
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    out = Path(args.out)
-    config = resolved_config(args)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    out, config = Path(args.out), resolved_config(args)
+    if procs.rank == 0:
+        runfolder.write_config(out, config)
 
-    # ------------------------------------------------------------ data (built in the loop section, after resume)
-    if args.store is not None:
-        dataset = ZarrVolumeDataset(args.store, masks=False)
-        n_volumes = len(dataset)
-    else:
-        region = [math.ceil(args.region_scale * p) for p in args.patch_size]
-        dataset = WebDatasetStream(args.shards, seed=args.seed, region_size=region, resampled=True, masks=False)
-        n_volumes = sum(int(r.get("samples", 0)) for r in dataset.records.values()) or len(dataset.urls)
-    steps_per_epoch = max(1, math.ceil(n_volumes / world / args.batch_size))
-    sampler = OverlapViewSampler(
-        args.patch_size, args.min_overlap, args.max_overlap, flip=args.augment, scale=args.augment,
-        rotate=args.augment, intensity=args.augment, mask_block=args.mask_block,
-        mask_ratio=args.mask_ratio if args.recon == "mae" else None)
-    view_rng = torch.Generator().manual_seed(args.seed * 1000 + rank)  # views and masks of this rank
-    probe = make_probe(dataset, args, device) if args.probe_every and rank == 0 else None
+    # ------------------------------------------------------------ data: one batch source, store or shards
+    region = [math.ceil(args.region_scale * p) for p in args.patch_size]
+    try:
+        source = batch_source(store=args.store, shards=args.shards, batch_size=args.batch_size, region_size=region,
+                              seed=args.seed, rank=procs.rank, world=procs.world, num_workers=args.num_workers,
+                              pin_memory=procs.cuda)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    sampler = view_sampler(args, augment=args.augment)
+    view_rng = torch.Generator().manual_seed(args.seed * 1000 + procs.rank)  # views and masks of this rank
+    probe = None
+    if args.probe_every and procs.rank == 0:  # one fixed batch: the first volumes, fixed views and masks
+        vols = to_device(source.samples(args.batch_size), procs.device)["image"]
+        probe = view_sampler(args, augment=False)(vols, generator=torch.Generator().manual_seed(args.seed + 12345))
 
     # ------------------------------------------------------------ networks
     backbone = build_backbone(args.arch, args.patch_size, drop_path_rate=args.drop_path)
-    student = CVANet(backbone, args.pool_size, args.proj_dim, vector_head=args.contrastive).to(device)
+    student = CVANet(backbone, args.pool_size, args.proj_dim, vector_head=args.contrastive).to(procs.device)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     model = student
-    if world > 1:
+    if procs.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            student, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True)
+            student, device_ids=[procs.device.index] if procs.cuda else None, find_unused_parameters=True)
 
     # ------------------------------------------------------------ optimizer
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
@@ -247,102 +235,85 @@ def train(args: argparse.Namespace) -> dict:
     ema_schedule = momentum_schedule(args.ema_momentum, args.ema_momentum_end, args.steps)
 
     # ------------------------------------------------------------ resume
-    step, ckpt_path = 0, out / "checkpoint.pt"
-    if args.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        student.load_state_dict(ckpt["student"])
-        teacher.load_state_dict(ckpt["teacher"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        rng = ckpt["rng"][rank]
-        torch.set_rng_state(rng["torch"])
-        view_rng.set_state(rng["views"])
-        if use_cuda and rng["cuda"] is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
-        if rank == 0:
-            print(f"resumed from {ckpt_path} at step {step}", flush=True)
-            log_path = out / "log.jsonl"  # drop lines of steps after the checkpoint (a kill between checkpoints)
-            if log_path.exists():
-                keep = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-                log_path.write_text("".join(ln + "\n" for ln in keep))
+    state = dict(student=student, teacher=teacher, optimizer=optimizer, source=source, view_rng=view_rng,
+                 config=config, procs=procs)
+    ckpt = runfolder.load_checkpoint(out, report=say if procs.rank == 0 else lambda m: None) if args.resume else None
+    step = 0 if ckpt is None else runfolder.restore(ckpt, **state)
+    if procs.rank == 0:
+        if ckpt is not None:
+            say(f"resumed from {out / runfolder.CHECKPOINT} at step {step}")
+        elif args.resume:
+            say(f"no checkpoint in {out}: starting at step 1")
+        message = runfolder.start_log(out, step)
+        if message:
+            say(message)
 
     # ------------------------------------------------------------ loop
-    if args.store is not None:  # this rank's reads for the whole run; step s reads items [s·B, (s+1)·B)
-        reads = {"sampler": _rank_items(dataset, args, rank, world)[step * args.batch_size:]}
-    else:  # an infinite resampled stream, seeded by the start step
-        dataset.set_epoch(step)
-        reads = {}
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, collate_fn=collate_volumes, num_workers=args.num_workers,
-        pin_memory=use_cuda, multiprocessing_context="spawn" if args.num_workers else None, **reads)
-    batches = iter(loader)
-    stop = min(args.steps, args.stop_at_step or args.steps)
-    bar = tqdm(total=stop, initial=step, unit="step", desc="cva", disable=rank != 0, dynamic_ncols=True)
-    ctx = dict(model=model, student=student, teacher=teacher, sampler=sampler, view_rng=view_rng, batches=batches,
-               optimizer=optimizer, lr_schedule=lr_schedule, ema_schedule=ema_schedule, device=device, args=args,
-               rank=rank, world=world, out=out, probe=probe, bar=bar)
-    while step < stop:
-        epoch = step // steps_per_epoch
-        step = train_one_epoch(**ctx, epoch=epoch, start=step, end=min((epoch + 1) * steps_per_epoch, stop),
-                               save=lambda s: save_checkpoint(ckpt_path, student, teacher, optimizer, s, view_rng,
-                                                              config, rank, world, use_cuda))
-    bar.close()
-    del ctx, batches  # shut the DataLoader workers down
-    if step % args.ckpt_every:  # not saved by the loop yet
-        save_checkpoint(ckpt_path, student, teacher, optimizer, step, view_rng, config, rank, world, use_cuda)
-    if rank == 0:
-        plot_losses(out / "log.jsonl", out / "loss.png")
-        if args.export is not None and step >= args.steps:
-            from trainers.export import save_nnssl_checkpoint
+    stop_at = min(args.steps, args.stop_at_step or args.steps)
+    log = runfolder.StepLog(out, args.log_every, total=stop_at, initial=step, enabled=procs.rank == 0,
+                            probe=(lambda: probe_loss(student, teacher, probe, args)) if probe is not None else None,
+                            probe_every=args.probe_every)
+    batches = iter(source)
+    with runfolder.StopSignals() as stop:
+        while step < stop_at and not stop.agreed(procs.device, procs.world):
+            epoch = step // source.steps_per_epoch
+            end = min((epoch + 1) * source.steps_per_epoch, (step // args.ckpt_every + 1) * args.ckpt_every, stop_at)
+            step = train_one_epoch(model, student, teacher, batches, sampler, view_rng, optimizer, lr_schedule,
+                                   ema_schedule, epoch, range(step, end), args, procs, log, stop)
+            if step % args.ckpt_every == 0 or step == stop_at or stop.agreed(procs.device, procs.world):
+                runfolder.save(out, step, **state)
+                if procs.rank == 0:
+                    runfolder.plot_losses(out)
+    log.close()
+    batches.close()  # shut the DataLoader workers down
+    result = {"student": student, "teacher": teacher, "step": step, "interrupted": stop.name}
+    if stop.name:
+        if procs.rank == 0:
+            saved = f"checkpoint saved to {out / runfolder.CHECKPOINT}" if args.checkpoint else "no checkpoint (--no-checkpoint)"
+            say(f"{stop.name} at step {step}: {saved}; rerun the same command to resume")
+        return result
+    if procs.rank == 0 and args.export is not None and step >= args.steps:
+        from trainers.export import save_nnssl_checkpoint
 
-            source = student if args.export_weights == "student" else teacher
-            save_nnssl_checkpoint(args.export, source.backbone, args.arch, args.patch_size, config)
-            print(f"exported {args.export_weights} backbone to {args.export}", flush=True)
-    return {"student": student, "teacher": teacher, "step": step}
+        source_net = student if args.export_weights == "student" else teacher
+        save_nnssl_checkpoint(args.export, source_net.backbone, args.arch, args.patch_size, config)
+        say(f"exported {args.export_weights} backbone to {args.export}")
+    return result
 
 
-def make_probe(dataset, args: argparse.Namespace, device: torch.device):
-    """One fixed batch of views (the first ``batch_size`` volumes, no augmentation, fixed views and masks)."""
-    from loaders import OverlapViewSampler, ZarrVolumeDataset, collate_volumes, to_device
-
-    if isinstance(dataset, ZarrVolumeDataset):
-        samples = [dataset[i] for i in range(min(args.batch_size, len(dataset)))]
-    else:  # a fresh pass over the stream; the training loader iterates its own copy
-        samples = [s for _, s in zip(range(args.batch_size), iter(dataset))]
-    vols = to_device(collate_volumes(samples), device)["image"]
-    sampler = OverlapViewSampler(args.patch_size, args.min_overlap, args.max_overlap, flip=False, scale=False,
-                                 rotate=False, intensity=False, mask_block=args.mask_block,
-                                 mask_ratio=args.mask_ratio if args.recon == "mae" else None)
-    return sampler(vols, generator=torch.Generator().manual_seed(args.seed + 12345))
-
-
-@torch.no_grad()
 def probe_loss(student, teacher, probe, args: argparse.Namespace) -> float:
     """The loss of the current networks on the fixed probe batch (no RNG drawn: exact resume is kept)."""
+    import torch
+
     was_training = student.training
     student.eval()
     views, masks = probe.views, probe.masks
-    out_s = student(views if masks is None else views * masks, predict=True)
-    out_t = teacher(views, predict=False)
-    loss = cva_losses(out_s, out_t, views, probe.boxes, masks, args)["loss"]
+    with torch.no_grad():
+        out_s = student(views if masks is None else views * masks, predict=True)
+        out_t = teacher(views, predict=False)
+        loss = cva_losses(out_s, out_t, views, probe.boxes, masks, args)["loss"]
     student.train(was_training)
     return float(loss)
 
 
-def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, optimizer, lr_schedule, ema_schedule,
-                    device, args, rank, world, out, epoch, start, end, save, probe=None, bar=None) -> int:
-    """Steps ``start`` .. ``end`` − 1 of the run; returns the next step."""
+def train_one_epoch(model, student, teacher, batches, sampler, view_rng, optimizer, lr_schedule, ema_schedule,
+                    epoch: int, steps: range, args: argparse.Namespace, procs, log, stop) -> int:
+    """The ``steps`` of one epoch (or up to a checkpoint, or until a stop signal); returns the next step."""
+    import torch
+
     from loaders import to_device
 
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    log = (out / "log.jsonl").open("a") if rank == 0 else None
+    device = procs.device
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=procs.cuda)
     t_last = time.perf_counter()
-    for step in range(start, end):
+    for step in steps:
+        if step > steps.start and stop.agreed(device, procs.world):  # SIGINT / SIGTERM: end after a whole step
+            return step
         # data: volumes → device → two views per volume, boxes, masks
         vols = to_device(next(batches), device)["image"]
         pair = sampler(vols, generator=view_rng)
         views, boxes, masks = pair.views, pair.boxes, pair.masks
-        if device.type == "cuda":
+        if procs.cuda:
             torch.cuda.synchronize(device)
         t_data = time.perf_counter() - t_last
 
@@ -362,94 +333,35 @@ def train_one_epoch(*, model, student, teacher, sampler, view_rng, batches, opti
         optimizer.step()
         update_teacher(student, teacher, float(ema_schedule[step]))
 
-        # log (rank 0), checkpoint (all ranks take part)
-        if device.type == "cuda":
+        # log (rank 0 writes)
+        if procs.cuda:
             torch.cuda.synchronize(device)
         now = time.perf_counter()
         dt, t_last = now - t_last, now
-        if log is not None and (step + 1) % args.log_every == 0:
-            mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-            row = {"step": step + 1, "epoch": epoch, **{k: float(v.detach()) for k, v in terms.items()},
-                   "grad_norm": float(grad_norm), "lr": float(lr_schedule[step]),
-                   "momentum": float(ema_schedule[step]), "samples_per_s": args.batch_size * world / dt,
-                   "step_s": dt, "data_wait_frac": t_data / dt, "peak_mem_bytes": int(mem)}
-            if probe is not None and (step == 0 or (step + 1) % args.probe_every == 0):
-                row["probe_loss"] = probe_loss(student, teacher, probe, args)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-        if bar is not None:  # progress on the console (rank 0; disabled elsewhere)
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", pairs_per_s=f"{args.batch_size * world / dt:.1f}")
-        if (step + 1) % args.ckpt_every == 0:
-            save(step + 1)
-            if rank == 0:
-                plot_losses(out / "log.jsonl", out / "loss.png")
-    if log is not None:
-        log.close()
-    return end
-
-
-def save_checkpoint(path: Path, student, teacher, optimizer, step: int, view_rng: torch.Generator, config: dict,
-                    rank: int, world: int, use_cuda: bool) -> None:
-    """Everything exact resume needs; RNG states of every rank are gathered to rank 0, which writes.
-
-    Each rank also reports a sha256 of its student and teacher weights (``replicas``): DDP replicas in
-    sync have equal digests. With ``--no-checkpoint`` nothing is gathered, hashed or written (every
-    rank sees the same config, so all skip the collective together).
-    """
-    if not config["checkpoint"]:
-        return
-    digest = hashlib.sha256()
-    for module in (student, teacher):
-        for t in module.state_dict().values():
-            digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    rng = {"torch": torch.get_rng_state(), "views": view_rng.get_state(),
-           "cuda": torch.cuda.get_rng_state() if use_cuda else None, "digest": digest.hexdigest()}
-    rngs = [rng]
-    if world > 1:
-        rngs = [None] * world
-        dist.all_gather_object(rngs, rng)
-    if rank == 0:
-        ckpt = {"student": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "rng": rngs, "replicas": [r.pop("digest") for r in rngs], "config": config}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(ckpt, tmp)
-        tmp.replace(path)
-    if world > 1:
-        dist.barrier()
-
-
-def plot_losses(log_path: Path, png_path: Path) -> None:
-    """Draw every loss term of the JSON-lines log against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.exists() else []
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "recon", "consistency", "ntxent", "probe_loss"):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), label="loss on a fixed batch" if key == "probe_loss" else key,
-                    lw=2 if key == "probe_loss" else 1, marker="o" if key == "probe_loss" else None, ms=3)
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title=f"CVA pretraining ({log_path.parent.name})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+        mem = (torch.cuda.max_memory_allocated(device) if procs.cuda
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        log(step + 1, {"epoch": epoch, **{k: float(v.detach()) for k, v in terms.items()},
+                       "grad_norm": float(grad_norm), "lr": float(lr_schedule[step]),
+                       "momentum": float(ema_schedule[step]), "samples_per_s": args.batch_size * procs.world / dt,
+                       "step_s": dt, "data_wait_frac": t_data / dt, "peak_mem_bytes": int(mem)})
+    return steps.stop
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: bad input gives one line and exit 1; SIGINT / SIGTERM exit 130 / 143 after saving."""
     args = parse_args(argv)
+    import torch.distributed as dist
+
     try:
-        train(args)
+        result = train(args)
+    except RunError as err:
+        print(f"trainers.cva: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    if result["interrupted"]:
+        sys.exit(128 + {"SIGINT": 2, "SIGTERM": 15}[result["interrupted"]])
 
 
 if __name__ == "__main__":

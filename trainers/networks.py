@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-ARCHITECTURES = ("resenc-l", "primus-m", "tiny")
+from trainers.resources import ARCHITECTURES  # a light module: --help lists them without torch
 
 __all__ = ["ARCHITECTURES", "resenc_l", "primus_m", "tiny", "TINY_KWARGS", "build_backbone", "stage_features", "CVANet"]
 

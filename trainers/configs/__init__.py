@@ -1,0 +1,128 @@
+"""Trainer config files: small TOML files of ``name = value`` overrides, parsed, never executed.
+
+A name is a flag's name with ``_`` for ``-`` (``warmup_steps = 2500`` for ``--warmup-steps``)::
+
+    arch = "tiny"
+    patch_size = [32]       # like --patch-size 32
+    contrastive = false     # like --no-contrastive
+
+``--config`` takes a file path or the name of a file shipped here (``tiny_cpu``, ``resenc_l_cva``,
+``primus_m_cva``, ``mae_only``), from any folder. Repeated ``--config`` files merge in order (a later
+file's value wins) and flags given on the command line win over all of them. Unknown names and
+values of the wrong type are refused with a message naming the file.
+
+>>> sorted(names())
+['mae_only', 'primus_m_cva', 'resenc_l_cva', 'tiny_cpu']
+>>> read(find("tiny_cpu"))["arch"]
+'tiny'
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+SUFFIX = ".toml"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the reason."""
+
+
+def _folder() -> Path:
+    return Path(str(resources.files(__name__)))
+
+
+def names() -> list[str]:
+    """The configs shipped with the package (``--config NAME``)."""
+    return sorted(p.stem for p in _folder().glob(f"*{SUFFIX}"))
+
+
+def find(spec: str | Path) -> Path:
+    """A config's path: ``spec`` itself when it is a file, else the shipped config of that name.
+
+    >>> find("primus_m_cva").name
+    'primus_m_cva.toml'
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = _folder() / (path.name if path.suffix == SUFFIX else path.name + SUFFIX)
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ConfigError(f"{spec}: no such config file or shipped config (shipped: {', '.join(names())})")
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The ``name = value`` pairs of a TOML config file (nothing in it is executed).
+
+    >>> import tempfile
+    >>> bad = Path(tempfile.mkdtemp()) / "bad.toml"
+    >>> _ = bad.write_text("import os; os.system('touch pwned')\\n")
+    >>> read(bad)
+    Traceback (most recent call last):
+    ...
+    trainers.configs.ConfigError: ...bad.toml: not a TOML config (name = value lines): ...
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read ({err})") from None
+    except tomllib.TOMLDecodeError as err:
+        hint = " (trainer configs are TOML, not Python: `contrastive = false`)" if Path(path).suffix == ".py" else ""
+        raise ConfigError(f"{path}: not a TOML config (name = value lines): {err}{hint}") from None
+    tables = [k for k, v in data.items() if isinstance(v, dict)]
+    if tables:
+        raise ConfigError(f"{path}: sections are not settings: {tables}")
+    return data
+
+
+def _coerce(action: argparse.Action, value: Any, path: Path) -> Any:
+    """``value`` as the flag behind ``action`` would have given it, or :class:`ConfigError`."""
+    name = action.dest
+    if isinstance(action, argparse.BooleanOptionalAction) or isinstance(action.default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {name} must be true or false, not {value!r}")
+        return value
+    if action.nargs in ("+", "*"):
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{path}: {name} must be a non-empty list, not {value!r}")
+        return [_scalar(action, v, path) for v in value]
+    return _scalar(action, value, path)
+
+
+def _scalar(action: argparse.Action, value: Any, path: Path) -> Any:
+    kind = action.type or str
+    ok = {int: (int,), float: (int, float)}.get(kind, (str,))
+    if isinstance(value, bool) or not isinstance(value, ok):
+        raise ConfigError(f"{path}: {action.dest} must be {getattr(kind, '__name__', 'text')}, not {value!r}")
+    value = kind(value)
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{path}: {action.dest} must be one of {list(action.choices)}, not {value!r}")
+    return value
+
+
+def merge(parser: argparse.ArgumentParser, specs: Sequence[str | Path]) -> dict[str, Any]:
+    """Settings of the config files ``specs`` merged in order (later wins), checked against ``parser``.
+
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--lr", type=float, default=1.0)
+    >>> _ = p.add_argument("--arch", default="tiny")
+    >>> merge(p, ["tiny_cpu"])
+    Traceback (most recent call last):
+    ...
+    trainers.configs.ConfigError: ...tiny_cpu.toml: unknown setting(s) ['align_size', ...]
+    """
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "version", "config")}
+    merged: dict[str, Any] = {}
+    for spec in specs:
+        path = find(spec)
+        data = read(path)
+        unknown = sorted(k for k in data if k not in actions)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {unknown}")
+        merged.update({k: _coerce(actions[k], v, path) for k, v in data.items()})
+    return merged

@@ -1,0 +1,90 @@
+"""Where a training run executes and what it needs: processes, device, threads, a memory estimate.
+
+Light at import (no torch): the trainer's ``--help`` lists :data:`ARCHITECTURES` from here.
+
+>>> round(memory_estimate_gib("resenc-l", [128, 128, 128], 4))
+70
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+ARCHITECTURES = ("resenc-l", "primus-m", "tiny")
+
+#: Architectures too large for a CPU without ``--force``.
+LARGE = ("resenc-l", "primus-m")
+
+# (parameters, activation bytes per view voxel), from the measured peak RSS of benchmarks/train_step.py
+# (batch 1, 64³, MAE + CVA + NT-Xent: ResEnc-L 4.5 GiB, Primus-M 6.6 GiB on a CPU) less the weights
+# and ~0.5 GiB of runtime. Weights cost 20 bytes per parameter: student, teacher, gradient, 2 AdamW moments.
+_FOOTPRINT = {"resenc-l": (102_348_965, 4.3e3), "primus-m": (151_786_529, 6.7e3), "tiny": (500_000, 0.4e3)}
+_RUNTIME_BYTES = 0.5 * 2**30
+
+
+def memory_estimate_gib(arch: str, patch_size: Sequence[int], batch_size: int) -> float:
+    """Rough peak memory of one training process: weights + optimiser + two views' activations + runtime."""
+    params, per_voxel = _FOOTPRINT[arch]
+    views = 2 * batch_size * math.prod(int(p) for p in patch_size)
+    return (20 * params + per_voxel * views + _RUNTIME_BYTES) / 2**30
+
+
+def machine_memory_gib() -> float:
+    """Physical memory of this machine (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+
+
+def cpu_refusal(arch: str, patch_size: Sequence[int], batch_size: int) -> str | None:
+    """The message that asks for ``--force`` when a large architecture would train on a CPU, else None.
+
+    >>> cpu_refusal("tiny", [32] * 3, 2) is None
+    True
+    >>> "--force" in cpu_refusal("primus-m", [160] * 3, 4)
+    True
+    """
+    if arch not in LARGE:
+        return None
+    need, have = memory_estimate_gib(arch, patch_size, batch_size), machine_memory_gib()
+    shape = "x".join(str(int(p)) for p in patch_size)
+    return (f"{arch} at {shape}, batch {batch_size}, on a CPU needs about {need:.0f} GiB of memory (estimate; this "
+            f"machine has {have:.0f} GiB) and minutes per step: train on a GPU, use --config tiny_cpu, "
+            "or pass --force to run it anyway")
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in the run (from torchrun's environment) and its device."""
+
+    rank: int
+    local_rank: int
+    world: int
+    device: "object"  # torch.device
+
+    @property
+    def cuda(self) -> bool:
+        return getattr(self.device, "type", "cpu") == "cuda"
+
+
+def setup_processes(device: str, threads: int = 0) -> Processes:
+    """Rank / world from torchrun's variables, the device (``auto``: CUDA when present), process group, threads."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if threads:
+        torch.set_num_threads(threads)
+    return Processes(rank, local_rank, world, dev)

@@ -1,0 +1,291 @@
+"""The run folder a trainer owns, and the signals that stop it cleanly.
+
+``OUT/config.json`` (resolved settings), ``OUT/log.jsonl`` (one JSON row per logged step),
+``OUT/loss.png`` and ``OUT/checkpoint.pt`` with the one before it, ``OUT/checkpoint.prev.pt``.
+
+A checkpoint is plain data — tensors, numbers, strings, lists and dicts — written atomically
+(:func:`openmind_prep.atomic.write_with`) and read with ``torch.load(weights_only=True)``, so a
+crafted file cannot run code. If the latest is damaged (truncated, corrupt, or holding pickled
+objects), the previous one is used and a line says so. ``log.jsonl`` always ends at the step the
+run starts from: rows of steps after the checkpoint (a kill between checkpoints) and every row of
+an earlier run that left no checkpoint are dropped, so the log never repeats steps.
+
+>>> import tempfile
+>>> out = Path(tempfile.mkdtemp())
+>>> _ = (out / "log.jsonl").write_text('{"step": 1}\\n{"step": 2}\\n{"step": 3}\\n')
+>>> start_log(out, 2), (out / "log.jsonl").read_text()
+(None, '{"step": 1}\\n{"step": 2}\\n')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import signal
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+from openmind_prep import atomic
+
+CHECKPOINT, PREVIOUS, LOG, CONFIG, PLOT = "checkpoint.pt", "checkpoint.prev.pt", "log.jsonl", "config.json", "loss.png"
+_KEYS = ("student", "teacher", "optimizer", "step", "rng", "config")
+
+
+class RunError(Exception):
+    """A problem the user can fix (bad input, an unusable checkpoint): the trainer prints one line, exits 1."""
+
+
+def say(message: str) -> None:
+    """One line on stdout, flushed (the trainer's messages; rank 0 only)."""
+    print(message, flush=True)
+
+
+def write_config(out: Path, config: dict) -> None:
+    """``OUT/config.json``: the resolved settings of the run (also stored in every checkpoint)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+
+
+def start_log(out: Path, step: int) -> str | None:
+    """Cut ``OUT/log.jsonl`` to the rows of steps ≤ ``step``; a message when an earlier run's rows were dropped."""
+    path = out / LOG
+    if not path.exists():
+        return None
+    rows = path.read_text(errors="replace").splitlines()
+    keep = []
+    for line in rows:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut by a kill
+            continue
+    atomic.write_text(path, "".join(line + "\n" for line in keep))
+    dropped = sum(1 for line in rows if line.strip()) - len(keep)
+    if step == 0 and dropped:
+        return f"{path}: the {dropped} rows of an earlier run removed"
+    return None
+
+
+class StepLog:
+    """Per-step rows into ``OUT/log.jsonl`` every ``every`` steps and a progress bar (only where ``enabled``).
+
+    ``probe`` (a function giving the loss on a fixed batch) is added to the first row and every
+    ``probe_every`` steps.
+    """
+
+    def __init__(self, out: Path, every: int, *, total: int, initial: int, enabled: bool,
+                 probe: Callable[[], float] | None = None, probe_every: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        self.out, self.every, self.enabled, self.probe, self.probe_every = out, every, enabled, probe, probe_every
+        self.bar = tqdm(total=total, initial=initial, unit="step", desc="cva", disable=not enabled, dynamic_ncols=True)
+        self.file = (out / LOG).open("a") if enabled else None
+
+    def __call__(self, step: int, row: dict) -> None:
+        """Record step ``step`` (1-based: the number of steps done)."""
+        if not self.enabled:
+            return
+        if step % self.every == 0:
+            row = {"step": step, **row}
+            if self.probe is not None and (step == 1 or step % self.probe_every == 0):
+                row["probe_loss"] = self.probe()
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{row['loss']:.3f}", pairs_per_s=f"{row['samples_per_s']:.1f}")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def weights_digest(*modules) -> str:
+    """sha256 of the modules' state tensors (equal on DDP replicas that are in sync)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for module in modules:
+        for t in module.state_dict().values():
+            digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (plain data only) to ``OUT/checkpoint.pt`` atomically, keeping the last one as ``.prev``."""
+    import torch
+
+    path = out / CHECKPOINT
+    atomic.write_with(path, lambda tmp: torch.save(state, tmp), previous=out / PREVIOUS)
+    return path
+
+
+def save(out: Path, step: int, *, student, teacher, optimizer, source, view_rng, config: dict, procs) -> None:
+    """Checkpoint everything exact resume needs (every rank calls; rank 0 writes; nothing with --no-checkpoint).
+
+    Each rank's RNG states (torch, CUDA, the view sampler's generator) and a sha256 of its student
+    and teacher weights (``replicas``: DDP replicas in sync have equal digests) are gathered to rank 0.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not config["checkpoint"]:
+        return
+    mine = {"torch": torch.get_rng_state(), "views": view_rng.get_state(),
+            "cuda": torch.cuda.get_rng_state(procs.device) if procs.cuda else None,
+            "digest": weights_digest(student, teacher)}
+    ranks = [mine]
+    if procs.world > 1:
+        ranks = [None] * procs.world
+        dist.all_gather_object(ranks, mine)
+    if procs.rank == 0:
+        save_checkpoint(out, {
+            "student": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "data": source.state_dict(), "rng": ranks, "replicas": [r.pop("digest") for r in ranks],
+            "config": config})
+    if procs.world > 1:
+        dist.barrier()
+
+
+def restore(ckpt: dict, *, student, teacher, optimizer, source, view_rng, config: dict, procs) -> int:
+    """Load a checkpoint of :func:`save` into this run's objects; returns its step."""
+    import torch
+
+    if len(ckpt["rng"]) != procs.world:
+        raise RunError(f"the checkpoint was written by {len(ckpt['rng'])} process(es), this run has {procs.world}: "
+                       "resume with as many")
+    try:
+        student.load_state_dict(ckpt["student"])
+        teacher.load_state_dict(ckpt["teacher"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        differ = sorted(k for k in ("arch", "patch_size", "pool_size", "proj_dim", "contrastive")
+                        if ckpt["config"].get(k) != config.get(k))
+        why = f"settings differ: {differ}" if differ else (str(err).splitlines() or [""])[0]
+        raise RunError(f"the checkpoint does not fit this run's networks ({why}); use another --out or --no-resume")
+    step = int(ckpt["step"])
+    source.load_state_dict(ckpt.get("data", {"position": step}))
+    rng = ckpt["rng"][procs.rank]
+    torch.set_rng_state(rng["torch"])
+    view_rng.set_state(rng["views"])
+    if procs.cuda and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"], procs.device)
+    return step
+
+
+def _read(path: Path) -> dict:
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower() or "weights_only" in str(err):
+            raise RunError(f"{path}: holds pickled objects, not plain data (refused: torch.load weights_only)") from None
+        raise RunError(f"{path}: damaged ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as err:
+        raise RunError(f"{path}: damaged ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _KEYS):
+        raise RunError(f"{path}: not a trainer checkpoint (needs {', '.join(_KEYS)})")
+    return ckpt
+
+
+def load_checkpoint(out: Path, *, report: Callable[[str], None] = say) -> dict | None:
+    """The newest readable checkpoint of ``OUT`` (None when there is none); falls back to ``.prev`` with a line.
+
+    Raises :class:`RunError` when checkpoints exist but none can be read.
+    """
+    latest, previous = out / CHECKPOINT, out / PREVIOUS
+    problems = []
+    for path in (latest, previous):
+        if not path.exists():
+            continue
+        try:
+            ckpt = _read(path)
+        except RunError as err:
+            problems.append(str(err))
+            continue
+        if problems or (path == previous):
+            why = problems[0] if problems else f"{latest}: missing (killed while replacing it)"
+            report(f"{why}; using the previous checkpoint {path} (step {ckpt['step']})")
+        return ckpt
+    if problems:
+        raise RunError(f"{problems[-1]}; no usable checkpoint left: move {out} aside or rerun with --no-resume")
+    return None
+
+
+class StopSignals:
+    """SIGINT / SIGTERM ask the loop to stop after the current step (a second one aborts at once).
+
+    Use as a context manager in the main thread; :attr:`signum` is the signal received (or None).
+
+    >>> with StopSignals() as stop:
+    ...     signal.raise_signal(signal.SIGTERM)
+    >>> stop.signum == signal.SIGTERM, stop.name
+    (True, 'SIGTERM')
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    @property
+    def name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # the second one: stop without saving
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to abort without saving)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopSignals":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def agreed(self, device=None, world: int = 1) -> bool:
+        """Whether any process was asked to stop (one all-reduce across processes; every rank must call)."""
+        if world == 1:
+            return self.signum is not None
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([0 if self.signum is None else 1], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def plot_losses(out: Path) -> None:
+    """Draw every loss term of ``OUT/log.jsonl`` against the step into ``OUT/loss.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = out / LOG
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "recon", "consistency", "ntxent", "probe_loss"):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), label="loss on a fixed batch" if key == "probe_loss" else key,
+                    lw=2 if key == "probe_loss" else 1, marker="o" if key == "probe_loss" else None, ms=3)
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title=f"CVA pretraining ({out.name})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / PLOT, dpi=100)
+    plt.close(fig)
