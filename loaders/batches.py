@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import signal
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -45,6 +46,16 @@ class _RunReads(torch.utils.data.Sampler):
             self.reads.set_epoch(epoch)
             yield from itertools.islice(iter(self.reads), skip, None)
             epoch, skip = epoch + 1, 0
+
+
+def leave_signals_to_main(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT / SIGTERM sent to the whole process group.
+
+    The main process decides: it stops between batches, saves, and shuts the workers down (a worker
+    killed by the signal would instead make the DataLoader raise in the middle of the step).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class BatchSource:
@@ -77,7 +88,8 @@ class BatchSource:
             self.dataset.set_epoch(self.position)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, collate_fn=collate_volumes, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, multiprocessing_context="spawn" if self.num_workers else None, **extra)
+            pin_memory=self.pin_memory, multiprocessing_context="spawn" if self.num_workers else None,
+            worker_init_fn=leave_signals_to_main if self.num_workers else None, **extra)
         batches = iter(loader)
         try:
             for batch in batches:
@@ -104,16 +116,19 @@ def batch_source(*, store: str | Path | None = None, shards: str | None = None, 
     >>> batch_source(store=Path(tempfile.mkdtemp()) / "none", batch_size=2, region_size=[8, 8, 8])
     Traceback (most recent call last):
     ...
-    ValueError: ...none: not a preprocessed store (no manifest.parquet)
+    ValueError: ...none: not a preprocessed store (no zarr.json or manifest.parquet)
     """
     if (store is None) == (shards is None):
         raise ValueError("give exactly one of store / shards")
     region = [int(r) for r in region_size]
     if store is not None:
         store = Path(store)
-        if not (store / "manifest.parquet").is_file():
-            raise ValueError(f"{store}: not a preprocessed store (no manifest.parquet)")
-        dataset = ZarrVolumeDataset(store, masks=False)
+        if not any((store / name).is_file() for name in ("zarr.json", "manifest.parquet")):
+            raise ValueError(f"{store}: not a preprocessed store (no zarr.json or manifest.parquet)")
+        try:
+            dataset = ZarrVolumeDataset(store, masks=False)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{store}: cannot read its manifest ({type(err).__name__}: {err})") from None
         if len(dataset) == 0:
             raise ValueError(f"{store}: no 'ok' images to train on (preprocess some first)")
         if len(dataset) < world:

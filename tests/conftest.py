@@ -25,3 +25,18 @@ def broken_tree(tmp_path_factory) -> Path:
 def full_tree(tmp_path_factory) -> Path:
     """The full embedded default (6 real-MRI images incl. a 1 mm MNI and a separate-z FLAIR)."""
     return build_sample_tree(tmp_path_factory.mktemp("sample_full"))
+
+
+@pytest.fixture(scope="session")
+def train_store(sample_tree, tmp_path_factory) -> Path:
+    """The small sample tree (real MRI) through the real onemmiso preprocessing into a Zarr store."""
+    from openmind_prep.manifest import merge_manifest
+    from openmind_prep.metadata import METADATA_CSV, read_metadata
+    from openmind_prep.preprocess import PreprocessOptions, process_batch
+    from openmind_prep.store import create_store
+
+    s = create_store(tmp_path_factory.mktemp("cva") / "store")
+    rows = process_batch(read_metadata(sample_tree / METADATA_CSV), sample_tree, s, PreprocessOptions())
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    merge_manifest(s)
+    return s

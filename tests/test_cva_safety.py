@@ -1,0 +1,204 @@
+"""Training runs that are safe to interrupt, and that never run code from a config or a checkpoint.
+
+Signals go to real ``python -m trainers.cva`` subprocesses; every resumed run is compared with a
+straight run bit for bit (weights and every logged loss), as in ``test_cva_train.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainers import cva
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", "tiny_cpu", "--patch-size", "24", "--threads", "1", "--warmup-steps", "3", "--lr", "2e-3"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def store(train_store) -> Path:
+    return train_store
+
+
+def _flags(store: Path, out: Path, *extra: str) -> list[str]:
+    return ["--store", str(store), "--out", str(out), *TINY, *extra]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(a: dict, b: dict, out_a: Path, out_b: Path) -> None:
+    assert a["step"] == b["step"]
+    for name in ("student", "teacher"):
+        sa, sb = a[name].state_dict(), b[name].state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    assert [r["step"] for r in _log(out_b)] == list(range(1, b["step"] + 1))
+    assert [r["loss"] for r in _log(out_a)] == [r["loss"] for r in _log(out_b)]
+
+
+@pytest.fixture(scope="module")
+def straight(store, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    return cva.train(cva.parse_args(_flags(store, out, "--steps", "12", "--ckpt-every", "100"))), out
+
+
+@pytest.mark.parametrize("signum, workers, group", [(signal.SIGINT, 0, False), (signal.SIGTERM, 1, True)])
+def test_signal_mid_run_saves_and_the_rerun_equals_a_straight_run(store, straight, tmp_path, signum, workers, group):
+    out = tmp_path / "run"
+    flags = _flags(store, out, "--steps", "12", "--ckpt-every", "100")
+    proc = subprocess.Popen([sys.executable, "-m", "trainers.cva", *flags, "--num-workers", str(workers)], cwd=ROOT,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (out / "log.jsonl").exists() or len(_log(out)) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    if group:  # as a terminal or a batch system does: every process of the run (DataLoader workers too)
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=240)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stdout.strip().splitlines()[-1].startswith(f"{name} at step ")
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert 3 <= step < 12 and f"{name} at step {step}: checkpoint saved" in stdout
+    assert [r["step"] for r in _log(out)] == list(range(1, step + 1))
+    resumed = cva.train(cva.parse_args(flags))
+    _assert_same_run(straight[0], resumed, straight[1], out)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous(store, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    straight = cva.train(cva.parse_args(_flags(store, a, "--steps", "4", "--ckpt-every", "1")))
+    cva.train(cva.parse_args(_flags(store, b, "--steps", "4", "--ckpt-every", "1", "--stop-at-step", "2")))
+    latest = b / "checkpoint.pt"
+    assert torch.load(b / "checkpoint.prev.pt", weights_only=True)["step"] == 1
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    capsys.readouterr()
+    resumed = cva.train(cva.parse_args(_flags(store, b, "--steps", "4", "--ckpt-every", "1")))
+    said = capsys.readouterr().out
+    assert f"{latest}: damaged" in said and "using the previous checkpoint" in said and "(step 1)" in said
+    _assert_same_run(straight, resumed, a, b)
+    assert [torch.load(b / n, weights_only=True)["step"] for n in ("checkpoint.prev.pt", "checkpoint.pt")] == [3, 4]
+
+
+class _Payload:
+    """Pickles to a call of os.system: what a crafted checkpoint would run on a weights_only=False load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_holding_code_is_refused_without_running_it(store, tmp_path, capsys):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"student": _Payload(marker), "teacher": {}, "optimizer": {}, "step": 1, "rng": [], "config": {}},
+               out / "checkpoint.pt")
+    with pytest.raises(SystemExit) as exit_:
+        cva.main(_flags(store, out, "--steps", "2"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and not marker.exists()
+    assert len(err) == 1 and str(out / "checkpoint.pt") in err[0] and "weights_only" in err[0]
+
+
+@pytest.mark.parametrize("suffix", [".py", ".toml"])
+def test_a_config_holding_code_is_refused_without_running_it(tmp_path, capsys, suffix):
+    marker, cfg = tmp_path / "pwned", tmp_path / f"evil{suffix}"
+    cfg.write_text(f"import os\nos.system('touch {marker}')\nlr = 1.0\n")
+    with pytest.raises(SystemExit) as exit_:
+        cva.parse_args(["--store", "s", "--out", "o", "--config", str(cfg)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and not marker.exists()
+    assert str(cfg) in err and "not a TOML config" in err
+
+
+def test_config_files_merge_in_order_flags_win_and_names_work_anywhere(tmp_path, monkeypatch, capsys):
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text('arch = "tiny"\nlr = 0.1\nsteps = 7\n')
+    b.write_text("lr = 0.2\ncontrastive = false\n")
+    base = ["--store", "s", "--out", "o"]
+    args = cva.parse_args([*base, "--config", str(a), "--config", str(b)])
+    assert (args.arch, args.lr, args.steps, args.contrastive) == ("tiny", 0.2, 7, False)
+    assert cva.parse_args([*base, "--config", str(b), "--config", str(a)]).lr == 0.1
+    assert cva.parse_args([*base, "--config", str(a), "--config", str(b), "--lr", "0.3"]).lr == 0.3
+    monkeypatch.chdir(tmp_path)  # shipped configs by name, from a folder outside the clone
+    shipped = cva.parse_args([*base, "--config", "resenc_l_cva", "--config", "mae_only"])
+    assert (shipped.arch, shipped.patch_size, shipped.consistency, shipped.contrastive) == (
+        "resenc-l", [128] * 3, "none", False)
+    b.write_text('steps = "many"\n')
+    with pytest.raises(SystemExit):
+        cva.parse_args([*base, "--config", str(b)])
+    assert f"{b}: steps must be int" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cva.parse_args([*base, "--config", "no_such_config"])
+    assert "shipped: mae_only, primus_m_cva, resenc_l_cva, tiny_cpu" in capsys.readouterr().err
+    # the wheel carries them: package data covers every shipped config file
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped_files = sorted(p.name for p in (ROOT / "trainers/configs").glob("*.toml"))
+    assert data["trainers.configs"] == ["*.toml"] and len(shipped_files) >= 4
+
+
+def test_restart_without_checkpoint_says_so_and_truncates_the_log(store, tmp_path, capsys):
+    out = tmp_path / "run"
+    cva.train(cva.parse_args(_flags(store, out, "--steps", "3", "--no-checkpoint")))
+    assert [r["step"] for r in _log(out)] == [1, 2, 3]
+    capsys.readouterr()
+    cva.train(cva.parse_args(_flags(store, out, "--steps", "2", "--no-checkpoint")))
+    said = capsys.readouterr().out
+    assert f"no checkpoint in {out}: starting at step 1" in said and "the 3 rows of an earlier run removed" in said
+    assert [r["step"] for r in _log(out)] == [1, 2]
+
+
+def test_a_large_architecture_on_a_cpu_asks_for_force_with_an_estimate(store, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        cva.main(_flags(store, out, "--arch", "resenc-l", "--patch-size", "128", "--batch-size", "4",
+                        "--device", "cpu"))
+    err = capsys.readouterr().err.strip().splitlines()
+    # weights (student, teacher, gradient, 2 AdamW moments: 20 B per parameter) + activations of 2 views of
+    # 128³ per volume at 4.3 kB per voxel + 0.5 GiB of runtime
+    expected = (20 * 102_348_965 + 4.3e3 * 2 * 4 * 128**3 + 0.5 * 2**30) / 2**30
+    assert exit_.value.code == 1 and len(err) == 1
+    assert f"about {expected:.0f} GiB" in err[0] and "--force" in err[0] and "resenc-l at 128x128x128" in err[0]
+    assert not out.exists()  # refused before anything was built or written
+
+
+def test_an_empty_or_missing_store_gives_one_line(tmp_path, capsys):
+    from openmind_prep.manifest import merge_manifest
+    from openmind_prep.store import create_store
+
+    empty = create_store(tmp_path / "empty")
+    merge_manifest(empty)
+    for source, reason in ((empty, "no 'ok' images to train on"), (tmp_path / "nothing", "not a preprocessed store")):
+        with pytest.raises(SystemExit) as exit_:
+            cva.main(["--store", str(source), "--out", str(tmp_path / "run"), *TINY, "--steps", "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 1 and len(err) == 1 and err[0].startswith(f"trainers.cva: error: {source}: {reason}")
+
+
+def test_help_and_version_answer_without_importing_torch():
+    code = ("import sys, trainers.cva as c; h = c.get_args_parser().format_help(); "
+            "print('torch' in sys.modules, '(default: 0.0003)' in h)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert proc.stdout.split() == ["False", "True"], proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "trainers.cva", "--version"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True)
+    from openmind_prep import __version__
+
+    assert proc.returncode == 0 and proc.stdout.strip() == f"trainers.cva (openmind-prep {__version__})"
