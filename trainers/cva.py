@@ -29,7 +29,7 @@ import numpy as np
 
 from openmind_prep import __version__
 from trainers import configs, runfolder
-from trainers.resources import ARCHITECTURES, cpu_refusal, setup_processes
+from trainers.resources import ARCHITECTURES, PATCH_MULTIPLE, cpu_refusal, setup_processes
 from trainers.runfolder import RunError, say
 
 
@@ -123,7 +123,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if len(args.patch_size) not in (1, 3):
         parser.error("--patch-size takes 1 or 3 integers")
     args.patch_size = list(args.patch_size) * 3 if len(args.patch_size) == 1 else list(args.patch_size)
+    problem = _invalid(args)
+    if problem:
+        parser.error(problem)
     return args
+
+
+def _invalid(args: argparse.Namespace) -> str | None:
+    """The first setting out of its range (as a usage message), else None."""
+    multiple = PATCH_MULTIPLE[args.arch]
+    if any(p < multiple or p % multiple for p in args.patch_size):
+        return f"--patch-size {args.patch_size}: {args.arch} needs multiples of {multiple} per axis"
+    for name in ("batch_size", "steps", "ckpt_every", "log_every", "mask_block", "align_size", "pool_size", "proj_dim"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}"
+    for name in ("num_workers", "warmup_steps", "threads", "probe_every", "lr", "min_lr", "weight_decay", "clip_grad",
+                 "drop_path", "temperature"):
+        if getattr(args, name) < 0:
+            return f"--{name.replace('_', '-')} must not be negative, not {getattr(args, name)}"
+    if not (0 < args.min_overlap <= args.max_overlap <= 1 and 0 <= args.mask_ratio < 1 and args.region_scale >= 1):
+        return "need 0 < --min-overlap <= --max-overlap <= 1, 0 <= --mask-ratio < 1 and --region-scale >= 1"
+    if args.out.exists() and not args.out.is_dir():
+        return f"--out {args.out}: a file, not a run folder"
+    return None
 
 
 def resolved_config(args: argparse.Namespace) -> dict:

@@ -15,6 +15,9 @@ from typing import Sequence
 
 ARCHITECTURES = ("resenc-l", "primus-m", "tiny")
 
+#: Each patch axis must be a multiple of this (the encoder's total stride: the decoder's skips must match).
+PATCH_MULTIPLE = {"resenc-l": 32, "primus-m": 8, "tiny": 8}
+
 #: Architectures too large for a CPU without ``--force``.
 LARGE = ("resenc-l", "primus-m")
 
