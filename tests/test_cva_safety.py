@@ -34,6 +34,11 @@ def _flags(store: Path, out: Path, *extra: str) -> list[str]:
     return ["--store", str(store), "--out", str(out), *TINY, *extra]
 
 
+def _errors(captured: str) -> list[str]:
+    """stderr's lines less the progress bar's."""
+    return [line for line in captured.strip().replace("\r", "\n").splitlines() if not line.startswith("cva:")]
+
+
 def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
@@ -112,7 +117,7 @@ def test_a_checkpoint_holding_code_is_refused_without_running_it(store, tmp_path
                out / "checkpoint.pt")
     with pytest.raises(SystemExit) as exit_:
         cva.main(_flags(store, out, "--steps", "2"))
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _errors(capsys.readouterr().err)
     assert exit_.value.code == 1 and not marker.exists()
     assert len(err) == 1 and str(out / "checkpoint.pt") in err[0] and "weights_only" in err[0]
 
@@ -123,7 +128,7 @@ def test_a_config_holding_code_is_refused_without_running_it(tmp_path, capsys, s
     cfg.write_text(f"import os\nos.system('touch {marker}')\nlr = 1.0\n")
     with pytest.raises(SystemExit) as exit_:
         cva.parse_args(["--store", "s", "--out", "o", "--config", str(cfg)])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    err = _errors(capsys.readouterr().err)[-1]
     assert exit_.value.code == 2 and not marker.exists()
     assert str(cfg) in err and "not a TOML config" in err
 
@@ -170,7 +175,7 @@ def test_a_large_architecture_on_a_cpu_asks_for_force_with_an_estimate(store, tm
     with pytest.raises(SystemExit) as exit_:
         cva.main(_flags(store, out, "--arch", "resenc-l", "--patch-size", "128", "--batch-size", "4",
                         "--device", "cpu"))
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _errors(capsys.readouterr().err)
     # weights (student, teacher, gradient, 2 AdamW moments: 20 B per parameter) + activations of 2 views of
     # 128³ per volume at 4.3 kB per voxel + 0.5 GiB of runtime
     expected = (20 * 102_348_965 + 4.3e3 * 2 * 4 * 128**3 + 0.5 * 2**30) / 2**30
@@ -188,8 +193,23 @@ def test_an_empty_or_missing_store_gives_one_line(tmp_path, capsys):
     for source, reason in ((empty, "no 'ok' images to train on"), (tmp_path / "nothing", "not a preprocessed store")):
         with pytest.raises(SystemExit) as exit_:
             cva.main(["--store", str(source), "--out", str(tmp_path / "run"), *TINY, "--steps", "1"])
-        err = capsys.readouterr().err.strip().splitlines()
+        err = _errors(capsys.readouterr().err)
         assert exit_.value.code == 1 and len(err) == 1 and err[0].startswith(f"trainers.cva: error: {source}: {reason}")
+
+
+def test_damaged_data_stops_the_run_with_one_line(store, tmp_path, capsys):
+    import shutil
+
+    damaged = tmp_path / "store"
+    shutil.copytree(store, damaged)
+    for chunk in damaged.glob("**/image/c/**/*"):
+        if chunk.is_file():
+            os.truncate(chunk, 100)
+    with pytest.raises(SystemExit) as exit_:
+        cva.main(_flags(damaged, tmp_path / "run", "--steps", "2"))
+    err = _errors(capsys.readouterr().err)
+    assert exit_.value.code == 1 and len(err) == 1
+    assert err[0].startswith("trainers.cva: error: cannot read the data of step 1: ") and "shorter than its index" in err[0]
 
 
 def test_help_and_version_answer_without_importing_torch():

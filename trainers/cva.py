@@ -277,17 +277,20 @@ def train(args: argparse.Namespace) -> dict:
                             probe_every=args.probe_every)
     batches = iter(source)
     with runfolder.StopSignals() as stop:
-        while step < stop_at and not stop.agreed(procs.device, procs.world):
-            epoch = step // source.steps_per_epoch
-            end = min((epoch + 1) * source.steps_per_epoch, (step // args.ckpt_every + 1) * args.ckpt_every, stop_at)
-            step = train_one_epoch(model, student, teacher, batches, sampler, view_rng, optimizer, lr_schedule,
-                                   ema_schedule, epoch, range(step, end), args, procs, log, stop)
-            if step % args.ckpt_every == 0 or step == stop_at or stop.agreed(procs.device, procs.world):
-                runfolder.save(out, step, **state)
-                if procs.rank == 0:
-                    runfolder.plot_losses(out)
-    log.close()
-    batches.close()  # shut the DataLoader workers down
+        try:
+            while step < stop_at and not stop.agreed(procs.device, procs.world):
+                epoch = step // source.steps_per_epoch
+                end = min((epoch + 1) * source.steps_per_epoch, (step // args.ckpt_every + 1) * args.ckpt_every,
+                          stop_at)
+                step = train_one_epoch(model, teacher, batches, sampler, view_rng, optimizer, lr_schedule,
+                                       ema_schedule, epoch, range(step, end), args, procs, log, stop)
+                if step % args.ckpt_every == 0 or step == stop_at or stop.agreed(procs.device, procs.world):
+                    runfolder.save(out, step, **state)
+                    if procs.rank == 0:
+                        runfolder.plot_losses(out)
+        finally:
+            log.close()
+            batches.close()  # shut the DataLoader workers down
     result = {"student": student, "teacher": teacher, "step": step, "interrupted": stop.name}
     if stop.name:
         if procs.rank == 0:
@@ -318,21 +321,24 @@ def probe_loss(student, teacher, probe, args: argparse.Namespace) -> float:
     return float(loss)
 
 
-def train_one_epoch(model, student, teacher, batches, sampler, view_rng, optimizer, lr_schedule, ema_schedule,
+def train_one_epoch(model, teacher, batches, sampler, view_rng, optimizer, lr_schedule, ema_schedule,
                     epoch: int, steps: range, args: argparse.Namespace, procs, log, stop) -> int:
     """The ``steps`` of one epoch (or up to a checkpoint, or until a stop signal); returns the next step."""
     import torch
 
     from loaders import to_device
 
-    device = procs.device
+    device, student = procs.device, getattr(model, "module", model)  # the network inside DDP
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=procs.cuda)
     t_last = time.perf_counter()
     for step in steps:
         if step > steps.start and stop.agreed(device, procs.world):  # SIGINT / SIGTERM: end after a whole step
             return step
         # data: volumes → device → two views per volume, boxes, masks
-        vols = to_device(next(batches), device)["image"]
+        try:
+            vols = to_device(next(batches), device)["image"]
+        except (OSError, ValueError, RuntimeError, KeyError) as err:  # damaged data: one line, not a traceback
+            raise RunError(f"cannot read the data of step {step + 1}: {str(err).strip().splitlines()[-1]}") from None
         pair = sampler(vols, generator=view_rng)
         views, boxes, masks = pair.views, pair.boxes, pair.masks
         if procs.cuda:
