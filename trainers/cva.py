@@ -259,13 +259,14 @@ def train(args: argparse.Namespace) -> dict:
     # ------------------------------------------------------------ resume
     state = dict(student=student, teacher=teacher, optimizer=optimizer, source=source, view_rng=view_rng,
                  config=config, procs=procs)
-    ckpt = runfolder.load_checkpoint(out, report=say if procs.rank == 0 else lambda m: None) if args.resume else None
+    ckpt, path = runfolder.load_checkpoint(out, report=say if procs.rank == 0 else None) if args.resume else (None, None)
     step = 0 if ckpt is None else runfolder.restore(ckpt, **state)
     if procs.rank == 0:
         if ckpt is not None:
-            say(f"resumed from {out / runfolder.CHECKPOINT} at step {step}")
-        elif args.resume:
-            say(f"no checkpoint in {out}: starting at step 1")
+            say(f"resumed from {path} at step {step}")
+        else:
+            say(f"no checkpoint in {out}: starting at step 1" if args.resume else
+                f"--no-resume: starting at step 1 (checkpoints in {out} will be replaced)")
         message = runfolder.start_log(out, step)
         if message:
             say(message)
@@ -385,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     except RunError as err:
         print(f"trainers.cva: error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # before the loop's handlers were set, or a second Ctrl-C
+        print("trainers.cva: interrupted, no checkpoint saved", file=sys.stderr, flush=True)
+        sys.exit(130)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

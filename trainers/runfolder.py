@@ -192,10 +192,21 @@ def _read(path: Path) -> dict:
     return ckpt
 
 
-def load_checkpoint(out: Path, *, report: Callable[[str], None] = say) -> dict | None:
-    """The newest readable checkpoint of ``OUT`` (None when there is none); falls back to ``.prev`` with a line.
+def load_checkpoint(out: Path, *, report: Callable[[str], None] | None = say) -> tuple[dict | None, Path | None]:
+    """The newest readable checkpoint of ``OUT`` and its path ((None, None): there is none).
 
-    Raises :class:`RunError` when checkpoints exist but none can be read.
+    A damaged latest is reported (``report``) and ``checkpoint.prev.pt`` used; :class:`RunError` when
+    checkpoints exist but none can be read.
+
+    >>> import tempfile, torch
+    >>> out = Path(tempfile.mkdtemp())
+    >>> for step in (1, 2):
+    ...     _ = save_checkpoint(out, {"student": {}, "teacher": {}, "optimizer": {}, "step": step, "rng": [], "config": {}})
+    >>> _ = (out / CHECKPOINT).write_bytes(b"cut")
+    >>> ckpt, path = load_checkpoint(out, report=lambda line: print(line.split("; ")[1]))
+    using the previous checkpoint ... (step 1)
+    >>> path.name, ckpt["step"]
+    ('checkpoint.prev.pt', 1)
     """
     latest, previous = out / CHECKPOINT, out / PREVIOUS
     problems = []
@@ -207,13 +218,13 @@ def load_checkpoint(out: Path, *, report: Callable[[str], None] = say) -> dict |
         except RunError as err:
             problems.append(str(err))
             continue
-        if problems or (path == previous):
+        if (problems or path == previous) and report is not None:
             why = problems[0] if problems else f"{latest}: missing (killed while replacing it)"
             report(f"{why}; using the previous checkpoint {path} (step {ckpt['step']})")
-        return ckpt
+        return ckpt, path
     if problems:
         raise RunError(f"{problems[-1]}; no usable checkpoint left: move {out} aside or rerun with --no-resume")
-    return None
+    return None, None
 
 
 class StopSignals:
