@@ -12,6 +12,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+#: Images per Dask task (and per download batch in ``run``); ``plan`` estimates with it.
+DEFAULT_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from openmind_prep.dask_cluster import ClusterConfig
+from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
 from openmind_prep.manifest import FAILED, OK, current_rows, empty_row, merge_manifest, write_fragment
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata, source_path
 from openmind_prep.selection import Selection
@@ -70,10 +70,6 @@ def disk_full(error: BaseException) -> bool:
     (True, False)
     """
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-#: Images per Dask task (and per download batch in ``run``); ``plan`` estimates with it.
-DEFAULT_BATCH_SIZE = 8
 
 
 def record_row(record: ImageRecord, error: str = "") -> dict:

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 from openmind_prep.hub import HubRepo, RemoteFile, VerifiedState, download_files
 from openmind_prep.metadata import METADATA_CSV, ImageRecord, read_metadata
-from openmind_prep.preprocess import DEFAULT_BATCH_SIZE
+from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE
 from openmind_prep.selection import Selection
 
 

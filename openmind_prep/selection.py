@@ -1,6 +1,7 @@
 """Which images to use: a small, reviewable selection (TOML file and/or CLI options).
 
-A selection file (format documented in ``manifests/README.md``)::
+A selection file (format documented in ``manifests/README.md``; the named ones ship inside the
+package, in ``openmind_prep/selections/``, and are addressed by name: ``--select t1w-iqs2.5``)::
 
     name = "t1w-t2w-flair-iqs2.5"
     modalities = ["T1w", "T2w", "FLAIR"]   # empty or absent: every modality
@@ -25,6 +26,9 @@ from typing import Iterable
 
 
 from openmind_prep.metadata import ImageRecord
+
+#: The named selections shipped with the package (``--select NAME``).
+SELECTIONS_DIR = Path(__file__).parent / "selections"
 
 _FIELDS = ("name", "description", "modalities", "max_iqs", "datasets", "exclude_datasets",
            "include_derived", "limit")
@@ -109,15 +113,58 @@ def load_selection(path: Path) -> Selection:
     return Selection(**data)
 
 
+def named_selections() -> list[str]:
+    """The names of the selections shipped in the package (file stems of ``openmind_prep/selections``).
+
+    >>> "t1w-iqs2.5" in named_selections()
+    True
+    """
+    return sorted(p.stem for p in SELECTIONS_DIR.glob("*.toml"))
+
+
+def find_selection(ref: str | Path) -> Path:
+    """The selection file ``ref`` names: an existing file path (relative to the current folder), or
+    the name of a shipped selection (``t1w-iqs2.5`` or ``t1w-iqs2.5.toml``). Neither: ``ValueError``
+    listing the names (closest first).
+
+    >>> find_selection("t1w-iqs2.5").name
+    't1w-iqs2.5.toml'
+    >>> try:
+    ...     find_selection("t1w-iqs25")
+    ... except ValueError as e:
+    ...     print(str(e)[:70])
+    't1w-iqs25' is neither a file nor a named selection; did you mean t1w-
+    """
+    import difflib
+
+    path = Path(ref)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".toml")
+    shipped = SELECTIONS_DIR / f"{name}.toml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = named_selections()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ValueError(f"{str(ref)!r} is neither a file nor a named selection; {hint}(names: {', '.join(names)})")
+
+
 def selection_from_options(
-    select: Path | None = None,
+    select: str | Path | None = None,
     modality: Iterable[str] = (),
     max_iqs: float | None = None,
     dataset: Iterable[str] = (),
     limit: int | None = None,
 ) -> Selection:
-    """Merge a selection file with CLI options (each given option replaces the file's field)."""
-    base = load_selection(select) if select else Selection()
+    """Merge a selection (a file path or a shipped selection's name) with CLI options (each given
+    option replaces the file's field).
+
+    >>> s = selection_from_options("t1w-iqs2.5", limit=3)
+    >>> (s.modalities, s.max_iqs, s.limit)
+    (('T1w',), 2.5, 3)
+    """
+    base = load_selection(find_selection(select)) if select else Selection()
     overrides: dict = {}
     if tuple(modality):
         overrides["modalities"] = tuple(modality)

@@ -12,7 +12,7 @@ from openmind_prep.metadata import read_metadata, record_from_row
 from openmind_prep.cli.options import selection_options
 from openmind_prep.selection import Selection, load_selection, selection_from_options
 
-SELECTIONS = Path(__file__).resolve().parents[1] / "manifests" / "selections"
+SELECTIONS = Path(__file__).resolve().parents[1] / "openmind_prep" / "selections"
 
 
 def _records():
@@ -86,3 +86,27 @@ def test_selection_options_decorator_keeps_command_options():
     assert res.output.strip() == "o 3 ('T1w',) 2.0"
     res = CliRunner().invoke(cmd, ["--select", "/nonexistent.toml"])
     assert res.exit_code != 0
+
+
+def test_select_by_name_or_path_from_any_folder(tmp_path, monkeypatch):
+    """``--select t1w-iqs2.5`` finds the shipped file from any folder; a path still wins; a miss
+    names the close names and exits 2 without a traceback."""
+    @click.command()
+    @selection_options
+    def cmd(selection):
+        click.echo(f"{selection.name} {selection.modalities} {selection.max_iqs}")
+
+    monkeypatch.chdir(tmp_path)  # outside the clone
+    res = CliRunner().invoke(cmd, ["--select", "t1w-iqs2.5"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == "t1w-iqs2.5 ('T1w',) 2.5"
+    assert CliRunner().invoke(cmd, ["--select", "t1w-iqs2.5.toml"]).output == res.output
+    # a local file of the same name is a path, and paths win over names
+    (tmp_path / "t1w-iqs2.5.toml").write_text('name = "mine"\nmodalities = ["FLAIR"]\n')
+    assert CliRunner().invoke(cmd, ["--select", "t1w-iqs2.5.toml"]).output.strip() == "mine ('FLAIR',) None"
+    assert CliRunner().invoke(cmd, ["--select", "t1w-iqs2.5"]).output.strip() == "t1w-iqs2.5 ('T1w',) 2.5"
+    res = CliRunner().invoke(cmd, ["--select", "t1w-iqs"])
+    assert res.exit_code == 2
+    assert "did you mean t1w-iqs2.5" in res.output and "names: all," in res.output
+    res = CliRunner().invoke(cmd, ["--select", "sub/missing.toml"])  # a path-like miss is not a name
+    assert res.exit_code == 2 and "'sub/missing.toml' is neither a file nor a named selection" in res.output

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import click
 
-from openmind_prep.dask_cluster import ClusterConfig
 from openmind_prep.cli.options import selection_options
+from openmind_prep.dask_cluster import ClusterConfig
 from openmind_prep.selection import Selection
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from openmind_prep.cli.options import repo_options, selection_options
-from openmind_prep.hub import DownloadError, HubRepo
 from openmind_prep.selection import Selection
 
 
@@ -32,6 +31,7 @@ def download_command(repo: str, revision: str, endpoint: str | None, raw: Path, 
     """Download a selection of OpenMind from the Hugging Face hub into RAW, verifying every file
     (size + LFS sha256); re-running resumes and skips verified files."""
     from openmind_prep.download import download
+    from openmind_prep.hub import DownloadError, HubRepo
     from openmind_prep.lockfile import Lock
 
     lock = None

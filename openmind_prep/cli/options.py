@@ -9,8 +9,7 @@ from typing import Callable
 
 import click
 
-from openmind_prep.dask_cluster import ClusterConfig
-from openmind_prep.preprocess import DEFAULT_BATCH_SIZE
+from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
 from openmind_prep.selection import selection_from_options
 
 
@@ -53,8 +52,9 @@ def store_options(command: Callable) -> Callable:
 def selection_options(command: Callable) -> Callable:
     """Click decorator adding the selection options; the command receives ``selection=Selection``."""
     options = [
-        click.option("--select", "select", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-                     help="Selection TOML file (see manifests/README.md); options below override it."),
+        click.option("--select", "select", metavar="NAME|FILE",
+                     help="A shipped selection's name (e.g. t1w-iqs2.5; see manifests/README.md) or a "
+                          "selection TOML file; the options below override it."),
         click.option("--modality", "modality", multiple=True,
                      help="Keep only this modality (repeatable), e.g. --modality T1w --modality FLAIR."),
         click.option("--max-iqs", type=float, default=None,

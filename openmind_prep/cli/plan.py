@@ -9,9 +9,7 @@ from pathlib import Path
 import click
 
 from openmind_prep.cli.options import selection_options
-from openmind_prep.plan import (CostModel, _parse_bytes, calibrate, cost_from_rows, estimate, render,
-                                synthesise_metadata, volumes_from_records)
-from openmind_prep.preprocess import DEFAULT_BATCH_SIZE
+from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE
 from openmind_prep.selection import Selection
 
 
@@ -41,6 +39,8 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
     import tempfile
 
     from openmind_prep.manifest import read_manifest
+    from openmind_prep.plan import (CostModel, _parse_bytes, calibrate, cost_from_rows, estimate, render,
+                                    synthesise_metadata, volumes_from_records)
     from openmind_prep.metadata import read_metadata
     from openmind_prep.embedded import build_sample_tree
 

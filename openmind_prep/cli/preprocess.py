@@ -10,9 +10,7 @@ import click
 
 from openmind_prep.cli.options import cluster_options, selection_options, store_options
 from openmind_prep.dask_cluster import ClusterConfig
-from openmind_prep.manifest import OK
 from openmind_prep.metadata import ImageRecord
-from openmind_prep.preprocess import PreprocessOptions, disk_full, preprocess
 from openmind_prep.selection import Selection
 
 
@@ -31,6 +29,8 @@ def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_si
                        shards_dir: Path | None, shard_size: str, selection: Selection,
                        cluster: ClusterConfig) -> None:
     """Preprocess SRC (OpenMind repo layout) into the Zarr store --out with onemmiso (nnssl-exact)."""
+    from openmind_prep.preprocess import PreprocessOptions, disk_full, preprocess
+
     options = PreprocessOptions(dtype=dtype, chunks=chunks)
     try:
         records, rows, table = preprocess(src, store, selection, cluster, options, batch_size=batch_size)
@@ -52,6 +52,8 @@ def report(records: Sequence[ImageRecord], rows: Sequence[dict], table, store: P
     """The closing summary of ``preprocess`` and ``run``: counts, the first 20 failures (stderr), and
     exit status 1 when any selected image is not ``ok``. ``rows`` are this run's, ``table`` the
     merged manifest."""
+    from openmind_prep.manifest import OK
+
     manifest = {r["image_path"]: r for r in table.to_pylist()}
     selected = [manifest.get(r.image_path) for r in records]
     failed = [r for r in selected if r is None or r["status"] != OK]

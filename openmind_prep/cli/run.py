@@ -8,8 +8,6 @@ import click
 
 from openmind_prep.cli.options import cluster_options, repo_options, selection_options, store_options
 from openmind_prep.dask_cluster import ClusterConfig
-from openmind_prep.hub import DownloadError, HubRepo
-from openmind_prep.run import RawBudgetError, hub_items, source_items, stream
 from openmind_prep.selection import Selection
 
 
@@ -38,7 +36,9 @@ def run_command(repo: str, revision: str, endpoint: str | None, source: Path | N
     from openmind_prep.dask_cluster import dask_client
     from openmind_prep.manifest import merge_manifest
     from openmind_prep.cli.preprocess import report
+    from openmind_prep.hub import DownloadError, HubRepo
     from openmind_prep.preprocess import PreprocessOptions
+    from openmind_prep.run import RawBudgetError, hub_items, source_items, stream
 
     work = Path(work) if work else Path(store).with_name(Path(store).name + ".raw")
     work.mkdir(parents=True, exist_ok=True)

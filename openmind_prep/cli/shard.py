@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from openmind_prep.shards import merge_index, parse_size, write_shards
 
 
 @click.command("shard")
@@ -18,6 +17,8 @@ from openmind_prep.shards import merge_index, parse_size, write_shards
 @click.option("--prefix", default="shard", show_default=True, help="Shard file name prefix.")
 def shard_command(store: Path, out: Path, shard_size: str, prefix: str) -> None:
     """Write the images of a preprocessed STORE as WebDataset tar shards (resumable)."""
+    from openmind_prep.shards import merge_index, parse_size, write_shards
+
     try:
         size = parse_size(shard_size)
     except ValueError as e:

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from openmind_prep.metadata import strip_nifti_suffix
-from openmind_prep.show import render_volume
 
 
 def _find_image(store: Path, image: str) -> str:
@@ -33,6 +32,7 @@ def show_command(store: Path, image: str, out: Path, masks: bool) -> None:
 
     IMAGE is the image's path as in the metadata CSV (``ds.../sub-.../anat/x.nii.gz``) or its key.
     """
+    from openmind_prep.show import render_volume
     from openmind_prep.store import MASK_NAMES, case_exists, image_array
 
     key = _find_image(store, image)
