@@ -85,6 +85,30 @@ def test_signal_mid_run_saves_and_the_rerun_equals_a_straight_run(store, straigh
     _assert_same_run(straight[0], resumed, straight[1], out)
 
 
+def test_sigterm_to_a_torchrun_job_saves_one_checkpoint_the_ranks_agree_on(store, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "trainers.cva", *_flags(store, out, "--steps", "40", "--batch-size", "1")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (out / "log.jsonl").exists() or len(_log(out)) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # the launcher and both ranks, as a batch system's preemption does
+    stdout, _ = proc.communicate(timeout=240)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 3 <= ckpt["step"] < 40 and len(ckpt["rng"]) == 2
+    assert ckpt["replicas"][0] == ckpt["replicas"][1]  # both ranks stopped after the same step
+    assert f"SIGTERM at step {ckpt['step']}: checkpoint saved" in stdout
+    assert [r["step"] for r in _log(out)] == list(range(1, ckpt["step"] + 1))
+
+
 def test_truncated_latest_checkpoint_falls_back_to_the_previous(store, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     straight = cva.train(cva.parse_args(_flags(store, a, "--steps", "4", "--ckpt-every", "1")))

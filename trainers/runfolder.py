@@ -267,15 +267,18 @@ class StopSignals:
             signal.signal(s, handler)
 
     def agreed(self, device=None, world: int = 1) -> bool:
-        """Whether any process was asked to stop (one all-reduce across processes; every rank must call)."""
-        if world == 1:
-            return self.signum is not None
-        import torch
-        import torch.distributed as dist
+        """Whether any process was asked to stop (one all-reduce across processes; every rank must call).
 
-        flag = torch.tensor([0 if self.signum is None else 1], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        A rank that got no signal itself takes on the one another rank got.
+        """
+        if world > 1:
+            import torch
+            import torch.distributed as dist
+
+            received = torch.tensor([self.signum or 0], device=device)
+            dist.all_reduce(received, op=dist.ReduceOp.MAX)
+            self.signum = self.signum or (int(received.item()) or None)
+        return self.signum is not None
 
 
 def plot_losses(out: Path) -> None:
