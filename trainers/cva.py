@@ -24,13 +24,15 @@ import resource
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from openmind_prep import __version__
 from trainers import configs, runfolder
-from trainers.resources import ARCHITECTURES, PATCH_MULTIPLE, cpu_refusal, setup_processes
+from trainers.resources import ARCHITECTURES, cpu_refusal, invalid_settings, setup_processes
 from trainers.runfolder import RunError, say
+
+if TYPE_CHECKING:  # numpy and torch load when a run starts, not for --help
+    import numpy as np
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -123,29 +125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if len(args.patch_size) not in (1, 3):
         parser.error("--patch-size takes 1 or 3 integers")
     args.patch_size = list(args.patch_size) * 3 if len(args.patch_size) == 1 else list(args.patch_size)
-    problem = _invalid(args)
+    problem = invalid_settings(args)
     if problem:
         parser.error(problem)
     return args
-
-
-def _invalid(args: argparse.Namespace) -> str | None:
-    """The first setting out of its range (as a usage message), else None."""
-    multiple = PATCH_MULTIPLE[args.arch]
-    if any(p < multiple or p % multiple for p in args.patch_size):
-        return f"--patch-size {args.patch_size}: {args.arch} needs multiples of {multiple} per axis"
-    for name in ("batch_size", "steps", "ckpt_every", "log_every", "mask_block", "align_size", "pool_size", "proj_dim"):
-        if getattr(args, name) < 1:
-            return f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}"
-    for name in ("num_workers", "warmup_steps", "threads", "probe_every", "lr", "min_lr", "weight_decay", "clip_grad",
-                 "drop_path", "temperature"):
-        if getattr(args, name) < 0:
-            return f"--{name.replace('_', '-')} must not be negative, not {getattr(args, name)}"
-    if not (0 < args.min_overlap <= args.max_overlap <= 1 and 0 <= args.mask_ratio < 1 and args.region_scale >= 1):
-        return "need 0 < --min-overlap <= --max-overlap <= 1, 0 <= --mask-ratio < 1 and --region-scale >= 1"
-    if args.out.exists() and not args.out.is_dir():
-        return f"--out {args.out}: a file, not a run folder"
-    return None
 
 
 def resolved_config(args: argparse.Namespace) -> dict:
@@ -155,6 +138,8 @@ def resolved_config(args: argparse.Namespace) -> dict:
 
 def warmup_schedule(peak: float, end: float, warmup: int, total: int, kind: str) -> np.ndarray:
     """Per-step values: linear 0 → ``peak`` over ``warmup`` steps, then poly (0.9) or cosine to ``end``."""
+    import numpy as np
+
     warm = peak * (np.arange(warmup) + 1) / max(warmup, 1)
     t = np.arange(max(total - warmup, 0)) / max(total - warmup, 1)
     decay = (1 - t) ** 0.9 if kind == "poly" else 0.5 * (1 + np.cos(np.pi * t))
@@ -163,6 +148,8 @@ def warmup_schedule(peak: float, end: float, warmup: int, total: int, kind: str)
 
 def momentum_schedule(start: float, end: float | None, total: int) -> np.ndarray:
     """Teacher momentum per step: constant, or a cosine ramp from ``start`` to ``end``."""
+    import numpy as np
+
     if end is None:
         return np.full(total, start)
     return end - (end - start) * 0.5 * (1 + np.cos(np.pi * np.arange(total) / max(total, 1)))

@@ -60,6 +60,30 @@ def cpu_refusal(arch: str, patch_size: Sequence[int], batch_size: int) -> str | 
             "or pass --force to run it anyway")
 
 
+def invalid_settings(args) -> str | None:
+    """The first trainer setting out of its range (as a usage message), else None.
+
+    >>> from argparse import Namespace
+    >>> invalid_settings(Namespace(arch="resenc-l", patch_size=[96, 96, 80]))
+    '--patch-size [96, 96, 80]: resenc-l needs multiples of 32 per axis'
+    """
+    multiple = PATCH_MULTIPLE[args.arch]
+    if any(p < multiple or p % multiple for p in args.patch_size):
+        return f"--patch-size {args.patch_size}: {args.arch} needs multiples of {multiple} per axis"
+    for name in ("batch_size", "steps", "ckpt_every", "log_every", "mask_block", "align_size", "pool_size", "proj_dim"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}"
+    for name in ("num_workers", "warmup_steps", "threads", "probe_every", "lr", "min_lr", "weight_decay", "clip_grad",
+                 "drop_path", "temperature"):
+        if getattr(args, name) < 0:
+            return f"--{name.replace('_', '-')} must not be negative, not {getattr(args, name)}"
+    if not (0 < args.min_overlap <= args.max_overlap <= 1 and 0 <= args.mask_ratio < 1 and args.region_scale >= 1):
+        return "need 0 < --min-overlap <= --max-overlap <= 1, 0 <= --mask-ratio < 1 and --region-scale >= 1"
+    if args.out.exists() and not args.out.is_dir():
+        return f"--out {args.out}: a file, not a run folder"
+    return None
+
+
 @dataclass(frozen=True)
 class Processes:
     """This process's place in the run (from torchrun's environment) and its device."""
