@@ -6,10 +6,13 @@ passes), and it writes to a per-process temp file that is deleted on failure, so
 
     RAW/.openmind-prep/partial/<id>.part  --(size + sha256 check)-->  os.replace  -->  RAW/<path>
 
-so nothing unverified ever sits at a final path. The transfer itself is ``huggingface_hub``'s
-``http_get`` (its HTTP client, auth headers and CDN redirects) resumed from the ``.part`` size with
-an HTTP ``Range``. 429/5xx/connection errors are retried with exponential backoff, honouring
-``Retry-After``; a checksum mismatch re-fetches the file once from scratch, then fails naming it.
+so nothing unverified ever sits at a final path. The transfer is one streamed GET on
+``huggingface_hub``'s shared HTTP client (its auth headers and request hooks, CDN redirects
+followed) resumed from the ``.part`` size with an HTTP ``Range``, with connect and read timeouts
+(:class:`HubRepo`). Refused or dropped connections, timeouts, short bodies, 429 and 5xx are retried
+as :mod:`openmind_prep.retry` says (the Hub's ``RateLimit`` / ``Retry-After`` honoured, each retry
+announced on stderr, a total deadline); a checksum mismatch re-fetches the file once from scratch,
+then fails naming it.
 Verified files are recorded in ``RAW/.openmind-prep/verified.jsonl`` (path, size, mtime, sha256),
 so a re-run skips them without re-hashing; a file whose size or mtime changed is re-hashed.
 Metadata (commit, sizes, LFS sha256) comes from ``HfApi`` paths-info in batches: the OpenMind repo
@@ -22,23 +25,16 @@ import hashlib
 import json
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from openmind_prep.retry import DownloadError, RetryPolicy, ShortTransfer, retrying
 
+__all__ = ["DownloadError", "RetryPolicy", "HubRepo", "RemoteFile", "VerifiedState", "download_files",
+           "fetch_batch", "fetch_verified", "file_digests"]
 
 STATE_DIR = ".openmind-prep"
-RETRY_STATUS = (408, 429, 500, 502, 503, 504)
-
-
-class DownloadError(RuntimeError):
-    """A file could not be downloaded and verified; ``path`` names it (repo-relative)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
 
 
 @dataclass(frozen=True)
@@ -63,30 +59,13 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff: ``base_s * 2**(n-1)`` capped at ``max_s``; ``Retry-After`` wins.
-
-    >>> [RetryPolicy(base_s=1, max_s=5).delay(n) for n in (1, 2, 3, 4)]
-    [1, 2, 4, 5]
-    >>> RetryPolicy().delay(1, retry_after=30.0)
-    30.0
-    """
-
-    attempts: int = 8
-    base_s: float = 1.0
-    max_s: float = 120.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return max(0.0, retry_after)
-        return min(self.max_s, self.base_s * 2 ** (attempt - 1))
-
-
-@dataclass(frozen=True)
 class HubRepo:
     """A dataset repo on a hub endpoint (``None``: ``HF_ENDPOINT`` or huggingface.co).
 
-    ``token`` None uses the usual HF env/config token (``HF_TOKEN``, ``hf auth login``).
+    ``token`` None uses the usual HF env/config token (``HF_TOKEN``, ``hf auth login``). Every
+    request gives up connecting after ``connect_timeout_s`` and waiting for bytes after
+    ``read_timeout_s`` (then it is retried under ``policy``): huggingface_hub's own client has no
+    timeout, so an endpoint that accepts and never answers would hang ``HfApi`` calls for ever.
     """
 
     repo_id: str
@@ -94,99 +73,74 @@ class HubRepo:
     endpoint: str | None = None
     token: str | bool | None = None
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+
+    def timeout(self):
+        """The ``httpx2.Timeout`` of every request."""
+        import httpx2
+
+        return httpx2.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
+
+    def session(self):
+        """huggingface_hub's shared HTTP client (its auth and request hooks), with our timeouts as its
+        default (``HfApi`` calls use the default; the client is re-created after a fork or close)."""
+        from huggingface_hub.utils import get_session
+
+        client = get_session()
+        wanted = self.timeout()
+        if client.timeout != wanted:
+            client.timeout = wanted
+        return client
 
     def _api(self):
         from huggingface_hub import HfApi
 
+        self.session()
         return HfApi(endpoint=self.endpoint, token=self.token)
 
     def resolve_commit(self) -> str:
         """The commit sha the revision points to now (every later request is pinned to it)."""
-        info = retrying(lambda: self._api().dataset_info(self.repo_id, revision=self.revision),
+        info = retrying(lambda: self._api().dataset_info(self.repo_id, revision=self.revision,
+                                                         timeout=self.timeout()),
                         f"{self.repo_id}@{self.revision}", self.policy)
         if not info.sha:
             raise DownloadError(self.repo_id, f"the hub returned no commit sha for {self.revision!r}")
         return info.sha
 
-    def paths_info(self, commit: str, paths: Sequence[str], *, batch: int = 500,  # hub max: 1000
-                   progress: bool = False) -> list[RemoteFile]:
-        """Size, LFS sha256 and blob id of each path (in order), ``batch`` paths per request.
-
-        Raises :class:`DownloadError` naming the paths the repo does not have at ``commit``.
-        """
+    def lookup(self, commit: str, paths: Sequence[str], *, batch: int = 500,  # hub max: 1000
+               progress: bool = False) -> tuple[list[RemoteFile], list[str]]:
+        """Size, LFS sha256 and blob id of each path the repo has at ``commit`` (in order), and the
+        paths it does not have; ``batch`` paths per request."""
         from tqdm.auto import tqdm
 
         found: dict[str, RemoteFile] = {}
-        api = self._api()
         for start in tqdm(range(0, len(paths), batch), desc="paths-info", unit="req",
                           disable=not progress or len(paths) <= batch):
             chunk = list(paths[start:start + batch])
-            entries = retrying(lambda: api.get_paths_info(self.repo_id, chunk, repo_type="dataset",
-                                                          revision=commit),
+            entries = retrying(lambda: self._api().get_paths_info(self.repo_id, chunk, repo_type="dataset",
+                                                                  revision=commit),
                                f"paths-info ({chunk[0]} ...)", self.policy)
             for e in entries:
                 if hasattr(e, "blob_id"):  # a file, not a folder
                     found[e.path] = RemoteFile(e.path, int(e.size), e.lfs.sha256 if e.lfs else None,
                                                e.blob_id)
-        missing = [p for p in paths if p not in found]
+        return [found[p] for p in paths if p in found], [p for p in paths if p not in found]
+
+    def paths_info(self, commit: str, paths: Sequence[str], *, batch: int = 500,
+                   progress: bool = False) -> list[RemoteFile]:
+        """:meth:`lookup` of paths that must all exist: raises :class:`DownloadError` naming the
+        paths the repo does not have at ``commit``."""
+        files, missing = self.lookup(commit, paths, batch=batch, progress=progress)
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise DownloadError(missing[0], f"not in {self.repo_id}@{commit[:12]}: {shown}")
-        return [found[p] for p in paths]
+        return files
 
     def url(self, commit: str, path: str) -> str:
         from huggingface_hub import hf_hub_url
 
         return hf_hub_url(self.repo_id, path, repo_type="dataset", revision=commit, endpoint=self.endpoint)
-
-
-def _status(error: BaseException) -> int | None:
-    response = getattr(error, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _retry_after(error: BaseException) -> float | None:
-    response = getattr(error, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:  # an HTTP date: fall back to backoff
-        return None
-
-
-def is_transient(error: BaseException) -> bool:
-    """429/5xx answers, dropped connections, timeouts and short transfers are worth a retry."""
-    import httpx2
-
-    if isinstance(error, (httpx2.TransportError, TimeoutError, ConnectionError)):
-        return True
-    if _status(error) in RETRY_STATUS:
-        return True
-    return isinstance(error, OSError) and "Consistency check failed" in str(error)
-
-
-def retrying(call: Callable, what: str, policy: RetryPolicy, *, sleep: Callable = time.sleep):
-    """``call()`` with retries on transient errors; the last error is re-raised as
-    :class:`DownloadError` naming ``what``.
-
-    >>> calls = []
-    >>> def flaky():
-    ...     calls.append(1)
-    ...     if len(calls) < 3:
-    ...         raise ConnectionError("reset")
-    ...     return "ok"
-    >>> retrying(flaky, "x", RetryPolicy(base_s=0)), len(calls)
-    ('ok', 3)
-    """
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return call()
-        except Exception as e:  # noqa: BLE001 - classified just below
-            if not is_transient(e):
-                raise
-            if attempt == policy.attempts:
-                raise DownloadError(what, f"giving up after {attempt} attempts: {e}") from e
-            sleep(policy.delay(attempt, _retry_after(e)))
 
 
 def file_digests(path: Path) -> tuple[str, str]:
@@ -212,10 +166,16 @@ def _matches(remote: RemoteFile, digests: tuple[str, str]) -> bool:
 
 
 class VerifiedState:
-    """Append-only record of verified files under ``RAW/.openmind-prep/verified.jsonl``."""
+    """Append-only record of verified files under ``RAW/.openmind-prep/verified.jsonl``.
 
-    def __init__(self, raw: Path) -> None:
+    A recorded file whose size and mtime are unchanged is trusted without re-hashing, so bytes
+    changed in place with size and mtime kept go unnoticed; ``rehash=True`` (``download
+    --verify-all``) re-hashes every file instead.
+    """
+
+    def __init__(self, raw: Path, *, rehash: bool = False) -> None:
         self.path = Path(raw) / STATE_DIR / "verified.jsonl"
+        self.rehash = rehash
         self._lock = threading.Lock()
         self._entries: dict[str, dict] = {}
         if self.path.exists():
@@ -246,7 +206,7 @@ class VerifiedState:
         if st.st_size != remote.size:
             return False
         entry = self._entries.get(remote.path)
-        if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
+        if entry and not self.rehash and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
             return _matches(remote, (entry["sha256"], entry["git_sha1"]))
         digests = file_digests(local)
         if _matches(remote, digests):
@@ -255,50 +215,48 @@ class VerifiedState:
         return False
 
 
-class _Forward:
-    """Progress object handed to ``http_get``: forwards byte counts to a shared callback."""
+def _stream_once(repo: HubRepo, url: str, remote: RemoteFile, part: Path,
+                 on_bytes: Callable[[int], None] | None) -> None:
+    """One GET bringing ``part`` towards ``remote.size`` bytes, resuming from its size with a
+    ``Range``; a server that ignores the range (200) restarts the part. Timeouts and the deadline
+    apply; a short body raises :class:`ShortTransfer` (resumed by the retry)."""
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
-    def __init__(self, on_bytes: Callable[[int], None] | None, **_: object) -> None:
-        self.on_bytes = on_bytes
-
-    def __enter__(self) -> "_Forward":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int = 1) -> None:
-        if self.on_bytes is not None:
-            self.on_bytes(n)
+    have = part.stat().st_size if part.exists() else 0
+    if have > remote.size:
+        part.unlink()
+        have = 0
+    if have == remote.size:
+        return
+    headers = build_hf_headers(token=repo.token)
+    headers["Accept-Encoding"] = "identity"  # byte ranges of the stored object, not of a gzip stream
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    with repo.session().stream("GET", url, headers=headers, timeout=repo.timeout(),
+                               follow_redirects=True) as response:
+        hf_raise_for_status(response)
+        if have and response.status_code != 206:  # the whole body: appending it would double the start
+            have = 0
+        with part.open("ab" if have else "wb") as f:
+            for chunk in response.iter_bytes(1 << 20):
+                if have + len(chunk) > remote.size:
+                    f.close()
+                    part.unlink()
+                    raise ShortTransfer(f"the server sent more than the expected {remote.size} bytes")
+                f.write(chunk)
+                have += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+                repo.policy.check_deadline(remote.path)  # the part is kept: a later run resumes it
+    if have < remote.size:
+        raise ShortTransfer(f"the body ended at {have} of {remote.size} bytes")
 
 
 def _transfer(repo: HubRepo, commit: str, remote: RemoteFile, part: Path,
               on_bytes: Callable[[int], None] | None) -> None:
-    """Bring ``part`` to ``remote.size`` bytes, resuming from its current size."""
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
-
+    """Bring ``part`` to ``remote.size`` bytes, resuming and retrying under ``repo.policy``."""
     url = repo.url(commit, remote.path)
-    headers = build_hf_headers(token=repo.token)
-    headers["Accept-Encoding"] = "identity"  # byte ranges of the stored object, not of a gzip stream
-
-    def once() -> None:
-        have = part.stat().st_size if part.exists() else 0
-        if have > remote.size:
-            part.unlink()
-            have = 0
-        if have == remote.size:
-            return
-        try:
-            with part.open("ab") as f:
-                http_get(url, f, resume_size=have, headers=headers, expected_size=remote.size,
-                         displayed_filename=remote.path, tqdm_class=lambda **kw: _Forward(on_bytes))
-        except OSError as e:
-            if "Consistency check failed" in str(e):
-                part.unlink(missing_ok=True)  # the server sent another length: start over
-            raise
-
-    retrying(once, remote.path, repo.policy)
+    retrying(lambda: _stream_once(repo, url, remote, part, on_bytes), remote.path, repo.policy)
 
 
 def fetch_verified(repo: HubRepo, commit: str, remote: RemoteFile, dest: Path, raw: Path,
@@ -343,19 +301,19 @@ class DownloadReport:
 def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Path, *,
                 state: VerifiedState | None = None, dest: Callable[[RemoteFile], Path] | None = None,
                 on_bytes: Callable[[int], None] | None = None,
-                on_file: Callable[[], None] | None = None) -> list[tuple[str, str | bool]]:
+                on_file: Callable[[], None] | None = None, rehash: bool = False) -> list[tuple[str, str | bool]]:
     """One download task: fetch and verify each file of ``batch``; per file ``True`` (transferred),
     ``False`` (already verified) or the error text. Runs in a thread here or on a Dask worker that
     shares RAW's file system (then with its own :class:`VerifiedState`, appending to the same record).
 
     ``dest`` maps a file to its final path (default ``raw / file.path``; a path that leaves ``raw``
-    is a per-file failure).
+    is a per-file failure). ``rehash``: see :class:`VerifiedState` (when ``state`` is not given).
     """
     from openmind_prep.metadata import source_path
 
     raw = Path(raw)
     dest = dest or (lambda f: source_path(raw, f.path))
-    state = state or VerifiedState(raw)
+    state = state or VerifiedState(raw, rehash=rehash)
     out: list[tuple[str, str | bool]] = []
     for f in batch:
         try:
@@ -373,13 +331,14 @@ def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Pa
 def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw: Path, *,
                    workers: int = 4, batch_size: int = 16, progress: bool = True,
                    dest: Callable[[RemoteFile], Path] | None = None,
-                   state: VerifiedState | None = None, client=None) -> DownloadReport:
+                   state: VerifiedState | None = None, client=None, verify_all: bool = False) -> DownloadReport:
     """Download and verify ``files`` into ``raw`` (repo layout) as tasks of ``batch_size`` files,
     at most ``workers`` at a time; failures are collected, never left at final paths.
 
     Tasks run on local threads, or on the Dask cluster of ``client`` (a ``distributed.Client``
     whose workers share RAW's file system; the bars then advance per finished batch).
-    ``dest`` and ``state`` (local threads only) are passed to :func:`fetch_batch`.
+    ``dest`` and ``state`` (local threads only) are passed to :func:`fetch_batch`; ``verify_all``
+    re-hashes files already recorded as verified (see :class:`VerifiedState`).
     """
     from tqdm.auto import tqdm
 
@@ -394,7 +353,7 @@ def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw:
             import dask
 
             lock = threading.Lock()
-            state = state or VerifiedState(raw)
+            state = state or VerifiedState(raw, rehash=verify_all)
 
             def on_bytes(n: int) -> None:
                 with lock:
@@ -410,7 +369,8 @@ def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw:
         else:
             if dest is not None or state is not None:
                 raise ValueError("download_files: dest/state are local-thread options, not for a Dask client")
-            results = _on_cluster(client, repo, commit, batches, raw, max(1, workers), files_bar, bytes_bar)
+            results = _on_cluster(client, repo, commit, batches, raw, max(1, workers), files_bar, bytes_bar,
+                                  verify_all)
     finally:
         files_bar.close()
         bytes_bar.close()
@@ -426,7 +386,7 @@ def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw:
 
 
 def _on_cluster(client, repo: HubRepo, commit: str, batches: list, raw: Path, in_flight: int,
-                files_bar, bytes_bar) -> list:
+                files_bar, bytes_bar, rehash: bool = False) -> list:
     """:func:`fetch_batch` tasks on a Dask cluster, at most ``in_flight`` at a time, in order."""
     from distributed import as_completed
 
@@ -437,7 +397,7 @@ def _on_cluster(client, repo: HubRepo, commit: str, batches: list, raw: Path, in
 
     def submit() -> None:
         i, batch = queue.pop()
-        future = client.submit(fetch_batch, repo, commit, batch, raw, pure=False)
+        future = client.submit(fetch_batch, repo, commit, batch, raw, rehash=rehash, pure=False)
         index[future] = i
         running.add(future)
 

@@ -4,6 +4,8 @@ A lock (JSON, committable under ``manifests/locks/``) names the repo, the revisi
 the commit sha it resolved to, the selection, the selected image paths and every file to fetch
 (the metadata CSV, each image and its masks) with size, LFS sha256 and git blob id. Replaying a
 lock (``openmind-prep download --lock FILE``) fetches exactly those bytes or fails naming the file.
+A file the CSV lists but the repo lacks at that commit is kept in the lock's ``missing`` list: its
+image becomes a ``failed`` row while every other image is fetched.
 
 Inside RAW, the verified repo CSV is kept as ``.openmind-prep/openneuro_metadata.<commit>.csv``
 and ``RAW/openneuro_metadata.csv`` lists the rows of the images whose files are all in RAW, so
@@ -30,7 +32,8 @@ LOCK_FORMAT = "openmind-prep-lock/1"
 
 @dataclass(frozen=True)
 class Lock:
-    """A resolved selection. ``files[0]`` is the metadata CSV; ``images`` are CSV ``image_path``s.
+    """A resolved selection. ``files[0]`` is the metadata CSV; ``images`` are CSV ``image_path``s;
+    ``missing`` the repo paths the CSV lists for them but the repo lacks at ``commit``.
 
     >>> lock = Lock("r/x", "main", "c0ffee", {"name": "t"}, ("a.nii.gz",),
     ...             (RemoteFile("openneuro_metadata.csv", 5, "ab", "cd"),))
@@ -44,6 +47,7 @@ class Lock:
     selection: dict
     images: tuple[str, ...]
     files: tuple[RemoteFile, ...]
+    missing: tuple[str, ...] = ()
 
     @property
     def metadata(self) -> RemoteFile:
@@ -62,7 +66,8 @@ class Lock:
         return {"format": LOCK_FORMAT, "repo": self.repo, "repo_type": "dataset",
                 "revision": self.revision, "commit": self.commit, "selection": self.selection,
                 "n_images": len(self.images), "n_files": len(self.files), "bytes": self.total_bytes,
-                "images": list(self.images), "files": [f.to_dict() for f in self.files]}
+                "images": list(self.images), "files": [f.to_dict() for f in self.files],
+                "missing": list(self.missing)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Lock":
@@ -72,7 +77,7 @@ class Lock:
         if not files or files[0].path != METADATA_CSV:
             raise ValueError(f"the first file of a lock must be {METADATA_CSV}")
         return cls(d["repo"], d["revision"], d["commit"], dict(d.get("selection", {})),
-                   tuple(d["images"]), files)
+                   tuple(d["images"]), files, tuple(str(p) for p in d.get("missing", ())))
 
     def write(self, path: Path) -> Path:
         """Write as indented JSON (atomically)."""
@@ -106,35 +111,47 @@ def full_csv_path(raw: Path, commit: str) -> Path:
     return Path(raw) / STATE_DIR / f"openneuro_metadata.{commit[:12]}.csv"
 
 
-def fetch_metadata(repo: HubRepo, commit: str, raw: Path, remote: RemoteFile | None = None) -> Path:
+def fetch_metadata(repo: HubRepo, commit: str, raw: Path, remote: RemoteFile | None = None, *,
+                   rehash: bool = False) -> Path:
     """Download and verify the repo's metadata CSV for ``commit``; returns its local path."""
     remote = remote or repo.paths_info(commit, [METADATA_CSV])[0]
     dest = full_csv_path(raw, commit)
-    fetch_verified(repo, commit, remote, dest, raw, VerifiedState(raw))
+    fetch_verified(repo, commit, remote, dest, raw, VerifiedState(raw, rehash=rehash))
     return dest
 
 
-def resolve_lock(repo: HubRepo, selection: Selection, raw: Path, *, progress: bool = False) -> Lock:
-    """Pin the revision to a commit, fetch its CSV into RAW, select, and look up every file."""
+def resolve_lock(repo: HubRepo, selection: Selection, raw: Path, *, progress: bool = False,
+                 rehash: bool = False) -> Lock:
+    """Pin the revision to a commit, fetch its CSV into RAW, select, and look up every file (the
+    ones the repo lacks go to ``Lock.missing``)."""
     commit = repo.resolve_commit()
     csv_remote = repo.paths_info(commit, [METADATA_CSV])[0]
-    records = selection.apply(read_metadata(fetch_metadata(repo, commit, raw, csv_remote)))
-    paths = [p for r in records for p in repo_paths(r)]
-    files = repo.paths_info(commit, paths, progress=progress)
+    records = selection.apply(read_metadata(fetch_metadata(repo, commit, raw, csv_remote, rehash=rehash)))
+    paths = list(dict.fromkeys(p for r in records for p in repo_paths(r)))
+    files, missing = repo.lookup(commit, paths, progress=progress)
     return Lock(repo.repo_id, repo.revision, commit, selection.to_dict(),
-                tuple(r.image_path for r in records), (csv_remote, *files))
+                tuple(r.image_path for r in records), (csv_remote, *files), tuple(missing))
 
 
 def open_lock(repo: HubRepo, raw: Path, *, selection: Selection | None = None, lock: Lock | None = None,
-              progress: bool = False) -> tuple[HubRepo, Lock, Path]:
+              progress: bool = False, rehash: bool = False) -> tuple[HubRepo, Lock, Path]:
     """Replay ``lock`` (the repo pinned to its repo and commit, its verified metadata CSV fetched) or
     resolve ``selection`` into a new one; returns the repo to fetch from, the lock and the local
-    path of the repo's full metadata CSV (inside ``raw``)."""
+    path of the repo's full metadata CSV (inside ``raw``). ``rehash``: see ``VerifiedState``."""
     if lock is not None:
         repo = dataclasses.replace(repo, repo_id=lock.repo, revision=lock.commit)
-        return repo, lock, fetch_metadata(repo, lock.commit, raw, lock.metadata)
-    lock = resolve_lock(repo, selection or Selection(), raw, progress=progress)  # fetches the CSV too
+        return repo, lock, fetch_metadata(repo, lock.commit, raw, lock.metadata, rehash=rehash)
+    lock = resolve_lock(repo, selection or Selection(), raw, progress=progress, rehash=rehash)
     return repo, lock, full_csv_path(raw, lock.commit)
+
+
+def missing_reason(lock: Lock, path: str) -> str:
+    """The failure text of a file the lock lists as missing from the repo.
+
+    >>> missing_reason(Lock("r/x", "main", "c0ffee" * 7, {}, (), ()), "OpenMind/a.nii.gz")
+    'OpenMind/a.nii.gz: listed in openneuro_metadata.csv but not in r/x@c0ffeec0ffee'
+    """
+    return f"{path}: listed in {METADATA_CSV} but not in {lock.repo}@{lock.commit[:12]}"
 
 
 def write_present_csv(full_csv: Path, raw: Path) -> tuple[Path, int]:
@@ -145,7 +162,7 @@ def write_present_csv(full_csv: Path, raw: Path) -> tuple[Path, int]:
     out = raw / METADATA_CSV
     tmp = out.with_name(out.name + ".tmp")
     n = 0
-    with open(full_csv, newline="", encoding="utf-8") as src, tmp.open("w", newline="", encoding="utf-8") as dst:
+    with open(full_csv, newline="", encoding="utf-8-sig") as src, tmp.open("w", newline="", encoding="utf-8") as dst:
         reader = csv.DictReader(src)
         writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [])
         writer.writeheader()
@@ -169,6 +186,16 @@ def records_of(lock: Lock, full_csv: Path) -> list[ImageRecord]:
 
 
 def group_files(lock: Lock, records: Sequence[ImageRecord]) -> list[tuple[ImageRecord, list[RemoteFile]]]:
-    """Each record with its files from the lock (image first, then masks)."""
+    """Each record with its files from the lock (image first, then masks); a file the lock lists as
+    missing from the repo comes as a size-0 placeholder (its fetch fails, see :func:`missing_reason`).
+    A file the lock neither lists nor marks missing (a hand-edited lock) is a ``ValueError``."""
     by_path = {f.path: f for f in lock.data_files}
-    return [(r, [by_path[p] for p in repo_paths(r)]) for r in records]
+    by_path.update((p, RemoteFile(p, 0, None, "")) for p in lock.missing if p not in by_path)
+    out = []
+    for r in records:
+        absent = [p for p in repo_paths(r) if p not in by_path]
+        if absent:
+            raise ValueError(f"the lock lists image {r.image_path} but not its file {absent[0]} "
+                             "(neither in 'files' nor in 'missing'); re-resolve the lock")
+        out.append((r, [by_path[p] for p in repo_paths(r)]))
+    return out

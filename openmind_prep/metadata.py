@@ -104,7 +104,10 @@ def parse_image_path(image_path: str) -> tuple[str, str, str]:
 def _iqs(value: str | None) -> float | None:
     if value is None or value.strip() == "":
         return None
-    score = float(value)
+    try:
+        score = float(value)
+    except ValueError:
+        raise ValueError(f"image_quality_score {value[:40]!r} is not a number") from None
     return None if math.isnan(score) else score
 
 
@@ -117,7 +120,7 @@ def record_from_row(row: dict[str, str]) -> ImageRecord:
     """Build an :class:`ImageRecord` from one CSV row (a ``csv.DictReader`` dict)."""
     image_path = _clean(row.get("image_path"))
     if not image_path:
-        raise ValueError(f"metadata row without image_path: {row}")
+        raise ValueError("row without image_path")
     dataset, subject, session = parse_image_path(image_path)
     return ImageRecord(
         image_path=image_path,
@@ -134,8 +137,25 @@ def record_from_row(row: dict[str, str]) -> ImageRecord:
     )
 
 
+class MetadataError(ValueError):
+    """The metadata CSV cannot be read; the message names the file and, where known, the line."""
+
+
+def _decoded_lines(f, csv_path: Path):
+    """The lines of a binary file as text: UTF-8 (a leading BOM dropped); a byte that is not UTF-8 is
+    a :class:`MetadataError` naming the line (a multi-byte character never contains ``\\n``)."""
+    for n, line in enumerate(f, 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MetadataError(f"{csv_path}: line {n}: not UTF-8 (byte 0x{line[e.start]:02x} at column "
+                                f"{e.start + 1}); save the CSV as UTF-8") from None
+        yield text.removeprefix("\ufeff") if n == 1 else text
+
+
 def read_metadata(csv_path: Path) -> list[ImageRecord]:
-    """Read the metadata CSV into records, in file order.
+    """Read the metadata CSV into records, in file order. UTF-8 with or without a BOM; a bad byte,
+    a malformed row or value is a :class:`MetadataError` (a ``ValueError``) naming the file and line.
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / METADATA_CSV
@@ -143,13 +163,29 @@ def read_metadata(csv_path: Path) -> list[ImageRecord]:
     ...                  "ds1/sub-1/anat/sub-1_T1w.nii.gz,T1w,1.5,\\n")
     >>> [(r.modality, r.image_quality_score, r.mask_paths) for r in read_metadata(p)]
     [('T1w', 1.5, {})]
+    >>> _ = p.write_bytes(b"image_path,modality\\nds1/sub-1/x.nii.gz,T1w\\nds1/x.nii.gz,T1w\\n")
+    >>> read_metadata(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    openmind_prep.metadata.MetadataError: .../openneuro_metadata.csv: line 3: 'ds1/x.nii.gz': expected <dataset>/<subject>/.../<file>
     """
     csv_path = Path(csv_path)
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "image_path" not in reader.fieldnames:
-            raise ValueError(f"{csv_path}: not an OpenMind metadata CSV (no 'image_path' column)")
-        return [record_from_row(row) for row in reader]
+    try:
+        with csv_path.open("rb") as f:
+            reader = csv.DictReader(_decoded_lines(f, csv_path))
+            try:
+                if reader.fieldnames is None or "image_path" not in reader.fieldnames:
+                    raise MetadataError(f"{csv_path}: not an OpenMind metadata CSV (no 'image_path' column)")
+                records = []
+                for row in reader:
+                    try:
+                        records.append(record_from_row(row))
+                    except ValueError as e:
+                        raise MetadataError(f"{csv_path}: line {reader.line_num}: {e}") from None
+                return records
+            except csv.Error as e:
+                raise MetadataError(f"{csv_path}: line {reader.line_num}: {e}") from None
+    except OSError as e:
+        raise MetadataError(f"{csv_path}: cannot read: {e.strerror or e}") from None
 
 
 def source_path(images: Path, rel: str) -> Path:

@@ -96,21 +96,26 @@ class ByteBudget:
 Fetch = Callable[[list[RemoteFile]], dict[str, str]]  # files → {path: error} for the failures
 
 
-def hub_fetcher(repo: HubRepo, commit: str, work: Path, workers: int) -> Fetch:
-    """Fetch + verify from the hub (see :mod:`openmind_prep.hub`)."""
+def hub_fetcher(repo: HubRepo, commit: str, work: Path, workers: int,
+                missing: dict[str, str] | None = None) -> Fetch:
+    """Fetch + verify from the hub (see :mod:`openmind_prep.hub`); the files in ``missing`` (path →
+    reason: listed in the CSV, absent from the repo) fail without a request."""
     state = VerifiedState(work)
+    missing = missing or {}
 
     def fetch(files: list[RemoteFile]) -> dict[str, str]:
-        report = download_files(repo, commit, files, work, workers=workers, batch_size=1, progress=False,
+        present = [f for f in files if f.path not in missing]
+        report = download_files(repo, commit, present, work, workers=workers, batch_size=1, progress=False,
                                 state=state)
-        return dict(report.failed)
+        return {**{f.path: missing[f.path] for f in files if f.path in missing}, **dict(report.failed)}
 
     return fetch
 
 
 def local_fetcher(source: Path, work: Path) -> Fetch:
     """Copy from a local tree with the repo layout (temp file + rename, size checked); a path that
-    leaves either tree is a per-file failure."""
+    leaves either tree, a missing file, or a directory/FIFO/device in place of a file is a per-file
+    failure naming it (never a read that blocks on a FIFO)."""
     from openmind_prep.metadata import source_path
 
     def fetch(files: list[RemoteFile]) -> dict[str, str]:
@@ -120,6 +125,10 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
                 src, dest = source_path(source, f.path), source_path(work, f.path)
             except ValueError as e:  # InputError: names the path and the reason
                 failed[f.path] = str(e)
+                continue
+            problem = _not_a_file(src)
+            if problem:
+                failed[f.path] = f"{src}: {problem}"
                 continue
             tmp = dest.with_name(dest.name + ".part")
             try:
@@ -134,6 +143,26 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
         return failed
 
     return fetch
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` is not a regular file to copy ('' when it is).
+
+    >>> _not_a_file(Path("/no/such/file.nii.gz")), _not_a_file(Path("/"))
+    ('listed in openneuro_metadata.csv but not found', 'not a regular file (a directory)')
+    """
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"listed in {METADATA_CSV} but not found"
+    except OSError as e:
+        return f"cannot read it: {e.strerror or e}"
+    if stat.S_ISREG(mode):
+        return ""
+    kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a special file"
+    return f"not a regular file ({kind})"
 
 
 def _delete_raw(work: Path, item: Item) -> None:
@@ -228,24 +257,29 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client,
 def hub_items(repo: HubRepo, selection: Selection, work: Path, lock_file: Path | None,
               workers: int) -> tuple[list[Item], Fetch]:
     """Resolve (or read) the lock against the hub; the items to process and how to fetch them."""
-    from openmind_prep.lockfile import Lock, group_files, open_lock, records_of
+    from openmind_prep.lockfile import Lock, group_files, missing_reason, open_lock, records_of
 
     lock = Lock.read(lock_file) if lock_file is not None else None
     repo, lock, full_csv = open_lock(repo, work, selection=selection, lock=lock, progress=True)
-    items = [Item(r, tuple(files)) for r, files in group_files(lock, records_of(lock, full_csv))]
-    return items, hub_fetcher(repo, lock.commit, work, workers)
+    try:
+        items = [Item(r, tuple(files)) for r, files in group_files(lock, records_of(lock, full_csv))]
+    except ValueError as e:
+        raise ValueError(f"{lock_file or 'the resolved lock'}: {e}") from None
+    missing = {p: missing_reason(lock, p) for p in lock.missing}
+    return items, hub_fetcher(repo, lock.commit, work, workers, missing)
 
 
 def source_items(source: Path, selection: Selection, work: Path) -> tuple[list[Item], Fetch]:
-    """The selected images of a local tree with the repo layout; missing files are named."""
+    """The selected images of a local tree with the repo layout. A listed file that is missing, or a
+    directory or FIFO, counts 0 bytes here and fails in the fetch (a ``failed`` row naming it)."""
     from openmind_prep.lockfile import repo_paths
 
     records = selection.apply(read_metadata(source / METADATA_CSV))
     items = []
     for r in records:
-        paths = repo_paths(r)
-        missing = [p for p in paths if not (source / p).is_file()]
-        if missing:
-            raise ValueError(f"{source / missing[0]}: listed in {METADATA_CSV} but not found")
-        items.append(Item(r, tuple(RemoteFile(p, (source / p).stat().st_size, None, "") for p in paths)))
+        sizes = []
+        for p in repo_paths(r):
+            path = source / p
+            sizes.append(path.stat().st_size if path.is_file() else 0)  # is_file: no error, follows links
+        items.append(Item(r, tuple(RemoteFile(p, n, None, "") for p, n in zip(repo_paths(r), sizes))))
     return items, local_fetcher(source, work)

@@ -13,7 +13,10 @@ It serves one dataset repo built from a folder on disk (normally the real-MRI sa
 - ``GET  /cdn/{sha256}``                                the LFS object, with ``Range`` (206)
 
 Faults (set on ``server.faults`` between runs): ``rate_limit`` (the next N requests get 429 with
-``Retry-After``), ``error_rate`` (random 500s, seeded), ``cut`` (path → how many GETs send half the
+``Retry-After: retry_after``, or with the Hub's IETF-draft ``RateLimit: "api";r=0;t=N`` and
+``RateLimit-Policy`` headers and no ``Retry-After`` when ``ratelimit_reset`` is set), ``hang``
+(request kind → how many requests are accepted and never answered; -1 = always; released when the
+server closes), ``error_rate`` (random 500s, seeded), ``cut`` (path → how many GETs send half the
 body then close), ``corrupt`` (path → how many GETs flip one byte at the right length; -1 = always),
 ``ignore_range`` (answer 200 with the whole body to a ``Range`` request).
 Every request is logged in ``server.log`` as a :class:`Hit`.
@@ -58,6 +61,8 @@ class Faults:
     cut: dict[str, int] = field(default_factory=dict)
     corrupt: dict[str, int] = field(default_factory=dict)
     ignore_range: bool = False  # answer 200 with the whole body, like a CDN that drops Range
+    ratelimit_reset: int | None = None  # 429s carry RateLimit headers (reset in N s) instead of Retry-After
+    hang: dict[str, int] = field(default_factory=dict)  # kind -> requests never answered (-1: all)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -103,6 +108,7 @@ class HubFixture:
         self.page_size = page_size
         self.on_request = on_request
         self.faults = Faults()
+        self.closing = threading.Event()  # releases hung requests
         self.log: list[Hit] = []
         self._lock = threading.Lock()
         self.blobs: dict[str, _Blob] = {}
@@ -131,6 +137,7 @@ class HubFixture:
         return f"http://{host}:{port}"
 
     def close(self) -> None:
+        self.closing.set()
         for server in self._servers:
             server.shutdown()
             server.server_close()
@@ -205,7 +212,11 @@ class _Handler(BaseHTTPRequestHandler):
             if limited:
                 faults.rate_limit -= 1
             failed = not limited and faults.error_rate > 0 and faults.rng.random() < faults.error_rate
-        if limited:
+        if limited and faults.ratelimit_reset is not None:
+            self._send(429, b"rate limited", {"RateLimit": f'"api";r=0;t={faults.ratelimit_reset}',
+                                              "RateLimit-Policy": '"fixed window";"api";q=500;w=300'},
+                       kind=kind, path=path, head=head)
+        elif limited:
             self._send(429, b"rate limited", {"Retry-After": faults.retry_after}, kind=kind,
                        path=path, head=head)
         elif failed:
@@ -256,6 +267,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if not kind:
             return self._error(404, "RepoNotFound", kind="unknown", path=log_path, head=head)
+        if self.hub._take(self.hub.faults.hang, kind):  # accept, read the request, never answer
+            self.hub._record(Hit(time.monotonic(), self.command, log_path, kind, 0, self.headers.get("Range")))
+            self.hub.closing.wait()
+            self.close_connection = True
+            return
         if self._injected(kind, log_path, head):
             return
         if kind != "cdn" and not self._known_revision(rev):

@@ -23,7 +23,7 @@ from openmind_prep.metadata import METADATA_CSV, read_metadata
 from openmind_prep.selection import Selection
 
 T1 = "OpenMind/ds000001/sub-01/anat/sub-01_T1w.nii.gz"
-FAST = RetryPolicy(attempts=6, base_s=0.05, max_s=0.2)
+FAST = RetryPolicy(retries=5, base_s=0.05, max_s=0.2)
 
 
 @pytest.fixture(autouse=True)

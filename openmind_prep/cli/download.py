@@ -24,9 +24,12 @@ from openmind_prep.selection import Selection
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run the download tasks on a running Dask cluster (e.g. tcp://host:8786) whose workers "
                    "share RAW's file system; default: threads of this process.")
+@click.option("--verify-all", is_flag=True,
+              help="Re-hash every file already in RAW instead of trusting the record of verified files "
+                   "(catches bytes changed in place with size and mtime kept); re-fetches what differs.")
 @selection_options
-def download_command(repo: str, revision: str, endpoint: str | None, raw: Path, lock_file: Path | None,
-                     write_lock: Path | None, lock_only: bool, workers: int, scheduler: str | None,
+def download_command(hub: HubRepo, raw: Path, lock_file: Path | None, write_lock: Path | None,
+                     lock_only: bool, workers: int, scheduler: str | None, verify_all: bool,
                      selection: Selection) -> None:
     """Download a selection of OpenMind from the Hugging Face hub into RAW, verifying every file
     (size + LFS sha256); re-running resumes and skips verified files."""
@@ -52,10 +55,9 @@ def download_command(repo: str, revision: str, endpoint: str | None, raw: Path, 
         connection = nullcontext()
     try:
         with connection as client:
-            lock, report = download(HubRepo(repo, revision, endpoint), raw.absolute(), selection=selection,
-                                    lock=lock, write_lock=write_lock, lock_only=lock_only, workers=workers,
-                                    client=client)
-    except DownloadError as e:
+            lock, report = download(hub, raw.absolute(), selection=selection, lock=lock, write_lock=write_lock,
+                                    lock_only=lock_only, workers=workers, client=client, verify_all=verify_all)
+    except (DownloadError, ValueError) as e:  # ValueError: the repo's CSV cannot be read (file, line)
         raise click.ClickException(str(e)) from e
     head = f"{lock.repo}@{lock.commit[:12]}: {len(lock.images)} images, {len(lock.files)} files"
     if write_lock is not None:

@@ -21,7 +21,8 @@ def _with(options: list[Callable], command: Callable) -> Callable:
 
 
 def repo_options(command: Callable) -> Callable:
-    """Click options ``--repo``, ``--revision``, ``--endpoint`` (default ``$HF_ENDPOINT``)."""
+    """Click options ``--repo``, ``--revision``, ``--endpoint`` (default ``$HF_ENDPOINT``), ``--timeout``
+    and ``--deadline``; the command receives ``hub=HubRepo`` (the deadline counted from now)."""
     options = [
         click.option("--repo", default="AnonRes/OpenMind", show_default=True,
                      help="Hugging Face dataset repo."),
@@ -29,8 +30,30 @@ def repo_options(command: Callable) -> Callable:
                      help="Branch, tag or commit; resolved once to a commit sha that pins every request."),
         click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True,
                      help="Hub or mirror base URL (default https://huggingface.co)."),
+        click.option("--timeout", "timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+                     show_default=True, help="Seconds without a byte before a request is retried "
+                     "(connecting: at most 10 s)."),
+        click.option("--deadline", default=None, metavar="DURATION",
+                     help="Stop retrying and starting transfers after this long (e.g. 90s, 30m, 2h); "
+                          "unfinished files fail, and a re-run resumes them."),
     ]
-    return _with(options, command)
+
+    @functools.wraps(command)
+    def wrapper(repo, revision, endpoint, timeout, deadline, **kwargs):
+        import time
+
+        from openmind_prep.hub import HubRepo
+        from openmind_prep.retry import RetryPolicy, parse_duration
+
+        try:
+            until = None if deadline is None else time.time() + parse_duration(deadline)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--deadline") from e
+        hub = HubRepo(repo, revision, endpoint, policy=RetryPolicy(deadline=until),
+                      connect_timeout_s=min(10.0, timeout), read_timeout_s=timeout)
+        return command(hub=hub, **kwargs)
+
+    return _with(options, wrapper)
 
 
 def store_options(command: Callable) -> Callable:

@@ -27,7 +27,7 @@ from openmind_prep.selection import Selection
               help="Concurrent downloads.")
 @selection_options
 @cluster_options
-def run_command(repo: str, revision: str, endpoint: str | None, source: Path | None, store: Path,
+def run_command(hub: HubRepo, source: Path | None, store: Path,
                 work: Path | None, max_raw_gb: float, keep_raw: bool, lock_file: Path | None,
                 download_workers: int, dtype: str, chunks: int, batch_size: int, selection: Selection,
                 cluster: ClusterConfig) -> None:
@@ -50,7 +50,7 @@ def run_command(repo: str, revision: str, endpoint: str | None, source: Path | N
                 raise click.UsageError("--lock applies to the hub, not to --source")
             items, fetch = source_items(Path(source), selection, work)
         else:
-            items, fetch = hub_items(HubRepo(repo, revision, endpoint), selection, work, lock_file, download_workers)
+            items, fetch = hub_items(hub, selection, work, lock_file, download_workers)
     except (DownloadError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     options = PreprocessOptions(dtype=dtype, chunks=chunks)
