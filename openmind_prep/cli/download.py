@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from openmind_prep.cli.options import repo_options, selection_options
 from openmind_prep.selection import Selection
+
+if TYPE_CHECKING:
+    from openmind_prep.hub import HubRepo
 
 
 @click.command("download")
@@ -34,7 +38,7 @@ def download_command(hub: HubRepo, raw: Path, lock_file: Path | None, write_lock
     """Download a selection of OpenMind from the Hugging Face hub into RAW, verifying every file
     (size + LFS sha256); re-running resumes and skips verified files."""
     from openmind_prep.download import download
-    from openmind_prep.hub import DownloadError, HubRepo
+    from openmind_prep.hub import DownloadError
     from openmind_prep.lockfile import Lock
 
     lock = None

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from openmind_prep.cli.options import cluster_options, repo_options, selection_options, store_options
 from openmind_prep.dask_cluster import ClusterConfig
 from openmind_prep.selection import Selection
+
+if TYPE_CHECKING:
+    from openmind_prep.hub import HubRepo
 
 
 @click.command("run")
@@ -36,7 +40,7 @@ def run_command(hub: HubRepo, source: Path | None, store: Path,
     from openmind_prep.dask_cluster import dask_client
     from openmind_prep.manifest import merge_manifest
     from openmind_prep.cli.preprocess import report
-    from openmind_prep.hub import DownloadError, HubRepo
+    from openmind_prep.hub import DownloadError
     from openmind_prep.preprocess import PreprocessOptions
     from openmind_prep.run import RawBudgetError, hub_items, source_items, stream
 
