@@ -283,15 +283,23 @@ class OverlapViewSampler:
 
 
 def _as_list(volumes: Tensor | Sequence[Tensor]) -> list[Tensor]:
-    """Validate the input and return a list of ``[C, Z, Y, X]`` volumes."""
-    vols = list(volumes.unbind(0)) if isinstance(volumes, Tensor) else list(volumes)
+    """Validate the input and return a list of ``[C, Z, Y, X]`` volumes, in float32 or float64.
+
+    float16 / bfloat16 / integer volumes (the store's dtype straight from a DataLoader) are
+    converted to float32 once, on their device (exact for float16 and uint8), so the views are
+    float32; float32 and float64 volumes are used as they are.
+    """
     if isinstance(volumes, Tensor) and volumes.dim() != 5:
         raise ValueError(f"a batch tensor must be [B, C, Z, Y, X], got shape {tuple(volumes.shape)}")
+    vols = list(volumes.unbind(0)) if isinstance(volumes, Tensor) else list(volumes)
     if not vols:
         raise ValueError("no volumes given")
     for i, v in enumerate(vols):
-        if v.dim() != 4 or not v.is_floating_point():
-            raise ValueError(f"volume {i} must be a floating [C, Z, Y, X] tensor, got {v.dtype} {tuple(v.shape)}")
+        if not isinstance(v, Tensor) or v.dim() != 4 or v.is_complex() or v.dtype == torch.bool:
+            what = f"{v.dtype} {tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(f"volume {i} must be a real [C, Z, Y, X] tensor, got {what}")
+        if v.dtype not in (torch.float32, torch.float64):
+            vols[i] = v = v.float()
         if v.shape[0] != vols[0].shape[0] or v.device != vols[0].device:
             raise ValueError(f"volume {i} differs from volume 0 in channels or device")
     return vols

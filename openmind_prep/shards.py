@@ -155,6 +155,28 @@ def _estimate(store: Path, row: dict) -> int:
     return total
 
 
+#: ``shard_size=None`` ("auto"): at least this many shards when there are as many samples (so
+#: 2 nodes x 8 DataLoader workers each get a shard), none above :data:`MAX_SHARD_BYTES`.
+MIN_SHARDS = 16
+MAX_SHARD_BYTES = 10**9
+
+
+def auto_shard_size(sizes: Sequence[int], min_shards: int = MIN_SHARDS, cap: int = MAX_SHARD_BYTES) -> int:
+    """The target shard size for ``shard_size="auto"``: ``total / min_shards`` bytes, at most ``cap``.
+
+    A small store then still gives ``min(min_shards, samples)`` shards (one sample each when it has
+    fewer), so several DataLoader workers can stream it; a large one gets shards of ``cap`` bytes.
+
+    >>> len(plan_shards([100] * 6, auto_shard_size([100] * 6)))        # 6 small samples: 6 shards
+    6
+    >>> len(plan_shards([100] * 64, auto_shard_size([100] * 64)))      # 64: 16 shards of 4
+    16
+    >>> auto_shard_size([4 * 10**8] * 1000)                            # large stores: 1 GB shards
+    1000000000
+    """
+    return max(1, min(cap, -(-sum(sizes) // max(1, min_shards))))
+
+
 def plan_shards(sizes: Sequence[int], shard_size: int) -> list[range]:
     """Greedy, order-keeping split of samples (by estimated size) into shards of ≤ shard_size.
 
@@ -220,13 +242,14 @@ def read_fragment(out: Path, prefix: str) -> list[ShardInfo]:
 
 
 def write_shards(
-    store: Path, out: Path, *, shard_size: int = 10**9, keys: Sequence[str] | None = None,
+    store: Path, out: Path, *, shard_size: int | None = None, keys: Sequence[str] | None = None,
     rows: Sequence[dict] | None = None, prefix: str = "shard", progress: bool = True,
 ) -> list[ShardInfo]:
     """Write the store's ``ok`` images (or only ``keys``, group keys) as tar shards; resumable.
 
     ``rows`` (manifest rows, e.g. one preprocess batch's) replaces reading the manifest; give
-    each batch its own ``prefix`` (:func:`batch_prefix`). Returns this prefix's shards. Call
+    each batch its own ``prefix`` (:func:`batch_prefix`). ``shard_size`` None: :func:`auto_shard_size`
+    (at least 16 shards when there are 16 samples, at most 1 GB each). Returns this prefix's shards. Call
     :func:`merge_index` afterwards (the ``shard`` and ``preprocess`` commands do).
 
     >>> import tempfile, numpy as np
@@ -252,7 +275,8 @@ def write_shards(
     if keys is not None:
         wanted = set(keys)
         rows = [r for r in rows if r["zarr_path"].rsplit("/", 1)[0] in wanted]
-    plan = plan_shards([_estimate(store, r) for r in rows], shard_size)
+    sizes = [_estimate(store, r) for r in rows]
+    plan = plan_shards(sizes, shard_size if shard_size is not None else auto_shard_size(sizes))
     done = {s.url: s for s in read_fragment(out, prefix)}
     shards: list[ShardInfo] = []
     for i, part in enumerate(tqdm(plan, desc=f"shards {prefix}", unit="shard", disable=not progress)):
@@ -302,15 +326,18 @@ def merge_index(out: Path) -> dict:
     return index
 
 
-def parse_size(text: str) -> int:
-    """``"1GB"`` → 10**9, ``"512MiB"`` → 536870912, ``"1000"`` → 1000.
+def parse_size(text: str) -> int | None:
+    """``"1GB"`` → 10**9, ``"512MiB"`` → 536870912, ``"1000"`` → 1000, ``"auto"`` → None
+    (:func:`auto_shard_size`).
 
-    >>> parse_size("1GB"), parse_size("512MiB"), parse_size("2.5kB")
-    (1000000000, 536870912, 2500)
+    >>> parse_size("1GB"), parse_size("512MiB"), parse_size("2.5kB"), parse_size("auto")
+    (1000000000, 536870912, 2500, None)
     """
+    if text.strip().lower() == "auto":
+        return None
     match = re.fullmatch(r"\s*([0-9.]+)\s*([kKMGT]i?)?B?\s*", text)
     if not match:
-        raise ValueError(f"{text!r}: expected a size like 1GB, 500MB, 512MiB")
+        raise ValueError(f"{text!r}: expected a size like 1GB, 500MB, 512MiB, or auto")
     unit = (match.group(2) or "").upper().replace("I", "i")
     base = 1024 if unit.endswith("i") else 1000
     power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("i")]

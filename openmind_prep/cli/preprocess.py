@@ -22,7 +22,8 @@ from openmind_prep.selection import Selection
               help="Also write WebDataset tar shards (openmind_prep.shards) into --shards.")
 @click.option("--shards", "shards_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Shard folder for --format zarr,webdataset [default: <out>-wds].")
-@click.option("--shard-size", default="1GB", show_default=True, help="Target bytes per tar shard.")
+@click.option("--shard-size", default="auto", show_default=True,
+              help="Target bytes per tar shard (e.g. 1GB); auto: at least 16 shards, at most 1 GB each.")
 @selection_options
 @cluster_options
 def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_size: int, formats: str,
@@ -30,7 +31,12 @@ def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_si
                        cluster: ClusterConfig) -> None:
     """Preprocess SRC (OpenMind repo layout) into the Zarr store --out with onemmiso (nnssl-exact)."""
     from openmind_prep.preprocess import PreprocessOptions, disk_full, preprocess
+    from openmind_prep.shards import parse_size
 
+    try:  # checked before any work, not after it
+        shard_bytes = parse_size(shard_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--shard-size") from e
     options = PreprocessOptions(dtype=dtype, chunks=chunks)
     try:
         records, rows, table = preprocess(src, store, selection, cluster, options, batch_size=batch_size)
@@ -40,10 +46,10 @@ def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_si
         raise click.ClickException(f"disk full while writing {store} ({e}). Finished batches are kept; free "
                                    "space and re-run the same command to resume.") from e
     if "webdataset" in formats:  # shards of every ok image (resumable: finished shards are kept)
-        from openmind_prep.shards import merge_index, parse_size, write_shards
+        from openmind_prep.shards import merge_index, write_shards
 
         shards_dir = shards_dir or Path(store).with_name(Path(store).name + "-wds")
-        write_shards(store, shards_dir, shard_size=parse_size(shard_size), rows=table.to_pylist())
+        write_shards(store, shards_dir, shard_size=shard_bytes, rows=table.to_pylist())
         click.echo(f"webdataset: {merge_index(shards_dir)['samples']} samples in {shards_dir}")
     report(records, rows, table, store)
 

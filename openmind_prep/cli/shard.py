@@ -12,8 +12,10 @@ import click
 @click.argument("store", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Folder for the tar shards and index.json / index.parquet.")
-@click.option("--shard-size", default="1GB", show_default=True,
-              help="Target bytes per shard; larger shards mean fewer requests on object storage.")
+@click.option("--shard-size", default="auto", show_default=True,
+              help="Target bytes per shard, e.g. 1GB (larger shards mean fewer requests on object storage); "
+                   "auto: at least 16 shards (one per image below 16 images) so several loader workers "
+                   "can stream a small store, at most 1 GB each.")
 @click.option("--prefix", default="shard", show_default=True, help="Shard file name prefix.")
 def shard_command(store: Path, out: Path, shard_size: str, prefix: str) -> None:
     """Write the images of a preprocessed STORE as WebDataset tar shards (resumable)."""
