@@ -1,6 +1,10 @@
 """Thin CVA trainers: ``python -m trainers.cva`` (one file), plain loss functions, backbones, nnssl export.
 
-Modules: :mod:`trainers.losses` (RoI-align of views and the loss terms), :mod:`trainers.networks`
-(ResEnc-L, Primus-M and a tiny CPU net from dynamic-network-architectures, plus the CVA heads),
-:mod:`trainers.export` (nnssl checkpoint with adaptation plan), :mod:`trainers.cva` (the trainer).
+Modules: :mod:`trainers.cva` (the trainer, DINO layout), :mod:`trainers.losses` (RoI-align of views and
+the loss terms), :mod:`trainers.networks` (ResEnc-L, Primus-M and a tiny CPU net from
+dynamic-network-architectures, plus the CVA heads), :mod:`trainers.export` (nnssl checkpoint with
+adaptation plan), :mod:`trainers.kmeans` (k-means of learned features); the trainer's plumbing:
+:mod:`trainers.configs` (TOML run configs, parsed, shipped by name), :mod:`trainers.runfolder`
+(config.json, log, checkpoints as plain data, stop signals), :mod:`trainers.resources` (processes,
+device, setting checks, memory estimate).
 """
