@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from openmind_prep.affine import stored_affine
 from openmind_prep.metadata import ARRAYS
 
 Region = tuple[slice, ...]
@@ -49,7 +50,9 @@ def random_region(shape: Sequence[int], size: int | Sequence[int], rng: np.rando
 def read_sample(key: str, arrays: Mapping[str, Any], region: Region | None, meta: Mapping[str, Any]) -> dict:
     """Read ``region`` from an image and its masks (``zarr.Array``-like, sliced with ``[...]``).
 
-    Shared by both loaders so they yield identical dicts.
+    Shared by both loaders so they yield identical dicts. When the row has ``origin`` and
+    ``direction``, ``meta["affine"]`` is the region's 4×4 RAS affine with columns in the tensor's
+    own axis order (z, y, x) (:func:`openmind_prep.affine.stored_affine`).
 
     >>> s = read_sample("k", {"image": np.arange(8.0).reshape(2, 2, 2)}, (slice(1, 2),) * 3, {})
     >>> s["image"].shape, s["image"].flatten().tolist(), s["meta"]["region"], s["anat_mask"]
@@ -62,5 +65,7 @@ def read_sample(key: str, arrays: Mapping[str, Any], region: Region | None, meta
         array = arrays.get(name)
         sample[name] = None if array is None else torch.from_numpy(np.ascontiguousarray(array[region])[None])
     sample["meta"] = {**meta, "region": [[s.start, s.stop] for s in region], "volume_shape": list(shape)}
+    if meta.get("origin") and meta.get("direction"):  # rows of stores written before lack them
+        sample["meta"]["affine"] = stored_affine(meta, [s.start for s in region]).tolist()
     return sample
 

@@ -36,6 +36,8 @@ SCHEMA = pa.schema([
     ("shape", _ints),                       # stored (cropped, resampled) shape
     ("spacing", _floats),                   # original spacing in mm
     ("crop_bbox", pa.list_(_ints)),         # [[z0, z1], [y0, y1], [x0, x1]], half-open, original voxels
+    ("origin", _floats),                    # SimpleITK's origin of the original image (LPS, x-y-z, mm)
+    ("direction", _floats),                 # SimpleITK's direction (row-major 3x3, LPS); see affine.py
     ("modality", pa.string()),
     ("dataset", pa.string()),
     ("subject", pa.string()),
@@ -60,7 +62,7 @@ def empty_row(image_path: str) -> dict:
     ('failed', [])
     """
     row = {name: "" for name in SCHEMA.names}
-    row.update(image_path=image_path, status=FAILED, shape=[], spacing=[], crop_bbox=[],
+    row.update(image_path=image_path, status=FAILED, shape=[], spacing=[], crop_bbox=[], origin=[], direction=[],
                image_quality_score=None, bytes=0, seconds=0.0)
     return row
 

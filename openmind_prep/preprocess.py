@@ -114,7 +114,8 @@ def process_image(record: ImageRecord, src_root: Path, store: Path, options: Pre
                             chunks=options.chunks, clevel=options.clevel)
         row.update(
             status=OK, zarr_path=stored.zarr_paths[IMAGE], shape=[int(n) for n in image.shape],
-            spacing=attributes["spacing"], crop_bbox=crop_bbox, checksum=stored.checksums[IMAGE],
+            spacing=attributes["spacing"], crop_bbox=crop_bbox, origin=attributes["origin"],
+            direction=attributes["direction"], checksum=stored.checksums[IMAGE],
             dtype=options.dtype, bytes=stored.nbytes,
             **{f"{name}_zarr_path": stored.zarr_paths.get(name, "") for name in MASK_NAMES},
             **{f"{name}_checksum": stored.checksums.get(name, "") for name in MASK_NAMES},
