@@ -53,6 +53,8 @@ def find(spec: str | Path) -> Path:
     shipped = _folder() / (path.name if path.suffix == SUFFIX else path.name + SUFFIX)
     if path.parent == Path(".") and shipped.is_file():
         return shipped
+    if path.suffix == ".py" and path.stem in names():  # the Python config files of earlier versions
+        raise ConfigError(f"{spec}: no such file; trainer configs are TOML now: --config {path.stem}")
     raise ConfigError(f"{spec}: no such config file or shipped config (shipped: {', '.join(names())})")
 
 
