@@ -1,6 +1,7 @@
 """Regions of a stored volume (tuples of slices in the stored axis order, axis 0/1/2 = z/y/x) and
 the one sample reader both loaders use, so the Zarr dataset and the WebDataset stream yield
-identical dicts."""
+identical dicts. Regions are clipped by :func:`openmind_prep.region_read.normalize_region` (NumPy's
+rules), the same function the array reader uses."""
 
 from __future__ import annotations
 
@@ -11,28 +12,9 @@ import torch
 
 from openmind_prep.affine import stored_affine
 from openmind_prep.metadata import ARRAYS
+from openmind_prep.region_read import normalize_region
 
 Region = tuple[slice, ...]
-
-
-def clip_region(region: Region | None, shape: Sequence[int]) -> Region:
-    """Clip a zyx region (tuple of slices, step 1) to a volume; ``None`` means the whole volume.
-
-    >>> clip_region((slice(-5, 10), slice(None), slice(3, 99)), (8, 8, 8))
-    (slice(0, 8, None), slice(0, 8, None), slice(3, 8, None))
-    """
-    if region is None:
-        return tuple(slice(0, int(n)) for n in shape)
-    if len(region) != len(shape):
-        raise ValueError(f"region {region} has {len(region)} axes, volume has {len(shape)}")
-    out = []
-    for s, n in zip(region, shape):
-        if s.step not in (None, 1):
-            raise ValueError(f"region {region}: only step 1 is supported")
-        lo = 0 if s.start is None else min(max(int(s.start), 0), int(n))
-        hi = int(n) if s.stop is None else min(max(int(s.stop), lo), int(n))
-        out.append(slice(lo, hi))
-    return tuple(out)
 
 
 def random_region(shape: Sequence[int], size: int | Sequence[int], rng: np.random.Generator) -> Region:
@@ -48,7 +30,7 @@ def random_region(shape: Sequence[int], size: int | Sequence[int], rng: np.rando
 
 
 def read_sample(key: str, arrays: Mapping[str, Any], region: Region | None, meta: Mapping[str, Any]) -> dict:
-    """Read ``region`` from an image and its masks (``zarr.Array``-like, sliced with ``[...]``).
+    """Read ``region`` (``None``: all) from an image and its masks (arrays sliced with ``[...]``).
 
     Shared by both loaders so they yield identical dicts. When the row has ``origin`` and
     ``direction``, ``meta["affine"]`` is the region's 4×4 RAS affine with columns in the tensor's
@@ -59,7 +41,7 @@ def read_sample(key: str, arrays: Mapping[str, Any], region: Region | None, meta
     (torch.Size([1, 1, 1, 1]), [7.0], [[1, 2], [1, 2], [1, 2]], None)
     """
     shape = tuple(int(n) for n in arrays["image"].shape)
-    region = clip_region(region, shape)
+    region = normalize_region(region, shape)
     sample: dict[str, Any] = {"key": key}
     for name in ARRAYS:
         array = arrays.get(name)

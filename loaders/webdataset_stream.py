@@ -1,19 +1,24 @@
-"""Streaming loader over the tar shards written by :mod:`openmind_prep.shards`.
+"""Streaming loader over the tar shards of :mod:`openmind_prep.shards`, on webdataset's pipeline.
 
-The pipeline is a chain of plain generator stages, each testable with a Python list::
+One ``wds.DataPipeline`` per epoch and DataLoader worker; the library's stages where it has them,
+ours (plain generators, each testable with a list) where it lacks something::
 
-    shard urls ─ shuffle_shards (seeded, per epoch) ─ split_by_node ─ split_by_worker
-      (or resample_shards: infinite, with replacement, for multi-node training)
-    ─ open_shards (fsspec: local paths, hf://, s3://; optional sha256 check) ─ expand_tars
-    ─ shuffle_samples (bounded buffer of still-compressed samples)
-    ─ decode_samples (zshard → tensors, optional random region: only its chunks are decoded)
+    wds.SimpleShardList (seeded per epoch, the same order on every node)
+      or wds.ResampledShards (with replacement, deterministic per seed, epoch, rank and worker)
+    ─ wds.split_by_node ─ wds.split_by_worker   (explicit rank / worker: the same islice)
+    ─ open_shards   ours: fsspec URLs (local, hf://, s3://, memory://), optional sha256 check
+    ─ tar_members   ours: local tars memory-mapped (zshard members are slices of the map, no copy),
+                    member names checked (relative, no ``..``), exact sample count per shard
+    ─ wds.tariterators.group_by_keys            (members → samples)
+    ─ wds.shuffle   bounded buffer of still-compressed samples, seeded
+    ─ decode_samples ours: zshard → tensors, optionally a random region (only its chunks decoded)
 
-:class:`WebDatasetStream` assembles them inside each DataLoader worker and yields the same sample
-dict as :class:`loaders.zarr_dataset.ZarrVolumeDataset`. Node rank / world size come from
-``torch.distributed`` when it is initialised, else from explicit arguments (default 0 / 1); worker
-id / count from ``torch.utils.data.get_worker_info()`` or explicit arguments. Without resampling,
-every shard goes to exactly one (node, worker) per epoch, so every sample appears exactly once;
-too few shards for the ranks × workers raises instead of leaving some idle.
+:class:`WebDatasetStream` yields the same sample dict as :class:`loaders.zarr_dataset.ZarrVolumeDataset`.
+Node rank / world size and worker id / count come from :mod:`loaders.ranks` (webdataset's own
+lookup: ``RANK``/``WORLD_SIZE``, ``torch.distributed``, the DataLoader worker info) unless given.
+Without resampling every shard goes to exactly one (node, worker) per epoch, so every sample
+appears exactly once; too few shards for the ranks × workers raises instead of leaving some idle.
+Plain ``wds.WebDataset(urls).decode(openmind_prep.zshard.decode_zshard)`` also reads these shards.
 """
 
 from __future__ import annotations
@@ -23,20 +28,27 @@ import io
 import json
 import mmap
 import os
+import random
 import tarfile
 import warnings
 import zlib
-from pathlib import PurePosixPath
+from functools import partial
+from itertools import islice
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+import webdataset as wds
+from webdataset.tariterators import group_by_keys
+from webdataset.utils import make_seed
 
 from loaders.ranks import node_rank, worker_rank
 from loaders.regions import random_region, read_sample
 from openmind_prep.metadata import ARRAYS
+from openmind_prep.zshard import EXTENSION, check_member_name, decode_array, untar_key
 
 _TAR_BUFSIZE = 1 << 20  # tarfile's stream default (10 KiB) splits a volume into hundreds of reads + a join
+_REQUIRED = ("json", f"image.{EXTENSION}")
 
 
 class CorruptShardError(ValueError):
@@ -50,7 +62,8 @@ class CorruptShardError(ValueError):
 def read_index(source: str) -> tuple[list[str], dict[str, dict]]:
     """Shard urls and per-shard records (samples, bytes, sha256) from an index.json or its folder.
 
-    Relative shard names resolve against the index's location (local path or fsspec URL).
+    Relative shard names resolve against the index's location (local path or fsspec URL) and must
+    stay inside it.
     """
     import fsspec
 
@@ -60,65 +73,50 @@ def read_index(source: str) -> tuple[list[str], dict[str, dict]]:
     base = url.rsplit("/", 1)[0] if "/" in url else "."
     urls, records = [], {}
     for shard in index["shards"]:
-        full = shard["url"] if "://" in shard["url"] else f"{base}/{shard['url']}"
+        if "://" in shard["url"]:
+            full = shard["url"]
+        else:
+            full = f"{base}/{check_member_name(shard['url'], f'{url}: shard')}"
         urls.append(full)
         records[full] = shard
     return urls, records
 
 
-def shuffle_shards(urls: Sequence[str], seed: int, epoch: int = 0) -> list[str]:
-    """The shard list in a seeded order that changes each epoch (the same on every node).
-
-    >>> shuffle_shards(["a", "b", "c", "d"], seed=0) == shuffle_shards(["a", "b", "c", "d"], seed=0)
-    True
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(len(urls))
-    return [urls[i] for i in order]
-
-
-def split_by_node(urls: Sequence[str], rank: int | None = None, world_size: int | None = None) -> Iterator[str]:
-    """Every ``world_size``-th shard, starting at this node's rank.
+def split_by_node(src: Iterable, rank: int | None = None, world_size: int | None = None) -> Iterator:
+    """``wds.split_by_node``, or every ``world_size``-th item from ``rank`` when given.
 
     >>> list(split_by_node(["a", "b", "c", "d", "e"], rank=1, world_size=2))
     ['b', 'd']
     """
+    if rank is None and world_size is None:
+        return wds.split_by_node(src)
     rank, world_size = node_rank(rank, world_size)
-    yield from list(urls)[rank::world_size]
+    return islice(src, rank, None, world_size)
 
 
-def split_by_worker(urls: Iterable[str], worker: int | None = None, num_workers: int | None = None) -> Iterator[str]:
-    """Every ``num_workers``-th shard of this node's share, starting at this worker's id.
+def split_by_worker(src: Iterable, worker: int | None = None, num_workers: int | None = None) -> Iterator:
+    """``wds.split_by_worker``, or every ``num_workers``-th item from ``worker`` when given.
 
     >>> list(split_by_worker(["b", "d", "f"], worker=0, num_workers=2))
     ['b', 'f']
     """
+    if worker is None and num_workers is None:
+        return wds.split_by_worker(src)
     worker, num_workers = worker_rank(worker, num_workers)
-    yield from list(urls)[worker::num_workers]
+    return islice(src, worker, None, num_workers)
 
 
-def resample_shards(urls: Sequence[str], rng: np.random.Generator) -> Iterator[str]:
-    """Infinite stream of shards drawn with replacement (seed the rng per node and worker).
-
-    >>> from itertools import islice
-    >>> list(islice(resample_shards(["a", "b"], np.random.default_rng(0)), 5))
-    ['b', 'b', 'b', 'a', 'a']
-    """
-    if not urls:
-        raise ValueError("resample_shards: empty shard list")
-    while True:
-        yield urls[int(rng.integers(len(urls)))]
-
-
-def open_shards(urls: Iterable[str], records: dict[str, dict] | None = None, *, verify: bool = False,
-                skip_corrupt: bool = False) -> Iterator[tuple[str, Any]]:
-    """(url, binary stream) per shard, through fsspec.
+def open_shards(sources: Iterable[dict], records: dict[str, dict] | None = None, *, verify: bool = False,
+                skip_corrupt: bool = False) -> Iterator[dict]:
+    """``{"url"}`` → ``{"url", "stream"}`` per shard through fsspec (as ``wds.url_opener``, plus checks).
 
     With ``verify``, the whole shard is read into memory and checked against the index's sha256
     before any of its samples is used (memory: one shard per worker).
     """
     import fsspec
 
-    for url in urls:
+    for source in sources:
+        url = source["url"]
         try:
             if verify:
                 expected = ((records or {}).get(url) or {}).get("sha256")
@@ -128,10 +126,10 @@ def open_shards(urls: Iterable[str], records: dict[str, dict] | None = None, *, 
                     data = f.read()
                 if hashlib.sha256(data).hexdigest() != expected:
                     raise CorruptShardError(url, "sha256 differs from the index")
-                yield url, io.BytesIO(data)
+                yield {**source, "stream": io.BytesIO(data)}
                 continue
             with fsspec.open(url, "rb") as f:
-                yield url, f
+                yield {**source, "stream": f}
         except (CorruptShardError, FileNotFoundError) as err:
             error = err if isinstance(err, CorruptShardError) else CorruptShardError(url, f"missing: {err}")
             if not skip_corrupt:
@@ -139,65 +137,63 @@ def open_shards(urls: Iterable[str], records: dict[str, dict] | None = None, *, 
             warnings.warn(f"skipping {error}", stacklevel=2)
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    path = PurePosixPath(name)
-    stem, _, ext = path.name.partition(".")
-    return str(path.parent / stem) if str(path.parent) != "." else stem, ext
+def tar_members(sources: Iterable[dict], records: dict[str, dict] | None = None, *,
+                skip_corrupt: bool = False) -> Iterator[dict]:
+    """Opened shards → ``{"fname", "data", "__url__"}`` per member and ``{}`` after each shard, for
+    ``group_by_keys`` (as ``wds.tariterators.tar_file_expander``).
 
-
-def expand_tars(streams: Iterable[tuple[str, Any]], records: dict[str, dict] | None = None, *,
-                skip_corrupt: bool = False) -> Iterator[dict[str, Any]]:
-    """Group consecutive tar members by key into raw samples ``{"__key__", "__url__", ext: bytes}``.
-
-    A shard that is a local file is memory-mapped and its ``zshard`` members are ``memoryview``
-    slices of the map (no copy; the region reader decodes straight from them); other seekable streams are read
-    member by member, non-seekable ones in tarfile's stream mode.
-
-    A damaged tar (bad header, truncated member, fewer samples than the index says, a sample
-    without ``json`` or ``image.zshard``) raises :class:`CorruptShardError` naming the shard, or
-    with ``skip_corrupt`` warns and moves on to the next shard.
+    A local file is memory-mapped and its ``zshard`` members are ``memoryview`` slices of the map
+    (the region reader decodes straight from them); other seekable streams are read member by
+    member, non-seekable ones in tarfile's stream mode. Members are passed on one whole sample at
+    a time, so a damaged shard never leaves half a sample behind. A bad header, a truncated
+    member, an absolute or ``..`` member name, a repeated member or a sample count that differs
+    from the index raises :class:`CorruptShardError` naming the shard (``skip_corrupt``: warns and
+    goes on with the next shard).
     """
-    from openmind_prep.shards import EXTENSION, untar_key
-
-    for url, stream in streams:
-        count = 0
+    for source in sources:
+        url, stream, count = source["url"], source["stream"], 0
         try:
-            current: dict[str, Any] = {}
-            seekable = getattr(stream, "seekable", lambda: False)()  # local files, fsspec files: read members directly
-            mapped = _map_file(stream) if seekable else None
-            with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|", bufsize=_TAR_BUFSIZE) as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    stem, ext = _split_name(info.name)
-                    key = untar_key(stem)
-                    if current and current["__key__"] != key:
-                        yield _complete(current)
-                        count, current = count + 1, {}
-                    current.setdefault("__key__", key)
-                    current["__url__"] = url
-                    if mapped is None:
-                        current[ext] = tar.extractfile(info).read()
-                    elif info.offset_data + info.size > len(mapped):
-                        raise tarfile.ReadError(f"unexpected end of data in {info.name}")
-                    else:
-                        data = mapped[info.offset_data:info.offset_data + info.size]
-                        current[ext] = data if ext.endswith(EXTENSION) else bytes(data)
-            if current:
-                yield _complete(current)
-                count += 1
+            pending: list[dict] = []
+            for member in _members(url, stream):
+                if pending and member["stem"] != pending[0]["stem"]:
+                    yield from pending
+                    count, pending = count + 1, []
+                if any(p["fname"] == member["fname"] for p in pending):
+                    raise CorruptShardError(url, f"member {member['fname']!r} appears twice")
+                pending.append(member)
+            yield from pending
+            count += bool(pending)
             expected = ((records or {}).get(url) or {}).get("samples")
             if expected is not None and count != expected:
                 raise CorruptShardError(url, f"{count} samples, index says {expected}")
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-            error = CorruptShardError(url, f"{type(err).__name__}: {err} after {count} samples")
+        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as err:
+            error = err if isinstance(err, CorruptShardError) else \
+                CorruptShardError(url, f"{type(err).__name__}: {err} after {count} samples")
             if not skip_corrupt:
                 raise error from err
             warnings.warn(f"skipping rest of {error}", stacklevel=2)
-        except CorruptShardError as err:
-            if not skip_corrupt:
-                raise
-            warnings.warn(f"skipping rest of {err}", stacklevel=2)
+        yield {}  # end of shard (wds's eof marker): a shard drawn twice in a row never merges samples
+
+
+def _members(url: str, stream: Any) -> Iterator[dict]:
+    seekable = getattr(stream, "seekable", lambda: False)()  # local files, fsspec files: read members directly
+    mapped = _map_file(stream) if seekable else None
+    with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|", bufsize=_TAR_BUFSIZE) as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            name = check_member_name(info.name)
+            stem, dot, ext = name.rpartition("/")[2].partition(".")
+            if not dot:
+                raise tarfile.ReadError(f"member {name!r} has no extension")
+            if mapped is None:
+                data = tar.extractfile(info).read()
+            elif info.offset_data + info.size > len(mapped):
+                raise tarfile.ReadError(f"unexpected end of data in {name}")
+            else:
+                data = mapped[info.offset_data:info.offset_data + info.size]
+                data = data if ext.endswith(EXTENSION) else bytes(data)
+            yield {"fname": name, "data": data, "__url__": url, "stem": name[:len(name) - len(ext) - 1]}
 
 
 def _map_file(stream: Any) -> memoryview | None:
@@ -211,60 +207,33 @@ def _map_file(stream: Any) -> memoryview | None:
         return None
 
 
-def _complete(sample: dict[str, Any]) -> dict[str, Any]:
-    missing = [ext for ext in ("json", "image.zshard") if ext not in sample]
-    if missing:
-        raise CorruptShardError(sample["__url__"], f"sample {sample['__key__']!r} lacks {missing}")
-    return sample
-
-
 def decode_samples(raw: Iterable[dict[str, Any]], *, region_size: int | Sequence[int] | None = None,
                    rng: np.random.Generator | None = None, skip_corrupt: bool = False,
                    masks: bool = True) -> Iterator[dict]:
-    """Raw samples → sample dicts (see :mod:`loaders.zarr_dataset`), optionally a random region.
+    """Grouped samples → sample dicts (see :mod:`loaders.zarr_dataset`), optionally a random region.
 
     Only the chunks inside the region are decompressed (:mod:`openmind_prep.region_read`, straight
     from the member's bytes); ``masks=False`` leaves the masks undecoded (``None`` in the dict).
     """
-    from openmind_prep.shards import decode_array
-
     rng = rng if rng is not None else np.random.default_rng(0)
     names = ARRAYS if masks else ARRAYS[:1]
     for sample in raw:
         url, key = sample["__url__"], sample["__key__"]
         try:
+            missing = [ext for ext in _REQUIRED if ext not in sample]
+            if missing:
+                raise ValueError(f"lacks {missing}")
+            key = untar_key(key)
             meta = json.loads(sample["json"])
-            arrays = {name: decode_array(sample[f"{name}.zshard"], f"{url}:{key}.{name}.zshard")
-                      for name in names if f"{name}.zshard" in sample}
-            shape = arrays["image"].shape
-            region = None if region_size is None else random_region(shape, region_size, rng)
+            arrays = {name: decode_array(sample[f"{name}.{EXTENSION}"], f"{url}:{key}.{name}.{EXTENSION}")
+                      for name in names if f"{name}.{EXTENSION}" in sample}
+            region = None if region_size is None else random_region(arrays["image"].shape, region_size, rng)
             yield read_sample(key, arrays, region, meta)
         except Exception as err:  # damaged blob or chunk: name shard and sample
             error = CorruptShardError(url, f"sample {key!r}: {type(err).__name__}: {err}")
             if not skip_corrupt:
                 raise error from err
             warnings.warn(f"skipping {error}", stacklevel=2)
-
-
-def shuffle_samples(samples: Iterable[Any], bufsize: int, rng: np.random.Generator) -> Iterator[Any]:
-    """Bounded shuffle: keep ``bufsize`` samples, emit a random one as each new one arrives.
-
-    >>> sorted(shuffle_samples(range(10), 4, np.random.default_rng(0))) == list(range(10))
-    True
-    """
-    if bufsize <= 1:
-        yield from samples
-        return
-    buffer: list[Any] = []
-    for sample in samples:
-        if len(buffer) < bufsize:
-            buffer.append(sample)
-            continue
-        i = int(rng.integers(len(buffer)))
-        buffer[i], sample = sample, buffer[i]
-        yield sample
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 class WebDatasetStream(torch.utils.data.IterableDataset):
@@ -278,8 +247,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
         region_size: read only a random region of this many voxels per axis (None: whole volume).
         resampled: draw shards with replacement, forever (multi-node training); pair with
             ``samples_per_worker`` to end an epoch.
-        rank, world_size, worker, num_workers: explicit split (default: torch.distributed /
-            the DataLoader worker info).
+        rank, world_size, worker, num_workers: explicit split (default: webdataset's lookup).
         skip_corrupt: warn and skip a damaged shard / sample instead of raising.
         verify: check each shard's sha256 against the index before use (buffers one shard).
         masks: also decode ``anon_mask`` / ``anat_mask`` where a sample has them.
@@ -308,28 +276,41 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
         """Change shard order, shuffle and regions for the next pass (call before iterating)."""
         self.epoch = epoch
 
-    def shards(self, worker: int | None = None, num_workers: int | None = None) -> list[str]:
-        """This (node, worker)'s shards for the current epoch (non-resampled mode)."""
+    def _shard_stages(self, worker_arg: int | None, num_workers: int | None) -> list:
         rank, world = node_rank(self.rank, self.world_size)
-        worker, workers = worker_rank(self.worker if worker is None else worker,
-                                      self.num_workers if num_workers is None else num_workers)
+        worker, workers = worker_rank(worker_arg, num_workers)
+        if self.resampled:
+            return [wds.ResampledShards(self.urls, seed=self.seed, deterministic=True,
+                                        worker_seed=lambda: make_seed(rank, worker, self.epoch))]
         if len(self.urls) < world * workers:
             raise ValueError(f"{len(self.urls)} shards cannot feed {world} nodes x {workers} workers: "
                              "write smaller shards (--shard-size) or use resampled=True")
-        ordered = shuffle_shards(self.urls, self.seed, self.epoch)
-        return list(split_by_worker(split_by_node(ordered, rank, world), worker, workers))
+        return [wds.SimpleShardList(self.urls, seed=make_seed(self.seed, self.epoch)),
+                partial(split_by_node, rank=self.rank, world_size=self.world_size),
+                partial(split_by_worker, worker=worker_arg, num_workers=num_workers)]
+
+    def shards(self, worker: int | None = None, num_workers: int | None = None) -> list[str]:
+        """This (node, worker)'s shards for the current epoch (non-resampled mode)."""
+        worker = self.worker if worker is None else worker
+        num_workers = self.num_workers if num_workers is None else num_workers
+        return [s["url"] for s in wds.DataPipeline(*self._shard_stages(worker, num_workers))]
+
+    def pipeline(self) -> wds.DataPipeline:
+        """This (node, worker)'s ``wds.DataPipeline`` for the current epoch."""
+        rank, _ = node_rank(self.rank, self.world_size)
+        worker, _ = worker_rank(self.worker, self.num_workers)
+        rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
+        shuffle = None
+        if self.shuffle_buffer > 1:
+            shuffle = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
+                                  rng=random.Random(make_seed(self.seed, self.epoch, rank, worker)))
+        return wds.DataPipeline(
+            *self._shard_stages(self.worker, self.num_workers),
+            partial(open_shards, records=self.records, verify=self.verify, skip_corrupt=self.skip_corrupt),
+            partial(tar_members, records=self.records, skip_corrupt=self.skip_corrupt),
+            group_by_keys, shuffle,
+            partial(decode_samples, region_size=self.region_size, rng=rng, skip_corrupt=self.skip_corrupt,
+                    masks=self.masks))
 
     def __iter__(self) -> Iterator[dict]:
-        rank, world = node_rank(self.rank, self.world_size)
-        worker, workers = worker_rank(self.worker, self.num_workers)
-        rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
-        urls: Iterable[str] = resample_shards(self.urls, rng) if self.resampled else self.shards(worker, workers)
-        streams = open_shards(urls, self.records, verify=self.verify, skip_corrupt=self.skip_corrupt)
-        raw = expand_tars(streams, self.records, skip_corrupt=self.skip_corrupt)
-        raw = shuffle_samples(raw, self.shuffle_buffer, rng)  # compressed samples: small buffer
-        samples = decode_samples(raw, region_size=self.region_size, rng=rng, skip_corrupt=self.skip_corrupt,
-                                 masks=self.masks)
-        for count, sample in enumerate(samples):
-            if self.samples_per_worker is not None and count >= self.samples_per_worker:
-                return
-            yield sample
+        return islice(self.pipeline(), self.samples_per_worker)

@@ -27,7 +27,8 @@ import torch
 
 from loaders.ranks import node_rank
 from loaders.regions import Region, random_region, read_sample
-from openmind_prep.metadata import ARRAY_COLUMNS, ARRAYS
+from openmind_prep.metadata import ARRAY_COLUMNS, ARRAYS, row_key
+
 _CACHE_SIZE = 256
 
 
@@ -55,7 +56,7 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
 
         self.store = Path(store)
         rows = [r for r in read_manifest(self.store).to_pylist() if r["status"] == OK]
-        by_key = {r["zarr_path"].rsplit("/", 1)[0]: r for r in rows}
+        by_key = {row_key(r): r for r in rows}
         if keys is not None:
             missing = [k for k in keys if k not in by_key]
             if missing:

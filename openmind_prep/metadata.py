@@ -23,6 +23,16 @@ MASK_NAMES = ("anon_mask", "anat_mask")
 ARRAYS = ("image", *MASK_NAMES)
 ARRAY_COLUMNS = {"image": "zarr_path", **{name: f"{name}_zarr_path" for name in MASK_NAMES}}
 
+
+def row_key(row: dict) -> str:
+    """The image (group) key of a manifest row: where its arrays live in the store, the sample key.
+
+    >>> row_key({"zarr_path": "ds1/sub-1/anat/sub-1_T1w/image"})
+    'ds1/sub-1/anat/sub-1_T1w'
+    """
+    return row["zarr_path"].rsplit("/", 1)[0]
+
+
 #: Columns we interpret; every other column is carried through in ``ImageRecord.extra``.
 CORE_COLUMNS = (
     "image_path",

@@ -23,12 +23,12 @@ from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
 from openmind_prep.manifest import FAILED, OK, current_rows, empty_row, merge_manifest, write_fragment
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata, source_path
 from openmind_prep.selection import Selection
-from openmind_prep.store import IMAGE, MASK_NAMES, case_exists, clear_tmp, create_store, image_key, write_case
+from openmind_prep.store import CODEC, IMAGE, MASK_NAMES, case_exists, clear_tmp, create_store, image_key, write_case
 
 
 @dataclass(frozen=True)
 class PreprocessOptions:
-    """Per-image settings: stored dtype, inner chunk edge, blosc zstd level, input size cap
+    """Per-image settings: stored dtype, inner chunk edge, blosc level (of ``store.CODEC``), input size cap
     (``max_bytes``; None: the Dask worker's memory limit / 8, see :func:`worker_max_bytes`).
 
     >>> PreprocessOptions().dtype
@@ -37,7 +37,7 @@ class PreprocessOptions:
 
     dtype: str = "float16"
     chunks: int = 64
-    clevel: int = 5
+    clevel: int = CODEC["clevel"]
     max_bytes: int | None = None
 
 

@@ -1,7 +1,7 @@
 """Read a region of a stored array by decoding only the inner chunks it touches (the one read path).
 
 Both loaders read through here: :class:`loaders.ZarrVolumeDataset` (array folders of the store) and
-the WebDataset decoder (``zshard`` blobs, :func:`openmind_prep.shards.decode_array`). The arrays are
+the WebDataset decoder (``zshard`` blobs, :func:`openmind_prep.zshard.decode_array`). The arrays are
 the store's layout (``openmind_prep.store``): Zarr v3, ``sharding_indexed`` with inner codecs
 ``bytes`` + ``blosc`` and the shard index (``bytes`` + ``crc32c``) at the end of each shard file.
 Anything else is refused with a clear error naming the array.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import mmap
 import os
 import struct
@@ -70,14 +71,27 @@ class ArrayLayout:
         return self.separator.join(["c", *map(str, shard)])
 
 
+#: Bounds on what an array may declare (ours: 64³ chunks, one shard): a reader allocates one chunk
+#: and walks the chunk grid, so a hostile ``zarr.json`` must not make either huge.
+MAX_CHUNK_BYTES, MAX_CHUNKS = 256 * 2**20, 2**20
+
+
 def parse_layout(meta: Mapping[str, Any], name: str) -> ArrayLayout:
     """Validate a ``zarr.json`` (dict) as the store's layout; ``name`` goes into errors."""
+    try:
+        return _parse_layout(meta, name)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, OverflowError) as err:
+        if isinstance(err, ValueError) and str(err).startswith(f"{name}: unsupported"):
+            raise
+        raise ValueError(f"{name}: unsupported Zarr array layout ({type(err).__name__}: {err})") from None
 
+
+def _parse_layout(meta: Mapping[str, Any], name: str) -> ArrayLayout:
     def refuse(reason: str) -> ValueError:
         return ValueError(f"{name}: unsupported Zarr array layout ({reason}); expected the openmind-prep store's "
                           "zarr v3 sharding_indexed [bytes, blosc] with index [bytes, crc32c] at the end")
 
-    if meta.get("zarr_format") != 3 or meta.get("node_type", "array") != "array":
+    if not isinstance(meta, Mapping) or meta.get("zarr_format") != 3 or meta.get("node_type", "array") != "array":
         raise refuse("not a zarr v3 array")
     codecs = meta.get("codecs") or []
     if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
@@ -94,21 +108,34 @@ def parse_layout(meta: Mapping[str, Any], name: str) -> ArrayLayout:
     if grid.get("name") != "regular" or keys.get("name") != "default":
         raise refuse(f"chunk grid {grid.get('name')}, key encoding {keys.get('name')}")
     dtype = np.dtype(meta["data_type"]).newbyteorder("<" if endian == "little" else ">")
-    shard, chunk = tuple(grid["configuration"]["chunk_shape"]), tuple(config["chunk_shape"])
-    if len(shard) != len(meta["shape"]) or any(s % c for s, c in zip(shard, chunk)):
-        raise refuse(f"shard {shard} not a multiple of chunk {chunk}")
+    shape, shard, chunk = (tuple(meta["shape"]), tuple(grid["configuration"]["chunk_shape"]),
+                           tuple(config["chunk_shape"]))
+    sizes = [*shape, *shard, *chunk]
+    if not all(type(n) is int for n in sizes) or min(shape, default=0) < 0 or min([*shard, *chunk], default=1) < 1:
+        raise refuse(f"shape {shape}, shard {shard}, chunk {chunk} must be non-negative / positive integers")
+    if dtype.kind not in "biuf" or len(shard) != len(shape) or len(chunk) != len(shape) or \
+            any(s % c for s, c in zip(shard, chunk)):
+        raise refuse(f"dtype {dtype}, shard {shard} not a multiple of chunk {chunk}")
+    chunk_bytes = math.prod(chunk) * dtype.itemsize
+    chunks = math.prod(-(-n // c) for n, c in zip(shape, chunk))
+    if chunk_bytes > MAX_CHUNK_BYTES or chunks > MAX_CHUNKS:
+        raise refuse(f"{chunks} chunks of {chunk_bytes} bytes (at most {MAX_CHUNKS} of {MAX_CHUNK_BYTES})")
     fill = np.array(meta.get("fill_value") or 0).astype(dtype)
-    return ArrayLayout(name, tuple(int(n) for n in meta["shape"]), dtype, shard, chunk, fill,
+    return ArrayLayout(name, shape, dtype, shard, chunk, fill,
                        blosc=inner[-1] == "blosc", index_crc=index[-1] == "crc32c",
                        separator=(keys.get("configuration") or {}).get("separator", "/"))
 
 
 def normalize_region(region: Any, shape: Sequence[int]) -> tuple[slice, ...]:
-    """``...``, a slice or a tuple of slices (step 1) → one clipped slice per axis, as NumPy clips.
+    """``None``, ``...``, a slice or a tuple of slices (step 1) → one clipped slice per axis, as NumPy
+    clips (a negative bound counts from the end). The one region clipping of both loaders.
 
     >>> normalize_region((slice(2, 99), Ellipsis), (10, 4, 4))
     (slice(2, 10, None), slice(0, 4, None), slice(0, 4, None))
+    >>> normalize_region(None, (2, 3))
+    (slice(0, 2, None), slice(0, 3, None))
     """
+    region = Ellipsis if region is None else region
     items = list(region) if isinstance(region, tuple) else [region]
     if items.count(Ellipsis) > 1 or not all(isinstance(s, slice) or s is Ellipsis for s in items):
         raise IndexError(f"region {region!r}: use slices (step 1) and at most one '...'")
@@ -142,7 +169,7 @@ class ShardedArray:
 
     ``open_shard(key)`` returns a shard's bytes as a buffer that slices without copying (a
     ``memoryview`` of an ``mmap`` or of a blob) or ``None`` for a shard that does not exist.
-    Use :func:`open_array` (a folder) or :func:`openmind_prep.shards.decode_array` (a blob).
+    Use :func:`open_array` (a folder) or :func:`openmind_prep.zshard.decode_array` (a blob).
     Shards and their indexes are kept open for the life of the object.
     """
 

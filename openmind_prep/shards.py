@@ -7,21 +7,14 @@ Layout of ``OUT``::
     OUT/index.json, index.parquet merged index: per shard url, samples, bytes, sha256 (+ keys in json)
 
 One sample per image; its tar members share the image key (``.`` and ``%`` percent-encoded so
-WebDataset's "extension starts at the first dot" rule holds; :func:`tar_key` / :func:`untar_key`)::
+WebDataset's "extension starts at the first dot" rule holds, always relative:
+:func:`openmind_prep.zshard.tar_key`), written by ``webdataset.TarWriter`` in its order
+(extensions sorted)::
 
-    <key>.image.zshard       the image array, encoding ``zshard`` (below)
-    <key>.anon_mask.zshard   only when the image has a defacing mask
     <key>.anat_mask.zshard   only when the image has a foreground mask
+    <key>.anon_mask.zshard   only when the image has a defacing mask
+    <key>.image.zshard       the image array (encoding: :mod:`openmind_prep.zshard`)
     <key>.json               its manifest row (``checksum`` = sha256 of the decoded image bytes)
-
-Encoding ``zshard`` (version 1) carries the Zarr array's own files, byte for byte, so a sample is
-exactly as large as the Zarr copy and a region read decodes only the inner chunks inside it
-(:mod:`openmind_prep.region_read`, the same reader as the Zarr dataset's)::
-
-    8 bytes  b"OMZSHRD1"
-    8 bytes  N, uint64 little-endian
-    N bytes  UTF-8 JSON {"files": [[name, nbytes], ...]}  (names relative to the array: zarr.json, c/0/0/0)
-    ...      the files' bytes, concatenated in that order
 
 Every file is written to a temporary name and renamed; a shard is skipped on a re-run when the
 fragment lists it with the same keys and the file on disk has the recorded size.
@@ -34,20 +27,15 @@ import io
 import json
 import os
 import re
-import struct
-import tarfile
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
-from urllib.parse import quote, unquote
-
 
 from openmind_prep.atomic import write_parquet, write_text
-from openmind_prep.metadata import ARRAY_COLUMNS
+from openmind_prep.metadata import ARRAY_COLUMNS, row_key
+from openmind_prep.zshard import EXTENSION, encode_array, tar_key
 
-MAGIC = b"OMZSHRD1"
-EXTENSION = "zshard"
 INDEX_DIR = "_index"
 INDEX_JSON, INDEX_PARQUET = "index.json", "index.parquet"
 _TAR_OVERHEAD = 3 * 512  # header + PAX header + padding, per member (upper estimate)
@@ -67,83 +55,14 @@ class ShardInfo:
         return len(self.keys)
 
 
-def tar_key(key: str) -> str:
-    """Image key → tar member stem (``.`` and ``%`` percent-encoded, ``/`` kept).
-
-    >>> tar_key("ds1/sub-1/anat/sub-1_acq-1.5T_T1w")
-    'ds1/sub-1/anat/sub-1_acq-1%2E5T_T1w'
-    >>> untar_key(tar_key("a/b.c%d")) == "a/b.c%d"
-    True
-    """
-    return quote(key, safe="/").replace(".", "%2E")
-
-
-def untar_key(stem: str) -> str:
-    """Inverse of :func:`tar_key`."""
-    return unquote(stem)
-
-
-def encode_array(folder: Path) -> bytes:
-    """A stored Zarr array folder (``zarr.json`` + shard files) → one ``zshard`` blob.
-
-    >>> import tempfile, numpy as np
-    >>> from openmind_prep.store import create_store, write_case
-    >>> s = create_store(Path(tempfile.mkdtemp()) / "s")
-    >>> _ = write_case(s, "a", {"image": np.arange(24, dtype=np.float32).reshape(2, 3, 4)}, {})
-    >>> float(decode_array(encode_array(s / "a" / "image"))[1, 2, 3])
-    23.0
-    """
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    names = [p.relative_to(folder).as_posix() for p in files]
-    if "zarr.json" not in names:
-        raise FileNotFoundError(f"{folder}: not a Zarr array (no zarr.json)")
-    names.remove("zarr.json")
-    names.insert(0, "zarr.json")
-    blobs = [(folder / n).read_bytes() for n in names]
-    header = json.dumps({"files": [[n, len(b)] for n, b in zip(names, blobs)]}).encode()
-    return b"".join([MAGIC, struct.pack("<Q", len(header)), header, *blobs])
-
-
-def decode_array(blob: bytes | memoryview, name: str = "<blob>"):
-    """A ``zshard`` blob → read-only :class:`openmind_prep.region_read.ShardedArray` over it.
-
-    Nothing is copied or decompressed up front: slicing decodes only the chunks it touches,
-    straight from the blob. ``name`` (e.g. ``shard.tar:key.image.zshard``) goes into errors.
-    """
-    from openmind_prep.region_read import ShardedArray, parse_layout
-
-    view = memoryview(blob)
-    if len(view) < 16 or bytes(view[:8]) != MAGIC:
-        raise ValueError(f"{name}: not a zshard blob (bad magic)")
-    (n,) = struct.unpack("<Q", view[8:16])
-    try:
-        files = json.loads(bytes(view[16:16 + n]))["files"]
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{name}: damaged zshard header ({err})") from None
-    start, contents = 16 + n, {}
-    for fname, size in files:
-        if start + size > len(view):
-            raise ValueError(f"{name}: truncated zshard ({fname} needs {size} bytes)")
-        contents[fname] = view[start:start + size]
-        start += size
-    if "zarr.json" not in contents:
-        raise ValueError(f"{name}: damaged zshard (no zarr.json)")
-    try:
-        meta = json.loads(bytes(contents["zarr.json"]))
-    except ValueError as err:
-        raise ValueError(f"{name}: damaged zarr.json ({err})") from None
-    return ShardedArray(parse_layout(meta, name), contents.get)
-
-
-def _sample_members(store: Path, row: dict) -> list[tuple[str, bytes]]:
-    stem = tar_key(row["zarr_path"].rsplit("/", 1)[0])
-    members = []
+def _sample(store: Path, row: dict) -> dict[str, bytes | str]:
+    """One image as a WebDataset sample dict (``__key__`` + one member per extension)."""
+    sample: dict[str, bytes | str] = {"__key__": tar_key(row_key(row))}
     for name, column in ARRAY_COLUMNS.items():
         if row.get(column):
-            members.append((f"{stem}.{name}.{EXTENSION}", encode_array(Path(store) / row[column])))
-    members.append((f"{stem}.json", json.dumps(row, sort_keys=True, default=str).encode()))
-    return members
+            sample[f"{name}.{EXTENSION}"] = encode_array(Path(store) / row[column])
+    sample["json"] = json.dumps(row, sort_keys=True, default=str).encode()
+    return sample
 
 
 def _estimate(store: Path, row: dict) -> int:
@@ -209,17 +128,18 @@ class _HashingFile(io.RawIOBase):
         return self.f.write(data)
 
 
-def _write_tar(path: Path, samples: Iterable[list[tuple[str, bytes]]]) -> tuple[int, str]:
+def _write_tar(path: Path, samples: Iterable[dict]) -> tuple[int, str]:
+    """Write samples with ``webdataset.TarWriter`` (PAX, mtime 0, fixed owner: reproducible bytes)."""
+    import webdataset as wds
+
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as raw:
             hashing = _HashingFile(raw)
-            with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for members in samples:
-                    for name, data in members:
-                        info = tarfile.TarInfo(name)
-                        info.size, info.mtime, info.mode = len(data), 0, 0o444
-                        tar.addfile(info, io.BytesIO(data))
+            with wds.TarWriter(hashing, encoder=False, user="", group="", mode=0o444, mtime=0,
+                               format="PAX_FORMAT", compress=False) as tar:
+                for sample in samples:
+                    tar.write(sample)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, path)
@@ -274,19 +194,19 @@ def write_shards(
     rows = [r for r in rows if r["status"] == OK]
     if keys is not None:
         wanted = set(keys)
-        rows = [r for r in rows if r["zarr_path"].rsplit("/", 1)[0] in wanted]
+        rows = [r for r in rows if row_key(r) in wanted]
     sizes = [_estimate(store, r) for r in rows]
     plan = plan_shards(sizes, shard_size if shard_size is not None else auto_shard_size(sizes))
     done = {s.url: s for s in read_fragment(out, prefix)}
     shards: list[ShardInfo] = []
     for i, part in enumerate(tqdm(plan, desc=f"shards {prefix}", unit="shard", disable=not progress)):
         url = f"{prefix}-{i:06d}.tar"
-        part_keys = tuple(rows[j]["zarr_path"].rsplit("/", 1)[0] for j in part)
+        part_keys = tuple(row_key(rows[j]) for j in part)
         old = done.get(url)
         if old and old.keys == part_keys and (out / url).is_file() and (out / url).stat().st_size == old.bytes:
             shards.append(old)
             continue
-        size, digest = _write_tar(out / url, (_sample_members(store, rows[j]) for j in part))
+        size, digest = _write_tar(out / url, (_sample(store, rows[j]) for j in part))
         shards.append(ShardInfo(url, part_keys, size, digest))
         _atomic_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]})
     _atomic_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]})

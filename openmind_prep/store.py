@@ -12,8 +12,9 @@ Layout (``STORE`` is a Zarr v3 group on a local or shared POSIX file system)::
     STORE/_tmp/                                  groups being written (never read)
 
 Every array is ONE shard file (zarr's sharding codec) holding inner chunks (64³ by default),
-each compressed with blosc zstd + byte shuffle, one blosc block per chunk (measured in
-``benchmarks/NOTES.md``: smaller and ~2× faster to decode than bitshuffle for float16). A group is first written under ``STORE/_tmp/``
+each compressed with blosc (:data:`CODEC`: lz4hc-4 + byte shuffle, one blosc block per chunk;
+every option measured in ``benchmarks/NOTES.md``: lz4hc decodes 2.5× faster than zstd-5 for
+float16, encodes as fast, and stays under half of nnssl's bytes in total). A group is first written under ``STORE/_tmp/``
 and then renamed to its key, so a killed run never leaves a half-written array at a final key.
 Each array's attributes carry ``checksum`` = ``"sha256:<hex>"`` of its decoded C-order bytes
 in the stored dtype.
@@ -39,6 +40,9 @@ from openmind_prep.metadata import MASK_NAMES, strip_nifti_suffix  # noqa: F401 
 TMP_DIR = "_tmp"
 IMAGE = "image"
 DTYPES = ("float16", "float32")
+#: The chunk codec (blosc): name, level, shuffle. Readers need nothing from it (blosc chunks say
+#: their own codec), so changing it never invalidates a store.
+CODEC = {"cname": "lz4hc", "clevel": 4, "shuffle": "shuffle"}
 _GROUP_META = {"zarr_format": 3, "node_type": "group", "attributes": {}}
 
 
@@ -112,7 +116,7 @@ def write_case(
     attributes: Mapping[str, Any],
     *,
     chunks: int = 64,
-    clevel: int = 5,
+    clevel: int = CODEC["clevel"],
 ) -> StoredCase:
     """Write one image group (``image`` plus masks) atomically at ``key``; replaces an old one.
 
@@ -141,7 +145,7 @@ def write_case(
         attrs = {**(attributes if name == IMAGE else {}), "checksum": checksums[name]}
         array = group.create_array(
             name, shape=data.shape, dtype=data.dtype, chunks=inner, shards=shard,
-            compressors=BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle",
+            compressors=BloscCodec(cname=CODEC["cname"], clevel=clevel, shuffle=CODEC["shuffle"],
                                    blocksize=int(np.prod(inner)) * data.itemsize),
             fill_value=0, attributes=_jsonable(attrs),
         )

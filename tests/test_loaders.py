@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections import Counter
 from itertools import islice
@@ -10,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
 from _store_builder import build_store
 from loaders.collate import collate_volumes, to_device
-from loaders.webdataset_stream import (CorruptShardError, WebDatasetStream, shuffle_samples, split_by_node,
-                                       split_by_worker)
+from loaders.webdataset_stream import CorruptShardError, WebDatasetStream, split_by_node, split_by_worker
 from loaders.zarr_dataset import RegionSampler, ZarrVolumeDataset
 from openmind_prep.shards import merge_index, write_shards
 
@@ -113,7 +114,8 @@ def test_stage_split_partitions_a_list():
     urls = [f"s{i}" for i in range(11)]
     parts = [list(split_by_worker(split_by_node(urls, r, 3), w, 2)) for r in range(3) for w in range(2)]
     assert sorted(u for p in parts for u in p) == sorted(urls)
-    assert sorted(shuffle_samples(range(50), 7, np.random.default_rng(1))) == list(range(50))
+    shuffled = list(wds.shuffle(7, rng=random.Random(1))(iter(range(50))))
+    assert sorted(shuffled) == list(range(50)) and shuffled != list(range(50))
 
 
 def test_too_few_shards_raise_instead_of_idling(data):

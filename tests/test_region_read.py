@@ -11,7 +11,7 @@ from zarr.codecs import BloscCodec
 
 import openmind_prep.region_read as rr
 from _store_builder import real_volumes
-from openmind_prep.shards import decode_array, encode_array
+from openmind_prep.zshard import decode_array, encode_array
 from openmind_prep.store import create_store, write_case
 
 
