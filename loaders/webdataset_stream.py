@@ -158,6 +158,9 @@ def tar_members(sources: Iterable[dict], records: dict[str, dict] | None = None,
                 if pending and member["stem"] != pending[0]["stem"]:
                     yield from pending
                     count, pending = count + 1, []
+                check_member_name(member["fname"])
+                if member["stem"] == member["fname"]:
+                    raise tarfile.ReadError(f"member {member['fname']!r} has no extension")
                 if any(p["fname"] == member["fname"] for p in pending):
                     raise CorruptShardError(url, f"member {member['fname']!r} appears twice")
                 pending.append(member)
@@ -182,10 +185,8 @@ def _members(url: str, stream: Any) -> Iterator[dict]:
         for info in tar:
             if not info.isfile():
                 continue
-            name = check_member_name(info.name)
-            stem, dot, ext = name.rpartition("/")[2].partition(".")
-            if not dot:
-                raise tarfile.ReadError(f"member {name!r} has no extension")
+            name = info.name  # checked by tar_members once the sample before it is complete
+            ext = name.rpartition("/")[2].partition(".")[2]
             if mapped is None:
                 data = tar.extractfile(info).read()
             elif info.offset_data + info.size > len(mapped):
@@ -193,7 +194,7 @@ def _members(url: str, stream: Any) -> Iterator[dict]:
             else:
                 data = mapped[info.offset_data:info.offset_data + info.size]
                 data = data if ext.endswith(EXTENSION) else bytes(data)
-            yield {"fname": name, "data": data, "__url__": url, "stem": name[:len(name) - len(ext) - 1]}
+            yield {"fname": name, "data": data, "__url__": url, "stem": name[:len(name) - len(ext) - 1] if ext else name}
 
 
 def _map_file(stream: Any) -> memoryview | None:

@@ -120,7 +120,8 @@ def _parse_layout(meta: Mapping[str, Any], name: str) -> ArrayLayout:
     chunks = math.prod(-(-n // c) for n, c in zip(shape, chunk))
     if chunk_bytes > MAX_CHUNK_BYTES or chunks > MAX_CHUNKS:
         raise refuse(f"{chunks} chunks of {chunk_bytes} bytes (at most {MAX_CHUNKS} of {MAX_CHUNK_BYTES})")
-    fill = np.array(meta.get("fill_value") or 0).astype(dtype)
+    with np.errstate(all="ignore"):
+        fill = np.array(meta.get("fill_value") or 0).astype(dtype)
     return ArrayLayout(name, shape, dtype, shard, chunk, fill,
                        blosc=inner[-1] == "blosc", index_crc=index[-1] == "crc32c",
                        separator=(keys.get("configuration") or {}).get("separator", "/"))
@@ -283,6 +284,8 @@ def _decompress(data: Any, dest: np.ndarray, what: str) -> None:
     previous, blosc.use_threads = blosc.use_threads, False  # blosc_decompress_ctx, 1 thread
     try:
         blosc.decompress(view, dest)
+    except RuntimeError as err:  # numcodecs: "error during blosc decompression: -1"
+        raise ValueError(f"{what}: {err}") from None
     finally:
         blosc.use_threads = previous
 
