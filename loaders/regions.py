@@ -1,7 +1,7 @@
 """Regions of a stored volume (tuples of slices in the stored axis order, axis 0/1/2 = z/y/x) and
 the one sample reader both loaders use, so the Zarr dataset and the WebDataset stream yield
-identical dicts. Regions are clipped by :func:`openmind_prep.region_read.normalize_region` (NumPy's
-rules), the same function the array reader uses."""
+identical dicts. Regions are boxes clamped to the volume by
+:func:`openmind_prep.region_read.normalize_region` (``box=True``), the reader's one clipping."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def read_sample(key: str, arrays: Mapping[str, Any], region: Region | None, meta
     (torch.Size([1, 1, 1, 1]), [7.0], [[1, 2], [1, 2], [1, 2]], None)
     """
     shape = tuple(int(n) for n in arrays["image"].shape)
-    region = normalize_region(region, shape)
+    region = normalize_region(region, shape, box=True)
     sample: dict[str, Any] = {"key": key}
     for name in ARRAYS:
         array = arrays.get(name)

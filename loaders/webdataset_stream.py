@@ -194,7 +194,8 @@ def _members(url: str, stream: Any) -> Iterator[dict]:
             else:
                 data = mapped[info.offset_data:info.offset_data + info.size]
                 data = data if ext.endswith(EXTENSION) else bytes(data)
-            yield {"fname": name, "data": data, "__url__": url, "stem": name[:len(name) - len(ext) - 1] if ext else name}
+            stem = name[:len(name) - len(ext) - 1] if ext else name
+            yield {"fname": name, "data": data, "__url__": url, "stem": stem}
 
 
 def _map_file(stream: Any) -> memoryview | None:

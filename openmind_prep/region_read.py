@@ -127,17 +127,20 @@ def _parse_layout(meta: Mapping[str, Any], name: str) -> ArrayLayout:
                        separator=(keys.get("configuration") or {}).get("separator", "/"))
 
 
-def normalize_region(region: Any, shape: Sequence[int]) -> tuple[slice, ...]:
-    """``None``, ``...``, a slice or a tuple of slices (step 1) → one clipped slice per axis, as NumPy
-    clips (a negative bound counts from the end). The one region clipping of both loaders.
+def normalize_region(region: Any, shape: Sequence[int], *, box: bool = False) -> tuple[slice, ...]:
+    """``None``, ``...``, a slice or a tuple of slices (step 1) → one clipped slice per axis.
+
+    The one region clipping of the reader and both loaders. As an index (default) bounds follow
+    NumPy (a negative bound counts from the end); as a ``box`` (the loaders' regions: voxel
+    coordinates that may reach outside the volume) every bound is clamped to ``[0, n]``.
 
     >>> normalize_region((slice(2, 99), Ellipsis), (10, 4, 4))
     (slice(2, 10, None), slice(0, 4, None), slice(0, 4, None))
-    >>> normalize_region(None, (2, 3))
-    (slice(0, 2, None), slice(0, 3, None))
+    >>> region = (slice(-5, 10), slice(None))
+    >>> normalize_region(region, (8, 3)), normalize_region(region, (8, 3), box=True)
+    ((slice(3, 8, None), slice(0, 3, None)), (slice(0, 8, None), slice(0, 3, None)))
     """
-    region = Ellipsis if region is None else region
-    items = list(region) if isinstance(region, tuple) else [region]
+    items = list(region) if isinstance(region, tuple) else [Ellipsis if region is None else region]
     if items.count(Ellipsis) > 1 or not all(isinstance(s, slice) or s is Ellipsis for s in items):
         raise IndexError(f"region {region!r}: use slices (step 1) and at most one '...'")
     if Ellipsis in items:
@@ -146,7 +149,11 @@ def normalize_region(region: Any, shape: Sequence[int]) -> tuple[slice, ...]:
     items += [slice(None)] * (len(shape) - len(items))
     if len(items) != len(shape) or any(s.step not in (None, 1) for s in items):
         raise IndexError(f"region {region!r} does not fit shape {tuple(shape)} with step 1")
-    bounds = [s.indices(n)[:2] for s, n in zip(items, shape)]
+    if box:
+        bounds = [(min(max(int(0 if s.start is None else s.start), 0), int(n)),
+                   min(max(int(n if s.stop is None else s.stop), 0), int(n))) for s, n in zip(items, shape)]
+    else:
+        bounds = [s.indices(int(n))[:2] for s, n in zip(items, shape)]
     return tuple(slice(start, max(start, stop)) for start, stop in bounds)
 
 
