@@ -289,7 +289,10 @@ def train(args: argparse.Namespace) -> dict:
         from trainers.export import save_nnssl_checkpoint
 
         source_net = student if args.export_weights == "student" else teacher
-        save_nnssl_checkpoint(args.export, source_net.backbone, args.arch, args.patch_size, config)
+        try:
+            save_nnssl_checkpoint(args.export, source_net.backbone, args.arch, args.patch_size, config)
+        except (OSError, RuntimeError) as err:  # the run itself is saved: a rerun only exports
+            raise RunError(f"--export {args.export}: cannot write it ({err}); fix it and rerun to export") from None
         say(f"exported {args.export_weights} backbone to {args.export}")
     return result
 

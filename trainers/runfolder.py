@@ -119,7 +119,10 @@ def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
     import torch
 
     path = out / CHECKPOINT
-    atomic.write_with(path, lambda tmp: torch.save(state, tmp), previous=out / PREVIOUS)
+    try:
+        atomic.write_with(path, lambda tmp: torch.save(state, tmp), previous=out / PREVIOUS)
+    except (OSError, RuntimeError) as err:  # disk full, folder gone: the earlier checkpoints stay as they were
+        raise RunError(f"{path}: cannot write the checkpoint ({(str(err).splitlines() or [''])[0]})") from None
     return path
 
 

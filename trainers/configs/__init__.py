@@ -90,9 +90,10 @@ def _coerce(action: argparse.Action, value: Any, path: Path) -> Any:
             raise ConfigError(f"{path}: {name} must be true or false, not {value!r}")
         return value
     if action.nargs in ("+", "*"):
-        if not isinstance(value, list) or not value:
-            raise ConfigError(f"{path}: {name} must be a non-empty list, not {value!r}")
-        return [_scalar(action, v, path) for v in value]
+        values = value if isinstance(value, list) else [value]  # patch_size = 32 reads as [32]
+        if not values:
+            raise ConfigError(f"{path}: {name} must not be empty")
+        return [_scalar(action, v, path) for v in values]
     return _scalar(action, value, path)
 
 
