@@ -67,7 +67,7 @@ def _views(shards: Path, run: Path, patch: int, device: str, seed: int) -> dict:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    save_views_png(pair, run / "views.png", n=min(3, len(volumes)))
+    save_views_png(pair, run / "views.png", n=min(3, len(volumes)), volumes=volumes)
     return {"pairs": len(volumes), "patch": patch, "sampler_seconds": round(seconds, 4),
             "overlaps": [round(float(o), 3) for o in pair.overlaps],
             "keys": [s["key"] for s in samples]}

@@ -6,20 +6,17 @@ from pathlib import Path
 
 import click
 
-from openmind_prep.metadata import strip_nifti_suffix
-
 
 def _find_image(store: Path, image: str) -> str:
-    """Accept a group key, an array path or the CSV image_path; return the group key."""
-    from openmind_prep.store import case_exists
+    """The group key of IMAGE among the store's ``ok`` images (key, CSV image_path or a raw-tree path)."""
+    from openmind_prep.manifest import OK, read_manifest
+    from openmind_prep.show import find_image_key
 
-    key = strip_nifti_suffix(image.strip("/"))
-    if key.endswith("/image"):
-        key = key[: -len("/image")]
-    if not case_exists(store, f"{key}/image"):
-        raise click.BadParameter(f"{store}: no stored image {image!r} (see STORE/manifest.parquet)",
-                                 param_hint="IMAGE")
-    return key
+    keys = [r["zarr_path"].rsplit("/", 1)[0] for r in read_manifest(store).to_pylist() if r["status"] == OK]
+    try:
+        return find_image_key(keys, image)
+    except ValueError as e:
+        raise click.BadParameter(f"{store}: {e}", param_hint="IMAGE") from e
 
 
 @click.command("show")
@@ -30,7 +27,8 @@ def _find_image(store: Path, image: str) -> str:
 def show_command(store: Path, image: str, out: Path, masks: bool) -> None:
     """Render a preprocessed volume of STORE (three planes) to a PNG.
 
-    IMAGE is the image's path as in the metadata CSV (``ds.../sub-.../anat/x.nii.gz``) or its key.
+    IMAGE is the image's path as in the metadata CSV (``ds.../sub-.../anat/x.nii.gz``), its key, or a
+    path copied from the raw tree (``RAW/OpenMind/ds.../x.nii.gz``); a miss lists close names.
     """
     from openmind_prep.show import render_volume
     from openmind_prep.store import MASK_NAMES, case_exists, image_array
