@@ -163,12 +163,13 @@ def write_present_csv(full_csv: Path, raw: Path) -> tuple[Path, int]:
     tmp = out.with_name(out.name + ".tmp")
     n = 0
     with open(full_csv, newline="", encoding="utf-8-sig") as src, tmp.open("w", newline="", encoding="utf-8") as dst:
-        reader = csv.DictReader(src)
-        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [])
-        writer.writeheader()
-        for row in reader:
-            paths = [row.get(k, "") or "" for k in ("image_path", "anon_mask_path", "anat_mask_path")]
-            paths = [p.strip() for p in paths if p.strip() and p.strip().lower() != "nan"]
+        reader, writer = csv.reader(src), csv.writer(dst)
+        header = next(reader, [])
+        writer.writerow(header)
+        columns = [header.index(k) for k in ("image_path", "anon_mask_path", "anat_mask_path") if k in header]
+        for row in reader:  # rows are copied as they are (a row longer than the header too)
+            paths = [row[i].strip() for i in columns if i < len(row)]
+            paths = [p for p in paths if p and p.lower() != "nan"]
             if paths and all((raw / IMAGES_DIR / p).is_file() for p in paths):
                 writer.writerow(row)
                 n += 1

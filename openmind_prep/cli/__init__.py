@@ -5,6 +5,7 @@ heavy imports (torch, dask, zarr, SimpleITK) happen inside the commands so ``--h
 from __future__ import annotations
 
 import errno
+import sys
 
 import click
 
@@ -25,6 +26,9 @@ def user_error(error: BaseException) -> str | None:
 
     if isinstance(error, (MetadataError, DownloadError, InputError)):
         return str(error)
+    arrow = sys.modules.get("pyarrow")  # a damaged manifest.parquet: Arrow's message names the file
+    if arrow is not None and isinstance(error, arrow.ArrowException) and not isinstance(error, MemoryError):
+        return " ".join(str(error).split())
     if isinstance(error, OSError):
         where = error.filename if error.filename is not None else "(no file named)"
         what = error.strerror or str(error) or type(error).__name__

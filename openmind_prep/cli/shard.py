@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import click
@@ -25,7 +26,13 @@ def shard_command(store: Path, out: Path, shard_size: str, prefix: str) -> None:
         size = parse_size(shard_size)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--shard-size") from e
-    shards = write_shards(store, out, shard_size=size, prefix=prefix)
-    index = merge_index(out)
+    try:
+        shards = write_shards(store, out, shard_size=size, prefix=prefix)
+        index = merge_index(out)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise click.ClickException(f"{out}: disk full while writing shards ({e.strerror}); finished shards are "
+                                   "kept: free space and re-run the same command to resume") from e
     click.echo(f"{len(shards)} shards ({sum(s.samples for s in shards)} samples) under {out}; "
                f"index: {index['samples']} samples in {len(index['shards'])} shards")
