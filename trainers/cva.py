@@ -37,8 +37,7 @@ if TYPE_CHECKING:  # numpy and torch load when a run starts, not for --help
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The trainer's flags, each with its default and when to change it (``--help`` imports no torch)."""
-    p = argparse.ArgumentParser("trainers.cva", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser("trainers.cva", description=__doc__.split("\n\n")[0], formatter_class=configs.HelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s (openmind-prep {__version__})")
     p.add_argument("--config", action="append", default=[], metavar="NAME_OR_FILE",
                    help=f"TOML file of `name = value` settings, or a shipped one by name ({', '.join(configs.names())}). "
@@ -114,17 +113,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags over the merged ``--config`` files over the defaults; bad values exit 2 with one line."""
     parser = get_args_parser()
-    first = parser.parse_args(argv)
-    try:
-        parser.set_defaults(**configs.merge(parser, first.config))
-    except configs.ConfigError as err:
-        parser.error(str(err))
-    args = parser.parse_args(argv)
-    if (args.store is None) == (args.shards is None) or args.out is None:
-        parser.error("--out and exactly one of --store / --shards are required (on the command line or in --config)")
-    if len(args.patch_size) not in (1, 3):
-        parser.error("--patch-size takes 1 or 3 integers")
-    args.patch_size = list(args.patch_size) * 3 if len(args.patch_size) == 1 else list(args.patch_size)
+    args = configs.parse(parser, argv)
+    if len(args.patch_size) == 1:
+        args.patch_size = list(args.patch_size) * 3
     problem = invalid_settings(args)
     if problem:
         parser.error(problem)

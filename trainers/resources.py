@@ -64,10 +64,14 @@ def invalid_settings(args) -> str | None:
     """The first trainer setting out of its range (as a usage message), else None.
 
     >>> from argparse import Namespace
-    >>> invalid_settings(Namespace(arch="resenc-l", patch_size=[96, 96, 80]))
+    >>> invalid_settings(Namespace(store="s", shards=None, out="o", arch="resenc-l", patch_size=[96, 96, 80]))
     '--patch-size [96, 96, 80]: resenc-l needs multiples of 32 per axis'
     """
+    if (args.store is None) == (args.shards is None) or args.out is None:
+        return "--out and exactly one of --store / --shards are required (on the command line or in --config)"
     multiple = PATCH_MULTIPLE[args.arch]
+    if len(args.patch_size) != 3:
+        return f"--patch-size {args.patch_size}: 1 or 3 integers"
     if any(p < multiple or p % multiple for p in args.patch_size):
         return f"--patch-size {args.patch_size}: {args.arch} needs multiples of {multiple} per axis"
     for name in ("batch_size", "steps", "ckpt_every", "log_every", "mask_block", "align_size", "pool_size", "proj_dim"):

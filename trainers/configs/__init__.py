@@ -129,3 +129,29 @@ def merge(parser: argparse.ArgumentParser, specs: Sequence[str | Path]) -> dict[
             raise ConfigError(f"{path}: unknown setting(s) {unknown}")
         merged.update({k: _coerce(actions[k], v, path) for k, v in data.items()})
     return merged
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with the merged ``--config`` files as defaults (a bad file: one usage line, exit 2).
+
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--config", action="append", default=[])
+    >>> _ = p.add_argument("--arch", default="resenc-l")
+    >>> parse(p, ["--config", "tiny_cpu"]).arch
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
+    first = parser.parse_args(argv)
+    try:
+        parser.set_defaults(**merge(parser, first.config))
+    except ConfigError as err:
+        parser.error(str(err))
+    return parser.parse_args(argv)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help lines end with the default, where there is one (not for None or an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default in (None, []) else super()._get_help_string(action)
