@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from openmind_prep.retry import DownloadError, RetryPolicy, ShortTransfer, retrying
+from openmind_prep.retry import DownloadError, RetryPolicy, ShortTransfer, reason, retrying
 
 __all__ = ["DownloadError", "RetryPolicy", "HubRepo", "RemoteFile", "VerifiedState", "download_files",
            "fetch_batch", "fetch_verified", "file_digests"]
@@ -322,7 +322,7 @@ def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Pa
             if not moved and on_bytes is not None:
                 on_bytes(f.size)
         except Exception as e:  # noqa: BLE001 - reported per file
-            out.append((f.path, str(e) if isinstance(e, DownloadError) else f"{f.path}: {e!r}"))
+            out.append((f.path, str(e) if isinstance(e, DownloadError) else f"{f.path}: {reason(e)}"))
         if on_file is not None:
             on_file()
     return out

@@ -155,7 +155,8 @@ def reason(error: BaseException) -> str:
     if status is not None:
         wait = server_wait(getattr(_response(error), "headers", None))
         asked = f" (the server asks to wait {wait:g} s)" if wait is not None else ""
-        return f"HTTP {status}{' rate limited' if status == 429 else ''}{asked}"
+        kind = "" if type(error).__name__ in ("HfHubHTTPError", "HTTPStatusError") else f" {type(error).__name__}"
+        return f"HTTP {status}{' rate limited' if status == 429 else kind}{asked}"
     if isinstance(error, httpx2.TimeoutException):
         return f"{type(error).__name__}: no answer in time ({str(error) or 'timed out'})"
     first = (str(error).strip().splitlines() or [""])[0]

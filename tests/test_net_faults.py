@@ -233,3 +233,17 @@ def test_verify_all_rehashes_a_file_changed_in_place_with_size_and_mtime_kept(hu
     assert "1 downloaded" in checked.output and [h.path for h in hub.hits("cdn")] == [T1]
     assert target.read_bytes() == (sample_tree / T1).read_bytes()
     assert not list((raw / STATE_DIR / "partial").glob("*"))
+
+
+def test_a_file_gone_since_the_lock_fails_in_one_line_and_is_not_retried(hub, sample_tree, tmp_path, capsys):
+    lock, _ = download(_repo(hub.endpoint), tmp_path / "a", lock_only=True, progress=False)
+    mask = "OpenMind/ds000001/sub-01/anat/sub-01_T1w__Data/deface_mask.nii.gz"  # a plain git file here
+    hub.blobs.pop(mask)
+    hub.by_sha.pop(hub.blobs.pop(T1).sha256)  # the CDN object is gone too
+    hub.clear_log()
+    _, report = _bounded(download, _repo(hub.endpoint), tmp_path / "b", lock=lock, progress=False)
+    assert dict(report.failed) == {T1: f"{T1}: HTTP 404 RemoteEntryNotFoundError",
+                                   mask: f"{mask}: HTTP 404 RemoteEntryNotFoundError"}
+    assert len([h for h in hub.log if h.path in (T1, mask)]) == 2  # a 404 is final: one request each
+    assert "retry" not in capsys.readouterr().err
+    assert len(report.transferred) == len(lock.data_files) - 2
