@@ -11,7 +11,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # torch loads when a run starts
+    import argparse
+
+    import torch
 
 ARCHITECTURES = ("resenc-l", "primus-m", "tiny")
 
@@ -60,7 +65,7 @@ def cpu_refusal(arch: str, patch_size: Sequence[int], batch_size: int) -> str | 
             "or pass --force to run it anyway")
 
 
-def invalid_settings(args) -> str | None:
+def invalid_settings(args: argparse.Namespace) -> str | None:
     """The first trainer setting out of its range (as a usage message), else None.
 
     >>> from argparse import Namespace
@@ -95,7 +100,7 @@ class Processes:
     rank: int
     local_rank: int
     world: int
-    device: "object"  # torch.device
+    device: torch.device
 
     @property
     def cuda(self) -> bool:

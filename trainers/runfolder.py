@@ -26,9 +26,15 @@ import signal
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from openmind_prep import atomic
+
+if TYPE_CHECKING:  # torch loads when a run starts
+    import torch
+
+    from loaders.batches import BatchSource
+    from trainers.resources import Processes
 
 CHECKPOINT, PREVIOUS, LOG, CONFIG, PLOT = "checkpoint.pt", "checkpoint.prev.pt", "log.jsonl", "config.json", "loss.png"
 _KEYS = ("student", "teacher", "optimizer", "step", "rng", "config")
@@ -103,7 +109,7 @@ class StepLog:
             self.file.close()
 
 
-def weights_digest(*modules) -> str:
+def weights_digest(*modules: torch.nn.Module) -> str:
     """sha256 of the modules' state tensors (equal on DDP replicas that are in sync)."""
     import torch
 
@@ -126,7 +132,9 @@ def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def save(out: Path, step: int, *, student, teacher, optimizer, source, view_rng, config: dict, procs) -> None:
+def save(out: Path, step: int, *, student: torch.nn.Module, teacher: torch.nn.Module,
+         optimizer: torch.optim.Optimizer, source: BatchSource, view_rng: torch.Generator, config: dict,
+         procs: Processes) -> None:
     """Checkpoint everything exact resume needs (every rank calls; rank 0 writes; nothing with --no-checkpoint).
 
     Each rank's RNG states (torch, CUDA, the view sampler's generator) and a sha256 of its student
@@ -153,7 +161,8 @@ def save(out: Path, step: int, *, student, teacher, optimizer, source, view_rng,
         dist.barrier()
 
 
-def restore(ckpt: dict, *, student, teacher, optimizer, source, view_rng, config: dict, procs) -> int:
+def restore(ckpt: dict, *, student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            source: BatchSource, view_rng: torch.Generator, config: dict, procs: Processes) -> int:
     """Load a checkpoint of :func:`save` into this run's objects; returns its step."""
     import torch
 
@@ -251,7 +260,7 @@ class StopSignals:
     def name(self) -> str | None:
         return None if self.signum is None else signal.Signals(self.signum).name
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:  # the second one: stop without saving
             raise KeyboardInterrupt
         self.signum = signum
@@ -269,7 +278,7 @@ class StopSignals:
         for s, handler in self._old.items():
             signal.signal(s, handler)
 
-    def agreed(self, device=None, world: int = 1) -> bool:
+    def agreed(self, device: torch.device | None = None, world: int = 1) -> bool:
         """Whether any process was asked to stop (one all-reduce across processes; every rank must call).
 
         A rank that got no signal itself takes on the one another rank got.
