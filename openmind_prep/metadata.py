@@ -8,6 +8,7 @@ Empty mask cells mean "no mask" (nnssl's converter crashes on them; we do not).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,16 +152,17 @@ class MetadataError(ValueError):
     """The metadata CSV cannot be read; the message names the file and, where known, the line."""
 
 
-def _decoded_lines(f, csv_path: Path):
-    """The lines of a binary file as text: UTF-8 (a leading BOM dropped); a byte that is not UTF-8 is
-    a :class:`MetadataError` naming the line (a multi-byte character never contains ``\\n``)."""
-    for n, line in enumerate(f, 1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise MetadataError(f"{csv_path}: line {n}: not UTF-8 (byte 0x{line[e.start]:02x} at column "
-                                f"{e.start + 1}); save the CSV as UTF-8") from None
-        yield text.removeprefix("\ufeff") if n == 1 else text
+def _decode(data: bytes, csv_path: Path) -> str:
+    """The CSV's text: UTF-8, a leading BOM dropped; a byte that is not UTF-8 is a
+    :class:`MetadataError` naming the line and column (any newline convention is kept for ``csv``)."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise MetadataError(f"{csv_path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at column "
+                            f"{column}); save the CSV as UTF-8") from None
 
 
 def read_metadata(csv_path: Path) -> list[ImageRecord]:
@@ -180,22 +182,22 @@ def read_metadata(csv_path: Path) -> list[ImageRecord]:
     """
     csv_path = Path(csv_path)
     try:
-        with csv_path.open("rb") as f:
-            reader = csv.DictReader(_decoded_lines(f, csv_path))
-            try:
-                if reader.fieldnames is None or "image_path" not in reader.fieldnames:
-                    raise MetadataError(f"{csv_path}: not an OpenMind metadata CSV (no 'image_path' column)")
-                records = []
-                for row in reader:
-                    try:
-                        records.append(record_from_row(row))
-                    except ValueError as e:
-                        raise MetadataError(f"{csv_path}: line {reader.line_num}: {e}") from None
-                return records
-            except csv.Error as e:
-                raise MetadataError(f"{csv_path}: line {reader.line_num}: {e}") from None
+        data = csv_path.read_bytes()
     except OSError as e:
         raise MetadataError(f"{csv_path}: cannot read: {e.strerror or e}") from None
+    reader = csv.DictReader(io.StringIO(_decode(data, csv_path), newline=""))
+    try:
+        if reader.fieldnames is None or "image_path" not in reader.fieldnames:
+            raise MetadataError(f"{csv_path}: not an OpenMind metadata CSV (no 'image_path' column)")
+        records = []
+        for row in reader:
+            try:
+                records.append(record_from_row(row))
+            except ValueError as e:
+                raise MetadataError(f"{csv_path}: line {reader.line_num}: {e}") from None
+        return records
+    except csv.Error as e:
+        raise MetadataError(f"{csv_path}: line {reader.line_num}: {e}") from None
 
 
 def source_path(images: Path, rel: str) -> Path:

@@ -77,6 +77,12 @@ def test_a_bom_is_accepted_everywhere_the_csv_is_read(src, tmp_path, monkeypatch
     assert read_metadata(raw / METADATA_CSV) == plain  # RAW's CSV lists every downloaded image
 
 
+@pytest.mark.parametrize("newline", [b"\r\n", b"\r"])
+def test_windows_and_old_mac_line_ends_read_like_unix_ones(src, newline):
+    plain = read_metadata(src / METADATA_CSV)
+    assert read_metadata(_edit_csv(src, lambda b: b.replace(b"\n", newline))) == plain
+
+
 CSV_CASES = {  # name -> (edit of the CSV bytes, expected message after "<csv>: ")
     "bad byte": (lambda b: b.replace(b"ds000003_00001", b"ds000003_0\xff001"), "line 3: not UTF-8 (byte 0xff at column"),
     "latin-1 cell": (lambda b: b.replace(b"healthy", "h\u00e9althy".encode("latin-1"), 1),
@@ -201,7 +207,8 @@ def test_no_command_prints_a_traceback_on_bad_input(src, tmp_path):
         (["shard", str(damaged), "--out", str(tmp_path / "w")], 1, f"{damaged / 'manifest.parquet'}"),
         (["verify", str(damaged)], 1, f"{damaged / 'manifest.parquet'}"),
         (["plan", "--from-manifest", str(damaged)], 1, f"{damaged / 'manifest.parquet'}"),
-        (["show", str(damaged), "x", "--out", str(tmp_path / "x.png")], 2, "no stored image 'x'"),
+        (["show", str(damaged), "x", "--out", str(tmp_path / "x.png")], 1, f"{damaged / 'manifest.parquet'}"),
+        (["show", str(empty), "x", "--out", str(tmp_path / "x.png")], 2, "no stored image 'x'"),
         (["sample", str(garbage)], 2, "is a file"),
     ]
     for args, code, text in cases:
