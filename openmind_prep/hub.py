@@ -60,7 +60,8 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class HubRepo:
-    """A dataset repo on a hub endpoint (``None``: ``HF_ENDPOINT`` or huggingface.co).
+    """A dataset repo (or, with ``repo_type="model"``, a model repo) on a hub endpoint
+    (``None``: ``HF_ENDPOINT`` or huggingface.co).
 
     ``token`` None uses the usual HF env/config token (``HF_TOKEN``, ``hf auth login``). Every
     request gives up connecting after ``connect_timeout_s`` and waiting for bytes after
@@ -92,6 +93,7 @@ class HubRepo:
         if client.timeout != wanted:
             client.timeout = wanted
         return client
+    repo_type: str = "dataset"
 
     def _api(self):
         from huggingface_hub import HfApi
@@ -101,8 +103,8 @@ class HubRepo:
 
     def resolve_commit(self) -> str:
         """The commit sha the revision points to now (every later request is pinned to it)."""
-        info = retrying(lambda: self._api().dataset_info(self.repo_id, revision=self.revision,
-                                                         timeout=self.timeout()),
+        info = retrying(lambda: self._api().repo_info(self.repo_id, repo_type=self.repo_type,
+                                                      revision=self.revision, timeout=self.timeout()),
                         f"{self.repo_id}@{self.revision}", self.policy)
         if not info.sha:
             raise DownloadError(self.repo_id, f"the hub returned no commit sha for {self.revision!r}")
@@ -118,7 +120,7 @@ class HubRepo:
         for start in tqdm(range(0, len(paths), batch), desc="paths-info", unit="req",
                           disable=not progress or len(paths) <= batch):
             chunk = list(paths[start:start + batch])
-            entries = retrying(lambda: self._api().get_paths_info(self.repo_id, chunk, repo_type="dataset",
+            entries = retrying(lambda: self._api().get_paths_info(self.repo_id, chunk, repo_type=self.repo_type,
                                                                   revision=commit),
                                f"paths-info ({chunk[0]} ...)", self.policy)
             for e in entries:
@@ -140,7 +142,7 @@ class HubRepo:
     def url(self, commit: str, path: str) -> str:
         from huggingface_hub import hf_hub_url
 
-        return hf_hub_url(self.repo_id, path, repo_type="dataset", revision=commit, endpoint=self.endpoint)
+        return hf_hub_url(self.repo_id, path, repo_type=self.repo_type, revision=commit, endpoint=self.endpoint)
 
 
 def file_digests(path: Path) -> tuple[str, str]:

@@ -96,15 +96,17 @@ class _Blob:
 
 
 class HubFixture:
-    """Serve ``root`` as dataset ``repo_id`` on 127.0.0.1 (random port) until :meth:`close`.
+    """Serve ``root`` as dataset ``repo_id`` (``repo_type="model"``: a model repo) on 127.0.0.1 (random port)
+    until :meth:`close`.
 
     Files smaller than ``lfs_threshold`` bytes are plain git files (no LFS sha256); others are LFS.
     ``on_request`` is called (in the server thread) at the start of every request.
     """
 
     def __init__(self, root: Path, repo_id: str = "AnonRes/OpenMind", *, lfs_threshold: int = 0,
-                 page_size: int = 3, on_request: Callable[[], None] | None = None) -> None:
-        self.repo_id = repo_id
+                 page_size: int = 3, on_request: Callable[[], None] | None = None,
+                 repo_type: str = "dataset") -> None:
+        self.repo_id, self.repo_type = repo_id, repo_type
         self.page_size = page_size
         self.on_request = on_request
         self.faults = Faults()
@@ -229,14 +231,16 @@ class _Handler(BaseHTTPRequestHandler):
         if url_path.startswith("/cdn/"):
             return "cdn", "", "", url_path[len("/cdn/"):]
         repo = self.hub.repo_id
-        for kind, prefix in (("paths-info", f"/api/datasets/{repo}/paths-info/"),
-                             ("tree", f"/api/datasets/{repo}/tree/"),
-                             ("info", f"/api/datasets/{repo}/revision/"),
-                             ("resolve", f"/datasets/{repo}/resolve/")):
+        api = f"/api/datasets/{repo}" if self.hub.repo_type == "dataset" else f"/api/models/{repo}"
+        files = f"/datasets/{repo}" if self.hub.repo_type == "dataset" else f"/{repo}"
+        for kind, prefix in (("paths-info", f"{api}/paths-info/"),
+                             ("tree", f"{api}/tree/"),
+                             ("info", f"{api}/revision/"),
+                             ("resolve", f"{files}/resolve/")):
             if url_path.startswith(prefix):
                 rev, _, rest = url_path[len(prefix):].partition("/")
                 return kind, repo, rev, rest
-        if url_path == f"/api/datasets/{repo}":
+        if url_path == api:
             return "info", repo, "main", ""
         return "", "", "", url_path
 

@@ -176,7 +176,7 @@ def test_config_files_merge_in_order_flags_win_and_names_work_anywhere(tmp_path,
     assert f"{b}: steps must be int" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cva.parse_args([*base, "--config", "no_such_config"])
-    assert "shipped: mae_only, primus_m_cva, resenc_l_cva, tiny_cpu" in capsys.readouterr().err
+    assert "shipped: mae_only, primus_m_cva, primus_m_mae, resenc_l_cva, resenc_l_mae, tiny_cpu, tiny_cpu_mae" in capsys.readouterr().err
     # the wheel carries them: package data covers every shipped config file
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     shipped_files = sorted(p.name for p in (ROOT / "trainers/configs").glob("*.toml"))
@@ -238,7 +238,7 @@ def test_damaged_data_stops_the_run_with_one_line(store, tmp_path, capsys):
 
 def test_help_and_version_answer_without_importing_torch():
     code = ("import sys, trainers.cva as c; h = c.get_args_parser().format_help(); "
-            "print('torch' in sys.modules, '(default: 0.0003)' in h)")
+            "print('torch' in sys.modules, '(default: 0.995)' in h)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert proc.stdout.split() == ["False", "True"], proc.stderr
     proc = subprocess.run([sys.executable, "-m", "trainers.cva", "--version"], cwd=ROOT, env=ENV,

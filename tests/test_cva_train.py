@@ -51,8 +51,7 @@ def _fixed_batch_loss(store: Path, ckpt: dict, args) -> float:
     teacher.load_state_dict(ckpt["teacher"])
     torch.manual_seed(0)
     with torch.no_grad():
-        out_s = student(pair.views * pair.masks, predict=True)
-        out_t = teacher(pair.views, predict=False)
+        out_s, out_t = cva.forward_pair(student, teacher, pair.views, pair.masks, args)
         terms = cva.cva_losses(out_s, out_t, pair.views, pair.boxes, pair.masks, args)
     return float(terms["loss"])
 
@@ -141,18 +140,18 @@ def test_every_ablation_row_gives_its_terms_and_gradients(recon, consistency, co
     flags = ["--recon", recon, "--consistency", consistency, "--contrastive" if contrastive else "--no-contrastive"]
     args = cva.parse_args(["--store", str(tmp_path), "--out", str(tmp_path), *TINY, *flags])
     torch.manual_seed(0)
-    net = CVANet(tiny(), 2, 32, vector_head=contrastive)
-    teacher = CVANet(tiny(), 2, 32, vector_head=contrastive).eval()
+    net = CVANet(tiny(), 2, 32, heads=cva.uses_heads(args))
+    teacher = CVANet(tiny(), 2, 32, heads=cva.uses_heads(args)).eval()
     views = torch.randn(4, 1, 16, 16, 16)
     boxes = torch.tensor([[0.25, 0.0, 0.5, 1.0, 0.75, 1.0]] * 2 + [[0.0, 0.25, 0.5, 0.75, 1.0, 0.0]] * 2)
     masks = torch.rand(4, 1, 16, 16, 16) > 0.75 if recon == "mae" else None
-    out_s = net(views if masks is None else views * masks)
-    with torch.no_grad():
-        out_t = teacher(views, predict=False)
+    out_s, out_t = cva.forward_pair(net, teacher, views, masks, args)
+    assert (out_t is None) == (consistency == "none" and not contrastive)  # no teacher forward when unused
     terms = cva.cva_losses(out_s, out_t, views, boxes, masks, args)
     want = {"loss", "recon"} | ({"consistency"} if consistency != "none" else set()) | ({"ntxent"} if contrastive else set())
     assert set(terms) == want
-    expected = 5.0 * terms["recon"] + terms.get("consistency", 0) + 0.1 * terms.get("ntxent", 0)
+    weight = {"none": 0.0, "cva": 1.0, "c-cva": 0.5, "gram": 2.0}[consistency]  # the fork's weights
+    expected = 5.0 * terms["recon"] + weight * terms.get("consistency", 0) + 0.1 * terms.get("ntxent", 0)
     torch.testing.assert_close(terms["loss"], expected)
     terms["loss"].backward()
     assert net.backbone.encoder.stem.convs[0].conv.weight.grad.abs().sum() > 0

@@ -131,7 +131,7 @@ def test_gram_consistency_equals_the_formula():
     for r in range(2):
         x = F.normalize(s[r].reshape(3, -1), dim=0)
         y = F.normalize(t[(r + 1) % 2].reshape(3, -1), dim=0)
-        want += ((x @ x.T - y @ y.T) / 8).pow(2).mean().item() / 2
+        want += (x @ x.T - y @ y.T).pow(2).mean().item() / 2  # sums over the 8 voxels, not means
     assert losses.gram_consistency(s, t).item() == pytest.approx(want, rel=1e-5)
 
 

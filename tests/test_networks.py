@@ -133,7 +133,7 @@ def test_cva_net_heads_and_pooling():
     assert out["volume"].shape == (4, 8 + 16 + 32 + 64, 4, 4, 4)
     assert out["vector"].shape == (4, 32)
     assert net(torch.randn(4, 1, 16, 16, 16), predict=False)["vector"].shape == (4, 32)
-    plain = networks.CVANet(networks.tiny(), pool_size=4, vector_head=False)
+    plain = networks.CVANet(networks.tiny(), pool_size=4, heads=False)
     assert plain.projector is None and plain(torch.randn(2, 1, 16, 16, 16))["vector"] is None
     # 32³ input: the last stage is 4³ = the pool size, so its slice of the volume is that stage unchanged
     x = torch.randn(2, 1, 32, 32, 32)
@@ -141,6 +141,25 @@ def test_cva_net_heads_and_pooling():
     feats, _ = networks.stage_features(plain.backbone, x)
     assert feats[3].shape[2:] == (4, 4, 4)
     torch.testing.assert_close(plain(x)["volume"][:, 8 + 16 + 32:], feats[3])
+
+
+def test_voxel_head_projects_every_pooled_voxel_like_the_forks_rearrange():
+    """The fork: ``(b w h d) c`` rows through projector (+ predictor on the student), back to ``b c w h d``."""
+    torch.manual_seed(1)
+    net = networks.CVANet(networks.tiny(), pool_size=2, proj_dim=16).eval()  # BN uses batch stats either way
+    x = torch.randn(3, 1, 16, 16, 16)
+    raw = net(x, voxel_head=False)["volume"]
+    for predict in (True, False):
+        got = net(x, predict=predict, voxel_head=True)["volume"]
+        rows = raw.permute(0, 2, 3, 4, 1).reshape(-1, raw.shape[1])  # "b c w h d -> (b w h d) c"
+        z = net.projector(rows)
+        z = net.predictor(z) if predict else z
+        want = z.reshape(3, 2, 2, 2, 16).permute(0, 4, 1, 2, 3)  # "(b w h d) c -> b c w h d"
+        torch.testing.assert_close(got, want)
+    assert [m.out_features for m in net.projector if isinstance(m, nn.Linear)] == [16, 16, 16]
+    assert [m.out_features for m in net.predictor if isinstance(m, nn.Linear)] == [4, 16]
+    with pytest.raises(ValueError, match="without heads"):
+        networks.CVANet(networks.tiny(), pool_size=2, heads=False)(x, voxel_head=True)
 
 
 def test_unknown_architecture_is_refused():

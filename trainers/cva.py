@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 from openmind_prep import __version__
 from trainers import configs, runfolder
+from trainers.method import CONSISTENCY_WEIGHTS, cva_losses, forward_pair, init_stage2, uses_heads  # noqa: F401
+from trainers.optim import OPTIMIZERS, resolve_optimizer_defaults
 from trainers.resources import ARCHITECTURES, cpu_refusal, invalid_settings, setup_processes
 from trainers.runfolder import RunError, say
 
@@ -69,7 +71,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-ratio", type=float, default=0.75, help="MAE: fraction of blocks hidden from the student.")
     g.add_argument("--mask-block", type=int, default=16, help="MAE: block edge in voxels (nnssl: 16).")
     g.add_argument("--recon-weight", type=float, default=5.0, help="Weight of the Huber reconstruction.")
-    g.add_argument("--consistency-weight", type=float, default=1.0, help="Weight of the consistency term.")
+    g.add_argument("--consistency-weight", type=float, default=None,
+                   help="Weight of the consistency term (default: the fork's, cva 1.0, c-cva 0.5, gram 2.0).")
+    g.add_argument("--voxel-head", action=argparse.BooleanOptionalAction, default=True,
+                   help="Every pooled voxel through the projector (both nets) and predictor (student) before the "
+                        "consistency term, as the fork's use_projector=True; --no-voxel-head compares raw features.")
     g.add_argument("--contrastive-weight", type=float, default=0.1, help="Weight of NT-Xent.")
     g.add_argument("--temperature", type=float, default=0.5, help="NT-Xent / C-CVA temperature.")
     g.add_argument("--align-size", type=int, default=7, help="Edge of the RoI-aligned feature grid.")
@@ -80,16 +86,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true",
                    help="Train resenc-l / primus-m on a CPU anyway (refused by default, with a memory estimate).")
     g.add_argument("--drop-path", type=float, default=0.0, help="Primus stochastic depth (nnssl's Primus MAE: 0.2).")
+    g.add_argument("--init-from", default=None,
+                   help="Stage 2: start from a stage-1 run folder, its checkpoint.pt, an nnssl-format export (ours or "
+                        "nnssl's) or hf://owner/repo[/file] (e.g. hf://AnonRes/ResEncL-OpenMind-MAE): backbone loaded "
+                        "strictly, heads fresh, teacher = student, schedules from step 0. Ignored when resuming.")
+    g.add_argument("--hub-endpoint", default=None, help="Hugging Face endpoint for hf:// (default: HF_ENDPOINT or the hub).")
     g.add_argument("--ema-momentum", type=float, default=0.995, help="Teacher EMA momentum (start).")
     g.add_argument("--ema-momentum-end", type=float, default=None, help="Cosine-ramp momentum to this (default: constant).")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=1000, help="Total optimiser steps of the run (schedules span these).")
-    g.add_argument("--lr", type=float, default=3e-4, help="Peak AdamW learning rate (per step, not scaled by batch).")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="sgd (nnssl's for residual U-Nets: momentum 0.99 Nesterov) or adamw (nnssl's for Primus); "
+                        "default: the reference's for --arch (resenc-l sgd, primus-m adamw, tiny adamw).")
+    g.add_argument("--lr", type=float, default=None,
+                   help="Peak learning rate per step, not scaled by batch (default: sgd 1e-2, adamw 3e-4).")
     g.add_argument("--min-lr", type=float, default=0.0, help="Final learning rate.")
-    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay.")
-    g.add_argument("--warmup-steps", type=int, default=50, help="Linear warm-up steps from 0 to --lr.")
+    g.add_argument("--weight-decay", type=float, default=None, help="Weight decay (default: sgd 3e-5, adamw 5e-2).")
+    g.add_argument("--momentum", type=float, default=0.99, help="SGD (Nesterov) momentum.")
+    g.add_argument("--warmup-steps", type=int, default=None,
+                   help="Linear warm-up steps from 0 to --lr (default: sgd 0, adamw 2500 = the fork's 10 epochs).")
     g.add_argument("--schedule", choices=["poly", "cosine"], default="poly", help="Decay after warm-up (poly 0.9 as nnssl).")
-    g.add_argument("--clip-grad", type=float, default=12.0, help="Gradient-norm clip (0: off).")
+    g.add_argument("--clip-grad", type=float, default=None,
+                   help="Gradient-norm clip, 0: off (default: the reference's, resenc-l/tiny 12, primus-m 1).")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="Seeds weights, data order, views and masks.")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda.")
@@ -116,7 +134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = configs.parse(parser, argv)
     if len(args.patch_size) == 1:
         args.patch_size = list(args.patch_size) * 3
-    problem = invalid_settings(args)
+    if args.consistency_weight is None:  # the fork's weight of the chosen term
+        args.consistency_weight = CONSISTENCY_WEIGHTS[args.consistency]
+    problem = invalid_settings(resolve_optimizer_defaults(args))
     if problem:
         parser.error(problem)
     return args
@@ -155,24 +175,6 @@ def update_teacher(student, teacher, momentum: float) -> None:
             p_t.mul_(momentum).add_(p_s.detach(), alpha=1.0 - momentum)
 
 
-def cva_losses(out_s: dict, out_t: dict, views, boxes, masks, args: argparse.Namespace) -> dict:
-    """The loss terms of the selected variant and their weighted sum ``loss``."""
-    from trainers import losses
-
-    terms = {"recon": losses.masked_huber(out_s["recon"], views, None if masks is None else ~masks)}
-    total = args.recon_weight * terms["recon"]
-    if args.consistency != "none":
-        a_s = losses.align_views(out_s["volume"].float(), boxes, args.align_size)
-        a_t = losses.align_views(out_t["volume"].float(), boxes, args.align_size)
-        fn = {"cva": losses.aligned_cosine, "gram": losses.gram_consistency}.get(args.consistency)
-        terms["consistency"] = fn(a_s, a_t) if fn else losses.contrastive_voxels(a_s, a_t, args.temperature)
-        total = total + args.consistency_weight * terms["consistency"]
-    if args.contrastive:
-        terms["ntxent"] = losses.contrastive_vectors(out_s["vector"], out_t["vector"], args.temperature)
-        total = total + args.contrastive_weight * terms["ntxent"]
-    return {"loss": total, **terms}
-
-
 def view_sampler(args: argparse.Namespace, augment: bool):
     """The overlapping-view sampler of this run (``augment=False``: the fixed probe batch's)."""
     from loaders import OverlapViewSampler
@@ -192,6 +194,7 @@ def train(args: argparse.Namespace) -> dict:
     from loaders import to_device
     from loaders.batches import batch_source
     from trainers.networks import CVANet, build_backbone
+    from trainers.optim import build_optimizer
 
     # ------------------------------------------------------------ setup: processes, device, seeds, run folder
     procs = setup_processes(args.device, args.threads)
@@ -220,7 +223,7 @@ def train(args: argparse.Namespace) -> dict:
 
     # ------------------------------------------------------------ networks
     backbone = build_backbone(args.arch, args.patch_size, drop_path_rate=args.drop_path)
-    student = CVANet(backbone, args.pool_size, args.proj_dim, vector_head=args.contrastive).to(procs.device)
+    student = CVANet(backbone, args.pool_size, args.proj_dim, heads=uses_heads(args)).to(procs.device)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     model = student
     if procs.world > 1:
@@ -228,7 +231,7 @@ def train(args: argparse.Namespace) -> dict:
             student, device_ids=[procs.device.index] if procs.cuda else None, find_unused_parameters=True)
 
     # ------------------------------------------------------------ optimizer
-    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
+    optimizer = build_optimizer(student.parameters(), args)  # trainers.optim: SGD or AdamW, the reference's values
 
     # ------------------------------------------------------------ schedules (indexed by global step)
     lr_schedule = warmup_schedule(args.lr, args.min_lr, args.warmup_steps, args.steps, args.schedule)
@@ -239,6 +242,13 @@ def train(args: argparse.Namespace) -> dict:
                  config=config, procs=procs)
     ckpt, path = runfolder.load_checkpoint(out, report=say if procs.rank == 0 else None) if args.resume else (None, None)
     step = 0 if ckpt is None else runfolder.restore(ckpt, **state)
+    if ckpt is None and args.init_from:  # stage 2 of a fresh run: backbone from stage 1, heads fresh, step 0
+        try:
+            n = init_stage2(student, teacher, args, out, procs.rank, procs.world)
+        except ValueError as err:
+            raise RunError(f"--init-from {err}") from None
+        if procs.rank == 0:
+            say(f"initialised {n} backbone tensors from {args.init_from}")
     if procs.rank == 0:
         if ckpt is not None:
             say(f"resumed from {path} at step {step}")
@@ -296,8 +306,7 @@ def probe_loss(student, teacher, probe, args: argparse.Namespace) -> float:
     student.eval()
     views, masks = probe.views, probe.masks
     with torch.no_grad():
-        out_s = student(views if masks is None else views * masks, predict=True)
-        out_t = teacher(views, predict=False)
+        out_s, out_t = forward_pair(student, teacher, views, masks, args)
         loss = cva_losses(out_s, out_t, views, probe.boxes, masks, args)["loss"]
     student.train(was_training)
     return float(loss)
@@ -331,9 +340,7 @@ def train_one_epoch(model, teacher, batches, sampler, view_rng, optimizer, lr_sc
         for group in optimizer.param_groups:
             group["lr"] = float(lr_schedule[step])
         with amp:
-            out_s = model(views if masks is None else views * masks, predict=True)
-            with torch.no_grad():
-                out_t = teacher(views, predict=False)
+            out_s, out_t = forward_pair(model, teacher, views, masks, args)
             terms = cva_losses(out_s, out_t, views, boxes, masks, args)
 
         # backward, clip, step, then the EMA teacher

@@ -156,16 +156,20 @@ def contrastive_voxels(student: torch.Tensor, teacher: torch.Tensor, temperature
 
 
 def gram_consistency(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of channel Gram matrices of the aligned student and other-view teacher.
+    """Mean squared difference of the channel Gram matrices of the aligned student and other-view teacher.
 
-    Voxel features are L2-normalised over channels; ``G = XᵀX / n_voxels`` per row (``[C, C]``), so the
-    scale does not depend on the aligned grid size.
+    As the reference fork's Gram branch (``AlignedMAELoss``): voxel features L2-normalised over
+    channels, ``G = XᵀX`` summed over the aligned voxels (``[C, C]`` per row, NOT divided by the voxel
+    count: each entry is a sum of ``o³`` cosines), loss = mean over rows and entries of ``(G_s - G_t)²``.
 
     >>> x = torch.randn(2, 4, 3, 3, 3)
     >>> gram_consistency(x, swap_views(x)).item()
     0.0
+    >>> s, t = torch.zeros(2, 2, 1, 1, 2), torch.zeros(2, 2, 1, 1, 2)
+    >>> s[:, 0], t[:, 1] = 1.0, 1.0  # 2 voxels: student all channel 0, teacher all channel 1
+    >>> gram_consistency(s, t).item()  # G_s = diag(2, 0), G_t = diag(0, 2): mean of (4, 0, 0, 4)
+    2.0
     """
     s = F.normalize(student.float(), dim=1).flatten(2)  # [2B, C, V]
     t = F.normalize(swap_views(teacher.detach()).float(), dim=1).flatten(2)
-    v = s.shape[-1]
-    return ((s @ s.transpose(1, 2) - t @ t.transpose(1, 2)) / v).pow(2).mean()
+    return (s @ s.transpose(1, 2) - t @ t.transpose(1, 2)).pow(2).mean()

@@ -150,34 +150,49 @@ def _mlp(dims: Sequence[int], last_norm: bool) -> nn.Sequential:
 
 
 class CVANet(nn.Module):
-    """Backbone + CVA heads. ``forward(x, predict)`` returns ``recon``, ``volume`` and ``vector``.
+    """Backbone + CVA heads. ``forward(x, predict, voxel_head, vector)`` returns ``recon``, ``volume``, ``vector``.
 
     ``volume``: every stage adaptively average-pooled to ``pool_size``³ and concatenated over channels
-    (pooling covers the whole view, so overlap boxes still apply); ``vector``: every stage globally
-    pooled, concatenated, then the projector (→ ``proj_dim``) and, when ``predict``, the predictor.
-    The heads exist only when ``vector_head`` is set (contrastive runs), so DDP sees no dead heads.
+    (pooling covers the whole view, so overlap boxes still apply); with ``voxel_head`` every pooled
+    voxel then goes through the projector (→ ``proj_dim``) and, when ``predict``, the predictor, as the
+    reference fork's ``use_projector=True`` (one projector and predictor shared by voxels and vectors).
+    ``vector``: every stage globally pooled, concatenated, projector, predictor when ``predict``.
+    The heads exist only when ``heads`` is set (a run that uses them), so DDP sees no dead heads.
 
-    >>> out = CVANet(tiny(), pool_size=4, proj_dim=32)(torch.zeros(2, 1, 16, 16, 16))
+    >>> net = CVANet(tiny(), pool_size=4, proj_dim=32)
+    >>> out = net(torch.zeros(2, 1, 16, 16, 16))
     >>> tuple(out["volume"].shape), tuple(out["vector"].shape)
     ((2, 120, 4, 4, 4), (2, 32))
+    >>> tuple(net(torch.zeros(2, 1, 16, 16, 16), voxel_head=True)["volume"].shape)
+    (2, 32, 4, 4, 4)
     """
 
-    def __init__(self, backbone: nn.Module, pool_size: int = 16, proj_dim: int = 2048, vector_head: bool = True):
+    def __init__(self, backbone: nn.Module, pool_size: int = 16, proj_dim: int = 2048, heads: bool = True):
         super().__init__()
         self.backbone, self.pool_size = backbone, pool_size
         if hasattr(backbone, "eva"):
             channels = backbone.embed_dim
         else:
             channels = sum(backbone.encoder.output_channels)
-        self.projector = _mlp([channels, proj_dim, proj_dim, proj_dim], last_norm=True) if vector_head else None
-        self.predictor = _mlp([proj_dim, proj_dim // 4, proj_dim], last_norm=False) if vector_head else None
+        self.projector = _mlp([channels, proj_dim, proj_dim, proj_dim], last_norm=True) if heads else None
+        self.predictor = _mlp([proj_dim, proj_dim // 4, proj_dim], last_norm=False) if heads else None
 
-    def forward(self, x: torch.Tensor, predict: bool = True) -> dict[str, torch.Tensor | None]:
+    def head(self, z: torch.Tensor, predict: bool) -> torch.Tensor:
+        """Projector (then predictor when ``predict``) on rows ``[N, C]``."""
+        if self.projector is None:
+            raise ValueError("this CVANet was built without heads (heads=False)")
+        z = self.projector(z.float())
+        return self.predictor(z) if predict else z
+
+    def forward(self, x: torch.Tensor, predict: bool = True, voxel_head: bool = False,
+                vector: bool = True) -> dict[str, torch.Tensor | None]:
         feats, recon = stage_features(self.backbone, x)
         volume = torch.cat([F.adaptive_avg_pool3d(f, self.pool_size) for f in feats], dim=1)
-        vector = None
-        if self.projector is not None:
-            vector = self.projector(torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1).float())
-            if predict:
-                vector = self.predictor(vector)
-        return {"recon": recon, "volume": volume, "vector": vector}
+        if voxel_head:  # every pooled voxel through the heads: [N, C, p, p, p] -> [N·p³, C] -> back
+            n, c, *grid = volume.shape
+            rows = self.head(volume.flatten(2).transpose(1, 2).reshape(-1, c), predict)
+            volume = rows.reshape(n, -1, rows.shape[1]).transpose(1, 2).reshape(n, rows.shape[1], *grid)
+        vec = None
+        if vector and self.projector is not None:
+            vec = self.head(torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1), predict)
+        return {"recon": recon, "volume": volume, "vector": vec}

@@ -6,13 +6,14 @@ A name is a flag's name with ``_`` for ``-`` (``warmup_steps = 2500`` for ``--wa
     patch_size = [32]       # like --patch-size 32
     contrastive = false     # like --no-contrastive
 
-``--config`` takes a file path or the name of a file shipped here (``tiny_cpu``, ``resenc_l_cva``,
-``primus_m_cva``, ``mae_only``), from any folder. Repeated ``--config`` files merge in order (a later
+``--config`` takes a file path or the name of a file shipped here (``tiny_cpu``, ``tiny_cpu_mae``, the two
+stages of each architecture ``resenc_l_mae`` → ``resenc_l_cva`` and ``primus_m_mae`` → ``primus_m_cva``,
+``mae_only``), from any folder. Repeated ``--config`` files merge in order (a later
 file's value wins) and flags given on the command line win over all of them. Unknown names and
 values of the wrong type are refused with a message naming the file.
 
 >>> sorted(names())
-['mae_only', 'primus_m_cva', 'resenc_l_cva', 'tiny_cpu']
+['mae_only', 'primus_m_cva', 'primus_m_mae', 'resenc_l_cva', 'resenc_l_mae', 'tiny_cpu', 'tiny_cpu_mae']
 >>> read(find("tiny_cpu"))["arch"]
 'tiny'
 """

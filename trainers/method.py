@@ -1,0 +1,76 @@
+"""What each rung of the ladder computes: which heads exist, which forwards run, which loss terms add up.
+
+Kept apart from the loop (``trainers.cva``) so that a rung reads in one place: the student sees masked
+(MAE) or plain (AE) views; the EMA teacher sees plain views and runs only when a term compares with it;
+the consistency path aligns pooled features, or their voxel-head projections (``--voxel-head``, the
+fork's ``use_projector=True``); NT-Xent uses the pooled vectors through the same heads.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["CONSISTENCY_WEIGHTS", "uses_heads", "forward_pair", "cva_losses", "init_stage2"]
+
+# The reference fork's weight of each consistency term (AlignedMAELoss' fg_cos_weight in its ladder's trainers).
+CONSISTENCY_WEIGHTS = {"none": 0.0, "cva": 1.0, "c-cva": 0.5, "gram": 2.0}
+
+
+def uses_heads(args: argparse.Namespace) -> bool:
+    """Whether the run needs the projector/predictor: NT-Xent on vectors, or voxel heads on a consistency term.
+
+    >>> uses_heads(argparse.Namespace(contrastive=False, voxel_head=True, consistency="none"))
+    False
+    >>> uses_heads(argparse.Namespace(contrastive=False, voxel_head=True, consistency="gram"))
+    True
+    """
+    return bool(args.contrastive or (args.voxel_head and args.consistency != "none"))
+
+
+def forward_pair(student, teacher, views, masks, args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """Student on masked (MAE) or plain (AE) views; the teacher on plain views, only when a term uses it."""
+    import torch
+
+    voxel_head = args.voxel_head and args.consistency != "none"
+    out_s = student(views if masks is None else views * masks, predict=True, voxel_head=voxel_head,
+                    vector=args.contrastive)
+    out_t = None
+    if args.consistency != "none" or args.contrastive:
+        with torch.no_grad():
+            out_t = teacher(views, predict=False, voxel_head=voxel_head, vector=args.contrastive)
+    return out_s, out_t
+
+
+def cva_losses(out_s: dict, out_t: dict | None, views, boxes, masks, args: argparse.Namespace) -> dict:
+    """The loss terms of the selected rung and their weighted sum ``loss``."""
+    from trainers import losses
+
+    terms = {"recon": losses.masked_huber(out_s["recon"], views, None if masks is None else ~masks)}
+    total = args.recon_weight * terms["recon"]
+    if args.consistency != "none":
+        a_s = losses.align_views(out_s["volume"].float(), boxes, args.align_size)
+        a_t = losses.align_views(out_t["volume"].float(), boxes, args.align_size)
+        fn = {"cva": losses.aligned_cosine, "gram": losses.gram_consistency}.get(args.consistency)
+        terms["consistency"] = fn(a_s, a_t) if fn else losses.contrastive_voxels(a_s, a_t, args.temperature)
+        total = total + args.consistency_weight * terms["consistency"]
+    if args.contrastive:
+        terms["ntxent"] = losses.contrastive_vectors(out_s["vector"], out_t["vector"], args.temperature)
+        total = total + args.contrastive_weight * terms["ntxent"]
+    return {"loss": total, **terms}
+
+
+def init_stage2(student, teacher, args: argparse.Namespace, out, rank: int, world: int) -> int:
+    """``--init-from``: load the backbone into the student (rank 0 fetches ``hf://`` first), copy it to the
+    teacher; returns the number of tensors loaded. Raises ``ValueError`` (one line) for a source that does not fit."""
+    import torch.distributed as dist
+
+    from trainers.init_from import init_backbone
+
+    keys: list[str] = []
+    for first in (True, False):  # the other ranks then find the download verified
+        if (rank == 0) == first:
+            keys = init_backbone(student.backbone, args.init_from, cache=out / "init", endpoint=args.hub_endpoint)
+        if world > 1:
+            dist.barrier()
+    teacher.load_state_dict(student.state_dict())
+    return len(keys)
