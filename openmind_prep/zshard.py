@@ -154,7 +154,7 @@ def decode_array(blob: bytes | memoryview, name: str = "<blob>"):
 def decode_zshard(key: str, data: bytes) -> np.ndarray | None:
     """A WebDataset decoder handler: ``*.zshard`` members → NumPy arrays, anything else untouched.
 
-    >>> import tempfile, webdataset as wds
+    >>> import tempfile
     >>> from openmind_prep.store import create_store, write_case
     >>> s = create_store(Path(tempfile.mkdtemp()) / "s")
     >>> _ = write_case(s, "a", {"image": np.ones((2, 3, 4), np.float16)}, {})

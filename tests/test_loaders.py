@@ -266,3 +266,19 @@ def test_plain_webdataset_with_our_decoder_yields_the_stored_arrays(data):
                 np.testing.assert_array_equal(sample[f"{mask}.zshard"], written[key][mask])
         assert sample["json"]["zarr_path"] == f"{key}/image"  # wds decodes json itself
     assert seen == set(written)
+
+
+def test_sample_count_differing_from_the_index_and_escaping_shard_names_are_refused(data, tmp_path):
+    import shutil
+
+    _, _, wds_dir = data
+    shutil.copytree(wds_dir, tmp_path / "wds")
+    index = json.loads((tmp_path / "wds" / "index.json").read_text())
+    index["shards"][0]["samples"] += 1  # the tar holds one sample fewer than the index says
+    (tmp_path / "wds" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CorruptShardError, match=rf"{index['shards'][0]['url']}.*samples, index says"):
+        list(WebDatasetStream(str(tmp_path / "wds"), rank=0, world_size=1, shuffle_buffer=0))
+    index["shards"][0]["url"] = "../elsewhere.tar"
+    (tmp_path / "wds" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="not a relative path"):
+        WebDatasetStream(str(tmp_path / "wds"))
