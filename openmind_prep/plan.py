@@ -11,7 +11,10 @@ The model is deliberately simple (the README explains it):
   voxels)`` of the largest volume it gets (one image at a time per worker);
 - wall time = a FIFO simulation of the batches (``--batch-size`` images per Dask task, in CSV
   order) on N single-threaded workers, plus a fixed overhead per task;
-- raw disk = network = the compressed NIfTI bytes of images and masks (+ the metadata CSV).
+- raw disk = network = the compressed NIfTI bytes of images and masks (+ the metadata CSV), exact
+  with ``--lock`` (the lock holds every file's size); the download time is the largest of the
+  Hub's request quota, the bandwidth and the per-request round trips over the download workers
+  (:mod:`openmind_prep.download_plan`).
 
 Volume sizes come from the metadata. The real CSV has no shapes, so each modality gets a typical
 shape/spacing (:data:`MODALITIES`); without a CSV, :func:`synthesise_metadata` draws the real row
@@ -22,12 +25,14 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from openmind_prep.download_plan import REQUEST_SECONDS, RESOLVE_QUOTA_PER_5MIN, Transfer
 from openmind_prep.metadata import ImageRecord, record_from_row
 from openmind_prep.preprocess import IMAGE_MEMORY_FRACTION
 
@@ -44,34 +49,38 @@ DEFAULT_PEAK_BYTES_PER_VOXEL = 24.0
 DEFAULT_STORED_BYTES_PER_VOXEL = 0.9
 
 #: Assumed OpenMind mix: modality → (share, typical shape xyz, spacing mm, gzipped bytes/voxel,
-#: P(defacing mask), P(anatomy mask)). Shares are NOT measured (the CSV is not reachable here);
-#: shapes/spacings are typical BIDS acquisitions. Replace by ``--metadata`` with the real CSV.
+#: P(defacing mask), P(anatomy mask)). The names are the real CSV's ``modality`` values (as a user
+#: of the real CSV reported them: FLASH, PET, UNIT1_denoised, minIP and sbref occur; AD, MTR, PDT2
+#: and RD do not); the shares are NOT measured (the CSV is not reachable here) and shapes/spacings
+#: are typical BIDS acquisitions. ``--metadata`` with the real CSV replaces the mix by the real rows.
+#: Nearly every image has both masks: a full pull is ~340k files (resolve requests) for 114,570 images.
 MODALITIES: dict[str, tuple[float, tuple[int, int, int], tuple[float, float, float], float, float, float]] = {
-    "T1w": (0.40, (176, 256, 256), (1.0, 1.0, 1.0), 0.8, 0.9, 0.95),
-    "T2w": (0.11, (256, 256, 176), (0.94, 0.94, 1.0), 0.8, 0.9, 0.95),
-    "FLAIR": (0.07, (256, 256, 48), (0.9, 0.9, 3.6), 0.9, 0.9, 0.95),
-    "inplaneT2": (0.02, (256, 256, 36), (0.86, 0.86, 4.0), 0.9, 0.9, 0.95),
-    "inplaneT1": (0.01, (256, 256, 36), (0.86, 0.86, 4.0), 0.9, 0.9, 0.95),
-    "PDw": (0.02, (256, 256, 60), (0.9, 0.9, 3.0), 0.9, 0.9, 0.95),
-    "PDT2": (0.01, (256, 256, 60), (0.9, 0.9, 3.0), 0.9, 0.9, 0.95),
-    "T2starw": (0.02, (256, 256, 60), (0.9, 0.9, 2.5), 0.9, 0.9, 0.95),
-    "angio": (0.01, (384, 512, 120), (0.45, 0.45, 0.6), 0.7, 0.5, 0.95),
-    "MP2RAGE": (0.02, (176, 240, 256), (1.0, 1.0, 1.0), 1.2, 0.9, 0.95),
-    "UNIT1": (0.02, (176, 240, 256), (1.0, 1.0, 1.0), 1.2, 0.9, 0.95),
-    "T1map": (0.01, (176, 240, 256), (1.0, 1.0, 1.0), 1.5, 0.9, 0.95),
-    "T2map": (0.01, (128, 128, 40), (1.7, 1.7, 3.0), 1.5, 0.5, 0.95),
-    "T2starmap": (0.005, (128, 128, 40), (1.7, 1.7, 3.0), 1.5, 0.5, 0.95),
-    "SWI": (0.01, (256, 256, 72), (0.9, 0.9, 2.0), 1.0, 0.5, 0.95),
-    "MTR": (0.005, (192, 256, 60), (1.0, 1.0, 2.5), 1.5, 0.5, 0.95),
-    "DWI": (0.05, (96, 96, 60), (2.5, 2.5, 2.5), 1.2, 0.0, 0.95),
-    "FA": (0.06, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.0, 0.95),
-    "MD": (0.06, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.0, 0.95),
-    "ADC": (0.02, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.0, 0.95),
-    "TRACE": (0.02, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.0, 0.95),
-    "AD": (0.015, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.0, 0.95),
-    "RD": (0.015, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.0, 0.95),
+    "T1w": (0.40, (176, 256, 256), (1.0, 1.0, 1.0), 0.8, 0.985, 0.985),
+    "T2w": (0.11, (256, 256, 176), (0.94, 0.94, 1.0), 0.8, 0.985, 0.985),
+    "FLAIR": (0.07, (256, 256, 48), (0.9, 0.9, 3.6), 0.9, 0.985, 0.985),
+    "inplaneT2": (0.02, (256, 256, 36), (0.86, 0.86, 4.0), 0.9, 0.985, 0.985),
+    "inplaneT1": (0.01, (256, 256, 36), (0.86, 0.86, 4.0), 0.9, 0.985, 0.985),
+    "PDw": (0.02, (256, 256, 60), (0.9, 0.9, 3.0), 0.9, 0.985, 0.985),
+    "T2starw": (0.02, (256, 256, 60), (0.9, 0.9, 2.5), 0.9, 0.985, 0.985),
+    "angio": (0.01, (384, 512, 120), (0.45, 0.45, 0.6), 0.7, 0.985, 0.985),
+    "MP2RAGE": (0.02, (176, 240, 256), (1.0, 1.0, 1.0), 1.2, 0.985, 0.985),
+    "UNIT1": (0.02, (176, 240, 256), (1.0, 1.0, 1.0), 1.2, 0.985, 0.985),
+    "UNIT1_denoised": (0.01, (176, 240, 256), (1.0, 1.0, 1.0), 1.2, 0.985, 0.985),
+    "FLASH": (0.005, (256, 256, 88), (1.0, 1.0, 2.0), 1.0, 0.985, 0.985),
+    "PET": (0.005, (128, 128, 63), (2.0, 2.0, 2.4), 1.5, 0.985, 0.985),
+    "minIP": (0.005, (256, 256, 72), (0.9, 0.9, 2.0), 1.0, 0.985, 0.985),
+    "sbref": (0.01, (104, 104, 72), (2.0, 2.0, 2.0), 1.2, 0.985, 0.985),
+    "T1map": (0.01, (176, 240, 256), (1.0, 1.0, 1.0), 1.5, 0.985, 0.985),
+    "T2map": (0.01, (128, 128, 40), (1.7, 1.7, 3.0), 1.5, 0.985, 0.985),
+    "T2starmap": (0.005, (128, 128, 40), (1.7, 1.7, 3.0), 1.5, 0.985, 0.985),
+    "SWI": (0.01, (256, 256, 72), (0.9, 0.9, 2.0), 1.0, 0.985, 0.985),
+    "DWI": (0.05, (96, 96, 60), (2.5, 2.5, 2.5), 1.2, 0.985, 0.985),
+    "FA": (0.06, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.985, 0.985),
+    "MD": (0.06, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.985, 0.985),
+    "ADC": (0.02, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.985, 0.985),
+    "TRACE": (0.02, (96, 96, 60), (2.5, 2.5, 2.5), 2.0, 0.985, 0.985),
 }
-_DERIVED = {"FA", "MD", "ADC", "TRACE", "AD", "RD"}
+_DERIVED = {"FA", "MD", "ADC", "TRACE"}
 
 
 def synthesise_metadata(n: int = OPENMIND_ROWS, rng: np.random.Generator | None = None) -> list[ImageRecord]:
@@ -116,11 +125,18 @@ def synthesise_metadata(n: int = OPENMIND_ROWS, rng: np.random.Generator | None 
 
 @dataclass(frozen=True)
 class Volumes:
-    """Per-volume sizes as parallel arrays: full input voxels, 1 mm output voxels, file bytes."""
+    """Per-volume sizes as parallel arrays: full input voxels, 1 mm output voxels, file bytes, files
+    (the image + its masks; each is one hub request)."""
 
     in_voxels: np.ndarray
     out_voxels: np.ndarray
     file_bytes: np.ndarray
+    files: np.ndarray | None = None
+
+    @property
+    def n_files(self) -> int:
+        """Files to fetch (one per volume when not recorded)."""
+        return int(self.files.sum()) if self.files is not None else len(self.in_voxels)
 
     @property
     def work_voxels(self) -> np.ndarray:
@@ -128,8 +144,10 @@ class Volumes:
         return CROP_FRACTION * self.in_voxels + self.out_voxels
 
 
-def volumes_from_records(records: Sequence[ImageRecord]) -> Volumes:
-    """Sizes of each record: its ``synthetic_*`` columns, else its modality's typical volume.
+def volumes_from_records(records: Sequence[ImageRecord], file_bytes: Sequence[float] | None = None,
+                         files: Sequence[int] | None = None) -> Volumes:
+    """Sizes of each record: its ``synthetic_*`` columns, else its modality's typical volume;
+    ``file_bytes`` / ``files`` (e.g. exact, from a lock file) replace the estimated bytes and counts.
 
     >>> from openmind_prep.metadata import record_from_row
     >>> v = volumes_from_records([record_from_row({"image_path": "d/s/a.nii.gz", "modality": "FLAIR"})])
@@ -138,6 +156,7 @@ def volumes_from_records(records: Sequence[ImageRecord]) -> Volumes:
     """
     n = len(records)
     in_vox, out_vox, nbytes = np.zeros(n), np.zeros(n), np.zeros(n)
+    counts = np.array([1 + len(r.mask_paths) for r in records], dtype=float) if files is None else np.asarray(files, float)
     for i, r in enumerate(records):
         _, shape, spacing, disk_bpv, p_anon, p_anat = MODALITIES.get(r.modality, MODALITIES["T1w"])
         extra = dict(r.extra)
@@ -150,7 +169,9 @@ def volumes_from_records(records: Sequence[ImageRecord]) -> Volumes:
             nbytes[i] = float(extra["synthetic_file_bytes"])
         else:
             nbytes[i] = in_vox[i] * (disk_bpv + MASK_DISK_BYTES_PER_VOXEL * len(r.mask_paths))
-    return Volumes(in_vox, out_vox, nbytes)
+    if file_bytes is not None:
+        nbytes = np.asarray(file_bytes, dtype=float)
+    return Volumes(in_vox, out_vox, nbytes, counts)
 
 
 @dataclass(frozen=True)
@@ -205,10 +226,12 @@ def cost_from_rows(rows: Sequence[dict], source: str, peak_bytes_per_voxel: floa
     )
 
 
-def calibrate(src_root: Path, work_dir: Path, dtype: str = "float16") -> CostModel:
+def calibrate(src_root: Path, work_dir: Path, dtype: str = "float16",
+              progress: Callable[[int, int, str, float], None] | None = None) -> CostModel:
     """Run the real per-image path on every image of ``src_root`` (one thread, like a worker) into a
     scratch store under ``work_dir``; fit the costs to the rows. Peak memory is traced per image
-    (numpy allocations) plus 4 bytes per input voxel for SimpleITK's untraced read buffer."""
+    (numpy allocations) plus 4 bytes per input voxel for SimpleITK's untraced read buffer.
+    ``progress(done, total, image_path, seconds)`` is called after each image."""
     import tracemalloc
 
     from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
@@ -226,11 +249,15 @@ def calibrate(src_root: Path, work_dir: Path, dtype: str = "float16") -> CostMod
     store = create_store(Path(work_dir) / "calibration.zarr")
     rows, peaks = [], []
     try:
-        for record in read_metadata(Path(src_root) / METADATA_CSV):
+        records = read_metadata(Path(src_root) / METADATA_CSV)
+        for done, record in enumerate(records, 1):
+            t0 = time.perf_counter()
             tracemalloc.start()
             row = process_image(record, Path(src_root), store, PreprocessOptions(dtype=dtype))
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
+            if progress is not None:
+                progress(done, len(records), record.image_path, time.perf_counter() - t0)
             if row["status"] == "ok":
                 in_voxels = math.prod(nib.load(Path(src_root) / IMAGES_DIR / record.image_path).shape[:3])
                 peaks.append((peak + 4 * in_voxels) / (in_voxels + math.prod(row["shape"])))
@@ -262,6 +289,13 @@ class Plan:
     download_seconds: float
     cost_source: str
     cost_model: str
+    files: int = 0
+    download_bound: str = ""
+    quota_seconds: float = 0.0
+    bandwidth_seconds: float = 0.0
+    concurrency_seconds: float = 0.0
+    quota_per_5min: int = RESOLVE_QUOTA_PER_5MIN
+    download_workers: int = 4
 
 
 def makespan(task_seconds: Sequence[float], workers: int) -> float:
@@ -277,7 +311,9 @@ def makespan(task_seconds: Sequence[float], workers: int) -> float:
 
 
 def estimate(volumes: Volumes, cost: CostModel, workers: int, batch_size: int, *,
-             bandwidth_mb_s: float = 100.0, memory_limit_bytes: float | None = None) -> Plan:
+             bandwidth_mb_s: float = 100.0, memory_limit_bytes: float | None = None,
+             quota_per_5min: int = RESOLVE_QUOTA_PER_5MIN, download_workers: int = 4,
+             request_seconds: float = REQUEST_SECONDS) -> Plan:
     """Estimate wall time, memory, disk and network (see the module docstring for the model).
 
     >>> v = Volumes(np.full(10, 1e7), np.full(10, 1e7), np.full(10, 1e7))
@@ -290,6 +326,8 @@ def estimate(volumes: Volumes, cost: CostModel, workers: int, batch_size: int, *
     batches = [seconds[i:i + batch_size].sum() + TASK_OVERHEAD_S for i in range(0, n, batch_size)]
     peaks = WORKER_BASE_BYTES + cost.peak_bytes_per_voxel * (volumes.in_voxels + volumes.out_voxels)
     raw = float(volumes.file_bytes.sum())
+    pull = Transfer(files=volumes.n_files + 1, nbytes=raw + METADATA_CSV_BYTES, bandwidth_mb_s=bandwidth_mb_s,
+                    quota_per_5min=quota_per_5min, workers=download_workers, request_seconds=request_seconds)
     return Plan(
         volumes=n, workers=workers, batch_size=batch_size, tasks=len(batches),
         cpu_seconds=float(seconds.sum()), wall_seconds=makespan(batches, workers),
@@ -301,8 +339,10 @@ def estimate(volumes: Volumes, cost: CostModel, workers: int, batch_size: int, *
         over_memory_limit=int((peaks > memory_limit_bytes).sum()) if memory_limit_bytes else 0,
         raw_bytes=raw, output_bytes=float(cost.stored_bytes_per_voxel * volumes.out_voxels.sum()),
         download_bytes=raw + METADATA_CSV_BYTES,
-        download_seconds=(raw + METADATA_CSV_BYTES) / (bandwidth_mb_s * 1e6),
-        cost_source=cost.source, cost_model=cost.describe(),
+        download_seconds=pull.seconds, cost_source=cost.source, cost_model=cost.describe(),
+        files=pull.files, download_bound=pull.bound, quota_seconds=pull.quota_seconds,
+        bandwidth_seconds=pull.bandwidth_seconds, concurrency_seconds=pull.concurrency_seconds,
+        quota_per_5min=quota_per_5min, download_workers=download_workers,
     )
 
 
@@ -318,7 +358,8 @@ def _duration(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.1f} min" if s >= 90 else f"{s:.1f} s"
 
 
-def render(plan: Plan, metadata_note: str, memory_limit: str | None) -> str:
+def render(plan: Plan, metadata_note: str, memory_limit: str | None, *, raw_note: str = "estimated",
+           max_raw_gb: int | None = None, next_command: str = "") -> str:
     """The human-readable report printed by ``openmind-prep plan``."""
     p = plan
     limit = (f"; with --memory-limit {memory_limit}: {p.refused_by_limit:,} volumes refused as failed rows "
@@ -336,10 +377,17 @@ def render(plan: Plan, metadata_note: str, memory_limit: str | None) -> str:
         f"(ideal {_duration(p.cpu_seconds / max(p.workers, 1))}; FIFO batches, {TASK_OVERHEAD_S} s per task)",
         f"memory:    peak {_size(p.peak_worker_bytes)} per worker (largest volume), 95th percentile "
         f"{_size(p.p95_worker_bytes)}{limit}",
-        f"disk:      raw {_size(p.raw_bytes)} (NIfTI images + masks), output {_size(p.output_bytes)} (Zarr)",
-        f"network:   {_size(p.download_bytes)} to download (images, masks, CSV): "
-        f"{_duration(p.download_seconds)} at the given bandwidth",
-    ])
+        f"disk:      raw {_size(p.raw_bytes)} (NIfTI images + masks, {raw_note}), output {_size(p.output_bytes)} (Zarr)",
+        f"           download + preprocess keep both at once: {_size(p.raw_bytes + p.output_bytes)}"
+        + (f"; run --max-raw-gb {max_raw_gb} deletes raw files once stored: output + {max_raw_gb} GB"
+           if max_raw_gb is not None else ""),
+        f"network:   {_size(p.download_bytes)} in {p.files:,} files (one hub request each): "
+        f"{_duration(p.download_seconds)}, set by the {p.download_bound}",
+        f"           quota: {p.quota_per_5min:,} requests per 5 min (--requests-per-5min) -> "
+        f"{_duration(p.quota_seconds)}; bandwidth (--bandwidth) -> {_duration(p.bandwidth_seconds)}",
+        f"           concurrency: {p.download_workers} download workers (--download-workers) x "
+        f"{REQUEST_SECONDS} s per request -> {_duration(p.concurrency_seconds)}",
+    ] + ([f"next:      {next_command}"] if next_command else []))
 
 
 def _parse_bytes(text: str) -> float:

@@ -64,6 +64,9 @@ def download_command(hub: HubRepo, raw: Path, lock_file: Path | None, write_lock
     except (DownloadError, ValueError) as e:  # ValueError: the repo's CSV cannot be read (file, line)
         raise click.ClickException(str(e)) from e
     head = f"{lock.repo}@{lock.commit[:12]}: {len(lock.images)} images, {len(lock.files)} files"
+    if lock_file is None and selection.limit and len(lock.images) < selection.limit:
+        click.echo(f"--limit {selection.limit}: only {len(lock.images)} image(s) match the selection "
+                   f"({selection.name}); all of them are taken", err=True)
     if write_lock is not None:
         click.echo(f"lock written: {write_lock}")
     if report is None:

@@ -10,6 +10,7 @@ import click
 
 from openmind_prep.cli.options import selection_options
 from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE
+from openmind_prep.download_plan import RESOLVE_QUOTA_PER_5MIN
 from openmind_prep.selection import Selection
 
 
@@ -27,37 +28,110 @@ from openmind_prep.selection import Selection
 @click.option("--calibrate-on", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Source tree to calibrate on (default: the embedded sample).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="A lock file (download --write-lock): plan exactly its images, with their exact bytes.")
 @click.option("--bandwidth", type=click.FloatRange(min=0.001), default=100.0, show_default=True,
-              help="Download bandwidth in MB/s (the hub also rate-limits requests).")
+              help="Download bandwidth in MB/s.")
+@click.option("--requests-per-5min", "quota", type=click.IntRange(min=1), default=RESOLVE_QUOTA_PER_5MIN,
+              show_default=True, help="The hub's quota of file (resolve) requests per 5-minute window: 3000 "
+              "anonymous, 5000 a free account (its rate-limits page); higher on paid plans.")
+@click.option("--download-workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Concurrent downloads (as download / run --download-workers).")
 @click.option("--memory-limit", default=None, help="Per-worker memory, e.g. 4GiB: count volumes above it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 @selection_options
 def plan_command(metadata: Path | None, workers: int, batch_size: int | None, seconds_per_volume: float | None,
-                 from_manifest: Path | None, calibrate_on: Path | None, dtype: str, bandwidth: float,
-                 memory_limit: str | None, as_json: bool, selection: Selection) -> None:
-    """Estimate wall time, peak memory per worker, disk and network for preprocessing the selection."""
-    import tempfile
-
+                 from_manifest: Path | None, calibrate_on: Path | None, dtype: str, lock_file: Path | None,
+                 bandwidth: float, quota: int, download_workers: int, memory_limit: str | None, as_json: bool,
+                 selection: Selection) -> None:
+    """Estimate wall time, peak memory per worker, disk and network for preprocessing the selection,
+    and print the command that runs it."""
+    from openmind_prep.download_plan import selection_flags, suggest_max_raw_gb
     from openmind_prep.manifest import read_manifest
-    from openmind_prep.plan import (CostModel, _parse_bytes, calibrate, cost_from_rows, estimate, render,
-                                    synthesise_metadata, volumes_from_records)
-    from openmind_prep.metadata import read_metadata
-    from openmind_prep.embedded import build_sample_tree
+    from openmind_prep.plan import CostModel, _parse_bytes, cost_from_rows, estimate, render
+    from openmind_prep.selection import named_selections
 
-    if metadata is not None:
-        records, note = read_metadata(metadata), f"from {metadata}"
-    else:
-        records, note = synthesise_metadata(), "SYNTHESISED metadata: 114,570 rows, assumed mix"
-    records = selection.apply(records)
+    if lock_file is not None and selection != Selection():
+        raise click.UsageError("--lock fixes the images; drop the selection options")
+    records, note, file_bytes, files = _records(metadata, lock_file, selection)
     if seconds_per_volume is not None:
         cost = CostModel(seconds_per_volume=seconds_per_volume, source=f"flat {seconds_per_volume} s per volume")
     elif from_manifest is not None:
         cost = cost_from_rows(read_manifest(from_manifest).to_pylist(), f"measured in {from_manifest}")
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            src = calibrate_on or build_sample_tree(Path(tmp) / "sample")
-            cost = calibrate(src, Path(tmp), dtype)
-    plan = estimate(volumes_from_records(records), cost, workers, batch_size or DEFAULT_BATCH_SIZE,
-                    bandwidth_mb_s=bandwidth,
-                    memory_limit_bytes=_parse_bytes(memory_limit) if memory_limit else None)
-    click.echo(json.dumps(asdict(plan), indent=1) if as_json else render(plan, note, memory_limit))
+        cost = _calibrate(calibrate_on, dtype)
+    from openmind_prep.plan import volumes_from_records
+
+    batch = batch_size or DEFAULT_BATCH_SIZE
+    volumes = volumes_from_records(records, file_bytes, files)
+    plan = estimate(volumes, cost, workers, batch, bandwidth_mb_s=bandwidth,
+                    memory_limit_bytes=_parse_bytes(memory_limit) if memory_limit else None,
+                    quota_per_5min=quota, download_workers=download_workers)
+    if as_json:
+        click.echo(json.dumps(asdict(plan), indent=1))
+        return
+    max_raw = suggest_max_raw_gb(list(volumes.file_bytes), workers, batch)
+    source = ["--lock", str(lock_file)] if lock_file else selection_flags(selection, named_selections())
+    command = " ".join(["openmind-prep run --out STORE", *source, f"--max-raw-gb {max_raw}", f"--workers {workers}",
+                        f"--download-workers {download_workers}"])
+    click.echo(render(plan, note, memory_limit, raw_note="exact, from the lock" if lock_file else "estimated",
+                      max_raw_gb=max_raw, next_command=command))
+
+
+def _records(metadata: Path | None, lock_file: Path | None, selection: Selection):
+    """(records, note, exact file bytes or None, files per image or None) for the plan."""
+    from openmind_prep.metadata import METADATA_CSV, record_from_row, read_metadata, strip_nifti_suffix
+    from openmind_prep.plan import synthesise_metadata
+
+    if lock_file is None:
+        if metadata is not None:
+            return selection.apply(read_metadata(metadata)), f"from {metadata}", None, None
+        return selection.apply(synthesise_metadata()), "SYNTHESISED metadata: 114,570 rows, assumed mix", None, None
+    from openmind_prep.lockfile import Lock
+
+    try:
+        lock = Lock.read(lock_file)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--lock") from e
+    by_path = {r.image_path: r for r in read_metadata(metadata)} if metadata is not None else {}
+    sizes: dict[str, list[int]] = {}
+    for f in lock.data_files:  # OpenMind/<image_path> and OpenMind/<stem>__Data/<mask>
+        rel = f.path.split("/", 1)[1] if "/" in f.path else f.path
+        owner = rel.split("__Data/", 1)[0] if "__Data/" in rel else strip_nifti_suffix(rel)
+        sizes.setdefault(owner, []).append(f.size)
+    records, nbytes, files = [], [], []
+    for image in lock.images:
+        modality = strip_nifti_suffix(image).rsplit("_", 1)[-1]  # BIDS suffix, when no CSV is given
+        records.append(by_path.get(image) or record_from_row({"image_path": image, "modality": modality}))
+        own = sizes.get(strip_nifti_suffix(image), [])
+        nbytes.append(float(sum(own)))
+        files.append(len(own))
+    note = f"lock {lock_file.name}: {lock.repo}@{lock.commit[:12]}, {METADATA_CSV} {lock.metadata.size:,} B"
+    return records, note, nbytes, files
+
+
+def _calibrate(calibrate_on: Path | None, dtype: str):
+    """Calibrate on a source tree (default: the embedded sample), one line per image on stderr."""
+    import tempfile
+    import time
+
+    from openmind_prep.plan import calibrate
+
+    def progress(done: int, total: int, image: str, seconds: float) -> None:
+        click.echo(f"calibrating {done}/{total}: {image} ({seconds:.1f} s)", err=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = calibrate_on
+        if src is None:
+            try:
+                from openmind_prep.embedded import build_sample_tree
+                t0 = time.perf_counter()
+                click.echo("calibrating: writing the embedded real-MRI sample (6 volumes) ...", err=True)
+                src = build_sample_tree(Path(tmp) / "sample")
+            except ImportError as e:
+                raise click.UsageError(f"calibrating needs the embedded sample ({e.name} is missing: pip install "
+                                       "'openmind-prep[sample]'), or give --calibrate-on SRC, --from-manifest "
+                                       "STORE or --seconds-per-volume S") from e
+            click.echo(f"calibrating: sample written in {time.perf_counter() - t0:.1f} s; preprocessing each "
+                       "volume on one thread", err=True)
+        return calibrate(src, Path(tmp), dtype, progress=progress)
