@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from openmind_prep.metadata import MASK_NAMES
-from openmind_prep.nifti_check import InputError, check_nifti
+from openmind_prep.nifti_check import InputError, itk_pixels, read_voxels
 from openmind_prep.resample import resample_image, resample_mask
 
 __all__ = ["InputError", "ImageProps", "CropBox", "PreprocessedCase", "MASK_NAMES",
@@ -88,30 +88,30 @@ class PreprocessedCase:
 
 
 def _read_checked(path: Path, max_bytes: int | None) -> tuple[np.ndarray, ImageProps]:
-    check_nifti(path, max_bytes=max_bytes)
+    """One pass over the file: :func:`read_voxels` decompresses and checks the voxels (SimpleITK's
+    own pixel values, :func:`itk_pixels`); SimpleITK reads only the header for the geometry."""
+    data, layout = read_voxels(path, max_bytes=max_bytes)
     try:
         reader = sitk.ImageFileReader()
         reader.SetImageIO("NiftiImageIO")
         reader.SetFileName(str(path))
-        image = reader.Execute()
+        reader.ReadImageInformation()
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise InputError(path, f"SimpleITK cannot read it: {reason}") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
+    if reader.GetNumberOfComponents() != 1:
         raise InputError(path, "multi-component (vector/RGB) pixels, expected a scalar image")
-    data = sitk.GetArrayFromImage(image)
-    if data.ndim == 4 and data.shape[0] == 1:  # a 4-D header holding one volume
-        data = data[0]
-    if data.ndim != 3:
-        raise InputError(path, f"expected a 3-D volume, SimpleITK gave shape {data.shape}")
-    dim = image.GetDimension()
-    spacing = tuple(abs(float(s)) for s in image.GetSpacing()[:3][::-1])
+    size = tuple(int(n) for n in reader.GetSize())
+    if size[:3][::-1] != data.shape or any(n != 1 for n in size[3:]):
+        raise InputError(path, f"SimpleITK sees size {size}, the header says {layout.shape}")
+    dim = reader.GetDimension()
+    spacing = tuple(abs(float(s)) for s in reader.GetSpacing()[:3][::-1])
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise InputError(path, f"invalid voxel spacing {spacing}")
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
-    props = ImageProps(spacing=spacing, origin=tuple(float(o) for o in image.GetOrigin()[:3]),
+    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    props = ImageProps(spacing=spacing, origin=tuple(float(o) for o in reader.GetOrigin()[:3]),
                        direction=tuple(direction.ravel().tolist()), shape=tuple(int(n) for n in data.shape))
-    return data, props
+    return itk_pixels(data, layout), props
 
 
 def read_image(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageProps]:
@@ -143,10 +143,14 @@ def read_mask(path: str | Path, *, max_bytes: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     data, _ = _read_checked(path, max_bytes)
-    labels = np.unique(data)
-    if labels[0] < 0 or labels[-1] > 255 or not np.array_equal(labels, np.round(labels)):
-        bad = [float(v) for v in labels if v < 0 or v > 255 or v != np.round(v)][:3]
-        raise InputError(path, f"mask values must be integer labels in 0..255, found {bad}")
+    if data.dtype == np.uint8:  # the common case: nothing to check, nothing to convert
+        return data
+    bad = (data < 0) | (data > 255)
+    if data.dtype.kind == "f":
+        bad |= data != np.round(data)
+    if bad.any():
+        found = [float(v) for v in np.unique(data[bad])[:3]]  # only the offending values are sorted
+        raise InputError(path, f"mask values must be integer labels in 0..255, found {found}")
     return data.astype(np.uint8)
 
 

@@ -168,9 +168,8 @@ def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[
     mid_shape = tuple(mask.shape[ax] if ax == z else new_shape[ax] for ax in range(3))
     out = torch.zeros(mid_shape, dtype=torch.uint8)
     src = torch.from_numpy(np.ascontiguousarray(mask))
-    for label in np.unique(mask):
-        if label == 0:  # assigning 0 to the zero-initialised output changes nothing
-            continue
+    counts = torch.bincount(src.reshape(-1), minlength=256)  # labels present, without np.unique's sort
+    for label in torch.nonzero(counts[1:]).flatten().add(1).tolist():  # 0: the output's initial value
         hot = _resize((src == int(label)).to(torch.float32), new_shape, in_plane, order=1)
         out[hot >= 0.5] = int(label)
     if z is not None and mask.shape[z] != new_shape[z]:

@@ -279,6 +279,7 @@ def test_intensities_that_overflow_float32_statistics_fail_instead_of_storing_ze
     data = np.asarray(_anatomical().dataobj).astype(np.int16)
     hdr = nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]), dtype=np.int16).header
     hdr["scl_slope"], hdr["scl_inter"] = 1e30, 0.0
+    hdr["vox_offset"] = 352  # where the voxels are (0 would make SimpleITK read them from byte 348)
     name = "ds1/sub-1/anat/sub-1_T1w.nii"
     _place(tmp_path, name, hdr.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
     with np.errstate(over="ignore"):
