@@ -129,27 +129,15 @@ def write_case(
     >>> out.zarr_paths, image_array(s, "ds1/sub-1/a/image")[:].sum()
     ({'image': 'ds1/sub-1/a/image'}, np.float32(60.0))
     """
-    import zarr
-    from zarr.codecs import BloscCodec
-    from zarr.storage import LocalStore
+    from openmind_prep.zarr_write import write_array, write_group
 
     store = Path(store)
     tmp = store / TMP_DIR / uuid.uuid4().hex
-    group = zarr.create_group(store=LocalStore(tmp), zarr_format=3)
+    write_group(tmp)
     checksums, paths = {}, {}
-    for name, data in arrays.items():
-        data = np.ascontiguousarray(data)
-        inner = tuple(min(chunks, n) for n in data.shape)
-        shard = tuple(-(-n // c) * c for n, c in zip(data.shape, inner))
-        checksums[name] = array_checksum(data)
-        attrs = {**(attributes if name == IMAGE else {}), "checksum": checksums[name]}
-        array = group.create_array(
-            name, shape=data.shape, dtype=data.dtype, chunks=inner, shards=shard,
-            compressors=BloscCodec(cname=CODEC["cname"], clevel=clevel, shuffle=CODEC["shuffle"],
-                                   blocksize=int(np.prod(inner)) * data.itemsize),
-            fill_value=0, attributes=_jsonable(attrs),
-        )
-        array[...] = data  # one write per array: one writer per shard
+    for name, data in arrays.items():  # encoded directly, byte-identical to zarr's own writer
+        checksums[name], _ = write_array(tmp / name, data, chunks=chunks, codec={**CODEC, "clevel": clevel},
+                                         attributes=_jsonable(attributes) if name == IMAGE else {})
         paths[name] = f"{key}/{name}"
     _ensure_parent_groups(store, key)
     final = store / key
