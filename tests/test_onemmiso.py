@@ -204,3 +204,16 @@ def test_max_bytes_refuses_before_reading(tmp_path, mni_small):
     data, _ = read_image(path, max_bytes=voxels * 4)
     assert data.shape == mni_small.shape[::-1]
     assert os.path.getsize(path) < voxels * 4
+
+
+@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize("n_in,n_out", [(1, 5), (2, 9), (7, 20), (30, 29), (155, 274), (256, 176), (10, 531)])
+def test_axis_matrix_columns_are_scipys_1d_zoom_of_unit_vectors(n_in, n_out, order):
+    from openmind_prep.resample import axis_matrix
+
+    m = axis_matrix(n_in, n_out, order)
+    for j in range(n_in):  # the definition: column j = the resized unit vector e_j (skimage's call)
+        unit = np.zeros(n_in)
+        unit[j] = 1.0
+        col = ndi.zoom(unit, n_out / n_in, order=order, mode="nearest", grid_mode=True)
+        np.testing.assert_allclose(m[:, j], col, rtol=0, atol=1e-12)
