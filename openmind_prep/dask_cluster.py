@@ -8,9 +8,12 @@ cores of the node and N workers would oversubscribe it N-fold.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 #: Images per Dask task (and per download batch in ``run``); ``plan`` estimates with it.
 DEFAULT_BATCH_SIZE = 8
@@ -135,3 +138,66 @@ def dask_client(config: ClusterConfig) -> Iterator["distributed.Client"]:  # noq
         if cluster is not None:
             cluster.close()
         stack.close()
+
+
+def describe(config: ClusterConfig) -> str:
+    """What :func:`dask_client` will start or join, for the status line.
+
+    >>> describe(ClusterConfig(workers=2)), describe(ClusterConfig(scheduler="tcp://h:8786"))
+    ('2 local Dask workers', 'the Dask scheduler at tcp://h:8786')
+    """
+    if config.scheduler:
+        return f"the Dask scheduler at {config.scheduler}"
+    if config.kind == "slurm":
+        return f"{config.jobs} SLURM job(s) of {config.cores} Dask workers"
+    return f"{config.n_workers} local Dask worker{'s' if config.n_workers != 1 else ''}"
+
+
+class BackgroundClient:
+    """Start :func:`dask_client` on a thread now, so the cluster comes up while the caller resolves
+    its selection; :meth:`get` waits for it. ``status`` receives one line when the start begins and
+    one when the cluster is ready (default: stderr). Closing joins the start and shuts it down.
+
+    >>> with BackgroundClient(ClusterConfig(workers=1, processes=False), status=lambda s: None) as bg:
+    ...     bg.get().submit(sum, [1, 2]).result()
+    3
+    """
+
+    def __init__(self, config: ClusterConfig, status: Callable[[str], None] | None = None) -> None:
+        self._status = status or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._stack = ExitStack()
+        self._client = None
+        self._error: BaseException | None = None
+        self._status(f"starting {describe(config)} ...")
+        self._thread = threading.Thread(target=self._start, args=(config,), name="openmind-prep-dask", daemon=True)
+        self._thread.start()
+
+    def _start(self, config: ClusterConfig) -> None:
+        start = time.perf_counter()
+        try:
+            self._client = self._stack.enter_context(dask_client(config))
+            self._status(f"Dask ready ({describe(config)}) after {time.perf_counter() - start:.1f} s")
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by get()
+            self._error = e
+
+    def get(self):
+        """The ``distributed.Client`` once the cluster is up (re-raises a failed start)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def close(self) -> None:
+        self._thread.join()
+        self._stack.close()
+
+    def __enter__(self) -> "BackgroundClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def client_of(client):
+    """A ``distributed.Client`` from a client or a :class:`BackgroundClient` (waits for its start)."""
+    return client.get() if isinstance(client, BackgroundClient) else client

@@ -218,6 +218,11 @@ def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Path, cl
     from distributed import as_completed
     from tqdm.auto import tqdm
 
+    from openmind_prep.dask_cluster import client_of
+
+    if not todo:
+        return []
+    client = client_of(client)  # a cluster still starting in the background is waited for here
     queue = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     queue.reverse()  # pop() from the end keeps the CSV order
     max_in_flight = max_in_flight or 2 * max(1, sum(client.nthreads().values()))
@@ -263,12 +268,17 @@ def preprocess(src_root: Path, store: Path, selection: Selection, cluster: Clust
                options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True):
     """Select records from ``src_root``'s CSV, preprocess the pending ones, merge the manifest.
 
+    No cluster is started when nothing is pending (a re-run of a finished store takes ~1 s); else
+    one line says what starts (:class:`openmind_prep.dask_cluster.BackgroundClient`).
     Returns ``(selected records, this run's rows, merged manifest table)``.
     """
-    from openmind_prep.dask_cluster import dask_client
+    from openmind_prep.dask_cluster import BackgroundClient
 
     records = selection.apply(read_metadata(Path(src_root) / METADATA_CSV))
-    with dask_client(cluster) as client:
-        rows = run_preprocess(records, src_root, store, client, options, batch_size=batch_size,
-                              progress=progress)
+    clashes, todo = prepare(records, src_root, store)
+    rows = list(clashes)
+    if todo:
+        with BackgroundClient(cluster) as client:
+            rows += process_records(todo, src_root, Path(store), client, options, batch_size=batch_size,
+                                    progress=progress)
     return records, rows, merge_manifest(store)

@@ -37,7 +37,7 @@ def run_command(hub: HubRepo, source: Path | None, store: Path,
                 cluster: ClusterConfig) -> None:
     """Download (or copy from --source), preprocess and delete raw files in a stream, keeping at
     most --max-raw-gb of raw bytes on disk; writes the same store as download + preprocess."""
-    from openmind_prep.dask_cluster import dask_client
+    from openmind_prep.dask_cluster import BackgroundClient
     from openmind_prep.manifest import merge_manifest
     from openmind_prep.cli.preprocess import report
     from openmind_prep.hub import DownloadError
@@ -48,20 +48,20 @@ def run_command(hub: HubRepo, source: Path | None, store: Path,
     work.mkdir(parents=True, exist_ok=True)
     if lock_file is not None and selection != Selection():
         raise click.UsageError("--lock replays a fixed file list; drop the selection options")
-    try:
-        if source is not None:
-            if lock_file is not None:
-                raise click.UsageError("--lock applies to the hub, not to --source")
-            items, fetch = source_items(Path(source), selection, work)
-        else:
-            items, fetch = hub_items(hub, selection, work, lock_file, download_workers)
-    except (DownloadError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
-    options = PreprocessOptions(dtype=dtype, chunks=chunks)
-    try:
-        with dask_client(cluster) as client:
+    with BackgroundClient(cluster) as client:  # the cluster starts while the selection resolves
+        try:
+            if source is not None:
+                if lock_file is not None:
+                    raise click.UsageError("--lock applies to the hub, not to --source")
+                items, fetch = source_items(Path(source), selection, work)
+            else:
+                items, fetch = hub_items(hub, selection, work, lock_file, download_workers)
+        except (DownloadError, ValueError) as e:
+            raise click.ClickException(str(e)) from e
+        options = PreprocessOptions(dtype=dtype, chunks=chunks)
+        try:
             rows = stream(items, fetch, work, store, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
                           keep_raw=keep_raw, batch_size=batch_size)
-    except RawBudgetError as e:
-        raise click.UsageError(str(e)) from e
+        except RawBudgetError as e:
+            raise click.UsageError(str(e)) from e
     report([i.record for i in items], rows, merge_manifest(store), store)
