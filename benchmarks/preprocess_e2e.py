@@ -123,11 +123,11 @@ def per_image(src: Path, work: Path, rounds: int) -> None:
 
     _setup_threads()
     records = read_metadata(src / METADATA_CSV)
-    store = create_store(work / "store")
     (work / "peer").mkdir(exist_ok=True)
     options = PreprocessOptions()
     times = {r.image_path: ([], []) for r in records}
     for rnd in range(rounds + 1):  # round 0 warms imports and caches, not counted
+        store = create_store(work / f"store{rnd}")  # a fresh store: no old group to replace
         for i, record in enumerate(records):
             t0 = time.process_time()
             row = process_image(record, src, store, options)
@@ -143,6 +143,7 @@ def per_image(src: Path, work: Path, rounds: int) -> None:
               f"{'max|d| f16':>10} {'f32':>8} {'mask≠':>6} {'ours B':>10} {'peer B':>10}")
     print(header + "\n" + "-" * len(header))
     tot = np.zeros(4)
+    store = create_store(work / "store_check")
     for i, record in enumerate(records):
         ours_t, peer_t = (float(np.median(t)) for t in times[record.image_path])
         row = process_image(record, src, store, options)
