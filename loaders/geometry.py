@@ -201,6 +201,7 @@ def draw_pair_geometry(
     p_scale: float = 0.2,
     max_rotation: float | None = math.pi / 6,
     p_rotate: float = 0.2,
+    shared: bool = False,
     generator: torch.Generator | None = None,
 ) -> PairGeometry:
     """Draw two overlapping views per volume (pure function of the shapes and ``generator``).
@@ -213,6 +214,9 @@ def draw_pair_geometry(
     overlap is a whole number of voxels per axis (nudged so the fraction stays in range), so both
     views are exact voxel crops.
     The pair is placed uniformly where it fits; where it does not, it is centred (then padded).
+    ``shared=True`` is the reference fork's recipe: view 1's mirror and zoom are used for both views
+    (a transform of the pair's region before cropping, like the shared rotation), so the two views
+    differ by translation only; the random numbers drawn are the same either way.
 
     >>> g = draw_pair_geometry([(40, 40, 40)], (16, 20, 24), generator=torch.Generator().manual_seed(0))
     >>> tuple(g.boxes.shape), 0.4 <= float(g.overlaps[0]) <= 0.8
@@ -246,6 +250,8 @@ def draw_pair_geometry(
         drawn = split_range(u_side, u_scale, lo, hi)
         zoom = torch.where(u_pscale < p_scale, drawn, zoom)
     flips = (u_flip < 0.5) & flip
+    if shared:  # one mirror and one zoom per pair
+        zoom, flips = zoom[:1].expand(2, n).clone(), flips[:1].expand(2, n, 3).clone()
     angles = (2 * u_angle - 1) * (max_rotation or 0.0)
     angles = torch.where((u_prot < p_rotate)[:, None], angles, torch.zeros_like(angles))
     rot = _rotation(angles)

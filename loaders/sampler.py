@@ -179,6 +179,9 @@ class OverlapViewSampler:
     up to ``max_rotation_deg`` about each axis). ``intensity`` switches the per-view intensity
     augmentation (``loaders.augment``); ``mask_ratio`` (None = no masks) and ``mask_block`` set
     the MAE masks. ``pad_value`` None pads with each volume's per-channel minimum.
+    ``shared_spatial`` draws one mirror and one zoom per pair (the reference fork's views, which then
+    differ by translation only; with ``max_rotation_deg=180`` its full rotation range); intensity
+    augmentation stays per view.
 
     >>> vol = torch.randn(2, 1, 40, 44, 48)
     >>> pair = OverlapViewSampler((16, 20, 24))(vol, generator=torch.Generator().manual_seed(0))
@@ -203,6 +206,7 @@ class OverlapViewSampler:
         mask_ratio: float | None = 0.75,
         mask_block: int = 16,
         pad_value: float | None = None,
+        shared_spatial: bool = False,
     ) -> None:
         if len(patch_size) != 3:
             raise ValueError(f"patch_size must have 3 entries, got {tuple(patch_size)}")
@@ -212,6 +216,7 @@ class OverlapViewSampler:
         self.scale_range, self.p_scale = scale_range, p_scale
         self.max_rotation, self.p_rotate = math.radians(max_rotation_deg), p_rotate
         self.mask_ratio, self.mask_block, self.pad_value = mask_ratio, mask_block, pad_value
+        self.shared_spatial = shared_spatial
 
     def draw(self, shapes: Sequence[Shape3], channels: int, generator: torch.Generator,
              device: torch.device | str = "cpu") -> tuple[PairGeometry, IntensityParams | None, Tensor | None]:
@@ -220,7 +225,7 @@ class OverlapViewSampler:
             list(shapes), self.patch_size, min_overlap=self.min_overlap, max_overlap=self.max_overlap,
             flip=self.flip, scale_range=self.scale_range if self.scale else None, p_scale=self.p_scale,
             max_rotation=self.max_rotation if self.rotate else None, p_rotate=self.p_rotate,
-            generator=generator,
+            shared=self.shared_spatial, generator=generator,
         )
         n = 2 * len(shapes)
         intensity = draw_intensity(n, channels, generator) if self.intensity else None

@@ -61,6 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-overlap", type=float, default=0.8, help="Largest shared fraction of the patch volume.")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="Flip/zoom/rotate/intensity augmentation of the views (off only for debugging).")
+    g.add_argument("--view-augment", choices=["reference", "per-view"], default="reference",
+                   help="reference: the fork's views, one mirror/zoom (p 0.2, 0.7-1.4)/rotation (p 0.2, 0-2π) per pair, "
+                        "so views differ by translation only; per-view: mirror and zoom drawn per view, rotation ±30°.")
     g.add_argument("--num-workers", type=int, default=4, help="DataLoader processes reading the store.")
     g = p.add_argument_group("method (the ablation ladder)")
     g.add_argument("--recon", choices=["ae", "mae"], default="mae", help="Reconstruct plain views (ae) or masked (mae).")
@@ -181,6 +184,8 @@ def view_sampler(args: argparse.Namespace, augment: bool):
 
     return OverlapViewSampler(args.patch_size, args.min_overlap, args.max_overlap, flip=augment, scale=augment,
                               rotate=augment, intensity=augment, mask_block=args.mask_block,
+                              shared_spatial=args.view_augment == "reference",
+                              max_rotation_deg=180.0 if args.view_augment == "reference" else 30.0,
                               mask_ratio=args.mask_ratio if args.recon == "mae" else None)
 
 
