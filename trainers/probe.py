@@ -1,0 +1,299 @@
+"""Tissue probe: numbers for the quality of a representation, for any run or export.
+
+    python -m trainers.probe runs/tiny                 # a trainers.cva run folder (or its checkpoint.pt)
+    python -m trainers.probe model.pth --out probes/   # an nnssl-format export (ours or nnssl's)
+
+The labelled volume is nilearn's MNI152 T1 with background / CSF / grey / white labels
+(:mod:`trainers.tissue`: our onemmiso preprocessing, centre crop ≤ ``--crop``). Three feature
+sources are scored in the same run: the frozen backbone (``model``: every encoder stage upsampled
+to the voxel grid and L2-normalised per stage, :func:`trainers.kmeans.voxel_features`), a
+randomly initialised network of the same architecture (``random``) and the raw intensity with its
+local 5³ mean and standard deviation (``intensity``). Each source's channels are standardised over
+the volume's voxels, then
+
+* k-means (k = 4 classes and the demo's 6) → adjusted Rand index and NMI against the labels (all voxels);
+* a linear probe (logistic regression, balanced class weights, ≤ ``--fit-voxels`` random voxels of the
+  left hemisphere = lower half of the last stored axis) scored on the right hemisphere → balanced
+  accuracy and per-class Dice.
+
+``probe.json`` (one entry per source) and ``probe.png`` (mid-slices: image, labels, k-means,
+probe predictions) go to ``--out`` (default: beside the input). Primus sees the volume in tiles of
+its patch size (its position embedding is fixed); residual U-Nets see it whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+DEMO_K = 6
+__all__ = ["intensity_features", "network_features", "score_features", "probe_backbone", "run_probe", "main"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("trainers.probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("input", type=Path, help="trainers.cva run folder, its checkpoint.pt, or an nnssl-format export.")
+    p.add_argument("--store", type=Path, default=None,
+                   help="Store the run trained on: the probe volume is cast to its dtype (default: the run "
+                        "config's store if it exists, else float16 as `preprocess` writes).")
+    p.add_argument("--out", type=Path, default=None, help="Folder for probe.json / probe.png (default: beside the input).")
+    p.add_argument("--crop", type=int, default=128, help="Centre-crop edge in voxels (≤128 keeps a CPU run to minutes).")
+    p.add_argument("--resolution", type=int, choices=[1, 2], default=1,
+                   help="Template resolution in mm; 2 fits the whole brain in 128³ but is not what a 1 mm run saw.")
+    p.add_argument("--stride", type=int, default=0, help="Score every n-th voxel per axis (0: 2 above 64³, else 1).")
+    p.add_argument("--weights", choices=["student", "teacher"], default="student", help="Which backbone of a run checkpoint.")
+    p.add_argument("--fit-voxels", type=int, default=20000, help="Voxels the linear probe and k-means are fitted on.")
+    p.add_argument("--seed", type=int, default=0, help="Seeds the random-init baseline, k-means and the probe's voxels.")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default).")
+    return p
+
+
+def intensity_features(image: np.ndarray, size: int = 5) -> np.ndarray:
+    """``[3, *shape]``: intensity, its local mean and local standard deviation over ``size``³ (edges repeated).
+
+    >>> f = intensity_features(np.arange(27.0).reshape(3, 3, 3), size=3)
+    >>> f.shape, float(f[1, 1, 1, 1]), round(float(f[2, 1, 1, 1]), 3)
+    ((3, 3, 3, 3), 13.0, 7.303)
+    """
+    from scipy.ndimage import uniform_filter
+
+    x = np.asarray(image, dtype=np.float64)
+    mean = uniform_filter(x, size, mode="nearest")
+    std = np.sqrt(np.maximum(uniform_filter(x * x, size, mode="nearest") - mean**2, 0.0))
+    return np.stack([x, mean, std]).astype(np.float32)
+
+
+def grid_multiple(backbone) -> int:
+    """Edge the input must be a multiple of: the encoder's total stride (Primus: its 8³ patch embedding)."""
+    if hasattr(backbone, "eva"):
+        return 8
+    return int(np.prod([s[0] if isinstance(s, (list, tuple)) else s for s in backbone.encoder.strides]))
+
+
+def network_features(backbone, image: np.ndarray, *, stride: int = 1, window=None) -> np.ndarray:
+    """Frozen per-voxel features ``[D, *shape/stride]`` of ``image`` (shape a multiple of :func:`grid_multiple`).
+
+    With ``window`` (Primus), the volume is padded with its minimum to whole windows and encoded tile by tile.
+
+    >>> from trainers.networks import tiny
+    >>> network_features(tiny().eval(), np.zeros((16, 16, 32), np.float32), stride=2).shape
+    (120, 8, 8, 16)
+    """
+    import torch
+
+    from trainers.kmeans import voxel_features
+
+    vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    if window is None:
+        return voxel_features(backbone, vol, multiple=grid_multiple(backbone), stride=stride).numpy()
+    w = [int(n) for n in window]
+    padded = [-(-n // s) * s for n, s in zip(vol.shape[1:], w)]
+    big = torch.full((1, *padded), float(vol.min()))
+    big[:, : vol.shape[1], : vol.shape[2], : vol.shape[3]] = vol
+    out = None
+    for i in range(0, padded[0], w[0]):
+        for j in range(0, padded[1], w[1]):
+            for k in range(0, padded[2], w[2]):
+                f = voxel_features(backbone, big[:, i: i + w[0], j: j + w[1], k: k + w[2]], multiple=8, stride=stride)
+                if out is None:
+                    out = torch.zeros((f.shape[0], *[n // stride for n in padded]))
+                out[:, i // stride: (i + w[0]) // stride, j // stride: (j + w[1]) // stride,
+                    k // stride: (k + w[2]) // stride] = f
+    return out[:, : vol.shape[1] // stride, : vol.shape[2] // stride, : vol.shape[3] // stride].numpy()
+
+
+def standardise(features: np.ndarray) -> np.ndarray:
+    """``[voxels, D]`` float32: each channel to zero mean, unit variance over the voxels (constant: 0)."""
+    flat = features.reshape(features.shape[0], -1).T.astype(np.float32)
+    flat -= flat.mean(axis=0)
+    flat /= np.maximum(flat.std(axis=0), 1e-6)
+    return flat
+
+
+def dice_per_class(truth: np.ndarray, pred: np.ndarray, names) -> dict:
+    """Dice ``2|P∩T| / (|P| + |T|)`` per class (None where the class is in neither).
+
+    >>> dice_per_class(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b", "c"])
+    {'a': 0.6667, 'b': 0.8, 'c': None}
+    """
+    out = {}
+    for c, name in enumerate(names):
+        t, p = truth == c, pred == c
+        denom = int(t.sum() + p.sum())
+        out[name] = round(2 * int((t & p).sum()) / denom, 4) if denom else None
+    return out
+
+
+def score_features(features: np.ndarray, labels: np.ndarray, *, ks=(4, DEMO_K), seed: int = 0,
+                   fit_voxels: int = 20000) -> tuple[dict, dict]:
+    """k-means ARI/NMI and the hemisphere-split linear probe for ``features`` ``[D, *labels.shape]``.
+
+    Returns the metrics and the label maps (``kmeans`` for ``ks[0]``, ``probe`` over the whole volume).
+
+    >>> lab = np.zeros((8, 8, 8), np.uint8); lab[:, 4:] = 1
+    >>> m, _ = score_features(lab[None].astype(np.float32), lab, ks=(2,))
+    >>> m["ari"], m["balanced_accuracy"], m["dice"]["grey"]
+    (1.0, 1.0, None)
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+    from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score, normalized_mutual_info_score
+
+    from trainers.kmeans import kmeans_labels
+    from trainers.tissue import CLASSES, LR_AXIS
+
+    flat, y, grid = standardise(features), labels.ravel().astype(np.int64), labels.shape
+    metrics: dict = {"features": int(features.shape[0]), "kmeans": {}}
+    maps = {}
+    for k in ks:
+        with threadpool_limits(1):
+            clusters = kmeans_labels(torch.from_numpy(flat.T.reshape(-1, *grid)), k, seed=seed, fit_voxels=fit_voxels)
+        metrics["kmeans"][str(k)] = {"ari": round(float(adjusted_rand_score(y, clusters.ravel())), 4),
+                                     "nmi": round(float(normalized_mutual_info_score(y, clusters.ravel())), 4)}
+        maps.setdefault("kmeans", clusters)
+    metrics.update(metrics["kmeans"][str(ks[0])])
+    left = (np.indices(grid)[LR_AXIS] < grid[LR_AXIS] // 2).ravel()
+    fit = np.flatnonzero(left)
+    if len(fit) > fit_voxels:
+        fit = np.sort(np.random.default_rng(seed).choice(fit, fit_voxels, replace=False))
+    # one BLAS thread: these fits are small, and threads thrash on a shared CPU (6.6 s vs 0.17 s measured)
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore")  # convergence notes; predicted classes absent from the right half
+        clf = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit(flat[fit], y[fit])
+        pred = clf.predict(flat)
+        metrics["balanced_accuracy"] = round(float(balanced_accuracy_score(y[~left], pred[~left])), 4)
+    metrics["dice"] = dice_per_class(y[~left], pred[~left], CLASSES)
+    maps["probe"] = pred.reshape(grid).astype(np.uint8)
+    return metrics, maps
+
+
+def random_like(loaded, seed: int):
+    """The random-init baseline: a fresh network of ``loaded``'s architecture, weights drawn from ``seed``."""
+    import torch
+
+    from trainers.probe_io import build_like
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_like(loaded.arch, loaded.patch_size, loaded.kwargs).eval()
+
+
+def probe_backbone(backbone, volume, *, random_backbone=None, intensity: bool = True, stride: int = 1,
+                   window=None, seed: int = 0, fit_voxels: int = 20000) -> tuple[dict, dict]:
+    """Score ``backbone`` (and the baselines asked for) on ``volume`` (:class:`trainers.tissue.TissueVolume`).
+
+    Returns ``({source: metrics}, {source: maps})``; sources ``model``, ``random``, ``intensity``.
+    """
+    from trainers.tissue import LR_AXIS
+
+    labels = volume.labels[::stride, ::stride, ::stride]
+    sources = {"model": backbone, "random": random_backbone, "intensity": intensity or None}
+    results, maps = {}, {}
+    for name, net in sources.items():
+        if net is None:
+            continue
+        t0 = time.perf_counter()
+        if name == "intensity":
+            feats = intensity_features(volume.image)[:, ::stride, ::stride, ::stride]
+        else:
+            feats = network_features(net, volume.image, stride=stride, window=window)
+        results[name], maps[name] = score_features(feats, labels, seed=seed, fit_voxels=fit_voxels)
+        results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+    maps["labels"], maps["image"] = labels, volume.image[::stride, ::stride, ::stride]
+    maps["lr_axis"] = LR_AXIS
+    return results, maps
+
+
+def _store_dtype(store: Path | None, input_path: Path) -> str:
+    if store is None:  # the run's own store, when the config names one that is still there
+        config = (input_path if input_path.is_dir() else input_path.parent) / "config.json"
+        try:
+            store = Path(json.loads(config.read_text()).get("store") or "")
+        except (OSError, ValueError, AttributeError):
+            return "float16"
+        if not (store / "manifest.parquet").is_file():
+            return "float16"
+    from openmind_prep.manifest import read_manifest
+
+    from trainers.probe_io import ProbeInputError
+
+    try:
+        rows = [r for r in read_manifest(store).to_pylist() if r.get("status") == "ok" and r.get("dtype")]
+    except Exception as e:  # noqa: BLE001
+        raise ProbeInputError(f"{store}: not a readable store ({type(e).__name__}: {e})") from None
+    return rows[0]["dtype"] if rows else "float16"
+
+
+def run_probe(args: argparse.Namespace) -> dict:
+    """Load the input, build the volume and baselines, score, write ``probe.json`` / ``probe.png``."""
+    from openmind_prep import atomic
+    from trainers.probe_io import load_backbone
+    from trainers.probe_plot import probe_png
+    from trainers.tissue import CLASSES, LR_AXIS, mni_tissue
+
+    t0 = time.perf_counter()
+    loaded = load_backbone(args.input, args.weights)
+    dtype = _store_dtype(args.store, args.input)
+    stride = args.stride or (2 if args.crop > 64 else 1)
+    window = loaded.patch_size if loaded.arch == "primus-m" else None
+    multiple = int(np.lcm(grid_multiple(loaded.network), stride))
+    volume = mni_tissue(args.resolution, args.crop, dtype=dtype, multiple=multiple)
+    results, maps = probe_backbone(loaded.network, volume, random_backbone=random_like(loaded, args.seed),
+                                   stride=stride, window=window, seed=args.seed, fit_voxels=args.fit_voxels)
+    out = args.out or (args.input if args.input.is_dir() else args.input.parent)
+    counts = np.bincount(maps["labels"].ravel(), minlength=len(CLASSES))
+    report = {
+        **results,
+        "meta": {"input": str(args.input), "source": loaded.source, "arch": loaded.arch,
+                 "patch_size": list(loaded.patch_size), "volume": "nilearn MNI152 2009a T1 (onemmiso)",
+                 "resolution_mm": args.resolution, "dtype": dtype, "crop_box_zyx": [list(b) for b in volume.box],
+                 "stride": stride, "grid": list(maps["labels"].shape), "classes": list(CLASSES),
+                 "class_fraction": [round(float(c) / counts.sum(), 4) for c in counts],
+                 "fit": f"left hemisphere: axis {LR_AXIS} index < half", "score": "right hemisphere",
+                 "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1)},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "probe.json", json.dumps(report, indent=2) + "\n")
+    png = probe_png(maps, results, title=f"tissue probe: {args.input}")
+    atomic.write_with(out / "probe.png", lambda tmp: tmp.write_bytes(png))
+    return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """One line per source: ARI / NMI (k=4), balanced accuracy and mean Dice of the linear probe."""
+    lines = []
+    for name in ("model", "random", "intensity"):
+        if name in report:
+            r = report[name]
+            dice = [v for v in r["dice"].values() if v is not None]
+            lines.append(f"{name:9s}  ARI {r['ari']:.3f}  NMI {r['nmi']:.3f}  balanced acc {r['balanced_accuracy']:.3f}"
+                         f"  mean Dice {sum(dice) / max(len(dice), 1):.3f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    import torch
+
+    from trainers.probe_io import ProbeInputError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = run_probe(args)
+    except ProbeInputError as e:
+        print(f"trainers.probe: error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(summary_lines(report)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Load a backbone for probing: a ``trainers.cva`` run folder / ``checkpoint.pt``, or an nnssl export.
+
+* Run checkpoint (``{"student", "teacher", "config", ...}``): the ``backbone.*`` weights of the
+  student (or teacher), architecture and patch size from the stored config.
+* nnssl-format export (``{"network_weights", "nnssl_adaptation_plan"}``, ours from
+  :mod:`trainers.export` or nnssl's): ``architecture_plans.arch_class_name`` ``ResEncL`` /
+  ``PrimusM`` / ``ResidualEncoderUNet`` (+ ``arch_kwargs``; the classes it names must be one of a
+  few ``torch.nn`` layers: a plan is data, never code), patch size from the pretraining plan.
+
+Everything is read with ``torch.load(weights_only=True)``; problems raise :class:`ProbeInputError`
+with one line naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ProbeInputError", "LoadedBackbone", "load_backbone", "build_like"]
+
+_LAYERS = {f"{c.__module__}.{c.__name__}": c for c in (
+    nn.Conv3d, nn.Conv2d, nn.InstanceNorm3d, nn.BatchNorm3d, nn.LeakyReLU, nn.ReLU, nn.GELU, nn.Dropout3d)}
+
+
+class ProbeInputError(ValueError):
+    """A run / checkpoint / export that cannot be probed; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class LoadedBackbone:
+    """The network (eval mode, CPU), how to rebuild it, and where it came from."""
+
+    network: nn.Module
+    arch: str
+    patch_size: tuple[int, int, int]
+    kwargs: dict
+    source: str
+
+
+def _strip(weights: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in weights.items():
+        for p in ("_orig_mod.", "module."):
+            k = k.removeprefix(p)
+        if k.startswith(prefix):
+            out[k[len(prefix):]] = v
+    return out
+
+
+def _out_channels(weights: dict) -> int:
+    heads = [k for k in weights if k.endswith(".bias") and k.startswith(("decoder.seg_layers.", "up_projection."))]
+    return int(weights[heads[-1]].shape[0]) if heads else 1
+
+
+def build_like(arch: str, patch_size: tuple[int, ...], kwargs: dict) -> nn.Module:
+    """A freshly initialised network of the same architecture (the random-init baseline).
+
+    >>> type(build_like("tiny", (32, 32, 32), {"out_channels": 4})).__name__
+    'ResidualEncoderUNet'
+    """
+    from trainers.networks import build_backbone
+
+    if arch == "ResidualEncoderUNet":
+        from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+        return ResidualEncoderUNet(**kwargs)
+    return build_backbone(arch, patch_size, kwargs.get("in_channels", 1), kwargs.get("out_channels", 1))
+
+
+def _from_export(ck: dict, path: Path) -> tuple[str, tuple[int, ...], dict, dict]:
+    from trainers.networks import TINY_KWARGS
+
+    plan = ck["nnssl_adaptation_plan"]
+    weights = _strip(ck["network_weights"])
+    try:
+        arch_plans = plan["architecture_plans"]
+        configuration = next(iter(plan["pretrain_plan"]["configurations"].values()))
+        patch = tuple(int(p) for p in configuration["patch_size"])
+        in_channels = int(plan.get("pretrain_num_input_channels", 1))
+        name = arch_plans["arch_class_name"]
+    except (KeyError, TypeError, StopIteration, ValueError) as e:
+        raise ProbeInputError(f"{path}: nnssl adaptation plan lacks {e} (architecture_plans / pretrain_plan)") from None
+    io = {"in_channels": in_channels, "out_channels": _out_channels(weights)}
+    if name in ("ResEncL", "PrimusM"):
+        return {"ResEncL": "resenc-l", "PrimusM": "primus-m"}[name], patch, io, weights
+    if name.rsplit(".", 1)[-1] != "ResidualEncoderUNet":
+        raise ProbeInputError(f"{path}: architecture {name!r} is not one of ResEncL, PrimusM, ResidualEncoderUNet")
+    kwargs = dict(arch_plans.get("arch_kwargs") or {})
+    for key in arch_plans.get("arch_kwargs_requiring_import") or []:
+        if kwargs.get(key) is not None:
+            if kwargs[key] not in _LAYERS:
+                raise ProbeInputError(f"{path}: arch_kwargs {key}={kwargs[key]!r} is not an allowed torch.nn layer")
+            kwargs[key] = _LAYERS[kwargs[key]]
+    if kwargs == {**TINY_KWARGS}:
+        return "tiny", patch, io, weights
+    kwargs = {**kwargs, "input_channels": in_channels, "num_classes": io["out_channels"], "deep_supervision": False}
+    return "ResidualEncoderUNet", patch, kwargs, weights
+
+
+def load_backbone(path: str | Path, weights: str = "student") -> LoadedBackbone:
+    """Rebuild the backbone stored at ``path`` (run folder, ``checkpoint.pt`` or nnssl export).
+
+    >>> import tempfile
+    >>> from trainers.export import save_nnssl_checkpoint
+    >>> from trainers.networks import tiny
+    >>> p = save_nnssl_checkpoint(Path(tempfile.mkdtemp()) / "m.pth", tiny(), "tiny", (32, 32, 32))
+    >>> b = load_backbone(p); b.arch, b.patch_size
+    ('tiny', (32, 32, 32))
+    >>> load_backbone(p.parent / "nope.pth")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    trainers.probe_io.ProbeInputError: .../nope.pth: no such file or directory
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise ProbeInputError(f"{path}: no such file or directory")
+    try:
+        ck: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one line
+        raise ProbeInputError(f"{path}: not a checkpoint torch.load(weights_only=True) accepts "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+    if isinstance(ck, dict) and "network_weights" in ck and "nnssl_adaptation_plan" in ck:
+        arch, patch, kwargs, state = _from_export(ck, path)
+        source = "nnssl export"
+    elif isinstance(ck, dict) and "config" in ck and weights in ck:
+        config = ck["config"]
+        arch, patch = config.get("arch"), tuple(int(p) for p in config.get("patch_size", ()))
+        state = _strip(ck[weights], "backbone.")
+        kwargs, source = {"out_channels": _out_channels(state)}, f"trainers.cva checkpoint ({weights}, step {ck.get('step')})"
+    else:
+        raise ProbeInputError(f"{path}: neither a trainers.cva checkpoint nor an nnssl export "
+                              "(expected 'student'+'config' or 'network_weights'+'nnssl_adaptation_plan')")
+    try:
+        network = build_like(arch, patch, kwargs)
+        network.load_state_dict(state)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise ProbeInputError(f"{path}: weights do not fit {arch}: {' '.join(str(e).split())[:200]}") from None
+    return LoadedBackbone(network.eval(), arch, patch, kwargs, source)
