@@ -35,7 +35,7 @@ def voxel_features(backbone: torch.nn.Module, volume: torch.Tensor, *, multiple:
     if min(shape) == 0:
         raise ValueError(f"volume {tuple(volume.shape)} is smaller than {multiple} voxels along an axis")
     x = volume[None, :, : shape[0], : shape[1], : shape[2]].float()
-    feats, _ = stage_features(backbone, x)
+    feats, _ = stage_features(backbone, x, decode=False)
     grid = [s // stride for s in shape]
     up = [F.normalize(F.interpolate(f.float(), size=grid, mode="trilinear", align_corners=False), dim=1) for f in feats]
     return torch.cat(up, dim=1)[0]

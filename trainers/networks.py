@@ -114,10 +114,11 @@ def build_backbone(arch: str, patch_size: Sequence[int], in_channels: int = 1, o
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
 
 
-def stage_features(backbone: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def stage_features(backbone: nn.Module, x: torch.Tensor, decode: bool = True) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Run ``backbone`` once; return its per-stage feature maps and its output (the reconstruction).
 
     Residual U-Nets give every encoder stage's output; Primus gives its token grid ``[N, D, Z/8, Y/8, X/8]``.
+    ``decode=False`` skips the decoder (frozen-feature probes) and returns ``None`` as the output.
 
     >>> feats, recon = stage_features(tiny(), torch.zeros(1, 1, 16, 16, 16))
     >>> [f.shape[1] for f in feats], recon.shape[2:]
@@ -128,9 +129,9 @@ def stage_features(backbone: nn.Module, x: torch.Tensor) -> tuple[list[torch.Ten
         n, d, *grid = tokens.shape
         seq, _ = backbone.eva(tokens.flatten(2).transpose(1, 2))
         tokens = seq.transpose(1, 2).reshape(n, d, *grid)
-        return [tokens], backbone.up_projection(tokens)
+        return [tokens], backbone.up_projection(tokens) if decode else None
     skips = backbone.encoder(x)
-    return list(skips), backbone.decoder(skips)
+    return list(skips), backbone.decoder(skips) if decode else None
 
 
 def _mlp(dims: Sequence[int], last_norm: bool) -> nn.Sequential:

@@ -92,20 +92,19 @@ def network_features(backbone, image: np.ndarray, *, stride: int = 1, window=Non
     vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     if window is None:
         return voxel_features(backbone, vol, multiple=grid_multiple(backbone), stride=stride).numpy()
-    w = [int(n) for n in window]
-    padded = [-(-n // s) * s for n, s in zip(vol.shape[1:], w)]
+    w, shape = [int(n) for n in window], vol.shape[1:]
+    padded = [-(-n // s) * s for n, s in zip(shape, w)]
     big = torch.full((1, *padded), float(vol.min()))
-    big[:, : vol.shape[1], : vol.shape[2], : vol.shape[3]] = vol
+    big[:, : shape[0], : shape[1], : shape[2]] = vol
     out = None
-    for i in range(0, padded[0], w[0]):
-        for j in range(0, padded[1], w[1]):
-            for k in range(0, padded[2], w[2]):
-                f = voxel_features(backbone, big[:, i: i + w[0], j: j + w[1], k: k + w[2]], multiple=8, stride=stride)
-                if out is None:
-                    out = torch.zeros((f.shape[0], *[n // stride for n in padded]))
-                out[:, i // stride: (i + w[0]) // stride, j // stride: (j + w[1]) // stride,
-                    k // stride: (k + w[2]) // stride] = f
-    return out[:, : vol.shape[1] // stride, : vol.shape[2] // stride, : vol.shape[3] // stride].numpy()
+    for corner in np.ndindex(*[p // s for p, s in zip(padded, w)]):
+        lo = [c * s for c, s in zip(corner, w)]
+        f = voxel_features(backbone, big[(slice(None), *[slice(a, a + s) for a, s in zip(lo, w)])], multiple=8, stride=stride)
+        if out is None:
+            out = torch.zeros((f.shape[0], *[n // stride for n in shape]))
+        keep = [slice(0, (min(a + s, n) - a) // stride) for a, s, n in zip(lo, w, shape)]
+        out[(slice(None), *[slice(a // stride, a // stride + k.stop) for a, k in zip(lo, keep)])] = f[(slice(None), *keep)]
+    return out.numpy()
 
 
 def standardise(features: np.ndarray) -> np.ndarray:
@@ -234,7 +233,7 @@ def _store_dtype(store: Path | None, input_path: Path) -> str:
 def run_probe(args: argparse.Namespace) -> dict:
     """Load the input, build the volume and baselines, score, write ``probe.json`` / ``probe.png``."""
     from openmind_prep import atomic
-    from trainers.probe_io import load_backbone
+    from trainers.probe_io import ProbeInputError, load_backbone
     from trainers.probe_plot import probe_png
     from trainers.tissue import CLASSES, LR_AXIS, mni_tissue
 
@@ -244,6 +243,9 @@ def run_probe(args: argparse.Namespace) -> dict:
     stride = args.stride or (2 if args.crop > 64 else 1)
     window = loaded.patch_size if loaded.arch == "primus-m" else None
     multiple = int(np.lcm(grid_multiple(loaded.network), stride))
+    if window is None and args.crop < 2 * grid_multiple(loaded.network):  # instance norm needs > 1 voxel
+        raise ProbeInputError(f"--crop {args.crop}: {loaded.arch} needs at least {2 * grid_multiple(loaded.network)}"
+                              " voxels per axis (its deepest stage must keep 2³)")
     volume = mni_tissue(args.resolution, args.crop, dtype=dtype, multiple=multiple)
     results, maps = probe_backbone(loaded.network, volume, random_backbone=random_like(loaded, args.seed),
                                    stride=stride, window=window, seed=args.seed, fit_voxels=args.fit_voxels)
