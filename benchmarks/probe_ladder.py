@@ -2,7 +2,7 @@
 
 Each rung (``--recon ae|mae`` × ``--consistency none|cva|c-cva|gram`` × ``--contrastive`` on/off)
 is trained with the same steps and seeds by the real trainer (``trainers.cva.train``, in this
-process, tiny net, ``trainers/configs/tiny_cpu.py`` settings), then its student backbone is probed
+process, tiny net, ``--config tiny_cpu``), then its student backbone is probed
 (:func:`trainers.probe.probe_backbone`, MNI152 tissue labels, centre crop ``--crop``). The
 random-init and intensity baselines are scored once per seed. Prints mean ± standard deviation over
 the seeds as a markdown table.
@@ -41,7 +41,7 @@ def train_rung(rung: str, seed: int, store: Path, out: Path, args: argparse.Name
     from trainers.cva import parse_args, train
 
     recon, consistency, contrastive = rung.split("/")
-    argv = ["--store", str(store), "--out", str(out), "--config", str(ROOT / "trainers/configs/tiny_cpu.py"),
+    argv = ["--store", str(store), "--out", str(out), "--config", "tiny_cpu",
             "--steps", str(args.steps), "--warmup-steps", str(max(1, args.steps // 10)), "--seed", str(seed),
             "--recon", recon, "--consistency", consistency, "--contrastive" if contrastive == "on" else "--no-contrastive",
             "--patch-size", str(args.patch), "--no-checkpoint", "--no-resume", "--log-every", str(args.steps),

@@ -136,7 +136,7 @@ def test_primus_tiles_equal_per_window_features():
     """A small Primus (the tiling only needs ``eva``): padded tiles of its 16³ input shape, stitched."""
     import sys
 
-    from trainers.clusters import voxel_features
+    from trainers.kmeans import voxel_features
     from trainers.networks import _import_primus_m
 
     Primus = sys.modules[_import_primus_m().__module__].Primus  # noqa: N806 (import with the torchvision shim)
@@ -160,7 +160,7 @@ def test_run_folder_and_teacher_weights_load(tmp_path):
 
     store, _ = build_store(tmp_path / "store")
     run = tmp_path / "run"
-    train(parse_args(["--store", str(store), "--out", str(run), "--config", "trainers/configs/tiny_cpu.py",
+    train(parse_args(["--store", str(store), "--out", str(run), "--config", "tiny_cpu",
                       "--steps", "2", "--proj-dim", "32", "--threads", "1"]))
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
     for which in ("student", "teacher"):

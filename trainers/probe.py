@@ -30,8 +30,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 DEMO_K = 6
 __all__ = ["intensity_features", "network_features", "score_features", "probe_backbone", "run_probe", "main"]
 
@@ -57,10 +55,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def intensity_features(image: np.ndarray, size: int = 5) -> np.ndarray:
     """``[3, *shape]``: intensity, its local mean and local standard deviation over ``size``³ (edges repeated).
 
+    >>> import numpy as np
     >>> f = intensity_features(np.arange(27.0).reshape(3, 3, 3), size=3)
-    >>> f.shape, float(f[1, 1, 1, 1]), round(float(f[2, 1, 1, 1]), 3)
-    ((3, 3, 3, 3), 13.0, 7.303)
+    >>> f.shape, float(f[1, 1, 1, 1]), round(float(f[2, 1, 1, 1]), 3), round(float(np.arange(27.0).std()), 3)
+    ((3, 3, 3, 3), 13.0, 7.789, 7.789)
     """
+    import numpy as np
+
     from scipy.ndimage import uniform_filter
 
     x = np.asarray(image, dtype=np.float64)
@@ -71,6 +72,8 @@ def intensity_features(image: np.ndarray, size: int = 5) -> np.ndarray:
 
 def grid_multiple(backbone) -> int:
     """Edge the input must be a multiple of: the encoder's total stride (Primus: its 8³ patch embedding)."""
+    import numpy as np
+
     if hasattr(backbone, "eva"):
         return 8
     return int(np.prod([s[0] if isinstance(s, (list, tuple)) else s for s in backbone.encoder.strides]))
@@ -81,10 +84,13 @@ def network_features(backbone, image: np.ndarray, *, stride: int = 1, window=Non
 
     With ``window`` (Primus), the volume is padded with its minimum to whole windows and encoded tile by tile.
 
+    >>> import numpy as np
     >>> from trainers.networks import tiny
     >>> network_features(tiny().eval(), np.zeros((16, 16, 32), np.float32), stride=2).shape
     (120, 8, 8, 16)
     """
+    import numpy as np
+
     import torch
 
     from trainers.kmeans import voxel_features
@@ -109,6 +115,8 @@ def network_features(backbone, image: np.ndarray, *, stride: int = 1, window=Non
 
 def standardise(features: np.ndarray) -> np.ndarray:
     """``[voxels, D]`` float32: each channel to zero mean, unit variance over the voxels (constant: 0)."""
+    import numpy as np
+
     flat = features.reshape(features.shape[0], -1).T.astype(np.float32)
     flat -= flat.mean(axis=0)
     flat /= np.maximum(flat.std(axis=0), 1e-6)
@@ -118,6 +126,7 @@ def standardise(features: np.ndarray) -> np.ndarray:
 def dice_per_class(truth: np.ndarray, pred: np.ndarray, names) -> dict:
     """Dice ``2|P∩T| / (|P| + |T|)`` per class (None where the class is in neither).
 
+    >>> import numpy as np
     >>> dice_per_class(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b", "c"])
     {'a': 0.6667, 'b': 0.8, 'c': None}
     """
@@ -135,11 +144,14 @@ def score_features(features: np.ndarray, labels: np.ndarray, *, ks=(4, DEMO_K), 
 
     Returns the metrics and the label maps (``kmeans`` for ``ks[0]``, ``probe`` over the whole volume).
 
+    >>> import numpy as np
     >>> lab = np.zeros((8, 8, 8), np.uint8); lab[:, 4:] = 1
     >>> m, _ = score_features(lab[None].astype(np.float32), lab, ks=(2,))
     >>> m["ari"], m["balanced_accuracy"], m["dice"]["grey"]
     (1.0, 1.0, None)
     """
+    import numpy as np
+
     import torch
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
@@ -232,6 +244,8 @@ def _store_dtype(store: Path | None, input_path: Path) -> str:
 
 def run_probe(args: argparse.Namespace) -> dict:
     """Load the input, build the volume and baselines, score, write ``probe.json`` / ``probe.png``."""
+    import numpy as np
+
     from openmind_prep import atomic
     from trainers.probe_io import ProbeInputError, load_backbone
     from trainers.probe_plot import probe_png

@@ -116,8 +116,10 @@ def load_backbone(path: str | Path, weights: str = "student") -> LoadedBackbone:
     trainers.probe_io.ProbeInputError: .../nope.pth: no such file or directory
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    if path.is_dir():  # a run folder: its checkpoint, or the previous one when a kill left only that
+        from trainers.runfolder import CHECKPOINT, PREVIOUS
+
+        path = path / (PREVIOUS if not (path / CHECKPOINT).exists() and (path / PREVIOUS).exists() else CHECKPOINT)
     if not path.is_file():
         raise ProbeInputError(f"{path}: no such file or directory")
     try:
