@@ -43,14 +43,18 @@ def _arch_plans(arch: str) -> dict:
 
 def adaptation_plan(arch: str, patch_size: Sequence[int], *, spacing: Sequence[float] = (1.0, 1.0, 1.0),
                     in_channels: int = 1, dataset_name: str = "Dataset001_OpenMind",
-                    downstream_patch_size: Sequence[int] = (160, 160, 160)) -> dict:
+                    downstream_patch_size: Sequence[int] | None = None) -> dict:
     """The serialised ``AdaptationPlan`` nnssl stores in its checkpoints, for our ``arch``.
+
+    ``recommended_downstream_patchsize`` defaults to the trained ``patch_size``: nnU-Net's adaptation
+    (nnssl's ``PretrainedTrainer``, the fork's ``load_pretrained_weights``) keeps a Primus' learned
+    positional embedding only when the fine-tuning patch equals it, and fine-tunes at that patch.
 
     >>> p = adaptation_plan("resenc-l", (128, 128, 128))
     >>> p["architecture_plans"]["arch_class_name"], p["key_to_encoder"], p["key_to_stem"]
     ('ResEncL', 'encoder.stages', 'encoder.stem')
-    >>> adaptation_plan("primus-m", (160, 160, 160))["key_to_lpe"]
-    'eva.pos_embed'
+    >>> adaptation_plan("primus-m", (96, 96, 96))["key_to_lpe"], adaptation_plan("primus-m", (96, 96, 96))["recommended_downstream_patchsize"]
+    ('eva.pos_embed', [96, 96, 96])
     """
     if arch == "primus-m":
         keys = {"key_to_encoder": "eva", "key_to_stem": "down_projection",
@@ -76,7 +80,7 @@ def adaptation_plan(arch: str, patch_size: Sequence[int], *, spacing: Sequence[f
     }
     return {"architecture_plans": _arch_plans(arch), "pretrain_plan": pretrain_plan,
             "pretrain_num_input_channels": in_channels,
-            "recommended_downstream_patchsize": [int(p) for p in downstream_patch_size], **keys}
+            "recommended_downstream_patchsize": [int(p) for p in (downstream_patch_size or patch_size)], **keys}
 
 
 def nnssl_checkpoint(backbone: nn.Module, arch: str, patch_size: Sequence[int], config: dict | None = None,
@@ -101,10 +105,17 @@ def nnssl_checkpoint(backbone: nn.Module, arch: str, patch_size: Sequence[int], 
 
 def save_nnssl_checkpoint(path: str | Path, backbone: nn.Module, arch: str, patch_size: Sequence[int],
                           config: dict | None = None, **plan_kwargs: Any) -> Path:
-    """Write :func:`nnssl_checkpoint` to ``path`` (atomically: temp file, then rename); returns the path."""
+    """Write :func:`nnssl_checkpoint` to ``path`` and its plan to ``adaptation_plan.json`` beside it (as nnssl
+    writes one beside its checkpoints), each atomically (temp file, then rename); returns the checkpoint path."""
+    import json
+
+    from openmind_prep.atomic import write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = nnssl_checkpoint(backbone, arch, patch_size, config, **plan_kwargs)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(nnssl_checkpoint(backbone, arch, patch_size, config, **plan_kwargs), tmp)
+    torch.save(ckpt, tmp)
     tmp.replace(path)
+    write_text(path.with_name("adaptation_plan.json"), json.dumps(ckpt["nnssl_adaptation_plan"], indent=2) + "\n")
     return path
