@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from openmind_prep.retry import DownloadError, RetryPolicy, ShortTransfer, reason, retrying
+from openmind_prep.retry import RATE_WINDOWS, DownloadError, RetryPolicy, ShortTransfer, reason, retrying
 
 __all__ = ["DownloadError", "RetryPolicy", "HubRepo", "RemoteFile", "VerifiedState", "download_files",
            "fetch_batch", "fetch_verified", "file_digests"]
@@ -76,6 +76,7 @@ class HubRepo:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+    repo_type: str = "dataset"
 
     def timeout(self):
         """The ``httpx2.Timeout`` of every request."""
@@ -92,8 +93,10 @@ class HubRepo:
         wanted = self.timeout()
         if client.timeout != wanted:
             client.timeout = wanted
+        hooks = client.event_hooks
+        if RATE_WINDOWS.observe not in hooks.get("response", []):  # every answer's RateLimit header
+            client.event_hooks = {**hooks, "response": [*hooks.get("response", []), RATE_WINDOWS.observe]}
         return client
-    repo_type: str = "dataset"
 
     def _api(self):
         from huggingface_hub import HfApi
@@ -105,7 +108,7 @@ class HubRepo:
         """The commit sha the revision points to now (every later request is pinned to it)."""
         info = retrying(lambda: self._api().repo_info(self.repo_id, repo_type=self.repo_type,
                                                       revision=self.revision, timeout=self.timeout()),
-                        f"{self.repo_id}@{self.revision}", self.policy)
+                        f"{self.repo_id}@{self.revision}", self.policy, resource="api")
         if not info.sha:
             raise DownloadError(self.repo_id, f"the hub returned no commit sha for {self.revision!r}")
         return info.sha
@@ -122,7 +125,7 @@ class HubRepo:
             chunk = list(paths[start:start + batch])
             entries = retrying(lambda: self._api().get_paths_info(self.repo_id, chunk, repo_type=self.repo_type,
                                                                   revision=commit),
-                               f"paths-info ({chunk[0]} ...)", self.policy)
+                               f"paths-info ({chunk[0]} ...)", self.policy, resource="api")
             for e in entries:
                 if hasattr(e, "blob_id"):  # a file, not a folder
                     found[e.path] = RemoteFile(e.path, int(e.size), e.lfs.sha256 if e.lfs else None,
@@ -258,7 +261,8 @@ def _transfer(repo: HubRepo, commit: str, remote: RemoteFile, part: Path,
               on_bytes: Callable[[int], None] | None) -> None:
     """Bring ``part`` to ``remote.size`` bytes, resuming and retrying under ``repo.policy``."""
     url = repo.url(commit, remote.path)
-    retrying(lambda: _stream_once(repo, url, remote, part, on_bytes), remote.path, repo.policy)
+    retrying(lambda: _stream_once(repo, url, remote, part, on_bytes), remote.path, repo.policy,
+             resource="resolvers")
 
 
 def fetch_verified(repo: HubRepo, commit: str, remote: RemoteFile, dest: Path, raw: Path,

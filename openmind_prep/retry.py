@@ -11,7 +11,9 @@ all retries and new transfers once it has passed.
 
 from __future__ import annotations
 
+import math
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -130,6 +132,42 @@ def server_wait(headers) -> float | None:
     return max(waits) if waits else None
 
 
+class RateWindows:
+    """What the Hub said about its rate limits, process-wide: a resource (``api``, ``resolvers``)
+    whose ``RateLimit`` header showed no request left is paused until its window resets, so the next
+    request waits instead of earning a 429. :meth:`observe` is an ``httpx2`` response hook.
+
+    >>> windows = RateWindows()
+    >>> windows.observe_headers({"RateLimit": '"api";r=0;t=30'})
+    >>> 29 < windows.wait_s("api") <= 30, windows.wait_s("resolvers")
+    (True, 0.0)
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def observe_headers(self, headers) -> None:
+        from huggingface_hub.utils import parse_ratelimit_headers
+
+        info = parse_ratelimit_headers(headers)
+        if info is not None and info.remaining == 0:
+            with self._lock:
+                until = time.time() + info.reset_in_seconds
+                self._until[info.resource_type] = max(self._until.get(info.resource_type, 0.0), until)
+
+    def observe(self, response) -> None:
+        self.observe_headers(response.headers)
+
+    def wait_s(self, resource: str) -> float:
+        with self._lock:
+            return max(0.0, self._until.get(resource, 0.0) - time.time())
+
+
+#: The process's view of the Hub's rate-limit windows (fed by :meth:`HubRepo.session`'s client).
+RATE_WINDOWS = RateWindows()
+
+
 def is_transient(error: BaseException) -> bool:
     """429/5xx answers, refused or dropped connections, timeouts and short bodies are worth a retry.
 
@@ -171,10 +209,11 @@ def announce(line: str) -> None:
 
 
 def retrying(call: Callable, what: str, policy: RetryPolicy, *, sleep: Callable = time.sleep,
-             notify: Callable[[str], None] | None = None):
+             notify: Callable[[str], None] | None = None, resource: str | None = None):
     """``call()`` with retries on transient errors, each announced (``notify``, default stderr).
     Out of retries, or when the next wait would pass the deadline, the last error is re-raised
-    as :class:`DownloadError` naming ``what``.
+    as :class:`DownloadError` naming ``what``. ``resource`` (the Hub's rate-limit name of the
+    request, ``api`` or ``resolvers``): first wait out a window :data:`RATE_WINDOWS` saw used up.
 
     >>> calls, said = [], []
     >>> def flaky():
@@ -191,6 +230,14 @@ def retrying(call: Callable, what: str, policy: RetryPolicy, *, sleep: Callable 
     retry = 0
     while True:
         policy.check_deadline(what)
+        paused = RATE_WINDOWS.wait_s(resource) if resource else 0.0
+        if paused > 0:
+            left = policy.seconds_left()
+            if left is not None and paused >= left:
+                raise DownloadError(what, f"not finished: the hub's {resource!r} rate limit resets in "
+                                          f"{paused:.3g} s, past the --deadline")
+            notify(f"{what}: the hub's {resource!r} rate limit is used up; waiting {math.ceil(paused)} s")
+            sleep(paused)
         try:
             return call()
         except Exception as e:  # noqa: BLE001 - classified just below

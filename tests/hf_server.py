@@ -16,7 +16,8 @@ Faults (set on ``server.faults`` between runs): ``rate_limit`` (the next N reque
 ``Retry-After: retry_after``, or with the Hub's IETF-draft ``RateLimit: "api";r=0;t=N`` and
 ``RateLimit-Policy`` headers and no ``Retry-After`` when ``ratelimit_reset`` is set), ``hang``
 (request kind → how many requests are accepted and never answered; -1 = always; released when the
-server closes), ``error_rate`` (random 500s, seeded), ``cut`` (path → how many GETs send half the
+server closes), ``used_up`` (request kind → how many successful answers say, in ``RateLimit``, that
+no ``api`` request is left for ``used_up_reset`` s), ``error_rate`` (random 500s, seeded), ``cut`` (path → how many GETs send half the
 body then close), ``corrupt`` (path → how many GETs flip one byte at the right length; -1 = always),
 ``ignore_range`` (answer 200 with the whole body to a ``Range`` request).
 Every request is logged in ``server.log`` as a :class:`Hit`.
@@ -63,6 +64,8 @@ class Faults:
     ignore_range: bool = False  # answer 200 with the whole body, like a CDN that drops Range
     ratelimit_reset: int | None = None  # 429s carry RateLimit headers (reset in N s) instead of Retry-After
     hang: dict[str, int] = field(default_factory=dict)  # kind -> requests never answered (-1: all)
+    used_up: dict[str, int] = field(default_factory=dict)  # kind -> 200s saying "api";r=0;t=used_up_reset
+    used_up_reset: int = 1
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -187,6 +190,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, *, kind: str,
               path: str, head: bool = False) -> None:
         self.send_response(status)
+        if status < 400 and self.hub._take(self.hub.faults.used_up, kind):
+            headers = {**(headers or {}), "RateLimit": f'"api";r=0;t={self.hub.faults.used_up_reset}',
+                       "RateLimit-Policy": '"fixed window";"api";q=500;w=300'}
         for k, v in (headers or {}).items():
             self.send_header(k, str(v))
         if "Content-Length" not in (headers or {}):

@@ -130,6 +130,19 @@ def test_the_hubs_ratelimit_headers_are_honoured_without_retry_after(hub, sample
     assert "retry 1/5 in 1 s: HTTP 429 rate limited (the server asks to wait 1 s)" in capsys.readouterr().err
 
 
+def test_a_used_up_window_is_waited_out_before_the_next_request_not_after_a_429(hub, tmp_path, capsys):
+    from openmind_prep.retry import RATE_WINDOWS
+
+    hub.faults.used_up["info"] = 1  # the repo info answer (200) says: no "api" request left for 1 s
+    _, report = _bounded(download, _repo(hub.endpoint), tmp_path / "raw", progress=False)
+    assert not report.failed and not hub.hits(status=429)  # the window was respected: no 429 earned
+    info = hub.hits("info")[0]
+    api_after = [h for h in hub.log if h.kind == "paths-info" and h.time > info.time]
+    assert api_after and api_after[0].time - info.time >= 0.95
+    assert "the hub's 'api' rate limit is used up; waiting 1 s" in capsys.readouterr().err
+    assert RATE_WINDOWS.wait_s("api") == 0.0
+
+
 # -- the deadline ---------------------------------------------------------------------------------
 
 def test_the_deadline_stops_hung_transfers_and_fails_each_file_naming_it(hub, sample_tree, tmp_path):
