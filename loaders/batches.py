@@ -98,11 +98,14 @@ class BatchSource:
         finally:
             del batches  # shut the DataLoader workers down
 
-    def samples(self, n: int) -> list[dict]:
-        """The first ``n`` samples, read directly (whole volumes from a store; a fresh pass of a stream)."""
+    def first_batch(self, n: int) -> dict:
+        """A collated batch of the first ``n`` samples (whole volumes from a store; a fresh pass of a stream).
+
+        For a fixed probe batch; it does not move :attr:`position`.
+        """
         if isinstance(self.dataset, ZarrVolumeDataset):
-            return [self.dataset[i] for i in range(min(n, len(self.dataset)))]
-        return [s for _, s in zip(range(n), iter(self.dataset))]
+            return collate_volumes([self.dataset[i] for i in range(min(n, len(self.dataset)))])
+        return collate_volumes([s for _, s in zip(range(n), iter(self.dataset))])
 
 
 def batch_source(*, store: str | Path | None = None, shards: str | None = None, batch_size: int,

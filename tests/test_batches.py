@@ -46,6 +46,15 @@ def test_store_batches_are_regions_of_the_stored_volumes(data):
             np.testing.assert_array_equal(image[0].numpy(), volume[z0:z1, y0:y1, x0:x1])
 
 
+def test_first_batch_holds_whole_volumes_and_leaves_the_position(data):
+    store, written, _ = data
+    source = batch_source(store=store, batch_size=3, region_size=REGION, seed=1)
+    batch = source.first_batch(3)
+    assert source.position == 0 and len(batch["key"]) == 3
+    for key, image in zip(batch["key"], batch["image"]):
+        np.testing.assert_array_equal(image[0].numpy(), written[key]["image"])
+
+
 def test_store_source_resumed_at_a_position_replays_the_straight_batches(data):
     store, _, _ = data
     straight = batch_source(store=store, batch_size=3, region_size=REGION, seed=2)

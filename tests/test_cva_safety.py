@@ -7,6 +7,7 @@ straight run bit for bit (weights and every logged loss), as in ``test_cva_train
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -188,10 +189,11 @@ def test_restart_without_checkpoint_says_so_and_truncates_the_log(store, tmp_pat
     cva.train(cva.parse_args(_flags(store, out, "--steps", "3", "--no-checkpoint")))
     assert [r["step"] for r in _log(out)] == [1, 2, 3]
     capsys.readouterr()
-    cva.train(cva.parse_args(_flags(store, out, "--steps", "2", "--no-checkpoint")))
+    cva.train(cva.parse_args(_flags(store, out, "--steps", "2", "--no-checkpoint", "--probe-every", "2")))
     said = capsys.readouterr().out
     assert f"no checkpoint in {out}: starting at step 1" in said and "the 3 rows of an earlier run removed" in said
-    assert [r["step"] for r in _log(out)] == [1, 2]
+    rows = _log(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["probe_loss"]) for r in rows)
 
 
 def test_a_large_architecture_on_a_cpu_asks_for_force_with_an_estimate(store, tmp_path, capsys):

@@ -223,7 +223,7 @@ def train(args: argparse.Namespace) -> dict:
     view_rng = torch.Generator().manual_seed(args.seed * 1000 + procs.rank)  # views and masks of this rank
     probe = None
     if args.probe_every and procs.rank == 0:  # one fixed batch: the first volumes, fixed views and masks
-        vols = to_device(source.samples(args.batch_size), procs.device)["image"]
+        vols = to_device(source.first_batch(args.batch_size), procs.device)["image"]
         probe = view_sampler(args, augment=False)(vols, generator=torch.Generator().manual_seed(args.seed + 12345))
 
     # ------------------------------------------------------------ networks

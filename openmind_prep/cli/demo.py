@@ -75,6 +75,7 @@ def _views(shards: Path, run: Path, patch: int, device: str, seed: int) -> dict:
 
 def _cva(store: Path, run: Path, steps: int, patch: int, device: str, seed: int) -> dict:
     from trainers.cva import parse_args, train
+    from trainers.runfolder import RunError
 
     out = run / "cva"
     args = parse_args(["--store", str(store), "--out", str(out), "--arch", "tiny", "--patch-size", str(patch),
@@ -83,7 +84,10 @@ def _cva(store: Path, run: Path, steps: int, patch: int, device: str, seed: int)
                        "--num-workers", "0", "--ckpt-every", str(steps), "--device", device,
                        "--probe-every", str(max(1, steps // 6)),
                        "--seed", str(seed), "--export", str(out / "export.pth")])
-    result = train(args)
+    try:
+        result = train(args)
+    except RunError as err:  # the trainer's one-line errors (bad data, a checkpoint it cannot use)
+        raise click.ClickException(str(err)) from None
     shutil.copyfile(out / "loss.png", run / "loss.png")
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     first, last = log[: max(1, len(log) // 4)], log[-max(1, len(log) // 4):]
@@ -153,7 +157,7 @@ def demo_command(run: Path, repo: str | None, revision: str, endpoint: str | Non
     with _stage("views", timings):
         views = _views(run / "shards", run, patch, device, seed)
     with _stage("cva", timings):
-        cva = _cva(run / "store", run, steps, min(patch, 32), device, seed)
+        cva = _cva(run / "store", run, steps, min(patch, 32) // 8 * 8, device, seed)  # the tiny net: multiples of 8
     with _stage("clusters", timings):
         clusters = _clusters(run / "store", run, cva.pop("student"), views["keys"][0], 6, seed)
     timings["total"] = round(time.perf_counter() - t_all, 2)
