@@ -313,7 +313,7 @@ def makespan(task_seconds: Sequence[float], workers: int) -> float:
 def estimate(volumes: Volumes, cost: CostModel, workers: int, batch_size: int, *,
              bandwidth_mb_s: float = 100.0, memory_limit_bytes: float | None = None,
              quota_per_5min: int = RESOLVE_QUOTA_PER_5MIN, download_workers: int = 4,
-             request_seconds: float = REQUEST_SECONDS) -> Plan:
+             request_seconds: float = REQUEST_SECONDS, metadata_bytes: float = METADATA_CSV_BYTES) -> Plan:
     """Estimate wall time, memory, disk and network (see the module docstring for the model).
 
     >>> v = Volumes(np.full(10, 1e7), np.full(10, 1e7), np.full(10, 1e7))
@@ -326,7 +326,7 @@ def estimate(volumes: Volumes, cost: CostModel, workers: int, batch_size: int, *
     batches = [seconds[i:i + batch_size].sum() + TASK_OVERHEAD_S for i in range(0, n, batch_size)]
     peaks = WORKER_BASE_BYTES + cost.peak_bytes_per_voxel * (volumes.in_voxels + volumes.out_voxels)
     raw = float(volumes.file_bytes.sum())
-    pull = Transfer(files=volumes.n_files + 1, nbytes=raw + METADATA_CSV_BYTES, bandwidth_mb_s=bandwidth_mb_s,
+    pull = Transfer(files=volumes.n_files + 1, nbytes=raw + metadata_bytes, bandwidth_mb_s=bandwidth_mb_s,
                     quota_per_5min=quota_per_5min, workers=download_workers, request_seconds=request_seconds)
     return Plan(
         volumes=n, workers=workers, batch_size=batch_size, tasks=len(batches),
@@ -338,7 +338,7 @@ def estimate(volumes: Volumes, cost: CostModel, workers: int, batch_size: int, *
                               > memory_limit_bytes // IMAGE_MEMORY_FRACTION).sum()) if memory_limit_bytes else 0,
         over_memory_limit=int((peaks > memory_limit_bytes).sum()) if memory_limit_bytes else 0,
         raw_bytes=raw, output_bytes=float(cost.stored_bytes_per_voxel * volumes.out_voxels.sum()),
-        download_bytes=raw + METADATA_CSV_BYTES,
+        download_bytes=raw + metadata_bytes,
         download_seconds=pull.seconds, cost_source=cost.source, cost_model=cost.describe(),
         files=pull.files, download_bound=pull.bound, quota_seconds=pull.quota_seconds,
         bandwidth_seconds=pull.bandwidth_seconds, concurrency_seconds=pull.concurrency_seconds,

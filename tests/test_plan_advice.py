@@ -68,6 +68,7 @@ def test_plan_from_a_lock_uses_its_exact_bytes(hub, sample_tree, tmp_path):
     plan = json.loads(out.stdout)
     assert plan["volumes"] == len(lock.images) == 2
     assert plan["raw_bytes"] == on_disk and plan["files"] == len(lock.files)
+    assert plan["download_bytes"] == on_disk + (sample_tree / "openneuro_metadata.csv").stat().st_size
     text = CliRunner().invoke(main, ["plan", "--lock", str(lock_path), "--seconds-per-volume", "1"]).stdout
     assert "exact, from the lock" in text
     assert f"next:      openmind-prep run --out STORE --lock {lock_path} --max-raw-gb 1" in text

@@ -53,7 +53,7 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
 
     if lock_file is not None and selection != Selection():
         raise click.UsageError("--lock fixes the images; drop the selection options")
-    records, note, file_bytes, files = _records(metadata, lock_file, selection)
+    records, note, file_bytes, files, csv_bytes = _records(metadata, lock_file, selection)
     if seconds_per_volume is not None:
         cost = CostModel(seconds_per_volume=seconds_per_volume, source=f"flat {seconds_per_volume} s per volume")
     elif from_manifest is not None:
@@ -66,7 +66,8 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
     volumes = volumes_from_records(records, file_bytes, files)
     plan = estimate(volumes, cost, workers, batch, bandwidth_mb_s=bandwidth,
                     memory_limit_bytes=_parse_bytes(memory_limit) if memory_limit else None,
-                    quota_per_5min=quota, download_workers=download_workers)
+                    quota_per_5min=quota, download_workers=download_workers,
+                    **({"metadata_bytes": csv_bytes} if csv_bytes is not None else {}))
     if as_json:
         click.echo(json.dumps(asdict(plan), indent=1))
         return
@@ -79,14 +80,16 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
 
 
 def _records(metadata: Path | None, lock_file: Path | None, selection: Selection):
-    """(records, note, exact file bytes or None, files per image or None) for the plan."""
+    """(records, note, exact file bytes, files per image, metadata CSV bytes) for the plan; the last
+    three None unless a lock gives them."""
     from openmind_prep.metadata import METADATA_CSV, record_from_row, read_metadata, strip_nifti_suffix
     from openmind_prep.plan import synthesise_metadata
 
     if lock_file is None:
         if metadata is not None:
-            return selection.apply(read_metadata(metadata)), f"from {metadata}", None, None
-        return selection.apply(synthesise_metadata()), "SYNTHESISED metadata: 114,570 rows, assumed mix", None, None
+            return selection.apply(read_metadata(metadata)), f"from {metadata}", None, None, None
+        return (selection.apply(synthesise_metadata()), "SYNTHESISED metadata: 114,570 rows, assumed mix",
+                None, None, None)
     from openmind_prep.lockfile import Lock
 
     try:
@@ -107,7 +110,7 @@ def _records(metadata: Path | None, lock_file: Path | None, selection: Selection
         nbytes.append(float(sum(own)))
         files.append(len(own))
     note = f"lock {lock_file.name}: {lock.repo}@{lock.commit[:12]}, {METADATA_CSV} {lock.metadata.size:,} B"
-    return records, note, nbytes, files
+    return records, note, nbytes, files, lock.metadata.size
 
 
 def _calibrate(calibrate_on: Path | None, dtype: str):
