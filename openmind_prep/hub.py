@@ -79,10 +79,21 @@ class HubRepo:
     repo_type: str = "dataset"
 
     def timeout(self):
-        """The ``httpx2.Timeout`` of every request."""
+        """The ``httpx2.Timeout`` of a request starting now: no longer than the deadline leaves.
+
+        >>> import time
+        >>> HubRepo("r/x").timeout().read, HubRepo("r/x").timeout().connect
+        (60.0, 10.0)
+        >>> 4 < HubRepo("r/x", policy=RetryPolicy(deadline=time.time() + 5)).timeout().read <= 5
+        True
+        """
         import httpx2
 
-        return httpx2.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
+        read, connect = self.read_timeout_s, self.connect_timeout_s
+        left = self.policy.seconds_left()
+        if left is not None:
+            read, connect = min(read, max(left, 0.1)), min(connect, max(left, 0.1))
+        return httpx2.Timeout(read, connect=connect)
 
     def session(self):
         """huggingface_hub's shared HTTP client (its auth and request hooks), with our timeouts as its
