@@ -36,7 +36,8 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
     """Random access to the ``ok`` images of a store; ``ds[i]`` or ``ds[i, region]``.
 
     Args:
-        store: the store folder (``manifest.parquet`` + one group per image).
+        store: the store folder (``manifest.parquet`` + one group per image); an array path of the
+            manifest that leads out of it raises :class:`~openmind_prep.store.StoreError` when read.
         keys: only these image group keys (default: all ``ok`` rows, manifest order).
         masks: also read ``anon_mask`` / ``anat_mask`` where the image has them.
 
@@ -52,10 +53,11 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: str | Path, keys: Sequence[str] | None = None, *, masks: bool = True) -> None:
-        from openmind_prep.manifest import OK, read_manifest
+        from openmind_prep.store import Store
 
-        self.store = Path(store)
-        rows = [r for r in read_manifest(self.store).to_pylist() if r["status"] == OK]
+        self._store = Store.open(store)
+        self.store = self._store.root
+        rows = self._store.ok_rows()
         by_key = {row_key(r): r for r in rows}
         if keys is not None:
             missing = [k for k in keys if k not in by_key]
@@ -88,7 +90,7 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
             row, arrays = self.rows[index], {}
             for name in ARRAYS if self.masks else ARRAYS[:1]:
                 if row.get(ARRAY_COLUMNS[name]):
-                    arrays[name] = open_array(self.store / row[ARRAY_COLUMNS[name]])
+                    arrays[name] = open_array(self._store.path(row[ARRAY_COLUMNS[name]]))  # confined
             self._open[index] = arrays
         return self._open[index]
 

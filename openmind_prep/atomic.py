@@ -1,40 +1,73 @@
-"""Atomic file writes: write a temp file beside the target, then ``os.replace`` it into place, so a
-reader (or a re-run after a kill) sees the old file or the new one, never half of one.
+"""Atomic writes: write a temp file beside the target, then ``os.replace`` it into place, so a
+reader (or a re-run after a kill) sees the old file or the new one, never half of one. Every
+writer of the project goes through here (files, JSON, parquet, streamed files, whole folders).
 
 >>> import tempfile
 >>> p = Path(tempfile.mkdtemp()) / "x.json"
->>> write_text(p, "{}"); p.read_text(), [f.name for f in p.parent.iterdir()]
+>>> write_json(p, {}); p.read_text(), [f.name for f in p.parent.iterdir()]
 ('{}', ['x.json'])
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import uuid
-from typing import Callable
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 
 def _temp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # unique: concurrent writers
 
 
-def write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically."""
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextmanager
+def writing(path: Path, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on a clean exit it replaces ``path``, on an error it is
+    removed. For writers that stream (tar files, copies, CSVs).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with writing(p) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> p.read_text(), len(list(p.parent.iterdir()))
+    ('done', 1)
+    """
     path = Path(path)
     tmp = _temp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        if fsync:
+            _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically."""
+    with writing(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, value: Any, *, indent: int | None = None) -> None:
+    """Replace ``path`` with ``value`` as JSON atomically."""
+    write_text(path, json.dumps(value, indent=indent))
 
 
 def write_parquet(table, path: Path) -> None:
     """Replace ``path`` with the ``pyarrow.Table`` ``table`` atomically."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    tmp = _temp(path)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with writing(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_with(path: Path, write: Callable[[Path], None], *, previous: Path | None = None) -> None:
@@ -52,13 +85,26 @@ def write_with(path: Path, write: Callable[[Path], None], *, previous: Path | No
     ('two', 'one')
     """
     path = Path(path)
-    tmp = _temp(path)
-    try:
+    with writing(path) as tmp:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        _fsync(tmp)
         if previous is not None and path.exists():
             os.replace(path, previous)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def replace_dir(folder: Path, dest: Path, trash: Path) -> None:
+    """Move the finished ``folder`` to ``dest`` by rename (same file system); an existing ``dest``
+    is first renamed into the ``trash`` folder and deleted after, so ``dest`` never holds a mix.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp()); (root / "new").mkdir(); (root / "trash").mkdir()
+    >>> replace_dir(root / "new", root / "final", root / "trash"); sorted(p.name for p in root.iterdir())
+    ['final', 'trash']
+    """
+    if dest.exists():
+        old = Path(trash) / f"{uuid.uuid4().hex}-old"
+        os.rename(dest, old)
+        os.rename(folder, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(folder, dest)

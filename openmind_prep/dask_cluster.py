@@ -12,8 +12,9 @@ import sys
 import threading
 import time
 from contextlib import ExitStack, contextmanager
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 #: Images per Dask task (and per download batch in ``run``); ``plan`` estimates with it.
 DEFAULT_BATCH_SIZE = 8
@@ -201,3 +202,31 @@ class BackgroundClient:
 def client_of(client):
     """A ``distributed.Client`` from a client or a :class:`BackgroundClient` (waits for its start)."""
     return client.get() if isinstance(client, BackgroundClient) else client
+
+
+def bounded_submit(submit: Callable[[Any], Any], queue: deque, in_flight: int) -> Iterator[tuple[Any, Any]]:
+    """Submit each item of ``queue`` (taken from the left) with ``submit(item) -> Future``, at most
+    ``in_flight`` at a time, so the scheduler never holds the whole list; yields ``(item, future)``
+    as tasks finish. Items the caller adds to ``queue`` while handling a result (e.g. a failed
+    batch split up) are submitted too. The one bounded-submit loop of the project.
+
+    >>> with dask_client(ClusterConfig(workers=1, processes=False)) as client:
+    ...     done = bounded_submit(lambda n: client.submit(pow, n, 2), deque([1, 2, 3]), in_flight=2)
+    ...     sorted((n, f.result()) for n, f in done)
+    [(1, 1), (2, 4), (3, 9)]
+    """
+    from distributed import as_completed
+
+    running, owner = as_completed(), {}
+
+    def fill() -> None:
+        while queue and len(owner) < in_flight:
+            item = queue.popleft()
+            future = submit(item)
+            owner[future] = item
+            running.add(future)
+
+    fill()
+    for future in running:
+        yield owner.pop(future), future
+        fill()

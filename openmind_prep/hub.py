@@ -405,26 +405,15 @@ def download_files(repo: HubRepo, commit: str, files: Iterable[RemoteFile], raw:
 def _on_cluster(client, repo: HubRepo, commit: str, batches: list, raw: Path, in_flight: int,
                 files_bar, bytes_bar, rehash: bool = False) -> list:
     """:func:`fetch_batch` tasks on a Dask cluster, at most ``in_flight`` at a time, in order."""
-    from distributed import as_completed
+    from collections import deque
+
+    from openmind_prep.dask_cluster import bounded_submit
 
     results: dict[int, list] = {}
-    queue = list(enumerate(batches))[::-1]
-    running = as_completed()
-    index = {}
-
-    def submit() -> None:
-        i, batch = queue.pop()
-        future = client.submit(fetch_batch, repo, commit, batch, raw, rehash=rehash, pure=False)
-        index[future] = i
-        running.add(future)
-
-    while queue and len(index) < in_flight:
-        submit()
-    for future in running:
-        i = index.pop(future)
-        results[i] = future.result()  # fetch_batch reports per file; only a dead task raises
-        files_bar.update(len(results[i]))
-        bytes_bar.update(sum(f.size for f, (_, r) in zip(batches[i], results[i]) if not isinstance(r, str)))
-        while queue and len(index) < in_flight:
-            submit()
-    return [results[i] for i in range(len(batches))]
+    submit = lambda batch: client.submit(fetch_batch, repo, commit, batch, raw, rehash=rehash,  # noqa: E731
+                                           pure=False)
+    for batch, future in bounded_submit(submit, deque(batches), in_flight):
+        done = results[id(batch)] = future.result()  # fetch_batch reports per file; only a dead task raises
+        files_bar.update(len(done))
+        bytes_bar.update(sum(f.size for f, (_, r) in zip(batch, done) if not isinstance(r, str)))
+    return [results[id(batch)] for batch in batches]

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from openmind_prep.atomic import write_text
+from openmind_prep.atomic import write_text, writing
 from openmind_prep.hub import STATE_DIR, HubRepo, RemoteFile, VerifiedState, fetch_verified
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
 from openmind_prep.selection import Selection
@@ -160,9 +159,9 @@ def write_present_csv(full_csv: Path, raw: Path) -> tuple[Path, int]:
     """
     raw = Path(raw)
     out = raw / METADATA_CSV
-    tmp = out.with_name(out.name + ".tmp")
     n = 0
-    with open(full_csv, newline="", encoding="utf-8-sig") as src, tmp.open("w", newline="", encoding="utf-8") as dst:
+    with writing(out) as tmp, open(full_csv, newline="", encoding="utf-8-sig") as src, \
+            tmp.open("w", newline="", encoding="utf-8") as dst:
         reader, writer = csv.reader(src), csv.writer(dst)
         header = next(reader, [])
         writer.writerow(header)
@@ -173,7 +172,6 @@ def write_present_csv(full_csv: Path, raw: Path) -> tuple[Path, int]:
             if paths and all((raw / IMAGES_DIR / p).is_file() for p in paths):
                 writer.writerow(row)
                 n += 1
-    os.replace(tmp, out)
     return out, n
 
 

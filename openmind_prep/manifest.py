@@ -1,4 +1,5 @@
-"""The store's manifest: one parquet row per input image, written as per-batch fragments.
+"""The store's manifest rows (behind :class:`openmind_prep.store.Store`, which callers ask): one
+parquet row per input image, written as per-batch fragments.
 
 Each batch writes ``STORE/_manifest/<time_ns>-<id>.parquet`` atomically (temp file + rename).
 :func:`merge_manifest` folds the fragments into ``STORE/manifest.parquet`` (the newest row per
@@ -83,7 +84,8 @@ def write_fragment(store: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _fragments(store: Path) -> list[Path]:
+def fragments(store: Path) -> list[Path]:
+    """The fragment files not merged yet, oldest first."""
     return sorted((Path(store) / MANIFEST_DIR).glob("*.parquet"))  # oldest first (time prefix)
 
 
@@ -91,7 +93,7 @@ def current_rows(store: Path) -> dict[str, dict]:
     """The newest row per image_path over manifest.parquet and all fragments."""
     rows: dict[str, dict] = {}
     merged = Path(store) / MANIFEST_FILE
-    for path in ([merged] if merged.exists() else []) + _fragments(store):
+    for path in ([merged] if merged.is_file() else []) + fragments(store):
         for row in pq.read_table(path).to_pylist():
             rows[row["image_path"]] = row
     return rows
@@ -107,11 +109,11 @@ def merge_manifest(store: Path) -> pa.Table:
     >>> merge_manifest(s).column("image_path").to_pylist(), list((s / MANIFEST_DIR).iterdir())
     (['a.nii.gz', 'b.nii.gz'], [])
     """
-    fragments = _fragments(store)
+    done = fragments(store)
     rows = current_rows(store)
     table = _table(rows[k] for k in sorted(rows))
     _atomic_parquet(table, Path(store) / MANIFEST_FILE)
-    for path in fragments:
+    for path in done:
         path.unlink(missing_ok=True)
     return table
 

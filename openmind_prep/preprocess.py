@@ -2,8 +2,8 @@
 
 Work is submitted as BATCHES of images (one Dask task per batch, a bounded number in flight):
 114k one-image tasks would stall the scheduler. Each batch preprocesses its images one by one,
-writes each image group atomically (:func:`openmind_prep.store.write_case`) and finally its
-manifest fragment. A bad image gets a ``failed`` row with the reason and the batch goes on.
+writes each image group atomically (:meth:`openmind_prep.store.Store.write_case`) and finally its
+manifest fragment (:meth:`~openmind_prep.store.Store.record`). A bad image gets a ``failed`` row with the reason and the batch goes on.
 A batch whose task dies (e.g. a worker killed for memory) is split into one-image tasks, so
 only the image that kills a worker is marked failed. Re-running skips every image that has an
 ``ok`` row whose arrays exist: a killed run resumes where it stopped.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -20,10 +21,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
-from openmind_prep.manifest import FAILED, OK, current_rows, empty_row, merge_manifest, write_fragment
+from openmind_prep.manifest import FAILED, OK, empty_row
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata, source_path
 from openmind_prep.selection import Selection
-from openmind_prep.store import CODEC, IMAGE, MASK_NAMES, case_exists, clear_tmp, create_store, image_key, write_case
+from openmind_prep.store import CODEC, IMAGE, Store, StoreError, as_store, image_key
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def record_row(record: ImageRecord, error: str = "") -> dict:
     return row
 
 
-def process_image(record: ImageRecord, src_root: Path, store: Path, options: PreprocessOptions) -> dict:
+def process_image(record: ImageRecord, src_root: Path, store: Store | Path, options: PreprocessOptions) -> dict:
     """Preprocess one image into ``store``; returns its manifest row (``failed`` with the reason
     instead of raising)."""
     from openmind_prep.onemmiso import InputError, preprocess_case
@@ -107,18 +108,15 @@ def process_image(record: ImageRecord, src_root: Path, store: Path, options: Pre
             "shape_before_crop": [int(n) for n in case.shape_before_crop],
             "target_spacing": [1.0, 1.0, 1.0], "preprocessing": "onemmiso",
         }
-        stored = write_case(store, image_key(record.image_path), arrays, attributes,
-                            chunks=options.chunks, clevel=options.clevel)
-        row.update(
-            status=OK, zarr_path=stored.zarr_paths[IMAGE], shape=[int(n) for n in image.shape],
-            spacing=attributes["spacing"], crop_bbox=crop_bbox, origin=attributes["origin"],
-            direction=attributes["direction"], checksum=stored.checksums[IMAGE],
-            dtype=options.dtype, bytes=stored.nbytes,
-            **{f"{name}_zarr_path": stored.zarr_paths.get(name, "") for name in MASK_NAMES},
-            **{f"{name}_checksum": stored.checksums.get(name, "") for name in MASK_NAMES},
-        )
+        stored = as_store(store).write_case(image_key(record.image_path), arrays, attributes,
+                                            chunks=options.chunks, clevel=options.clevel)
+        row.update(status=OK, shape=[int(n) for n in image.shape], spacing=attributes["spacing"],
+                   crop_bbox=crop_bbox, origin=attributes["origin"], direction=attributes["direction"],
+                   dtype=options.dtype, **stored.columns())
     except InputError as e:
         row.update(error=str(e))
+    except StoreError as e:  # a key the store may not give (reserved, or another image's group)
+        row.update(error=f"{images / record.image_path}: {e}")
     except Exception as e:  # noqa: BLE001 - any other error fails this image only
         if disk_full(e):
             raise  # not this image's fault: stop the run (half-written groups stay in STORE/_tmp)
@@ -127,143 +125,104 @@ def process_image(record: ImageRecord, src_root: Path, store: Path, options: Pre
     return row
 
 
-def process_batch(records: Sequence[ImageRecord], src_root: Path, store: Path,
+def process_batch(records: Sequence[ImageRecord], src_root: Path, store: Store,
                   options: PreprocessOptions) -> list[dict]:
     """Preprocess a batch of images, then write its manifest fragment; returns the rows.
 
     This is the unit of work of a Dask task (also reused by the streaming ``run`` command).
     """
     rows = [process_image(record, src_root, store, options) for record in records]
-    write_fragment(store, rows)
+    as_store(store).record(rows)
     return rows
 
 
-def is_done(row: dict | None, store: Path) -> bool:
-    """Whether a manifest row is ``ok`` and all its arrays exist at their final keys."""
-    if row is None or row["status"] != OK:
-        return False
-    paths = [row["zarr_path"]] + [row[f"{n}_zarr_path"] for n in MASK_NAMES if row[f"{n}_zarr_path"]]
-    return all(case_exists(store, p) for p in paths)
+def pending(records: Iterable[ImageRecord], store: Store | Path) -> list[ImageRecord]:
+    """The records that still need work (:meth:`~openmind_prep.store.Store.pending`)."""
+    return as_store(store).pending(records)
 
 
-def duplicate_keys(records: Sequence[ImageRecord], src_root: Path) -> list[dict]:
-    """``failed`` rows for the records whose store key (path without ``.nii``/``.nii.gz``) an earlier
-    record already uses, e.g. ``x.nii`` and ``x.nii.gz``: both would write one group, the second
-    silently replacing the first. The first keeps the key.
-
-    >>> from openmind_prep.metadata import record_from_row
-    >>> recs = [record_from_row({"image_path": p}) for p in ("d/s/a/x.nii", "d/s/a/x.nii.gz", "d/s/a/y.nii")]
-    >>> [r["image_path"] for r in duplicate_keys(recs, Path("/src"))]
-    ['d/s/a/x.nii.gz']
-    """
-    first: dict[str, str] = {}
-    rows = []
-    for record in records:
-        key = image_key(record.image_path)
-        if key in first and first[key] != record.image_path:
-            rows.append(record_row(record, f"{Path(src_root) / IMAGES_DIR / record.image_path}: its store key "
-                                           f"{key!r} is already used by {first[key]!r} (same path without "
-                                           f".nii/.nii.gz); refused"))
-        first.setdefault(key, record.image_path)
-    return rows
-
-
-def pending(records: Iterable[ImageRecord], store: Path) -> list[ImageRecord]:
-    """The records that still need work (no ``ok`` row with existing arrays)."""
-    rows = current_rows(store)
-    return [r for r in records if not is_done(rows.get(r.image_path), store)]
-
-
-def prepare(records: Sequence[ImageRecord], src_root: Path, store: Path) -> tuple[list[dict], list[ImageRecord]]:
-    """Before a run: create the store, drop leftovers of killed writers, write ``failed`` rows for
-    records whose store key an earlier record uses (:func:`duplicate_keys`); returns those rows
-    and the records still to do (:func:`pending`). One call over the whole selection, so clashes
-    between images that would be processed in different rounds (``run``) are caught too."""
-    store = create_store(store)
-    clear_tmp(store)
-    clashes = duplicate_keys(records, src_root)
+def prepare(records: Sequence[ImageRecord], src_root: Path, store: Store) -> tuple[list[dict], list[ImageRecord]]:
+    """Before a run (holding the store's lock): create the store, drop leftovers of killed writers,
+    write ``failed`` rows for the records the store's namespace refuses (a reserved name, or a key
+    another image has: :meth:`~openmind_prep.store.Store.claim`); returns those rows and the records
+    still to do. One call over the whole selection, so clashes between images processed in
+    different rounds (``run``) are caught too."""
+    store = Store.create(as_store(store).root)
+    store.clear_tmp()
+    refused = store.claim(r.image_path for r in records)
+    clashes = [record_row(r, f"{Path(src_root) / IMAGES_DIR / r.image_path}: {refused[r.image_path]}; refused")
+               for r in records if r.image_path in refused]
     if clashes:
-        write_fragment(store, clashes)
-    clashing = {row["image_path"] for row in clashes}
-    return clashes, [r for r in pending(records, store) if r.image_path not in clashing]
+        store.record(clashes)
+    return clashes, [r for r in store.pending(records) if r.image_path not in refused]
 
 
-def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Path, client,
+def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Store | Path, client,
                    options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE,
                    max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
                    progress: bool = True) -> list[dict]:
     """Preprocess the pending ``records`` on a ``distributed.Client``; returns this run's rows.
 
     :func:`prepare`, then :func:`process_records`. The manifest is NOT merged here (see
-    :func:`preprocess`).
+    :func:`preprocess`), nor the store locked.
     """
-    clashes, todo = prepare(records, src_root, store)
-    return clashes + process_records(todo, src_root, Path(store), client, options, batch_size=batch_size,
+    clashes, todo = prepare(records, src_root, as_store(store))
+    return clashes + process_records(todo, src_root, as_store(store), client, options, batch_size=batch_size,
                                      max_in_flight=max_in_flight, on_batch=on_batch, progress=progress)
 
 
-def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Path, client,
+def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Store, client,
                     options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE,
                     max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
                     progress: bool = True) -> list[dict]:
     """Process ``todo`` (already :func:`prepare`-d) in Dask tasks of ``batch_size`` images.
 
-    At most ``max_in_flight`` batches (default: two per worker thread) are submitted at a time,
-    so the scheduler never holds more than a few tasks. ``on_batch`` is called with each finished
-    batch's rows (in completion order).
+    At most ``max_in_flight`` batches (default: two per worker thread) are submitted at a time
+    (:func:`~openmind_prep.dask_cluster.bounded_submit`), so the scheduler never holds more than a
+    few tasks. ``on_batch`` is called with each finished batch's rows (in completion order).
     """
-    from distributed import as_completed
     from tqdm.auto import tqdm
 
-    from openmind_prep.dask_cluster import client_of
+    from openmind_prep.dask_cluster import bounded_submit, client_of
 
     if not todo:
         return []
     client = client_of(client)  # a cluster still starting in the background is waited for here
-    queue = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    queue.reverse()  # pop() from the end keeps the CSV order
-    max_in_flight = max_in_flight or 2 * max(1, sum(client.nthreads().values()))
-    futures, rows = {}, []
-
-    def submit() -> None:
-        batch = queue.pop()
-        future = client.submit(process_batch, batch, Path(src_root), store, options, pure=False)
-        futures[future] = batch
-        running.add(future)
-
-    running = as_completed()
-    while queue and len(futures) < max_in_flight:
-        submit()
+    store = as_store(store)
+    queue = deque(todo[i:i + batch_size] for i in range(0, len(todo), batch_size))
+    in_flight = max_in_flight or 2 * max(1, sum(client.nthreads().values()))
+    rows: list[dict] = []
     with tqdm(total=len(todo), unit="img", desc="preprocess", disable=not progress) as bar:
-        for future in running:
-            batch = futures.pop(future)
+        submit = lambda batch: client.submit(process_batch, batch, Path(src_root), store, options,  # noqa: E731
+                                             pure=False)
+        for batch, future in bounded_submit(submit, queue, in_flight):
             try:
                 batch_rows = future.result()
             except Exception as e:  # noqa: BLE001 - the task died, not one image
                 if disk_full(e):
                     raise
-                if len(batch) > 1:  # isolate the image that kills workers
-                    queue.extend([record] for record in reversed(batch))
+                if len(batch) > 1:  # isolate the image that kills workers: next, one by one
+                    queue.extendleft([record] for record in reversed(batch))
                     batch_rows = []
                 else:
                     batch_rows = [record_row(batch[0], f"{Path(src_root) / IMAGES_DIR / batch[0].image_path}: "
                                                        f"worker died while processing it ({type(e).__name__}: "
                                                        f"{e}); out of memory?")]
-                    write_fragment(store, batch_rows)
+                    store.record(batch_rows)
             rows.extend(batch_rows)
             bar.update(len(batch_rows))
             bar.set_postfix(failed=sum(r["status"] == FAILED for r in rows))
             if on_batch is not None and batch_rows:
                 on_batch(batch_rows)
-            while queue and len(futures) < max_in_flight:
-                submit()
-    clear_tmp(store)  # every task of this run has ended: what is left in _tmp was a killed writer's
+    store.clear_tmp()  # every task of this run has ended: what is left in _tmp was a killed writer's
     return rows
 
 
-def preprocess(src_root: Path, store: Path, selection: Selection, cluster: ClusterConfig,
+def preprocess(src_root: Path, store: Store | Path, selection: Selection, cluster: ClusterConfig,
                options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True):
-    """Select records from ``src_root``'s CSV, preprocess the pending ones, merge the manifest.
+    """Select records from ``src_root``'s CSV, then, holding the store's run lock, preprocess the
+    pending ones and merge the manifest. :class:`~openmind_prep.store.StoreError` (one line) when
+    another run holds the store.
 
     No cluster is started when nothing is pending (a re-run of a finished store takes ~1 s); else
     one line says what starts (:class:`openmind_prep.dask_cluster.BackgroundClient`).
@@ -272,10 +231,12 @@ def preprocess(src_root: Path, store: Path, selection: Selection, cluster: Clust
     from openmind_prep.dask_cluster import BackgroundClient
 
     records = selection.apply(read_metadata(Path(src_root) / METADATA_CSV))
-    clashes, todo = prepare(records, src_root, store)
-    rows = list(clashes)
-    if todo:
-        with BackgroundClient(cluster) as client:
-            rows += process_records(todo, src_root, Path(store), client, options, batch_size=batch_size,
-                                    progress=progress)
-    return records, rows, merge_manifest(store)
+    store = Store.create(as_store(store).root)
+    with store.lock("preprocess"):
+        clashes, todo = prepare(records, src_root, store)
+        rows = list(clashes)
+        if todo:
+            with BackgroundClient(cluster) as client:
+                rows += process_records(todo, src_root, store, client, options, batch_size=batch_size,
+                                        progress=progress)
+        return records, rows, store.merge()

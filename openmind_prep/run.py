@@ -17,7 +17,6 @@ the same on a local folder with the repo layout (files are copied in, processed,
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
 import threading
@@ -30,6 +29,7 @@ from openmind_prep.hub import HubRepo, RemoteFile, VerifiedState, download_files
 from openmind_prep.metadata import METADATA_CSV, ImageRecord, read_metadata
 from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE
 from openmind_prep.selection import Selection
+from openmind_prep.store import Store, as_store
 
 
 class RawBudgetError(ValueError):
@@ -116,6 +116,7 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
     """Copy from a local tree with the repo layout (temp file + rename, size checked); a path that
     leaves either tree, a missing file, or a directory/FIFO/device in place of a file is a per-file
     failure naming it (never a read that blocks on a FIFO)."""
+    from openmind_prep.atomic import writing
     from openmind_prep.metadata import source_path
 
     def fetch(files: list[RemoteFile]) -> dict[str, str]:
@@ -130,15 +131,13 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
             if problem:
                 failed[f.path] = f"{src}: {problem}"
                 continue
-            tmp = dest.with_name(dest.name + ".part")
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, tmp)
-                if tmp.stat().st_size != f.size:
-                    raise OSError(f"size changed while copying ({tmp.stat().st_size} != {f.size} bytes)")
-                os.replace(tmp, dest)
+                with writing(dest) as tmp:
+                    shutil.copyfile(src, tmp)
+                    if tmp.stat().st_size != f.size:
+                        raise OSError(f"size changed while copying ({tmp.stat().st_size} != {f.size} bytes)")
             except OSError as e:
-                tmp.unlink(missing_ok=True)
                 failed[f.path] = f"{source / f.path}: {e}"
         return failed
 
@@ -180,19 +179,19 @@ def _delete_raw(work: Path, item: Item) -> None:
             parent = parent.parent
 
 
-def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client, options, *,
+def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Store | Path, client, options, *,
            max_raw_bytes: int, keep_raw: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
            on_fetched: Callable[[], None] | None = None, progress: bool = True) -> list[dict]:
-    """Fetch, preprocess and delete ``items`` batch by batch; returns this run's manifest rows.
+    """Fetch, preprocess and delete ``items`` batch by batch into ``store`` (whose run lock the
+    caller holds); returns this run's manifest rows.
 
     ``on_fetched`` is called after each batch is fetched (tests sample the raw bytes there).
     """
     from tqdm.auto import tqdm
 
-    from openmind_prep.manifest import write_fragment
     from openmind_prep.preprocess import prepare, process_records, record_row
 
-    work, store = Path(work), Path(store)
+    work, store = Path(work), as_store(store)
     clashes, todo_records = prepare([i.record for i in items], work, store)  # over all items, once
     todo_paths = {r.image_path for r in todo_records}
     todo = [i for i in items if i.record.image_path in todo_paths]
@@ -237,7 +236,7 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Path, client,
                         (lost if errors else fetched).append((item, "; ".join(errors)))
                 if lost:
                     lost_rows = [record_row(item.record, error) for item, error in lost]
-                    write_fragment(store, lost_rows)
+                    store.record(lost_rows)
                     rows.extend(lost_rows)
                 if fetched:
                     rows.extend(process_records([i.record for i, _ in fetched], work, store, client, options,

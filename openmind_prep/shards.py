@@ -25,15 +25,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from openmind_prep.atomic import write_parquet, write_text
+from openmind_prep.atomic import write_json, write_parquet, writing
 from openmind_prep.metadata import ARRAY_COLUMNS, row_key
+from openmind_prep.store import Store, as_store
 from openmind_prep.zshard import EXTENSION, encode_array, tar_key
 
 INDEX_DIR = "_index"
@@ -55,21 +54,21 @@ class ShardInfo:
         return len(self.keys)
 
 
-def _sample(store: Path, row: dict) -> dict[str, bytes | str]:
+def _sample(store: Store, row: dict) -> dict[str, bytes | str]:
     """One image as a WebDataset sample dict (``__key__`` + one member per extension)."""
     sample: dict[str, bytes | str] = {"__key__": tar_key(row_key(row))}
     for name, column in ARRAY_COLUMNS.items():
         if row.get(column):
-            sample[f"{name}.{EXTENSION}"] = encode_array(Path(store) / row[column])
+            sample[f"{name}.{EXTENSION}"] = encode_array(store.path(row[column]))  # confined to the store
     sample["json"] = json.dumps(row, sort_keys=True, default=str).encode()
     return sample
 
 
-def _estimate(store: Path, row: dict) -> int:
+def _estimate(store: Store, row: dict) -> int:
     total = 2048
     for column in ARRAY_COLUMNS.values():
         if row.get(column):
-            files = [p for p in (Path(store) / row[column]).rglob("*") if p.is_file()]
+            files = [p for p in store.path(row[column]).rglob("*") if p.is_file()]
             total += sum(p.stat().st_size + 64 for p in files) + _TAR_OVERHEAD
     return total
 
@@ -132,24 +131,13 @@ def _write_tar(path: Path, samples: Iterable[dict]) -> tuple[int, str]:
     """Write samples with ``webdataset.TarWriter`` (PAX, mtime 0, fixed owner: reproducible bytes)."""
     import webdataset as wds
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as raw:
-            hashing = _HashingFile(raw)
-            with wds.TarWriter(hashing, encoder=False, user="", group="", mode=0o444, mtime=0,
-                               format="PAX_FORMAT", compress=False) as tar:
-                for sample in samples:
-                    tar.write(sample)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing(path, fsync=True) as tmp, open(tmp, "wb") as raw:
+        hashing = _HashingFile(raw)
+        with wds.TarWriter(hashing, encoder=False, user="", group="", mode=0o444, mtime=0,
+                           format="PAX_FORMAT", compress=False) as tar:
+            for sample in samples:
+                tar.write(sample)
     return hashing.size, hashing.hash.hexdigest()
-
-
-def _atomic_json(path: Path, value) -> None:
-    write_text(path, json.dumps(value, indent=1))
 
 
 def read_fragment(out: Path, prefix: str) -> list[ShardInfo]:
@@ -170,7 +158,8 @@ def write_shards(
     ``rows`` (manifest rows, e.g. one preprocess batch's) replaces reading the manifest; give
     each batch its own ``prefix`` (:func:`batch_prefix`). ``shard_size`` None: :func:`auto_shard_size`
     (at least 16 shards when there are 16 samples, at most 1 GB each). Returns this prefix's shards. Call
-    :func:`merge_index` afterwards (the ``shard`` and ``preprocess`` commands do).
+    :func:`merge_index` afterwards (the ``shard`` and ``preprocess`` commands do). A manifest path
+    that leads out of the store raises :class:`~openmind_prep.store.StoreError` (nothing of it is packed).
 
     >>> import tempfile, numpy as np
     >>> from openmind_prep import manifest, store as st
@@ -183,14 +172,14 @@ def write_shards(
     """
     from tqdm import tqdm
 
-    from openmind_prep.manifest import OK, read_manifest
+    from openmind_prep.manifest import OK
 
-    store, out = Path(store), Path(out)
+    store, out = as_store(store), Path(out)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
         raise ValueError(f"shard prefix {prefix!r}: use letters, digits, '_', '-', '.' only")
     (out / INDEX_DIR).mkdir(parents=True, exist_ok=True)
     if rows is None:  # a preprocess batch passes its own rows: no manifest read per batch
-        rows = read_manifest(store).to_pylist()
+        rows = Store.open(store.root).ok_rows()
     rows = [r for r in rows if r["status"] == OK]
     if keys is not None:
         wanted = set(keys)
@@ -208,8 +197,8 @@ def write_shards(
             continue
         size, digest = _write_tar(out / url, (_sample(store, rows[j]) for j in part))
         shards.append(ShardInfo(url, part_keys, size, digest))
-        _atomic_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]})
-    _atomic_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]})
+        write_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]}, indent=1)
+    write_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]}, indent=1)
     current = {s.url for s in shards}
     for stale in out.glob(f"{prefix}-*.tar"):  # shards of an older, longer plan
         if re.fullmatch(rf"{re.escape(prefix)}-\d{{6}}\.tar", stale.name) and stale.name not in current:
@@ -242,7 +231,7 @@ def merge_index(out: Path) -> dict:
                                  schema=pa.schema([("url", pa.string()), ("samples", pa.int64()),
                                                    ("bytes", pa.int64()), ("sha256", pa.string())]))
     write_parquet(table, out / INDEX_PARQUET)
-    _atomic_json(out / INDEX_JSON, index)
+    write_json(out / INDEX_JSON, index, indent=1)
     return index
 
 

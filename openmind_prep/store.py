@@ -1,193 +1,317 @@
-"""The preprocessed Zarr v3 store: one group per image, written atomically.
+"""The preprocessed Zarr v3 store as one object (:class:`Store`) that owns its layout, its
+manifest, its key namespace and its run lock; ``preprocess``, ``run``, ``shard``, ``verify`` and
+the loaders ask it instead of knowing its files.
 
 Layout (``STORE`` is a Zarr v3 group on a local or shared POSIX file system)::
 
     STORE/zarr.json                              root group
-    STORE/<image_path without .nii[.gz]>/        one group per image
+    STORE/<image_path without .nii[.gz]>/        one group per image (its key)
         image/      float16|float32, zyx as on disk, z-scored, 1 mm
         anon_mask/  uint8 (defacing mask), only if the image has one
         anat_mask/  uint8 (foreground mask), only if the image has one
     STORE/_manifest/*.parquet                    per-batch manifest fragments
     STORE/manifest.parquet                       merged manifest (one row per input image)
     STORE/_tmp/                                  groups being written (never read)
+    STORE/_lock                                  the run lock (pid, host) while a run writes
 
 Every array is ONE shard file (zarr's sharding codec) holding inner chunks (64³ by default),
 each compressed with blosc (:data:`CODEC`: lz4hc-4 + byte shuffle, one blosc block per chunk;
 every option measured in ``benchmarks/NOTES.md``: lz4hc decodes 2.5× faster than zstd-5 for
-float16, encodes as fast, and stays under half of nnssl's bytes in total). A group is first written under ``STORE/_tmp/``
-and then renamed to its key, so a killed run never leaves a half-written array at a final key.
-Each array's attributes carry ``checksum`` = ``"sha256:<hex>"`` of its decoded C-order bytes
-in the stored dtype.
+float16, encodes as fast, and stays under half of nnssl's bytes in total). A group
+is first written under ``STORE/_tmp/`` and then renamed to its key, so a killed run never leaves
+a half-written array at a final key. Each array's attributes carry ``checksum`` =
+``"sha256:<hex>"`` of its decoded C-order bytes in the stored dtype.
+
+Keys never touch the store's own names and never nest (:mod:`openmind_prep.namespace`): checked
+over the whole selection and the store's ``ok`` rows before anything is written (:meth:`Store.claim`)
+and again at each write. Paths read from the manifest are confined to the store (:meth:`Store.path`).
+One run writes at a time (:meth:`Store.lock`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from openmind_prep.atomic import write_text
-from openmind_prep.manifest import MANIFEST_DIR, read_manifest  # noqa: F401  (re-exported)
-from openmind_prep.metadata import MASK_NAMES, strip_nifti_suffix  # noqa: F401  (MASK_NAMES re-exported)
+from openmind_prep import manifest
+from openmind_prep.atomic import replace_dir, write_json
+from openmind_prep.case_writer import CODEC, IMAGE, array_checksum, write_group  # noqa: F401  (re-exported)
+from openmind_prep.metadata import ARRAY_COLUMNS, MASK_NAMES  # noqa: F401  (re-exported)
+from openmind_prep.namespace import ancestors, claim, image_key, key_problem  # noqa: F401  (image_key re-exported)
+from openmind_prep.runlock import LockHeld, run_lock
 
 TMP_DIR = "_tmp"
-IMAGE = "image"
+LOCK_FILE = "_lock"
 DTYPES = ("float16", "float32")
-#: The chunk codec (blosc): name, level, shuffle. Readers need nothing from it (blosc chunks say
-#: their own codec), so changing it never invalidates a store.
-CODEC = {"cname": "lz4hc", "clevel": 4, "shuffle": "shuffle"}
+#: The manifest column holding each array's checksum.
+CHECKSUM_COLUMNS = {name: column.replace("zarr_path", "checksum") for name, column in ARRAY_COLUMNS.items()}
 _GROUP_META = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+
+
+class StoreError(ValueError):
+    """A store problem; the message is one line naming the path and the reason."""
 
 
 @dataclass(frozen=True)
 class StoredCase:
-    """What :func:`write_case` wrote: array paths inside the store, checksums, bytes on disk."""
+    """What :meth:`Store.write_case` wrote: array paths inside the store, checksums, bytes on disk."""
 
     key: str
     zarr_paths: dict[str, str] = field(default_factory=dict)
     checksums: dict[str, str] = field(default_factory=dict)
     nbytes: int = 0
 
+    def columns(self) -> dict:
+        """The manifest columns this write fills: array paths, checksums, bytes.
 
-def image_key(image_path: str) -> str:
-    """The group key of an image: its path without ``.nii`` / ``.nii.gz``.
-
-    >>> image_key("ds1/sub-1/anat/sub-1_T1w.nii.gz")
-    'ds1/sub-1/anat/sub-1_T1w'
-    """
-    return strip_nifti_suffix(image_path)
-
-
-def array_checksum(array: np.ndarray) -> str:
-    """``"sha256:<hex>"`` of the array's C-order bytes (in its own dtype).
-
-    >>> array_checksum(np.zeros(2, np.uint8))[:15]
-    'sha256:96a296d2'
-    """
-    return "sha256:" + hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        >>> StoredCase("a", {"image": "a/image"}, {"image": "sha256:0"}, 7).columns()["anat_mask_zarr_path"]
+        ''
+        """
+        return {**{col: self.zarr_paths.get(name, "") for name, col in ARRAY_COLUMNS.items()},
+                **{col: self.checksums.get(name, "") for name, col in CHECKSUM_COLUMNS.items()},
+                "bytes": self.nbytes}
 
 
-def create_store(path: Path) -> Path:
-    """Create (or reuse) a store folder with its root group; returns the path.
+def _is_image_group(folder: Path) -> bool:
+    try:
+        return json.loads((folder / IMAGE / "zarr.json").read_text()).get("node_type") == "array"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class Store:
+    """A preprocessed store at ``root`` (nothing is read or written until asked).
 
     >>> import tempfile
-    >>> p = create_store(Path(tempfile.mkdtemp()) / "store")
-    >>> (p / "zarr.json").is_file() and (p / "_manifest").is_dir()
+    >>> s = Store.create(Path(tempfile.mkdtemp()) / "s")
+    >>> case = s.write_case("ds1/sub-1/a", {"image": np.ones((3, 4, 5), np.float32)}, {"x": 1})
+    >>> _ = s.record([{**manifest.empty_row("ds1/sub-1/a.nii.gz"), "status": "ok", **case.columns()}])
+    >>> s.merge().num_rows, s.array("ds1/sub-1/a/image")[:].sum(), s.is_done(s.rows()["ds1/sub-1/a.nii.gz"])
+    (1, np.float32(60.0), True)
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Store) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    @classmethod
+    def create(cls, root: str | os.PathLike) -> "Store":
+        """Create (or reuse) a store folder with its root group."""
+        store = cls(root)
+        (store.root / manifest.MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
+        (store.root / TMP_DIR).mkdir(exist_ok=True)
+        if not (store.root / "zarr.json").exists():
+            write_json(store.root / "zarr.json", _GROUP_META)
+        return store
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, *, manifest_required: bool = True) -> "Store":
+        """An existing store; :class:`StoreError` if ``root`` is not one (or has no manifest)."""
+        store = cls(root)
+        if not (store.root / "zarr.json").is_file():
+            raise StoreError(f"{store.root}: not an openmind-prep store (no zarr.json)")
+        if manifest_required and not store.has_manifest():
+            raise StoreError(f"{store.root / manifest.MANIFEST_FILE}: missing (and no fragments in "
+                             f"{manifest.MANIFEST_DIR}/); not a preprocessed store, or its manifest was deleted")
+        return store
+
+    # -- namespace -------------------------------------------------------------------------
+    def claim(self, image_paths: Iterable[str]) -> dict[str, str]:
+        """``image_path → reason`` for the images that may not get their key: a reserved name, or a
+        key equal to, inside or above another image's (the store's ``ok`` rows first, then in order).
+
+        >>> import tempfile
+        >>> Store.create(Path(tempfile.mkdtemp()) / "s").claim(["a.nii", "a.nii.gz", "a/image.nii.gz"])["a.nii.gz"]
+        "its store key 'a' is already used by 'a.nii' (same path without .nii/.nii.gz)"
+        """
+        owned = [(row["zarr_path"].rsplit("/", 1)[0], row["image_path"]) for row in self.rows().values()
+                 if row["status"] == manifest.OK and row["zarr_path"]]
+        return claim(owned, image_paths)
+
+    def _occupied(self, key: str) -> str:
+        """Why writing at ``key`` would replace or nest into another image's group ('' if it would not)."""
+        folder = self.root / key
+        if folder.exists() and not _is_image_group(folder):
+            return "a group of other images is already there"
+        parent = next((a for a in ancestors(key) if _is_image_group(self.root / a)), None)
+        return f"it lies inside the image group {parent!r}" if parent else ""
+
+    # -- arrays ----------------------------------------------------------------------------
+    def write_case(self, key: str, arrays: Mapping[str, np.ndarray], attributes: Mapping[str, Any], *,
+                   chunks: int = 64, clevel: int = CODEC["clevel"]) -> StoredCase:
+        """Write one image group (``image`` plus masks) atomically at ``key``; replaces that image's
+        old group. ``arrays`` are already in the dtype to store; ``attributes`` go on ``image``;
+        every array gets its checksum. :class:`StoreError` if ``key`` is not the store's to give."""
+        problem = key_problem(key) or self._occupied(key)
+        if problem:
+            raise StoreError(f"{self.root / key}: {problem}; refused")
+        tmp = self.root / TMP_DIR / uuid.uuid4().hex
+        checksums = write_group(tmp, arrays, attributes, chunks=chunks, clevel=clevel)
+        self._ensure_parent_groups(key)
+        replace_dir(tmp, self.root / key, self.root / TMP_DIR)
+        final = self.root / key
+        return StoredCase(key=key, zarr_paths={name: f"{key}/{name}" for name in arrays}, checksums=checksums,
+                          nbytes=sum(f.stat().st_size for f in final.rglob("*") if f.is_file()))
+
+    def _ensure_parent_groups(self, key: str) -> None:
+        parent = self.root
+        for part in key.split("/")[:-1]:
+            parent = parent / part
+            parent.mkdir(exist_ok=True)
+            if not (parent / "zarr.json").exists():
+                write_json(parent / "zarr.json", _GROUP_META)
+
+    def path(self, zarr_path: str) -> Path:
+        """The folder of a stored array (``zarr_path`` as in the manifest), refused with
+        :class:`StoreError` when it or anything in it leads out of the store.
+
+        >>> Store("/data/s").path("../x")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        openmind_prep.store.StoreError: /data/s: the path '../x' leaves the store ...
+        """
+        if not zarr_path or zarr_path.startswith("/") or key_problem(zarr_path).startswith("it has"):
+            raise StoreError(f"{self.root}: the path {zarr_path!r} leaves the store (absolute, or an empty, '.' "
+                             "or '..' part); refused")
+        folder, root = self.root / zarr_path, self.root.resolve()
+        entries = [folder]
+        for top, dirs, files in os.walk(folder):  # never follows a link: each one is checked instead
+            entries += [Path(top) / n for n in dirs + files]
+        for entry in entries:
+            real = entry.resolve()
+            if not real.is_relative_to(root):
+                raise StoreError(f"{entry}: resolves outside the store {root} (to {real}); refused")
+        return folder
+
+    def has(self, zarr_path: str) -> bool:
+        """Whether the array at ``zarr_path`` was fully written (arrays appear at their final key
+        only when complete, so its metadata file is enough) and stays inside the store."""
+        try:
+            return bool(zarr_path) and (self.path(zarr_path) / "zarr.json").is_file()
+        except StoreError:
+            return False
+
+    def array(self, zarr_path: str):
+        """One stored array read-only as a ``zarr.Array`` (confined, see :meth:`path`)."""
+        import zarr
+
+        return zarr.open_array(str(self.path(zarr_path)), mode="r")
+
+    def group(self):
+        """The whole store read-only as a ``zarr.Group``."""
+        import zarr
+
+        if not (self.root / "zarr.json").is_file():
+            raise StoreError(f"{self.root}: not an openmind-prep store (no zarr.json)")
+        return zarr.open_group(str(self.root), mode="r")
+
+    def clear_tmp(self) -> None:
+        """Remove leftovers of killed writers. Only while holding :meth:`lock` (or alone)."""
+        shutil.rmtree(self.root / TMP_DIR, ignore_errors=True)
+        (self.root / TMP_DIR).mkdir(exist_ok=True)
+
+    # -- manifest (rows in openmind_prep.manifest) ------------------------------------------
+    def has_manifest(self) -> bool:
+        """Whether a merged manifest or any fragment exists."""
+        return (self.root / manifest.MANIFEST_FILE).is_file() or bool(manifest.fragments(self.root))
+
+    def rows(self) -> dict[str, dict]:
+        """The newest row per image_path (merged manifest and fragments not merged yet)."""
+        return manifest.current_rows(self.root)
+
+    def manifest(self):
+        """The manifest as a ``pyarrow.Table``, fragments included (sorted by image_path)."""
+        return manifest.read_manifest(self.root)
+
+    def ok_rows(self) -> list[dict]:
+        """The ``ok`` rows, in manifest order."""
+        return [r for r in self.manifest().to_pylist() if r["status"] == manifest.OK]
+
+    def record(self, rows: Sequence[dict]) -> Path:
+        """Write one batch's rows as a new manifest fragment (atomic)."""
+        return manifest.write_fragment(self.root, list(rows))
+
+    def merge(self):
+        """Fold the fragments into ``manifest.parquet``; returns the merged table."""
+        return manifest.merge_manifest(self.root)
+
+    def is_done(self, row: dict | None) -> bool:
+        """Whether a manifest row is ``ok`` and all its arrays exist at their final keys."""
+        if row is None or row["status"] != manifest.OK:
+            return False
+        return all(self.has(row[col]) for name, col in ARRAY_COLUMNS.items() if name == IMAGE or row[col])
+
+    def pending(self, records: Iterable) -> list:
+        """The records (anything with ``.image_path``) that still need work."""
+        rows = self.rows()
+        return [r for r in records if not self.is_done(rows.get(r.image_path))]
+
+    # -- one run at a time -------------------------------------------------------------------
+    @contextmanager
+    def lock(self, command: str = "") -> Iterator[dict]:
+        """Hold the store's run lock (:mod:`openmind_prep.runlock`); :class:`StoreError` (one line
+        naming the holder) when another run holds it."""
+        try:
+            with run_lock(self.root / LOCK_FILE, command) as me:
+                yield me
+        except LockHeld as e:
+            raise StoreError(str(e)) from None
+
+
+def as_store(store: "Store | str | os.PathLike") -> Store:
+    """``store`` itself, or a :class:`Store` at that path.
+
+    >>> as_store("/data/s") == as_store(Store("/data/s"))
     True
     """
-    path = Path(path)
-    (path / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
-    (path / TMP_DIR).mkdir(exist_ok=True)
-    if not (path / "zarr.json").exists():
-        write_text(path / "zarr.json", json.dumps(_GROUP_META))
-    return path
+    return store if isinstance(store, Store) else Store(store)
 
 
-def clear_tmp(store: Path) -> None:
-    """Remove leftovers of killed writers. Only call when no other run writes to ``store``."""
-    shutil.rmtree(Path(store) / TMP_DIR, ignore_errors=True)
-    (Path(store) / TMP_DIR).mkdir(exist_ok=True)
+# The functions earlier code and tests call with a store path; each asks the Store.
+def create_store(path: str | os.PathLike) -> Path:
+    """Create (or reuse) a store folder (:meth:`Store.create`); returns its path."""
+    return Store.create(path).root
 
 
-def _ensure_parent_groups(store: Path, key: str) -> None:
-    parent = Path(store)
-    for part in key.split("/")[:-1]:
-        parent = parent / part
-        parent.mkdir(exist_ok=True)
-        if not (parent / "zarr.json").exists():
-            write_text(parent / "zarr.json", json.dumps(_GROUP_META))
+def write_case(store, key: str, arrays: Mapping[str, np.ndarray], attributes: Mapping[str, Any], *,
+               chunks: int = 64, clevel: int = CODEC["clevel"]) -> StoredCase:
+    """:meth:`Store.write_case` on the store at ``store``."""
+    return as_store(store).write_case(key, arrays, attributes, chunks=chunks, clevel=clevel)
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+def clear_tmp(store) -> None:
+    """:meth:`Store.clear_tmp` on the store at ``store``."""
+    as_store(store).clear_tmp()
 
 
-def write_case(
-    store: Path,
-    key: str,
-    arrays: Mapping[str, np.ndarray],
-    attributes: Mapping[str, Any],
-    *,
-    chunks: int = 64,
-    clevel: int = CODEC["clevel"],
-) -> StoredCase:
-    """Write one image group (``image`` plus masks) atomically at ``key``; replaces an old one.
-
-    ``arrays`` maps names (``image``, ``anon_mask``, ``anat_mask``) to arrays already in the
-    dtype to store. ``attributes`` go on the ``image`` array; every array gets its checksum.
-
-    >>> import tempfile
-    >>> s = create_store(Path(tempfile.mkdtemp()) / "s")
-    >>> out = write_case(s, "ds1/sub-1/a", {"image": np.ones((3, 4, 5), np.float32)}, {"x": 1})
-    >>> out.zarr_paths, image_array(s, "ds1/sub-1/a/image")[:].sum()
-    ({'image': 'ds1/sub-1/a/image'}, np.float32(60.0))
-    """
-    from openmind_prep.zarr_write import write_array, write_group
-
-    store = Path(store)
-    tmp = store / TMP_DIR / uuid.uuid4().hex
-    write_group(tmp)
-    checksums, paths = {}, {}
-    for name, data in arrays.items():  # encoded directly, byte-identical to zarr's own writer
-        checksums[name], _ = write_array(tmp / name, data, chunks=chunks, codec={**CODEC, "clevel": clevel},
-                                         attributes=_jsonable(attributes) if name == IMAGE else {})
-        paths[name] = f"{key}/{name}"
-    _ensure_parent_groups(store, key)
-    final = store / key
-    if final.exists():
-        old = store / TMP_DIR / f"{uuid.uuid4().hex}-old"
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    return StoredCase(key=key, zarr_paths=paths, checksums=checksums, nbytes=_folder_bytes(final))
+def case_exists(store, zarr_path: str) -> bool:
+    """:meth:`Store.has` on the store at ``store``."""
+    return as_store(store).has(zarr_path)
 
 
-def _jsonable(value: Any) -> Any:
-    """Tuples / numpy scalars / arrays → plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def open_store(path):
+    """The store at ``path`` read-only as a ``zarr.Group`` (:meth:`Store.group`)."""
+    return as_store(path).group()
 
 
-def case_exists(store: Path, zarr_path: str) -> bool:
-    """Whether the array at ``zarr_path`` (e.g. ``<key>/image``) was fully written.
-
-    Arrays only appear at their final key after being written completely, so the array's
-    metadata file existing is enough.
-    """
-    return bool(zarr_path) and (Path(store) / zarr_path / "zarr.json").is_file()
-
-
-def open_store(path: Path):
-    """Open a store read-only as a ``zarr.Group``.
-
-    >>> import tempfile
-    >>> open_store(create_store(Path(tempfile.mkdtemp()) / "s")).metadata.zarr_format
-    3
-    """
-    import zarr
-
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise FileNotFoundError(f"{path}: not an openmind-prep store (no zarr.json)")
-    return zarr.open_group(str(path), mode="r")
-
-
-def image_array(store: Path, zarr_path: str):
-    """Open one stored array (``zarr_path`` as in the manifest) read-only as a ``zarr.Array``."""
-    import zarr
-
-    return zarr.open_array(str(Path(store) / zarr_path), mode="r")
+def image_array(store, zarr_path: str):
+    """:meth:`Store.array` on the store at ``store``."""
+    return as_store(store).array(zarr_path)

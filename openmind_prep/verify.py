@@ -2,38 +2,44 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from openmind_prep.store import CHECKSUM_COLUMNS, IMAGE, Store, StoreError, array_checksum, as_store
+from openmind_prep.metadata import ARRAY_COLUMNS
 
 
-from openmind_prep.manifest import OK, read_manifest
-from openmind_prep.store import MASK_NAMES, array_checksum, case_exists, image_array
-
-
-def verify_store(store: Path, *, progress: bool = False) -> list[str]:
-    """Problems found in ``store`` (empty when every ``ok`` row's arrays decode to their checksums).
+def verify_store(store, *, progress: bool = False) -> list[str]:
+    """Problems found in ``store`` (a :class:`~openmind_prep.store.Store` or its path): empty when
+    every ``ok`` row's arrays lie inside the store and decode to their checksums.
+    :class:`~openmind_prep.store.StoreError` when it has no manifest to verify against.
 
     >>> import tempfile
-    >>> from openmind_prep.store import create_store
-    >>> verify_store(create_store(Path(tempfile.mkdtemp()) / "s"))
+    >>> from pathlib import Path
+    >>> s = Store.create(Path(tempfile.mkdtemp()) / "s")
+    >>> _ = s.merge()  # an empty manifest: a store of no images
+    >>> verify_store(s)
     []
     """
     from tqdm.auto import tqdm
 
-    store = Path(store)
+    store = Store.open(as_store(store).root)
     problems = []
-    rows = [r for r in read_manifest(store).to_pylist() if r["status"] == OK]
-    for row in tqdm(rows, unit="img", desc="verify", disable=not progress):
-        checks = [(row["zarr_path"], row["checksum"])]
-        checks += [(row[f"{n}_zarr_path"], row[f"{n}_checksum"]) for n in MASK_NAMES if row[f"{n}_zarr_path"]]
-        for zarr_path, expected in checks:
-            if not case_exists(store, zarr_path):
-                problems.append(f"{store / zarr_path}: missing (manifest row {row['image_path']} is ok)")
+    for row in tqdm(store.ok_rows(), unit="img", desc="verify", disable=not progress):
+        for name, column in ARRAY_COLUMNS.items():
+            zarr_path, expected = row[column], row[CHECKSUM_COLUMNS[name]]
+            if name != IMAGE and not zarr_path:
                 continue
             try:
-                actual = array_checksum(image_array(store, zarr_path)[...])
+                folder = store.path(zarr_path)
+            except StoreError as e:
+                problems.append(f"{e} (manifest row {row['image_path']})")
+                continue
+            if not (folder / "zarr.json").is_file():
+                problems.append(f"{folder}: missing (manifest row {row['image_path']} is ok)")
+                continue
+            try:
+                actual = array_checksum(store.array(zarr_path)[...])
             except Exception as e:  # noqa: BLE001 - undecodable data is damage too
-                problems.append(f"{store / zarr_path}: cannot be decoded ({type(e).__name__}: {e})")
+                problems.append(f"{folder}: cannot be decoded ({type(e).__name__}: {e})")
                 continue
             if actual != expected:
-                problems.append(f"{store / zarr_path}: checksum {actual} != manifest {expected}")
+                problems.append(f"{folder}: checksum {actual} != manifest {expected}")
     return problems

@@ -23,8 +23,9 @@ def user_error(error: BaseException) -> str | None:
     from openmind_prep.metadata import MetadataError
     from openmind_prep.nifti_check import InputError
     from openmind_prep.retry import DownloadError
+    from openmind_prep.store import StoreError
 
-    if isinstance(error, (MetadataError, DownloadError, InputError)):
+    if isinstance(error, (MetadataError, DownloadError, InputError, StoreError)):
         return str(error)
     arrow = sys.modules.get("pyarrow")  # a damaged manifest.parquet: Arrow's message names the file
     if arrow is not None and isinstance(error, arrow.ArrowException) and not isinstance(error, MemoryError):

@@ -38,7 +38,7 @@ def run_command(hub: HubRepo, source: Path | None, store: Path,
     """Download (or copy from --source), preprocess and delete raw files in a stream, keeping at
     most --max-raw-gb of raw bytes on disk; writes the same store as download + preprocess."""
     from openmind_prep.dask_cluster import BackgroundClient
-    from openmind_prep.manifest import merge_manifest
+    from openmind_prep.store import Store  # StoreError (another run holds it): one line via the shell
     from openmind_prep.cli.preprocess import report
     from openmind_prep.hub import DownloadError
     from openmind_prep.preprocess import PreprocessOptions
@@ -48,7 +48,8 @@ def run_command(hub: HubRepo, source: Path | None, store: Path,
     work.mkdir(parents=True, exist_ok=True)
     if lock_file is not None and selection != Selection():
         raise click.UsageError("--lock replays a fixed file list; drop the selection options")
-    with BackgroundClient(cluster) as client:  # the cluster starts while the selection resolves
+    target = Store.create(store)
+    with target.lock("run"), BackgroundClient(cluster) as client:  # cluster starts as the selection resolves
         try:
             if source is not None:
                 if lock_file is not None:
@@ -60,8 +61,9 @@ def run_command(hub: HubRepo, source: Path | None, store: Path,
             raise click.ClickException(str(e)) from e
         options = PreprocessOptions(dtype=dtype, chunks=chunks)
         try:
-            rows = stream(items, fetch, work, store, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
+            rows = stream(items, fetch, work, target, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
                           keep_raw=keep_raw, batch_size=batch_size)
         except RawBudgetError as e:
             raise click.UsageError(str(e)) from e
-    report([i.record for i in items], rows, merge_manifest(store), store)
+        table = target.merge()
+    report([i.record for i in items], rows, table, store)

@@ -7,16 +7,16 @@ from pathlib import Path
 import click
 
 
-def _find_image(store: Path, image: str) -> str:
-    """The group key of IMAGE among the store's ``ok`` images (key, CSV image_path or a raw-tree path)."""
-    from openmind_prep.manifest import OK, read_manifest
+def _find_image(store, image: str) -> str:
+    """The group key of IMAGE among the ``ok`` images of ``store`` (a :class:`~openmind_prep.store.Store`;
+    IMAGE: a key, a CSV image_path or a raw-tree path)."""
+    from openmind_prep.metadata import row_key
     from openmind_prep.show import find_image_key
 
-    keys = [r["zarr_path"].rsplit("/", 1)[0] for r in read_manifest(store).to_pylist() if r["status"] == OK]
     try:
-        return find_image_key(keys, image)
+        return find_image_key([row_key(r) for r in store.ok_rows()], image)
     except ValueError as e:
-        raise click.BadParameter(f"{store}: {e}", param_hint="IMAGE") from e
+        raise click.BadParameter(f"{store.root}: {e}", param_hint="IMAGE") from e
 
 
 @click.command("show")
@@ -31,12 +31,12 @@ def show_command(store: Path, image: str, out: Path, masks: bool) -> None:
     path copied from the raw tree (``RAW/OpenMind/ds.../x.nii.gz``); a miss lists close names.
     """
     from openmind_prep.show import render_volume
-    from openmind_prep.store import MASK_NAMES, case_exists, image_array
+    from openmind_prep.store import MASK_NAMES, Store
 
+    store = Store.open(store)  # StoreError (one line) without a manifest
     key = _find_image(store, image)
-    arr = image_array(store, f"{key}/image")
-    mask_arrays = {m: image_array(store, f"{key}/{m}")[...] for m in MASK_NAMES
-                   if masks and case_exists(store, f"{key}/{m}")}
+    arr = store.array(f"{key}/image")
+    mask_arrays = {m: store.array(f"{key}/{m}")[...] for m in MASK_NAMES if masks and store.has(f"{key}/{m}")}
     title = f"{key}  shape {tuple(arr.shape)}  {arr.dtype}"
     render_volume(arr[...], out, title=title, masks=mask_arrays)
     click.echo(f"wrote {out}")

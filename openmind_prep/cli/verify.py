@@ -12,13 +12,13 @@ import click
 @click.argument("store", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def verify_command(store: Path) -> None:
     """Re-check the checksum of every array of STORE; exit 1 on any damage."""
-    from openmind_prep.manifest import OK, read_manifest
+    from openmind_prep.store import Store
     from openmind_prep.verify import verify_store
 
-    problems = verify_store(store, progress=True)
+    opened = Store.open(store)  # StoreError (one line) without a manifest
+    problems = verify_store(opened, progress=True)
     for problem in problems:
         click.echo(f"DAMAGED {problem}", err=True)
-    n = sum(r["status"] == OK for r in read_manifest(store).to_pylist())
-    click.echo(f"verified {n} images: {len(problems)} problem(s)")
+    click.echo(f"verified {len(opened.ok_rows())} images: {len(problems)} problem(s)")
     if problems:
         raise SystemExit(1)

@@ -1,0 +1,64 @@
+"""Writing one image's arrays as a new Zarr v3 group: one sharded array per entry, each array's
+attributes carrying the ``sha256`` of its decoded bytes. This is the inside of
+:meth:`openmind_prep.store.Store.write_case`, which writes the group under ``STORE/_tmp/`` and
+then renames it to its key (so swapping this function keeps writes atomic).
+
+Every array is ONE shard file (zarr's sharding codec) holding inner chunks (``chunks``³), each
+compressed with blosc (:data:`CODEC`), one blosc block per chunk, encoded without zarr's event loop
+(:mod:`openmind_prep.zarr_write`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+IMAGE = "image"
+#: The chunk codec (blosc): name, level, shuffle. Readers need nothing from it (blosc chunks say
+#: their own codec), so changing it never invalidates a store.
+CODEC = {"cname": "lz4hc", "clevel": 4, "shuffle": "shuffle"}
+
+
+def array_checksum(array: np.ndarray) -> str:
+    """``"sha256:<hex>"`` of the array's C-order bytes (in its own dtype).
+
+    >>> array_checksum(np.zeros(2, np.uint8))[:15]
+    'sha256:96a296d2'
+    """
+    return "sha256:" + hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def write_group(folder: Path, arrays: Mapping[str, np.ndarray], attributes: Mapping[str, Any], *,
+                chunks: int = 64, clevel: int = CODEC["clevel"]) -> dict[str, str]:
+    """Write a new Zarr group at ``folder`` with one sharded array per entry of ``arrays``
+    (``attributes`` on ``image``); returns each array's checksum. Encoded directly
+    (:mod:`openmind_prep.zarr_write`, byte-identical to zarr's own writer).
+
+    >>> import tempfile
+    >>> sums = write_group(Path(tempfile.mkdtemp()) / "g", {"image": np.zeros((2, 2, 2), np.uint8)}, {})
+    >>> sums["image"] == array_checksum(np.zeros((2, 2, 2), np.uint8))
+    True
+    """
+    from openmind_prep import zarr_write
+
+    zarr_write.write_group(folder)
+    checksums = {}
+    for name, data in arrays.items():
+        checksums[name], _ = zarr_write.write_array(
+            folder / name, data, chunks=chunks, codec={**CODEC, "clevel": clevel},
+            attributes=_jsonable(attributes) if name == IMAGE else {})
+    return checksums
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples / numpy scalars / arrays → plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
