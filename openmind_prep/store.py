@@ -125,13 +125,15 @@ class Store:
 
     @classmethod
     def open(cls, root: str | os.PathLike, *, manifest_required: bool = True) -> "Store":
-        """An existing store; :class:`StoreError` if ``root`` is not one (or has no manifest)."""
+        """An existing store; :class:`StoreError` (one line) if ``root`` has no manifest to read
+        (``manifest_required``) or, without one, no root group."""
         store = cls(root)
-        if not (store.root / "zarr.json").is_file():
-            raise StoreError(f"{store.root}: not an openmind-prep store (no zarr.json)")
         if manifest_required and not store.has_manifest():
+            what = "" if (store.root / "zarr.json").is_file() else "; no zarr.json either: not an openmind-prep store"
             raise StoreError(f"{store.root / manifest.MANIFEST_FILE}: missing (and no fragments in "
-                             f"{manifest.MANIFEST_DIR}/); not a preprocessed store, or its manifest was deleted")
+                             f"{manifest.MANIFEST_DIR}/){what or ': its manifest was deleted or never merged'}")
+        if not manifest_required and not (store.root / "zarr.json").is_file():
+            raise StoreError(f"{store.root}: not an openmind-prep store (no zarr.json)")
         return store
 
     # -- namespace -------------------------------------------------------------------------

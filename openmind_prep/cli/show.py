@@ -13,8 +13,9 @@ def _find_image(store, image: str) -> str:
     from openmind_prep.metadata import row_key
     from openmind_prep.show import find_image_key
 
+    keys = [row_key(r) for r in store.ok_rows()]
     try:
-        return find_image_key([row_key(r) for r in store.ok_rows()], image)
+        return find_image_key(keys, image)
     except ValueError as e:
         raise click.BadParameter(f"{store.root}: {e}", param_hint="IMAGE") from e
 
@@ -33,7 +34,7 @@ def show_command(store: Path, image: str, out: Path, masks: bool) -> None:
     from openmind_prep.show import render_volume
     from openmind_prep.store import MASK_NAMES, Store
 
-    store = Store.open(store)  # StoreError (one line) without a manifest
+    store = Store(store)
     key = _find_image(store, image)
     arr = store.array(f"{key}/image")
     mask_arrays = {m: store.array(f"{key}/{m}")[...] for m in MASK_NAMES if masks and store.has(f"{key}/{m}")}
