@@ -3,7 +3,8 @@
 Work is submitted as BATCHES of images (one Dask task per batch, a bounded number in flight):
 114k one-image tasks would stall the scheduler. Each batch preprocesses its images one by one,
 writes each image group atomically (:meth:`openmind_prep.store.Store.write_case`) and finally its
-manifest fragment (:meth:`~openmind_prep.store.Store.record`). A bad image gets a ``failed`` row with the reason and the batch goes on.
+manifest fragment (:meth:`~openmind_prep.store.Store.record`). A bad image gets a ``failed`` row
+with the reason and the batch goes on.
 A batch whose task dies (e.g. a worker killed for memory) is split into one-image tasks, so
 only the image that kills a worker is marked failed. Re-running skips every image that has an
 ``ok`` row whose arrays exist: a killed run resumes where it stopped.
