@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openmind_prep.atomic import writing
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, strip_nifti_suffix
 
 CSV_COLUMNS = (
@@ -200,11 +201,15 @@ def build_sample_tree(dest: Path, *, small: bool = False, broken: bool = False) 
             "health_status": "healthy", "manufacturer": "Siemens", "magnetic_field_strength": "3",
             "is_brain_extract": "False",
         })
-    with (dest / METADATA_CSV).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, restval="")
+    _write_csv(dest / METADATA_CSV, CSV_COLUMNS, rows)  # last: a tree with a CSV is complete
+    return dest
+
+
+def _write_csv(path: Path, fields, rows) -> None:
+    with writing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
-    return dest
 
 
 def replicate_tree(src: Path, dest: Path, copies: int, *, link: bool = False) -> Path:
@@ -239,8 +244,5 @@ def replicate_tree(src: Path, dest: Path, copies: int, *, link: bool = False) ->
                     (os.link if link else shutil.copyfile)(src / IMAGES_DIR / row[col], target)
             new["unique_id"] = f"{new['image_path'].split('/')[0]}_{row['unique_id']}"
             out.append(new)
-    with (dest / METADATA_CSV).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(out)
+    _write_csv(dest / METADATA_CSV, fields, out)
     return dest

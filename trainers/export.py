@@ -109,13 +109,11 @@ def save_nnssl_checkpoint(path: str | Path, backbone: nn.Module, arch: str, patc
     writes one beside its checkpoints), each atomically (temp file, then rename); returns the checkpoint path."""
     import json
 
-    from openmind_prep.atomic import write_text
+    from openmind_prep.atomic import write_text, write_with
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = nnssl_checkpoint(backbone, arch, patch_size, config, **plan_kwargs)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    write_with(path, lambda tmp: torch.save(ckpt, tmp))
     write_text(path.with_name("adaptation_plan.json"), json.dumps(ckpt["nnssl_adaptation_plan"], indent=2) + "\n")
     return path
