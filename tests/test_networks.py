@@ -64,7 +64,7 @@ def _roundtrip(ckpt: dict) -> dict:
 def test_layout_equals_nnssl(arch):
     """Keys, shapes and parameter counts at the reference's patch size (built on the meta device: no memory)."""
     with torch.device("meta"):
-        ours = networks.build_backbone(arch, (160, 160, 160))
+        ours = networks.resenc_l() if arch == "resenc-l" else networks.primus_m(patch_size=(160, 160, 160))
         ref = _nnssl_resenc_l() if arch == "resenc-l" else _nnssl_primus_m((160, 160, 160))
     _same_layout(ours, ref)
     count = sum(p.numel() for p in ours.parameters())

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 from openmind_prep import __version__
 from trainers import configs, runfolder
-from trainers.method import CONSISTENCY_WEIGHTS, cva_losses, forward_pair, init_stage2, uses_heads  # noqa: F401
+from trainers.method import (CONSISTENCY_WEIGHTS, cva_losses, forward_pair, init_stage2, rung_problem,  # noqa: F401
+                             uses_heads)
 from trainers.optim import OPTIMIZERS, resolve_optimizer_defaults
 from trainers.resources import ARCHITECTURES, cpu_refusal, invalid_settings, setup_processes
 from trainers.runfolder import RunError, say
@@ -139,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.patch_size = list(args.patch_size) * 3
     if args.consistency_weight is None:  # the fork's weight of the chosen term
         args.consistency_weight = CONSISTENCY_WEIGHTS[args.consistency]
-    problem = invalid_settings(resolve_optimizer_defaults(args))
+    problem = invalid_settings(resolve_optimizer_defaults(args)) or rung_problem(args)
     if problem:
         parser.error(problem)
     return args

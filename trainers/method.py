@@ -10,10 +10,22 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["CONSISTENCY_WEIGHTS", "uses_heads", "forward_pair", "cva_losses", "init_stage2"]
+__all__ = ["CONSISTENCY_WEIGHTS", "rung_problem", "uses_heads", "forward_pair", "cva_losses", "init_stage2"]
 
 # The reference fork's weight of each consistency term (AlignedMAELoss' fg_cos_weight in its ladder's trainers).
 CONSISTENCY_WEIGHTS = {"none": 0.0, "cva": 1.0, "c-cva": 0.5, "gram": 2.0}
+
+
+def rung_problem(args: argparse.Namespace) -> str | None:
+    """A setting the rung cannot run with (as a usage message), else None.
+
+    >>> rung_problem(argparse.Namespace(arch="primus-m", recon="mae", mask_block=16))
+    >>> rung_problem(argparse.Namespace(arch="primus-m", recon="mae", mask_block=12))
+    '--mask-block 12: a Primus MAE hides whole 8³ tokens, use a multiple of 8'
+    """
+    if args.arch == "primus-m" and args.recon == "mae" and args.mask_block % 8:
+        return f"--mask-block {args.mask_block}: a Primus MAE hides whole 8³ tokens, use a multiple of 8"
+    return None
 
 
 def uses_heads(args: argparse.Namespace) -> bool:
@@ -32,8 +44,14 @@ def forward_pair(student, teacher, views, masks, args: argparse.Namespace) -> tu
     import torch
 
     voxel_head = args.voxel_head and args.consistency != "none"
-    out_s = student(views if masks is None else views * masks, predict=True, voxel_head=voxel_head,
-                    vector=args.contrastive)
+    from trainers.primus_mae import PrimusMAE, keep_indices
+
+    net = getattr(student, "module", student)  # the network inside DDP
+    if masks is not None and isinstance(net.backbone, PrimusMAE):  # nnssl's Primus MAE: drop the hidden tokens
+        out_s = student(views, predict=True, voxel_head=voxel_head, vector=args.contrastive, keep=keep_indices(masks))
+    else:
+        out_s = student(views if masks is None else views * masks, predict=True, voxel_head=voxel_head,
+                        vector=args.contrastive)
     out_t = None
     if args.consistency != "none" or args.contrastive:
         with torch.no_grad():

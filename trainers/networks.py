@@ -15,9 +15,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from trainers.primus_mae import PrimusMAE
 from trainers.resources import ARCHITECTURES  # a light module: --help lists them without torch
 
-__all__ = ["ARCHITECTURES", "resenc_l", "primus_m", "tiny", "TINY_KWARGS", "build_backbone", "stage_features", "CVANet"]
+__all__ = ["ARCHITECTURES", "resenc_l", "primus_m", "primus_m_mae", "tiny", "TINY_KWARGS", "build_backbone", "stage_features", "CVANet"]
 
 
 def resenc_l(in_channels: int = 1, out_channels: int = 1) -> nn.Module:
@@ -48,6 +49,19 @@ def primus_m(in_channels: int = 1, out_channels: int = 1, patch_size: Sequence[i
     PrimusM = _import_primus_m()
     return PrimusM(input_channels=in_channels, output_channels=out_channels, input_shape=tuple(patch_size),
                    patch_embed_size=(8, 8, 8), drop_path_rate=drop_path_rate)
+
+
+def primus_m_mae(in_channels: int = 1, out_channels: int = 1, patch_size: Sequence[int] = (160, 160, 160),
+                 drop_path_rate: float = 0.0) -> PrimusMAE:
+    """nnssl's Primus-M MAE (``BaseEvaMAETrainer``: 16 encoder and 2 decoder layers, 12 heads, 864 wide).
+
+    >>> net = primus_m_mae(patch_size=(16, 16, 16))
+    >>> grid, recon = net(torch.zeros(2, 1, 16, 16, 16), keep=torch.tensor([[0, 5], [3, 7]]))
+    >>> tuple(grid.shape), tuple(recon.shape)
+    ((2, 864, 2, 2, 2), (2, 1, 16, 16, 16))
+    """
+    return PrimusMAE(primus_m(in_channels, out_channels, patch_size, drop_path_rate), patch_size,
+                     drop_path_rate=drop_path_rate)
 
 
 _TORCHVISION_SHIM = []  # keeps the placeholder op library alive
@@ -107,23 +121,31 @@ def build_backbone(arch: str, patch_size: Sequence[int], in_channels: int = 1, o
     """
     if arch == "resenc-l":
         return resenc_l(in_channels, out_channels)
-    if arch == "primus-m":
-        return primus_m(in_channels, out_channels, patch_size, drop_path_rate)
+    if arch == "primus-m":  # with nnssl's MAE decoder and mask token (trainers.primus_mae)
+        return primus_m_mae(in_channels, out_channels, patch_size, drop_path_rate)
     if arch == "tiny":
         return tiny(in_channels, out_channels)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
 
 
-def stage_features(backbone: nn.Module, x: torch.Tensor, decode: bool = True) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+def stage_features(backbone: nn.Module, x: torch.Tensor, decode: bool = True,
+                   keep: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Run ``backbone`` once; return its per-stage feature maps and its output (the reconstruction).
 
     Residual U-Nets give every encoder stage's output; Primus gives its token grid ``[N, D, Z/8, Y/8, X/8]``.
     ``decode=False`` skips the decoder (frozen-feature probes) and returns ``None`` as the output.
+    A Primus MAE (``trainers.primus_mae``) encodes only the tokens ``keep`` names (all when None).
 
     >>> feats, recon = stage_features(tiny(), torch.zeros(1, 1, 16, 16, 16))
     >>> [f.shape[1] for f in feats], recon.shape[2:]
     ([8, 16, 32, 64], torch.Size([16, 16, 16]))
     """
+    if isinstance(backbone, PrimusMAE):  # nnssl's EvaMAE
+        seq = backbone.encode(x, keep)
+        if not decode:
+            return [backbone.to_grid(seq)], None
+        grid, recon = backbone(x, keep)
+        return [grid], recon
     if hasattr(backbone, "eva"):  # Primus: the pieces of Primus.forward, keeping the token grid
         tokens = backbone.down_projection(x)
         n, d, *grid = tokens.shape
@@ -159,6 +181,9 @@ class CVANet(nn.Module):
     reference fork's ``use_projector=True`` (one projector and predictor shared by voxels and vectors).
     ``vector``: every stage globally pooled, concatenated, projector, predictor when ``predict``.
     The heads exist only when ``heads`` is set (a run that uses them), so DDP sees no dead heads.
+    On a Primus MAE, as the fork's ``ConsisEvaMAE``: a view encoded from kept tokens only (``keep``) gets
+    its features from a 2-layer Eva over the restored sequence (``feature_decoder``), a fully encoded view
+    from the encoder; the vector is an attention-weighted mean of the tokens (``attention_pooling``).
 
     >>> net = CVANet(tiny(), pool_size=4, proj_dim=32)
     >>> out = net(torch.zeros(2, 1, 16, 16, 16))
@@ -177,6 +202,13 @@ class CVANet(nn.Module):
             channels = sum(backbone.encoder.output_channels)
         self.projector = _mlp([channels, proj_dim, proj_dim, proj_dim], last_norm=True) if heads else None
         self.predictor = _mlp([proj_dim, proj_dim // 4, proj_dim], last_norm=False) if heads else None
+        self.feature_decoder = self.attention_pooling = None
+        if heads and isinstance(backbone, PrimusMAE):
+            from dynamic_network_architectures.building_blocks.eva import Eva
+
+            self.feature_decoder = Eva(embed_dim=channels, depth=2, num_heads=16, ref_feat_shape=backbone.grid,
+                                       patch_drop_rate=0, init_values=0.1)
+            self.attention_pooling = nn.Linear(channels, 1)
 
     def head(self, z: torch.Tensor, predict: bool) -> torch.Tensor:
         """Projector (then predictor when ``predict``) on rows ``[N, C]``."""
@@ -186,8 +218,12 @@ class CVANet(nn.Module):
         return self.predictor(z) if predict else z
 
     def forward(self, x: torch.Tensor, predict: bool = True, voxel_head: bool = False,
-                vector: bool = True) -> dict[str, torch.Tensor | None]:
-        feats, recon = stage_features(self.backbone, x)
+                vector: bool = True, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+        feats, recon = stage_features(self.backbone, x, keep=keep)
+        if keep is not None and self.feature_decoder is not None:  # Primus MAE student: decode the features
+            n, d, *grid = feats[0].shape
+            seq, _ = self.feature_decoder(feats[0].flatten(2).transpose(1, 2))
+            feats = [seq.transpose(1, 2).reshape(n, d, *grid)]
         volume = torch.cat([F.adaptive_avg_pool3d(f, self.pool_size) for f in feats], dim=1)
         if voxel_head:  # every pooled voxel through the heads: [N, C, p, p, p] -> [N·p³, C] -> back
             n, c, *grid = volume.shape
@@ -195,5 +231,10 @@ class CVANet(nn.Module):
             volume = rows.reshape(n, -1, rows.shape[1]).transpose(1, 2).reshape(n, rows.shape[1], *grid)
         vec = None
         if vector and self.projector is not None:
-            vec = self.head(torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1), predict)
+            if self.attention_pooling is not None:  # softmax over tokens of a learned score, as the fork's Primus
+                seq = feats[0].flatten(2).transpose(1, 2)
+                pooled = (torch.softmax(self.attention_pooling(seq), dim=1) * seq).sum(dim=1)
+            else:
+                pooled = torch.cat([f.mean(dim=(2, 3, 4)) for f in feats], dim=1)
+            vec = self.head(pooled, predict)
         return {"recon": recon, "volume": volume, "vector": vec}
