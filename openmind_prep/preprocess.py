@@ -150,12 +150,13 @@ def prepare(records: Sequence[ImageRecord], src_root: Path, store: Store) -> tup
     different rounds (``run``) are caught too."""
     store = Store.create(as_store(store).root)
     store.clear_tmp()
-    refused = store.claim(r.image_path for r in records)
+    rows = store.rows()
+    refused = store.claim((r.image_path for r in records), rows)
     clashes = [record_row(r, f"{Path(src_root) / IMAGES_DIR / r.image_path}: {refused[r.image_path]}; refused")
                for r in records if r.image_path in refused]
     if clashes:
         store.record(clashes)
-    return clashes, [r for r in store.pending(records) if r.image_path not in refused]
+    return clashes, [r for r in store.pending(records, rows) if r.image_path not in refused]
 
 
 def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Store | Path, client,

@@ -44,7 +44,7 @@ import numpy as np
 from openmind_prep import manifest
 from openmind_prep.atomic import replace_dir, write_json
 from openmind_prep.case_writer import CODEC, IMAGE, array_checksum, write_group  # noqa: F401  (re-exported)
-from openmind_prep.metadata import ARRAY_COLUMNS, MASK_NAMES  # noqa: F401  (re-exported)
+from openmind_prep.metadata import ARRAY_COLUMNS, MASK_NAMES, row_key  # noqa: F401  (MASK_NAMES re-exported)
 from openmind_prep.namespace import ancestors, claim, image_key, key_problem  # noqa: F401  (image_key re-exported)
 from openmind_prep.runlock import LockHeld, run_lock
 
@@ -137,15 +137,17 @@ class Store:
         return store
 
     # -- namespace -------------------------------------------------------------------------
-    def claim(self, image_paths: Iterable[str]) -> dict[str, str]:
+    def claim(self, image_paths: Iterable[str], rows: Mapping[str, dict] | None = None) -> dict[str, str]:
         """``image_path → reason`` for the images that may not get their key: a reserved name, or a
         key equal to, inside or above another image's (the store's ``ok`` rows first, then in order).
+        ``rows``: :meth:`rows` if the caller has read them already.
 
         >>> import tempfile
         >>> Store.create(Path(tempfile.mkdtemp()) / "s").claim(["a.nii", "a.nii.gz", "a/image.nii.gz"])["a.nii.gz"]
         "its store key 'a' is already used by 'a.nii' (same path without .nii/.nii.gz)"
         """
-        owned = [(row["zarr_path"].rsplit("/", 1)[0], row["image_path"]) for row in self.rows().values()
+        rows = self.rows() if rows is None else rows
+        owned = [(row_key(row), row["image_path"]) for row in rows.values()
                  if row["status"] == manifest.OK and row["zarr_path"]]
         return claim(owned, image_paths)
 
@@ -190,10 +192,7 @@ class Store:
         Traceback (most recent call last):
         openmind_prep.store.StoreError: /data/s: the path '../x' leaves the store ...
         """
-        if not zarr_path or zarr_path.startswith("/") or key_problem(zarr_path).startswith("it has"):
-            raise StoreError(f"{self.root}: the path {zarr_path!r} leaves the store (absolute, or an empty, '.' "
-                             "or '..' part); refused")
-        folder, root = self.root / zarr_path, self.root.resolve()
+        folder, root = self._inside(zarr_path), self.root.resolve()
         entries = [folder]
         for top, dirs, files in os.walk(folder):  # never follows a link: each one is checked instead
             entries += [Path(top) / n for n in dirs + files]
@@ -203,11 +202,20 @@ class Store:
                 raise StoreError(f"{entry}: resolves outside the store {root} (to {real}); refused")
         return folder
 
+    def _inside(self, zarr_path: str) -> Path:
+        """``root / zarr_path`` for a relative path without empty, '.' or '..' parts (no I/O)."""
+        if not zarr_path or zarr_path.startswith("/") or key_problem(zarr_path).startswith("it has"):
+            raise StoreError(f"{self.root}: the path {zarr_path!r} leaves the store (absolute, or an empty, '.' "
+                             "or '..' part); refused")
+        return self.root / zarr_path
+
     def has(self, zarr_path: str) -> bool:
         """Whether the array at ``zarr_path`` was fully written (arrays appear at their final key
-        only when complete, so its metadata file is enough) and stays inside the store."""
+        only when complete, so its metadata file is enough). One ``stat`` per array (a resume over
+        114k images asks this 340k times): a link out of the store is refused when it is read
+        (:meth:`path`), not here."""
         try:
-            return bool(zarr_path) and (self.path(zarr_path) / "zarr.json").is_file()
+            return (self._inside(zarr_path) / "zarr.json").is_file()
         except StoreError:
             return False
 
@@ -261,9 +269,9 @@ class Store:
             return False
         return all(self.has(row[col]) for name, col in ARRAY_COLUMNS.items() if name == IMAGE or row[col])
 
-    def pending(self, records: Iterable) -> list:
-        """The records (anything with ``.image_path``) that still need work."""
-        rows = self.rows()
+    def pending(self, records: Iterable, rows: Mapping[str, dict] | None = None) -> list:
+        """The records (anything with ``.image_path``) that still need work (``rows`` as in :meth:`claim`)."""
+        rows = self.rows() if rows is None else rows
         return [r for r in records if not self.is_done(rows.get(r.image_path))]
 
     # -- one run at a time -------------------------------------------------------------------
