@@ -173,6 +173,18 @@ def test_two_preprocess_runs_on_one_store_one_refuses_the_other_completes(tmp_pa
     assert verify.exit_code == 0 and "verified 3 images: 0 problem" in verify.output
 
 
+def test_run_refuses_a_store_another_run_holds_and_writes_nothing(tmp_path):
+    src = build_sample_tree(tmp_path / "src", small=True)
+    store = Store.create(tmp_path / "store")
+    with store.lock("held by this test") as holder:
+        result = CliRunner().invoke(main, ["run", "--source", str(src), "--out", str(store.root), *FAST])
+    assert result.exit_code == 1
+    (line,) = [line for line in result.output.splitlines() if line.strip()]
+    assert line.startswith(f"Error: {store.root / LOCK_FILE}: another run is using this store (pid {holder['pid']}")
+    assert not store.has_manifest() and not (store.root / LOCK_FILE).exists()
+    assert CliRunner().invoke(main, ["run", "--source", str(src), "--out", str(store.root), *FAST]).exit_code == 0
+
+
 def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path, caplog):
     src = build_sample_tree(tmp_path / "src", small=True)
     store = Store.create(tmp_path / "store")
