@@ -172,3 +172,20 @@ def test_flags_left_out_take_the_reference_per_architecture():
     assert (adamw.optimizer, adamw.lr, adamw.weight_decay, adamw.clip_grad) == ("adamw", 3e-4, 5e-2, 1.0)
     for rung, weight in (("cva", 1.0), ("c-cva", 0.5), ("gram", 2.0)):
         assert cva.parse_args(["--store", "s", "--out", "o", "--consistency", rung]).consistency_weight == weight
+
+
+@pytest.mark.parametrize("flags, terms", [
+    (["--consistency", "none", "--no-contrastive"], {"recon"}),                    # MAE ✗ ✗
+    (["--consistency", "none", "--contrastive"], {"recon", "ntxent"}),             # MAE ✗ ✓
+    (["--consistency", "cva", "--contrastive"], {"recon", "consistency", "ntxent"}),  # MAE CVA ✓ (the default)
+    (["--recon", "ae", "--consistency", "cva", "--contrastive"], {"recon", "consistency", "ntxent"}),
+    (["--consistency", "c-cva", "--contrastive"], {"recon", "consistency", "ntxent"}),
+    (["--consistency", "gram", "--no-contrastive", "--no-voxel-head"], {"recon", "consistency"}),
+    (["--consistency", "cva", "--view-augment", "per-view"], {"recon", "consistency", "ntxent"}),
+])
+def test_every_rung_runs_by_flags_on_the_tiny_config(store, tmp_path, flags, terms):
+    rows = _run(store, tmp_path / "run", "--steps", "2", *flags)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert set(r) >= terms | {"loss"} and not ({"recon", "consistency", "ntxent"} - terms) & set(r)
+        assert all(r[k] == r[k] and abs(r[k]) < 1e6 for k in terms)  # finite
