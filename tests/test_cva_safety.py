@@ -177,7 +177,9 @@ def test_config_files_merge_in_order_flags_win_and_names_work_anywhere(tmp_path,
     assert f"{b}: steps must be int" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cva.parse_args([*base, "--config", "no_such_config"])
-    assert "shipped: mae_only, primus_m_cva, primus_m_mae, resenc_l_cva, resenc_l_mae, tiny_cpu, tiny_cpu_mae" in capsys.readouterr().err
+    on_disk = sorted(p.stem for p in (ROOT / "trainers/configs").glob("*.toml"))
+    assert {"tiny_cpu", "resenc_l_cva", "primus_m_cva", "mae_only"} <= set(on_disk)
+    assert f"shipped: {', '.join(on_disk)})" in capsys.readouterr().err
     # the wheel carries them: package data covers every shipped config file
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     shipped_files = sorted(p.name for p in (ROOT / "trainers/configs").glob("*.toml"))
