@@ -124,7 +124,9 @@ def per_image(src: Path, work: Path, rounds: int) -> None:
     _setup_threads()
     records = read_metadata(src / METADATA_CSV)
     (work / "peer").mkdir(exist_ok=True)
-    options = PreprocessOptions()
+    from openmind_prep import store as store_module
+
+    options = PreprocessOptions(clevel=store_module.CODEC["clevel"])  # --codec may have swapped it
     times = {r.image_path: ([], []) for r in records}
     for rnd in range(rounds + 1):  # round 0 warms imports and caches, not counted
         store = create_store(work / f"store{rnd}")  # a fresh store: no old group to replace
@@ -203,6 +205,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds per image (after one warm-up)")
     parser.add_argument("--copies", type=int, default=8, help="copies of the 6 volumes for the CLI run (0: skip)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument("--codec", default=None, help="store codec for ours as CNAME-LEVEL, e.g. zstd-1 "
+                        "(default: openmind_prep.store.CODEC; per-image part only)")
     parser.add_argument("--peer-tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--peer-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,11 +215,17 @@ def main() -> None:
 
     import torch
 
+    from openmind_prep import store
     from openmind_prep.embedded import build_sample_tree
+
+    if args.codec:  # the per-image part runs in this process, so the store codec can be swapped
+        cname, level = args.codec.rsplit("-", 1)
+        store.CODEC = {**store.CODEC, "cname": cname, "clevel": int(level)}
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_e2e_"))
     base = build_sample_tree(work / "src")
-    print(f"torch {torch.__version__}, one thread everywhere; {os.cpu_count()} cores visible; work {work}\n")
+    print(f"torch {torch.__version__}, one thread everywhere; {os.cpu_count()} cores visible; work {work}; "
+          f"store codec {store.CODEC}\n")
     per_image(base, work, args.rounds)
     if args.copies:
         through_cli(base, work, args.copies)

@@ -94,9 +94,17 @@ def current_rows(store: Path) -> dict[str, dict]:
     rows: dict[str, dict] = {}
     merged = Path(store) / MANIFEST_FILE
     for path in ([merged] if merged.is_file() else []) + fragments(store):
-        for row in pq.read_table(path).to_pylist():
+        for row in _read_parquet(path).to_pylist():
             rows[row["image_path"]] = row
     return rows
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    """One parquet file; ``ParquetFile`` rather than ``read_table``, which imports pyarrow.dataset and
+    pandas (~0.3 CPU-s, most of a no-op re-run; so does ``Table.from_pylist``, hence merge_manifest
+    returns the file itself when there is nothing to fold in)."""
+    with pq.ParquetFile(path) as f:
+        return f.read()
 
 
 def merge_manifest(store: Path) -> pa.Table:
@@ -110,6 +118,8 @@ def merge_manifest(store: Path) -> pa.Table:
     (['a.nii.gz', 'b.nii.gz'], [])
     """
     done = fragments(store)
+    if not done and (Path(store) / MANIFEST_FILE).is_file():
+        return _read_parquet(Path(store) / MANIFEST_FILE)  # nothing new (a no-op re-run): as it is
     rows = current_rows(store)
     table = _table(rows[k] for k in sorted(rows))
     _atomic_parquet(table, Path(store) / MANIFEST_FILE)

@@ -118,6 +118,11 @@ def encode_shard(data: np.ndarray, inner: tuple[int, ...], codec: Mapping[str, A
     return b"".join(bytes(p) for p in parts)
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write one shard file (a module attribute: the disk-full test replaces it)."""
+    path.write_bytes(data)
+
+
 def _write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2))
 
@@ -152,6 +157,6 @@ def write_array(folder: Path, data: np.ndarray, *, chunks: int, codec: Mapping[s
     shard = encode_shard(data, inner, codec)
     if shard is not None:
         (folder / SHARD_KEY).parent.mkdir(parents=True)
-        (folder / SHARD_KEY).write_bytes(shard)
+        _write_bytes(folder / SHARD_KEY, shard)
         nbytes += len(shard)
     return checksum, nbytes
