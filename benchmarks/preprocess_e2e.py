@@ -220,7 +220,7 @@ def main() -> None:
 
     if args.codec:  # the per-image part runs in this process, so the store codec can be swapped
         cname, level = args.codec.rsplit("-", 1)
-        store.CODEC = {**store.CODEC, "cname": cname, "clevel": int(level)}
+        store.CODEC.update(cname=cname, clevel=int(level))  # in place: the writer holds the same dict
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_e2e_"))
     base = build_sample_tree(work / "src")
