@@ -48,7 +48,10 @@ def test_shard_index_matches_files_and_manifest(demo_run):
 
 def test_pngs_decode_with_expected_sizes(demo_run):
     views = Image.open(demo_run / "views.png")
-    assert views.size == (6 * 2 * 80, 3 * 2 * 80)  # 3 pairs × (view 1, view 2) × 3 planes, 2-inch panels at 80 dpi
+    # 3 pairs as rows of 7 panels (view 1 and view 2 in three planes + the source with both outlines),
+    # 1.9-inch panels at 100 dpi, 0.08-inch gaps, a 0.75-inch header (legend) and 0.35-inch row labels
+    width, height = 0.35 + 7 * 1.9 + 6 * 0.08 + 0.1, 0.75 + 3 * 1.9 + 2 * 0.08 + 0.1
+    assert abs(views.size[0] - width * 100) <= 1 and abs(views.size[1] - height * 100) <= 1
     clusters = Image.open(demo_run / "clusters.png")
     assert clusters.size == (int(4 * 2.2 * 80), int(4.6 * 80))
     loss = Image.open(demo_run / "loss.png")
