@@ -1,7 +1,8 @@
 """One run at a time on a folder: a lock file naming its holder (pid, host, command, start time).
 
 The file is held with ``flock`` for as long as the run lasts, so the kernel frees it when the
-holder dies however it dies (``kill -9`` included). A second run finds it held and refuses with
+holder dies however it dies (``kill -9`` included); where the file system refuses ``flock``, a
+record naming a live process of this host counts as held. A second run finds it held and refuses with
 one line naming the holder. A file left by a dead run on this host (its ``flock`` is free) is
 taken over, with a warning. A file naming another host whose ``flock`` is free is refused too:
 this host cannot tell whether that run still lives (file systems that do not share ``flock``
@@ -13,6 +14,7 @@ for anything else.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -53,8 +55,23 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
-def _grab(path: Path) -> int:
-    """Open and ``flock`` the lock file (retrying if its holder removed it meanwhile); returns the fd."""
+def _held(path: Path, holder: dict) -> LockHeld:
+    return LockHeld(f"{path}: another run is using this store ({_describe(holder)}); wait for it to finish or stop it")
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return True  # another user's process, or a record we cannot read: assume it lives
+    return True
+
+
+def _grab(path: Path) -> tuple[int, bool]:
+    """Open and ``flock`` the lock file (retrying if its holder removed it meanwhile); returns the fd
+    and whether ``flock`` works here (some network file systems refuse it: then the record decides)."""
     for _ in range(100):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -62,10 +79,14 @@ def _grab(path: Path) -> int:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            raise LockHeld(f"{path}: another run is using this store ({_describe(holder)}); "
-                           "wait for it to finish or stop it") from None
+            raise _held(path, holder) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            return fd, False
         if _same_file(fd, path):
-            return fd
+            return fd, True
         os.close(fd)  # the holder released and removed it between our open and flock: try again
     raise LockHeld(f"{path}: could not take the lock (it keeps being replaced)")
 
@@ -87,10 +108,12 @@ def run_lock(path: Path, command: str = "") -> Iterator[dict]:
     False
     """
     path = Path(path)
-    fd = _grab(path)
+    fd, flocked = _grab(path)
     try:
         old = _read(fd)
         host = socket.gethostname()
+        if old and not flocked and old.get("host") == host and _alive(old.get("pid")):
+            raise _held(path, old)  # without flock, a live pid on this host is a live run
         if old.get("host", host) != host:
             raise LockHeld(f"{path}: held by a run on another host ({_describe(old)}); this host cannot check "
                            f"whether it still runs. If it has ended, delete {path} and try again")

@@ -342,3 +342,29 @@ def test_fuzzed_manifest_paths_never_read_outside_the_store(fuzz_stores, parts, 
     except Exception:  # noqa: BLE001 - refused or unreadable: both fine, as long as nothing leaks
         return
     assert not np.array_equal(values[0], secret)
+
+
+def test_without_flock_a_live_holder_of_this_host_still_refuses(tmp_path, monkeypatch):
+    """Some network file systems refuse ``flock`` (ENOLCK): then the record decides, a live pid of
+    this host holds the store and a dead one's lock is taken over."""
+    import errno
+
+    from openmind_prep import runlock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_flock)
+    store = Store.create(tmp_path / "s")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (store.root / LOCK_FILE).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname()}))
+        with pytest.raises(StoreError, match=f"another run is using this store \\(pid {live.pid} "):
+            with store.lock():
+                pass
+    finally:
+        live.kill()
+        live.wait()
+    with store.lock() as me:  # the same record, its process gone: taken over
+        assert json.loads((store.root / LOCK_FILE).read_text())["pid"] == me["pid"] == os.getpid()
+    assert not (store.root / LOCK_FILE).exists()
