@@ -103,8 +103,11 @@ def _read_parquet(path: Path) -> pa.Table:
     """One parquet file; ``ParquetFile`` rather than ``read_table``, which imports pyarrow.dataset and
     pandas (~0.3 CPU-s, most of a no-op re-run; so does ``Table.from_pylist``, hence merge_manifest
     returns the file itself when there is nothing to fold in)."""
-    with pq.ParquetFile(path) as f:
-        return f.read()
+    try:
+        with pq.ParquetFile(path) as f:
+            return f.read()
+    except pa.ArrowException as e:  # a damaged file: the message names it, as read_table's did
+        raise pa.ArrowInvalid(f"{path}: {e}") from None
 
 
 def merge_manifest(store: Path) -> pa.Table:
