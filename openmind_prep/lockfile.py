@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ class Lock:
         files = tuple(RemoteFile.from_dict(f) for f in d["files"])
         if not files or files[0].path != METADATA_CSV:
             raise ValueError(f"the first file of a lock must be {METADATA_CSV}")
+        if not re.fullmatch(r"[0-9a-fA-F]{1,64}", str(d["commit"])):
+            raise ValueError(f"commit {d['commit']!r} is not a commit id (hex)")
         return cls(d["repo"], d["revision"], d["commit"], dict(d.get("selection", {})),
                    tuple(d["images"]), files, tuple(str(p) for p in d.get("missing", ())))
 

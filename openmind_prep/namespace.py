@@ -59,7 +59,8 @@ def claim(owned: Iterable[tuple[str, str]], image_paths: Iterable[str]) -> dict[
     ``(key, image_path)`` pairs already ``owned`` (the store's ``ok`` rows); the others, in order,
     take theirs.
 
-    >>> claim([("a", "a.nii")], ["a.nii", "a.nii.gz", "a/image.nii.gz", "b/x.nii", "b.nii"])  # doctest: +NORMALIZE_WHITESPACE
+    >>> paths = ["a.nii", "a.nii.gz", "a/image.nii.gz", "b/x.nii", "b.nii"]
+    >>> claim([("a", "a.nii")], paths)  # doctest: +NORMALIZE_WHITESPACE
     {'a.nii.gz': "its store key 'a' is already used by 'a.nii' (same path without .nii/.nii.gz)",
      'a/image.nii.gz': "its store key 'a/image' lies inside the group of 'a.nii'",
      'b.nii': "its store key 'b' would hold the group of 'b/x.nii'"}
