@@ -9,9 +9,11 @@ Masks that an image does not have are left out (never ``None``), so MONAI's ``li
 and TorchIO's transforms see only real images. torchio and monai are imported only inside the
 functions that use them (``pip install torchio`` / ``monai``).
 
-    >>> from loaders.adapters import to_torchio, to_monai      # doctest: +SKIP
-    >>> subject = to_torchio(ds[0])       # tio.Subject: image (+ anon_mask / anat_mask LabelMaps)
-    >>> item = to_monai(ds[0])            # {"image": MetaTensor, ...masks, "key": ...}
+Usage (``ds`` a ``ZarrVolumeDataset``; README "MONAI and TorchIO" runs it on a real store)::
+
+    from loaders.adapters import to_torchio, to_monai
+    subject = to_torchio(ds[0])       # tio.Subject: image (+ anon_mask / anat_mask LabelMaps)
+    item = to_monai(ds[0])            # {"image": MetaTensor, ...masks, "key": ...}
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def ijk(tensor: Tensor) -> Tensor:
 def sample_affine(sample: Mapping[str, Any]) -> np.ndarray:
     """The sample's 4×4 RAS affine for the (i, j, k) order of :func:`ijk`; a clear error without one.
 
-    >>> sample_affine({"key": "k", "meta": {"affine": np.diag([1.0, 2.0, 3.0, 1.0]).tolist()}}).diagonal()
-    array([3., 2., 1., 1.])
+    >>> sample_affine({"key": "k", "meta": {"affine": np.diag([1.0, 2.0, 3.0, 1.0]).tolist()}})[:3, :3].tolist()
+    [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0], [3.0, 0.0, 0.0]]
     """
     affine = sample.get("meta", {}).get("affine")
     if affine is None:

@@ -17,8 +17,8 @@ along its low-resolution axis, but the stored voxel's position is the same.)
 
 >>> row = {"spacing": [2.0, 1.0, 1.0], "shape": [20, 10, 10], "crop_bbox": [[0, 10], [0, 10], [0, 10]],
 ...        "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
->>> stored_affine(row).round(3).tolist()   # columns: stored axes z, y, x; rows: R, A, S
-[[0.0, 0.0, -1.0, -0.0], [0.0, -1.0, 0.0, -0.0], [1.0, 0.0, 0.0, -0.5], [0.0, 0.0, 0.0, 1.0]]
+>>> (stored_affine(row).round(3) + 0.0).tolist()   # columns: stored axes z, y, x; rows: R, A, S (+ 0.0: no -0.0)
+[[0.0, 0.0, -1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, -0.5], [0.0, 0.0, 0.0, 1.0]]
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def ijk_affine(affine_zyx: np.ndarray) -> np.ndarray:
     """The same affine for voxels indexed (i, j, k) = (x, y, z), i.e. for ``tensor.permute(0, 3, 2, 1)``
     of a ``[C, z, y, x]`` tensor: the NIfTI order that TorchIO and MONAI expect.
 
-    >>> ijk_affine(np.diag([1.0, 2.0, 3.0, 1.0])).diagonal().tolist()
-    [3.0, 2.0, 1.0, 1.0]
+    >>> ijk_affine(np.diag([1.0, 2.0, 3.0, 1.0]))[:3, :3].tolist()  # the z, y, x columns, reversed
+    [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0], [3.0, 0.0, 0.0]]
     """
     return np.asarray(affine_zyx)[:, [2, 1, 0, 3]]
 

@@ -28,7 +28,7 @@ WINDOW_SECONDS = 300
 class Transfer:
     """A pull of ``files`` files, ``nbytes`` bytes (see the module docstring for the three floors).
 
-    >>> t = Transfer(files=340_000, nbytes=7e11, bandwidth_mb_s=100, quota_per_5min=5000, workers=4)
+    >>> t = Transfer(files=340_000, nbytes=7e11, bandwidth_mb_s=100, quota_per_5min=5000, workers=16)
     >>> round(t.quota_seconds / 3600, 2), round(t.bandwidth_seconds / 3600, 2), t.bound
     (5.58, 1.94, 'quota')
     """
@@ -68,7 +68,7 @@ def suggest_max_raw_gb(file_bytes: Sequence[float], workers: int, batch_size: in
     """A ``run --max-raw-gb`` that keeps every worker fed: three batches per worker (two in flight, one
     downloading) of average images, at least the largest batch, at most the whole raw selection.
 
-    >>> suggest_max_raw_gb([6e6] * 1000, workers=64, batch_size=8)      # 3 x 64 x 8 x 6 MB = 9.2 GB
+    >>> suggest_max_raw_gb([6e6] * 10_000, workers=64, batch_size=8)    # 3 x 64 x 8 x 6 MB = 9.2 GB
     10
     >>> suggest_max_raw_gb([6e6] * 10, workers=64, batch_size=8)        # the whole selection: 60 MB
     1
