@@ -156,9 +156,9 @@ def test_init_from_a_hugging_face_model_repo_is_fetched_and_verified(store, stag
     ("resenc_l_cva", dict(arch="resenc-l", optimizer="sgd", lr=1e-2, weight_decay=3e-5, warmup_steps=0, clip_grad=12.0,
                           consistency="cva", consistency_weight=1.0, contrastive=True, voxel_head=True)),
     ("primus_m_mae", dict(arch="primus-m", optimizer="adamw", lr=3e-4, weight_decay=5e-2, warmup_steps=50 * 250,
-                          clip_grad=1.0, consistency="none", contrastive=False)),
+                          clip_grad=1.0, consistency="none", contrastive=False, mask_block=8)),
     ("primus_m_cva", dict(arch="primus-m", optimizer="adamw", lr=3e-4, weight_decay=5e-2, warmup_steps=10 * 250,
-                          clip_grad=1.0, consistency="cva", contrastive=True)),
+                          clip_grad=1.0, consistency="cva", contrastive=True, mask_block=8, pool_size=20)),
 ])
 def test_configs_carry_the_reference_values(name, want):
     args = cva.parse_args(["--store", "s", "--out", "o", "--config", str(name)])
