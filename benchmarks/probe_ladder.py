@@ -7,7 +7,7 @@ process, tiny net, ``--config tiny_cpu``), then its student backbone is probed
 random-init and intensity baselines are scored once per seed. Prints mean ± standard deviation over
 the seeds as a markdown table.
 
-    nice python benchmarks/probe_ladder.py                       # 16 rungs × 3 seeds, 40 steps
+    nice python benchmarks/probe_ladder.py          # 16 rungs × 3 seeds, 15 steps: ~27 min on the loaded 2-core CPU
     nice python benchmarks/probe_ladder.py --steps 10 --seeds 1 --rungs mae/cva/on ae/none/off
 
 Without ``--store`` the embedded real-MRI default (openmind-prep sample) is preprocessed into a
@@ -57,11 +57,11 @@ def cell(values: list[float]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--store", type=Path, default=None, help="Preprocessed store (default: the embedded sample).")
-    p.add_argument("--steps", type=int, default=40, help="Training steps per rung (same for all).")
+    p.add_argument("--steps", type=int, default=15, help="Training steps per rung (same for all).")
     p.add_argument("--seeds", type=int, default=3, help="Seeds per rung (0, 1, ...).")
     p.add_argument("--patch", type=int, default=32, help="View edge of the tiny runs.")
-    p.add_argument("--crop", type=int, default=64, help="Probe volume centre crop.")
-    p.add_argument("--fit-voxels", type=int, default=20000, help="Voxels the probe fits on.")
+    p.add_argument("--crop", type=int, default=48, help="Probe volume centre crop.")
+    p.add_argument("--fit-voxels", type=int, default=10000, help="Voxels the probe fits on.")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core machine).")
     p.add_argument("--rungs", nargs="+", default=RUNGS, help="recon/consistency/contrastive, e.g. mae/cva/on.")
     p.add_argument("--json", type=Path, default=None, help="Also write every per-seed number here.")

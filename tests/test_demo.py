@@ -87,7 +87,7 @@ def test_summary_numbers_match_the_artefacts(demo_run):
     assert summary["cva"]["loss_first_quarter"] == pytest.approx(np.mean([r["loss"] for r in log[:quarter]]), abs=1e-3)
     assert summary["cva"]["loss_last_quarter"] == pytest.approx(np.mean([r["loss"] for r in log[-quarter:]]), abs=1e-3)
     stages = {k: v for k, v in summary["seconds"].items() if k != "total"}
-    assert set(stages) == {"sample", "preprocess", "shards", "views", "cva", "clusters"}
+    assert set(stages) == {"sample", "preprocess", "shards", "views", "cva", "clusters", "probe"}
     assert all(v >= 0 for v in stages.values())
     assert summary["seconds"]["total"] >= sum(stages.values()) - 0.1
     assert all(0.4 - 1e-6 <= o <= 0.8 + 1e-6 for o in summary["views"]["overlaps"])
@@ -128,3 +128,14 @@ def test_the_same_command_with_repo_downloads_then_runs(sample_tree, tmp_path, m
     summary = json.loads((run / "summary.json").read_text())
     assert summary["source"] == "AnonRes/OpenMind" and summary["ok"] == len(wanted) == 2
     assert summary["cva"]["steps"] == 6 and (run / "clusters.png").is_file()
+
+
+def test_summary_reports_the_tissue_probe_next_to_both_baselines(demo_run):
+    probe = json.loads((demo_run / "probe.json").read_text())
+    summary = json.loads((demo_run / "summary.json").read_text())
+    text = (demo_run / "summary.txt").read_text()
+    assert probe["meta"]["input"] == str(demo_run / "cva" / "export.pth") and probe["meta"]["arch"] == "tiny"
+    for name in ("model", "random", "intensity"):
+        assert summary["probe"][name]["balanced_accuracy"] == probe[name]["balanced_accuracy"]
+        assert f"{name:9s}  ARI {probe[name]['ari']:.3f}" in text
+    assert (demo_run / "probe.png").read_bytes()[:4] == b"\x89PNG"

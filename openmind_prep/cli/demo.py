@@ -1,12 +1,14 @@
 """``openmind-prep demo``: the whole pipeline end to end, on the embedded sample or on OpenMind.
 
 download (or write the embedded real-MRI sample) → preprocess (Dask) → Zarr + WebDataset shards
-→ overlapping views on the device → a short tiny-model CVA run → feature k-means. The run folder:
+→ overlapping views on the device → a short tiny-model CVA run → feature k-means → tissue probe
+(``trainers.probe`` on the run's export, next to its random-init and intensity baselines). The run folder:
 
     RUN/raw/            the source tree (repo layout)       RUN/views.png     view pairs + boxes
     RUN/store/          Zarr store + manifest.parquet        RUN/loss.png      CVA loss curve
     RUN/shards/         WebDataset tars + index.json         RUN/clusters.png  k-means of features
-    RUN/cva/            trainer run folder (log, ckpt)       RUN/summary.json / summary.txt
+    RUN/cva/            trainer run folder (log, ckpt)       RUN/probe.json / probe.png  tissue probe
+                                                             RUN/summary.json / summary.txt
 """
 
 from __future__ import annotations
@@ -116,6 +118,17 @@ def _clusters(store: Path, run: Path, student, key: str, k: int, seed: int) -> d
     return {"volume": ds.keys[index], "k": k, "voxels": int(labels.size)}
 
 
+def _probe(run: Path, seed: int) -> tuple[dict, list[str]]:
+    """The tissue probe of the exported backbone (MNI152 labels, 64³ crop) with both baselines."""
+    from trainers.probe import get_args_parser, run_probe, summary_lines
+
+    args = get_args_parser().parse_args([str(run / "cva" / "export.pth"), "--crop", "64", "--out", str(run),
+                                         "--seed", str(seed), "--store", str(run / "store")])
+    report = run_probe(args)
+    keep = ("ari", "nmi", "balanced_accuracy", "dice")
+    return {name: {k: report[name][k] for k in keep} for name in ("model", "random", "intensity")}, summary_lines(report)
+
+
 @click.command("demo")
 @click.option("--out", "run", type=click.Path(path_type=Path, file_okay=False), default=Path("runs/demo"),
               show_default=True, help="Run folder (re-running resumes every stage).")
@@ -160,13 +173,16 @@ def demo_command(run: Path, repo: str | None, revision: str, endpoint: str | Non
         cva = _cva(run / "store", run, steps, min(patch, 32) // 8 * 8, device, seed)  # the tiny net: multiples of 8
     with _stage("clusters", timings):
         clusters = _clusters(run / "store", run, cva.pop("student"), views["keys"][0], 6, seed)
+    with _stage("probe", timings):
+        probe, probe_lines = _probe(run, seed)
     timings["total"] = round(time.perf_counter() - t_all, 2)
     summary = {
         "source": repo or "embedded sample (nilearn MNI152, nibabel, dipy)", "device": device,
         "images": len(records), "ok": len(ok), "failed": len(rows) - len(ok),
         "shards": len(index["shards"]), "shard_samples": index["samples"],
-        "views": views, "cva": cva, "clusters": clusters, "seconds": timings,
-        "artefacts": ["store/manifest.parquet", "shards/index.json", "views.png", "loss.png", "clusters.png"],
+        "views": views, "cva": cva, "clusters": clusters, "probe": probe, "seconds": timings,
+        "artefacts": ["store/manifest.parquet", "shards/index.json", "views.png", "loss.png", "clusters.png",
+                      "probe.json", "probe.png"],
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"openmind-prep demo on {summary['source']} ({device})",
@@ -176,6 +192,8 @@ def demo_command(run: Path, repo: str | None, revision: str, endpoint: str | Non
              f"cva: {cva['steps']} steps, loss on a fixed batch {cva['probe_loss_first']} -> {cva['probe_loss_last']}, "
              f"training loss {cva['loss_first_quarter']} -> {cva['loss_last_quarter']} (mean of first/last quarter), "
              f"{cva['samples_per_s']} samples/s",
+             "tissue probe (MNI152 T1, 64^3 crop; k-means k=4, linear probe left -> right hemisphere):",
+             *(f"  {line}" for line in probe_lines),
              "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
     (run / "summary.txt").write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines))
