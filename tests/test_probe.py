@@ -172,15 +172,20 @@ def test_run_folder_and_teacher_weights_load(tmp_path):
     assert json.loads((run / "probe.json").read_text())["meta"]["dtype"] == "float32"
 
 
-@pytest.mark.parametrize("make", ["missing", "text", "pickle", "dict"])
+@pytest.mark.parametrize("make", ["missing", "text", "pickle", "dict", "store"])
 def test_bad_input_is_one_line_exit_1(tmp_path, capsys, make):
     path = tmp_path / "model.pth"
-    if make == "text":
+    extra = []
+    if make == "store":  # a good export, a store that is not one
+        save_nnssl_checkpoint(path, tiny(), "tiny", (32, 32, 32))
+        extra = ["--store", str(tmp_path / "no-store")]
+    elif make == "text":
         path.write_text("not a checkpoint\n")
     elif make == "pickle":
         torch.save({"network_weights": {}, "nnssl_adaptation_plan": Path("x")}, path)  # needs weights_only=False
     elif make == "dict":
         torch.save({"something": torch.zeros(1)}, path)
-    assert probe.main([str(path), "--crop", "32"]) == 1
+    assert probe.main([str(path), "--crop", "32", *extra]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and str(path) in err and "Traceback" not in err
+    named = str(tmp_path / "no-store") if make == "store" else str(path)
+    assert err.count("\n") == 1 and named in err and "Traceback" not in err

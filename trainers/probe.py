@@ -223,7 +223,12 @@ def probe_backbone(backbone, volume, *, random_backbone=None, intensity: bool = 
 
 
 def _store_dtype(store: Path | None, input_path: Path) -> str:
-    if store is None:  # the run's own store, when the config names one that is still there
+    """The dtype ``store`` holds its images in (None: the run config's store if it is still there; else float16)."""
+    from openmind_prep.store import Store
+
+    from trainers.probe_io import ProbeInputError
+
+    if store is None:
         config = (input_path if input_path.is_dir() else input_path.parent) / "config.json"
         try:
             store = Path(json.loads(config.read_text()).get("store") or "")
@@ -231,14 +236,10 @@ def _store_dtype(store: Path | None, input_path: Path) -> str:
             return "float16"
         if not (store / "manifest.parquet").is_file():
             return "float16"
-    from openmind_prep.manifest import read_manifest
-
-    from trainers.probe_io import ProbeInputError
-
     try:
-        rows = [r for r in read_manifest(store).to_pylist() if r.get("status") == "ok" and r.get("dtype")]
-    except Exception as e:  # noqa: BLE001
-        raise ProbeInputError(f"{store}: not a readable store ({type(e).__name__}: {e})") from None
+        rows = [r for r in Store.open(store).ok_rows() if r.get("dtype")]
+    except Exception as e:  # noqa: BLE001 - any unreadable store is one line
+        raise ProbeInputError(f"{store}: not a readable store ({type(e).__name__}: {' '.join(str(e).split())})") from None
     return rows[0]["dtype"] if rows else "float16"
 
 
