@@ -18,6 +18,7 @@ probe of a 3-D SSL checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import statistics
@@ -46,7 +47,8 @@ def train_rung(rung: str, seed: int, store: Path, out: Path, args: argparse.Name
             "--recon", recon, "--consistency", consistency, "--contrastive" if contrastive == "on" else "--no-contrastive",
             "--patch-size", str(args.patch), "--no-checkpoint", "--no-resume", "--log-every", str(args.steps),
             "--threads", str(args.threads)]
-    return train(parse_args(argv))["student"].backbone.cpu().eval()
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's status lines stay out of the table
+        return train(parse_args(argv))["student"].backbone.cpu().eval()
 
 
 def cell(values: list[float]) -> str:
