@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from trainers import probe
 from trainers.export import save_nnssl_checkpoint
-from trainers.networks import primus_m, resenc_l, tiny
+from trainers.networks import primus_m, primus_m_mae, resenc_l, tiny
 from trainers.tissue import CLASSES, mni_tissue
 
 CROP = 64
@@ -115,10 +115,13 @@ def test_labels_follow_t1_contrast(volume):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["resenc-l", "primus-m"])
+@pytest.mark.parametrize("arch", ["resenc-l", "primus-m", "primus-m-mae"])
 def test_probe_runs_on_large_exports(tmp_path, arch):
+    """ResEnc-L; plain Primus-M (nnssl's exports); Primus-M MAE with its decoder (our runs' exports)."""
     torch.manual_seed(1)
-    net = resenc_l() if arch == "resenc-l" else primus_m(patch_size=(32, 32, 32))
+    net = {"resenc-l": resenc_l, "primus-m": primus_m, "primus-m-mae": primus_m_mae}[arch](
+        **({} if arch == "resenc-l" else {"patch_size": (32, 32, 32)}))
+    arch = arch.removesuffix("-mae")
     path = save_nnssl_checkpoint(tmp_path / f"{arch}.pth", net, arch, (32, 32, 32))
     crop = "64" if arch == "resenc-l" else "32"  # ResEnc-L: 5 halvings need 64; Primus: one 32³ tile
     stride = "2" if arch == "resenc-l" else "1"  # 1120 channels × 64³ voxels would be 1.2 GB

@@ -68,6 +68,10 @@ def build_like(arch: str, patch_size: tuple[int, ...], kwargs: dict) -> nn.Modul
         from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
         return ResidualEncoderUNet(**kwargs)
+    if arch == "primus-m" and not kwargs.get("mae", True):  # plain Primus-M weights (nnssl's export, no MAE decoder)
+        from trainers.networks import primus_m
+
+        return primus_m(kwargs.get("in_channels", 1), kwargs.get("out_channels", 1), patch_size)
     return build_backbone(arch, patch_size, kwargs.get("in_channels", 1), kwargs.get("out_channels", 1))
 
 
@@ -138,6 +142,8 @@ def load_backbone(path: str | Path, weights: str = "student") -> LoadedBackbone:
     else:
         raise ProbeInputError(f"{path}: neither a trainers.cva checkpoint nor an nnssl export "
                               "(expected 'student'+'config' or 'network_weights'+'nnssl_adaptation_plan')")
+    if arch == "primus-m":  # our runs hold nnssl's Primus MAE (with its decoder); nnssl's exports plain Primus-M
+        kwargs = {**kwargs, "mae": any(k.startswith("decoder.") for k in state)}
     try:
         network = build_like(arch, patch, kwargs)
         network.load_state_dict(state)
