@@ -7,7 +7,7 @@ process, tiny net, ``--config tiny_cpu``), then its student backbone is probed
 random-init and intensity baselines are scored once per seed. Prints mean ± standard deviation over
 the seeds as a markdown table.
 
-    nice python benchmarks/probe_ladder.py          # 16 rungs × 3 seeds, 15 steps: ~27 min on the loaded 2-core CPU
+    nice python benchmarks/probe_ladder.py          # 16 rungs × 3 seeds, 15 steps: ~25 min on the loaded 2-core CPU
     nice python benchmarks/probe_ladder.py --steps 10 --seeds 1 --rungs mae/cva/on ae/none/off
 
 Without ``--store`` the embedded real-MRI default (openmind-prep sample) is preprocessed into a
