@@ -64,3 +64,13 @@ def build_store(dest: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
     manifest.write_fragment(store, rows)
     manifest.merge_manifest(store)
     return store, written
+
+
+def build_store_and_shards(root: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]], Path]:
+    """:func:`build_store` in ``root/store`` plus its WebDataset shards (several, small) in ``root/wds``."""
+    from openmind_prep.shards import merge_index, write_shards
+
+    store, written = build_store(root / "store")
+    write_shards(store, root / "wds", shard_size=250_000, progress=False)
+    merge_index(root / "wds")
+    return store, written, root / "wds"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from hf_server import HubFixture
 from openmind_prep.embedded import build_sample_tree
 
 
@@ -40,3 +41,19 @@ def train_store(sample_tree, tmp_path_factory) -> Path:
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     merge_manifest(s)
     return s
+
+
+@pytest.fixture
+def hub_env(monkeypatch):
+    """huggingface_hub against the local fixture: plain HTTP transfers (no Xet), no progress bars."""
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture
+def hub(sample_tree, hub_env):
+    """The embedded sample served by a local HF-compatible server. The CSV (673 B) and the defacing
+    mask (511 B) are plain git files, everything else is LFS."""
+    fixture = HubFixture(sample_tree, lfs_threshold=1000)
+    yield fixture
+    fixture.close()

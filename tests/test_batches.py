@@ -10,20 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from _store_builder import build_store
+from _store_builder import build_store_and_shards
 from loaders.batches import batch_source
-from openmind_prep.shards import merge_index, write_shards
 
 REGION = [24, 32, 40]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, dict, Path]:
-    root = tmp_path_factory.mktemp("batches")
-    store, written = build_store(root / "store")
-    write_shards(store, root / "wds", shard_size=250_000, progress=False)
-    merge_index(root / "wds")
-    return store, written, root / "wds"
+    return build_store_and_shards(tmp_path_factory.mktemp("batches"))
 
 
 def _take(source, n: int) -> list[dict]:

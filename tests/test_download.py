@@ -26,18 +26,7 @@ T1 = "OpenMind/ds000001/sub-01/anat/sub-01_T1w.nii.gz"
 FAST = RetryPolicy(retries=5, base_s=0.05, max_s=0.2)
 
 
-@pytest.fixture(autouse=True)
-def _no_xet(monkeypatch):
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-@pytest.fixture
-def hub(sample_tree):
-    # The CSV (673 B) and the defacing mask (511 B) are plain git files, everything else is LFS.
-    fixture = HubFixture(sample_tree, lfs_threshold=1000)
-    yield fixture
-    fixture.close()
+pytestmark = pytest.mark.usefixtures("hub_env")  # hub_env and hub: tests/conftest.py
 
 
 def _repo(hub: HubFixture) -> HubRepo:

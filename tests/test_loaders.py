@@ -6,7 +6,6 @@ import json
 import random
 import warnings
 from collections import Counter
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +13,15 @@ import pytest
 import torch
 import webdataset as wds
 
-from _store_builder import build_store
+from _store_builder import build_store_and_shards
 from loaders.collate import collate_volumes, to_device
 from loaders.webdataset_stream import CorruptShardError, WebDatasetStream, split_by_node, split_by_worker
 from loaders.zarr_dataset import RegionSampler, ZarrVolumeDataset
-from openmind_prep.shards import merge_index, write_shards
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, dict, Path]:
-    root = tmp_path_factory.mktemp("loaders")
-    store, written = build_store(root / "store")
-    write_shards(store, root / "wds", shard_size=250_000, progress=False)
-    merge_index(root / "wds")
-    return store, written, root / "wds"
+    return build_store_and_shards(tmp_path_factory.mktemp("loaders"))
 
 
 def _keys_2x2(make) -> Counter:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hf_server import HubFixture
 from openmind_prep.cli import main
 from openmind_prep.download import download
 from openmind_prep.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
@@ -28,17 +27,7 @@ T1_IMAGE = "ds000001/sub-01/anat/sub-01_T1w.nii.gz"
 BOUND_S = 60  # a hung download fails the test after this, instead of hanging the suite
 
 
-@pytest.fixture(autouse=True)
-def _no_xet(monkeypatch):
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-@pytest.fixture
-def hub(sample_tree):
-    fixture = HubFixture(sample_tree, lfs_threshold=1000)
-    yield fixture
-    fixture.close()
+pytestmark = pytest.mark.usefixtures("hub_env")  # hub_env and hub: tests/conftest.py
 
 
 def _repo(endpoint: str, *, retries: int = 5, read_s: float = 10.0, deadline_s: float | None = None) -> HubRepo:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hf_server import HubFixture
 from openmind_prep.cli import main
 from openmind_prep.download import download
 from openmind_prep.hub import STATE_DIR, HubRepo, RetryPolicy
@@ -38,13 +37,6 @@ def client():
 
     with dask_client(ClusterConfig(workers=1, processes=False)) as c:
         yield c
-
-
-@pytest.fixture
-def hub(sample_tree):
-    fixture = HubFixture(sample_tree, lfs_threshold=1000)
-    yield fixture
-    fixture.close()
 
 
 class RawMeter:
