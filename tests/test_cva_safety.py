@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _procs import torchrun
 from trainers import cva
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,14 +88,8 @@ def test_signal_mid_run_saves_and_the_rerun_equals_a_straight_run(store, straigh
 
 
 def test_sigterm_to_a_torchrun_job_saves_one_checkpoint_the_ranks_agree_on(store, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "trainers.cva", *_flags(store, out, "--steps", "40", "--batch-size", "1")]
+    cmd = torchrun(2, "-m", "trainers.cva", *_flags(store, out, "--steps", "40", "--batch-size", "1"))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 240

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _procs import torchrun
 from trainers import cva
 from trainers.networks import CVANet, tiny
 
@@ -103,13 +102,9 @@ def test_stopped_and_resumed_run_equals_a_straight_run(store, tmp_path):
 
 
 def test_ddp_two_cpu_processes_keep_replicas_in_sync(store, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "trainers.cva", "--store", str(store), "--out", str(out), *TINY,
-           "--steps", "3", "--batch-size", "1", "--threads", "1"]
+    cmd = torchrun(2, "-m", "trainers.cva", "--store", str(store), "--out", str(out), *TINY,
+                   "--steps", "3", "--batch-size", "1", "--threads", "1")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
