@@ -119,10 +119,12 @@ def main() -> None:
     p.add_argument("--big-patch", type=int, default=64)
     p.add_argument("--big", nargs="*", default=["resenc-l", "primus-m"], help="Big architectures to time.")
     p.add_argument("--big-rungs", nargs="*", default=["MAE", "MAE+CVA+con"])
+    p.add_argument("--tiny-rungs", nargs="*", default=[name for name, _ in LADDER], help="Tiny rungs to time.")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    runs = [("tiny", a.tiny_patch, name, flags, ["--config", "tiny_cpu"]) for name, flags in LADDER]
+    runs = [("tiny", a.tiny_patch, name, flags, ["--config", "tiny_cpu"]) for name, flags in LADDER
+            if name in a.tiny_rungs]
     for arch in a.big:
         cfg = {"resenc-l": "resenc_l_cva", "primus-m": "primus_m_cva"}[arch]
         extra = ["--pool-size", str(a.big_patch // 8)] if arch == "primus-m" else []
