@@ -27,7 +27,6 @@ __all__ = ["HF_PREFIX", "split_hf", "fetch_hf", "read_backbone_weights", "load_b
 
 HF_PREFIX = "hf://"
 OPTIONAL_PREFIXES = ("decoder.", "mask_token")  # a Primus MAE's decoder: absent from a bare encoder export
-_WRAPPERS = ("module.", "_orig_mod.")
 
 
 def split_hf(spec: str) -> tuple[str, str | None]:
@@ -66,15 +65,9 @@ def fetch_hf(spec: str, dest: Path, *, endpoint: str | None = None, token: str |
     return local
 
 
-def _strip(key: str) -> str:
-    for w in _WRAPPERS:
-        while key.startswith(w):
-            key = key[len(w):]
-    return key
-
-
 def read_backbone_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The backbone state dict stored in a run folder, a ``checkpoint.pt`` or an nnssl-format checkpoint.
+    """The backbone state dict stored in a run folder, a ``checkpoint.pt`` or an nnssl-format checkpoint
+    (:mod:`trainers.weights`, the reader the tissue probe uses too).
 
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "x.pth"
@@ -82,22 +75,9 @@ def read_backbone_weights(path: Path) -> dict[str, torch.Tensor]:
     >>> read_backbone_weights(p)
     {'w': tensor([1.])}
     """
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "checkpoint.pt").is_file():
-            raise ValueError(f"{path}: a run folder without checkpoint.pt")
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file or run folder")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one line for the user
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__})") from None
-    if isinstance(ckpt, dict) and "network_weights" in ckpt:
-        return {_strip(k): v for k, v in ckpt["network_weights"].items()}
-    if isinstance(ckpt, dict) and "student" in ckpt:
-        return {k[len("backbone."):]: v for k, v in ckpt["student"].items() if k.startswith("backbone.")}
-    raise ValueError(f"{path}: neither an nnssl checkpoint (network_weights) nor a trainers.cva checkpoint (student)")
+    from trainers.weights import backbone_weights, read_checkpoint
+
+    return backbone_weights(*read_checkpoint(path))
 
 
 def load_backbone(backbone: nn.Module, weights: dict[str, torch.Tensor], source: str) -> list[str]:

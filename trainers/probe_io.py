@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
+
+from trainers.weights import read_checkpoint, strip_wrappers
 
 __all__ = ["ProbeInputError", "LoadedBackbone", "load_backbone", "build_like"]
 
@@ -39,16 +39,6 @@ class LoadedBackbone:
     patch_size: tuple[int, int, int]
     kwargs: dict
     source: str
-
-
-def _strip(weights: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in weights.items():
-        for p in ("_orig_mod.", "module."):
-            k = k.removeprefix(p)
-        if k.startswith(prefix):
-            out[k[len(prefix):]] = v
-    return out
 
 
 def _out_channels(weights: dict) -> int:
@@ -79,7 +69,7 @@ def _from_export(ck: dict, path: Path) -> tuple[str, tuple[int, ...], dict, dict
     from trainers.networks import TINY_KWARGS
 
     plan = ck["nnssl_adaptation_plan"]
-    weights = _strip(ck["network_weights"])
+    weights = strip_wrappers(ck["network_weights"])
     try:
         arch_plans = plan["architecture_plans"]
         configuration = next(iter(plan["pretrain_plan"]["configurations"].values()))
@@ -119,25 +109,17 @@ def load_backbone(path: str | Path, weights: str = "student") -> LoadedBackbone:
     ...
     trainers.probe_io.ProbeInputError: .../nope.pth: no such file or directory
     """
-    path = Path(path)
-    if path.is_dir():  # a run folder: its checkpoint, or the previous one when a kill left only that
-        from trainers.runfolder import CHECKPOINT, PREVIOUS
-
-        path = path / (PREVIOUS if not (path / CHECKPOINT).exists() and (path / PREVIOUS).exists() else CHECKPOINT)
-    if not path.is_file():
-        raise ProbeInputError(f"{path}: no such file or directory")
     try:
-        ck: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-        raise ProbeInputError(f"{path}: not a checkpoint torch.load(weights_only=True) accepts "
-                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+        path, ck = read_checkpoint(path)
+    except ValueError as e:
+        raise ProbeInputError(str(e)) from None
     if isinstance(ck, dict) and "network_weights" in ck and "nnssl_adaptation_plan" in ck:
         arch, patch, kwargs, state = _from_export(ck, path)
         source = "nnssl export"
     elif isinstance(ck, dict) and "config" in ck and weights in ck:
         config = ck["config"]
         arch, patch = config.get("arch"), tuple(int(p) for p in config.get("patch_size", ()))
-        state = _strip(ck[weights], "backbone.")
+        state = strip_wrappers(ck[weights], "backbone.")
         kwargs, source = {"out_channels": _out_channels(state)}, f"trainers.cva checkpoint ({weights}, step {ck.get('step')})"
     else:
         raise ProbeInputError(f"{path}: neither a trainers.cva checkpoint nor an nnssl export "
