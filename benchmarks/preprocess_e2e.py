@@ -207,6 +207,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--codec", default=None, help="store codec for ours as CNAME-LEVEL, e.g. zstd-1 "
                         "(default: openmind_prep.store.CODEC; per-image part only)")
+    parser.add_argument("--mask-codec", default=None, help="mask codec as CNAME-LEVEL-SHUFFLE, e.g. lz4hc-2-shuffle "
+                        "(default: openmind_prep.store.MASK_CODEC)")
     parser.add_argument("--peer-tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--peer-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,11 +223,15 @@ def main() -> None:
     if args.codec:  # the per-image part runs in this process, so the store codec can be swapped
         cname, level = args.codec.rsplit("-", 1)
         store.CODEC.update(cname=cname, clevel=int(level))  # in place: the writer holds the same dict
+    if args.mask_codec:
+        from openmind_prep import case_writer
+        cname, level, shuffle = args.mask_codec.split("-")
+        case_writer.MASK_CODEC.update(cname=cname, clevel=int(level), shuffle=shuffle)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_e2e_"))
     base = build_sample_tree(work / "src")
     print(f"torch {torch.__version__}, one thread everywhere; {os.cpu_count()} cores visible; work {work}; "
-          f"store codec {store.CODEC}\n")
+          f"store codec {store.CODEC}, masks {store.MASK_CODEC}\n")
     per_image(base, work, args.rounds)
     if args.copies:
         through_cli(base, work, args.copies)

@@ -43,7 +43,7 @@ import numpy as np
 
 from openmind_prep import manifest
 from openmind_prep.atomic import replace_dir, write_json
-from openmind_prep.case_writer import CODEC, IMAGE, array_checksum, write_group  # noqa: F401  (re-exported)
+from openmind_prep.case_writer import CODEC, IMAGE, MASK_CODEC, array_checksum, write_group  # noqa: F401  (re-exported)
 from openmind_prep.metadata import ARRAY_COLUMNS, MASK_NAMES, row_key  # noqa: F401  (MASK_NAMES re-exported)
 from openmind_prep.namespace import ancestors, claim, image_key, key_problem  # noqa: F401  (image_key re-exported)
 from openmind_prep.runlock import LockHeld, run_lock

@@ -59,7 +59,11 @@ def test_round_trip_one_shard_file_per_array(tmp_path, mri, dtype):
     assert codecs[0]["name"] == "sharding_indexed"
     assert {"name": "blosc"}.items() <= inner[-1].items()
     assert inner[-1]["configuration"]["cname"] == st.CODEC["cname"] == "lz4hc"
-    assert inner[-1]["configuration"]["shuffle"] == "shuffle" and inner[-1]["configuration"]["clevel"] == 4
+    assert inner[-1]["configuration"]["shuffle"] == "shuffle" and inner[-1]["configuration"]["clevel"] == 2
+    mask_codecs = json.loads((store / out.key / "anat_mask" / "zarr.json").read_text())["codecs"]
+    mask_blosc = mask_codecs[0]["configuration"]["codecs"][-1]["configuration"]  # masks: zstd-1 + bit shuffle
+    assert (mask_blosc["cname"], mask_blosc["clevel"], mask_blosc["shuffle"]) == ("zstd", 1, "bitshuffle")
+    assert st.MASK_CODEC == {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"}
     assert out.nbytes == sum(f.stat().st_size for f in (store / out.key).rglob("*") if f.is_file())
     # parent groups are real v3 groups, so the hierarchy can be walked from the root
     assert st.open_store(store)["ds1"]["sub-1"]["anat"]["sub-1_T1w"]["anat_mask"].dtype == np.uint8
