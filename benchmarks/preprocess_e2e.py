@@ -207,6 +207,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--codec", default=None, help="store codec for ours as CNAME-LEVEL, e.g. zstd-1 "
                         "(default: openmind_prep.store.CODEC; per-image part only)")
+    parser.add_argument("--dense", default=None, help="second codec for poorly compressed image chunks as "
+                        "CNAME-LEVEL-ABOVE, e.g. zstd-1-0.5, or none (default: openmind_prep.store.CODEC's)")
     parser.add_argument("--mask-codec", default=None, help="mask codec as CNAME-LEVEL-SHUFFLE, e.g. lz4hc-2-shuffle "
                         "(default: openmind_prep.store.MASK_CODEC)")
     parser.add_argument("--peer-tree", type=Path, help=argparse.SUPPRESS)
@@ -223,6 +225,11 @@ def main() -> None:
     if args.codec:  # the per-image part runs in this process, so the store codec can be swapped
         cname, level = args.codec.rsplit("-", 1)
         store.CODEC.update(cname=cname, clevel=int(level))  # in place: the writer holds the same dict
+    if args.dense:
+        cname, level, above = (args.dense + "--").split("-")[:3]
+        store.CODEC.pop("dense", None)
+        if args.dense != "none":
+            store.CODEC["dense"] = {"cname": cname, "clevel": int(level), "above": float(above)}
     if args.mask_codec:
         from openmind_prep import case_writer
         cname, level, shuffle = args.mask_codec.split("-")

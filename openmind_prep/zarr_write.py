@@ -77,6 +77,9 @@ def array_metadata(shape: tuple[int, ...], dtype: np.dtype, inner: tuple[int, ..
 def encode_shard(data: np.ndarray, inner: tuple[int, ...], codec: Mapping[str, Any]) -> bytes | None:
     """The shard file of ``data`` (one shard covering it): encoded non-empty chunks in Morton order,
     then the index and its crc32c; ``None`` when every chunk is all zeros (zarr writes no file).
+    With ``codec["dense"]`` = ``{"cname", "clevel", "above"}``, a chunk whose encoding is larger
+    than ``above`` × its raw bytes is encoded again with that codec (same shuffle and block), and
+    the smaller frame is kept (blosc frames carry their codec, so zarr decodes either).
 
     >>> codec = {"cname": "zstd", "clevel": 5, "shuffle": "shuffle"}
     >>> shard = encode_shard(np.arange(6, dtype=np.uint8).reshape(2, 3), (2, 2), codec)
@@ -89,6 +92,10 @@ def encode_shard(data: np.ndarray, inner: tuple[int, ...], codec: Mapping[str, A
     data = np.ascontiguousarray(data)
     blosc_codec = Blosc(cname=codec["cname"], clevel=codec["clevel"], shuffle=_SHUFFLE[codec["shuffle"]],
                         blocksize=int(np.prod(inner)) * data.itemsize, typesize=data.itemsize)
+    dense = codec.get("dense")  # {"cname", "clevel", "above"}: a second codec for poorly compressed chunks
+    dense_codec = None if not dense else Blosc(
+        cname=dense["cname"], clevel=dense["clevel"], shuffle=_SHUFFLE[codec["shuffle"]],
+        blocksize=int(np.prod(inner)) * data.itemsize, typesize=data.itemsize)
     grid = tuple(-(-n // c) for n, c in zip(data.shape, inner))
     index = np.full(grid + (2,), _EMPTY, dtype="<u8")
     parts, start = [], 0
@@ -107,6 +114,9 @@ def encode_shard(data: np.ndarray, inner: tuple[int, ...], codec: Mapping[str, A
                 padded[tuple(slice(0, s) for s in block.shape)] = block
                 chunk = padded
             encoded = blosc_codec.encode(chunk)
+            if dense_codec is not None and len(encoded) > dense["above"] * chunk.nbytes:
+                second = dense_codec.encode(chunk)  # a blosc frame names its own codec: any reader decodes it
+                encoded = second if len(second) < len(encoded) else encoded
             index[tuple(coord)] = (start, len(encoded))
             parts.append(encoded)
             start += len(encoded)

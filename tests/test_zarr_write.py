@@ -46,7 +46,8 @@ def _volumes() -> dict[str, np.ndarray]:
             "empty": np.zeros((40, 9, 33), np.uint8)}
 
 
-CODECS = [CODEC, {"cname": "zstd", "clevel": 5, "shuffle": "shuffle"}, MASK_CODEC]
+PLAIN = {k: v for k, v in CODEC.items() if k != "dense"}  # zarr's writer has one codec per array
+CODECS = [PLAIN, {"cname": "zstd", "clevel": 5, "shuffle": "shuffle"}, MASK_CODEC]
 
 
 @pytest.mark.parametrize("name", list(_volumes()))
@@ -86,3 +87,34 @@ def test_morton_order_interleaves_bits_axis_zero_first(grid):
 
     expected = sorted(np.ndindex(*grid), key=code)
     assert [tuple(c) for c in morton_order(grid).tolist()] == expected
+
+
+@pytest.mark.parametrize("name", ["f16", "f32", "labels"])
+def test_dense_chunks_take_the_smaller_of_the_two_codecs_and_zarr_reads_them(tmp_path, name):
+    from numcodecs import Blosc
+
+    data = _volumes()[name]
+    dense = {"cname": "zstd", "clevel": 1, "above": 0.3}
+    codec = {"cname": "lz4hc", "clevel": 2, "shuffle": "shuffle", "dense": dense}
+    write_array(tmp_path / "ours", data, chunks=16, codec=codec, attributes={})
+    back = zarr.open_array(str(tmp_path / "ours"), mode="r")
+    np.testing.assert_array_equal(back[...], data)
+    # the shard, rebuilt from the rule: lz4hc-2; above 0.3x raw, zstd-1 when that frame is smaller
+    first = Blosc("lz4hc", 2, Blosc.SHUFFLE, blocksize=16 ** 3 * data.itemsize, typesize=data.itemsize)
+    second = Blosc("zstd", 1, Blosc.SHUFFLE, blocksize=16 ** 3 * data.itemsize, typesize=data.itemsize)
+    grid = tuple(-(-n // 16) for n in data.shape)
+    frames, names = [], set()
+    for coord in morton_order(grid).tolist():
+        chunk = np.zeros((16, 16, 16), data.dtype)
+        part = data[tuple(slice(16 * c, 16 * c + 16) for c in coord)]
+        chunk[tuple(slice(0, n) for n in part.shape)] = part
+        if not chunk.any():
+            continue
+        a = bytes(first.encode(chunk))
+        b = bytes(second.encode(chunk)) if len(a) > 0.3 * chunk.nbytes else a
+        frames.append(b if len(b) < len(a) else a)
+        names.add("zstd" if len(b) < len(a) else "lz4hc")
+    shard = (tmp_path / "ours" / SHARD_KEY).read_bytes()
+    assert shard[:sum(map(len, frames))] == b"".join(frames)
+    if name != "labels":  # float noise: both codecs occur in one shard
+        assert names == {"zstd", "lz4hc"}
