@@ -20,7 +20,7 @@ IMAGE = "image"
 #: The chunk codec (blosc): name, level, shuffle. Readers need nothing from it (blosc chunks say
 #: their own codec), so changing it never invalidates a store.
 CODEC = {"cname": "lz4hc", "clevel": 2, "shuffle": "shuffle",
-         "dense": {"cname": "zstd", "clevel": 1, "above": 0.5}}  # chunks lz4hc leaves > 0.5x: zstd-1 if smaller
+         "dense": {"cname": "zstd", "clevel": 1, "above": 0.65}}  # chunks lz4hc leaves > 0.65x: zstd-1 if smaller
 #: Masks (uint8, never in a region read): zstd-1 + bit shuffle is ~9x smaller than lz4hc on them.
 MASK_CODEC = {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"}
 

@@ -63,7 +63,7 @@ def test_round_trip_one_shard_file_per_array(tmp_path, mri, dtype):
     mask_codecs = json.loads((store / out.key / "anat_mask" / "zarr.json").read_text())["codecs"]
     mask_blosc = mask_codecs[0]["configuration"]["codecs"][-1]["configuration"]  # masks: zstd-1 + bit shuffle
     assert (mask_blosc["cname"], mask_blosc["clevel"], mask_blosc["shuffle"]) == ("zstd", 1, "bitshuffle")
-    assert st.CODEC["dense"] == {"cname": "zstd", "clevel": 1, "above": 0.5}
+    assert st.CODEC["dense"] == {"cname": "zstd", "clevel": 1, "above": 0.65}
     assert st.MASK_CODEC == {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"}
     assert out.nbytes == sum(f.stat().st_size for f in (store / out.key).rglob("*") if f.is_file())
     # parent groups are real v3 groups, so the hierarchy can be walked from the root
