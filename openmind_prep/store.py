@@ -15,9 +15,10 @@ Layout (``STORE`` is a Zarr v3 group on a local or shared POSIX file system)::
     STORE/_lock                                  the run lock (pid, host) while a run writes
 
 Every array is ONE shard file (zarr's sharding codec) holding inner chunks (64³ by default),
-each compressed with blosc (:data:`CODEC`: lz4hc-4 + byte shuffle, one blosc block per chunk;
-every option measured in ``benchmarks/NOTES.md``: lz4hc decodes 2.5× faster than zstd-5 for
-float16, encodes as fast, and stays under half of nnssl's bytes in total). A group
+each compressed with blosc (:data:`CODEC`: lz4hc-2 + byte shuffle, one blosc block per chunk, a
+zstd-1 second try for chunks lz4hc leaves above 0.65× raw; masks :data:`MASK_CODEC`; every option
+measured in ``benchmarks/NOTES.md``: lz4hc decodes 2.5× faster than zstd, lz4hc-2 encodes 3× faster
+than lz4hc-4, and the zstd chunks keep the total under half of nnssl's bytes). A group
 is first written under ``STORE/_tmp/`` and then renamed to its key, so a killed run never leaves
 a half-written array at a final key. Each array's attributes carry ``checksum`` =
 ``"sha256:<hex>"`` of its decoded C-order bytes in the stored dtype.
