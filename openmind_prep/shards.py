@@ -89,9 +89,13 @@ def auto_shard_size(sizes: Sequence[int], min_shards: int = MIN_SHARDS, cap: int
     6
     >>> len(plan_shards([100] * 64, auto_shard_size([100] * 64)))      # 64: 16 shards of 4
     16
+    >>> len(plan_shards([10, 10, 900], auto_shard_size([10, 10, 900])))  # uneven, few: one each
+    3
     >>> auto_shard_size([4 * 10**8] * 1000)                            # large stores: 1 GB shards
     1000000000
     """
+    if len(sizes) <= min_shards:  # one sample per shard (total / min_shards packs two small ones
+        return 1                    # together when the sizes differ a lot)
     return max(1, min(cap, -(-sum(sizes) // max(1, min_shards))))
 
 

@@ -79,8 +79,8 @@ def test_auto_shard_size_against_its_formula():
     rng = np.random.default_rng(0)
     for n in (1, 5, 16, 17, 300):
         sizes = [int(s) for s in rng.integers(10**5, 10**7, size=n)]
-        # re-typed: total / 16 rounded up, never above 1 GB, never 0
-        assert auto_shard_size(sizes) == max(1, min(10**9, -(-sum(sizes) // 16)))
+        # re-typed: up to 16 samples one per shard (size 1), else total / 16 rounded up, never above 1 GB
+        assert auto_shard_size(sizes) == (1 if n <= 16 else max(1, min(10**9, -(-sum(sizes) // 16))))
     assert auto_shard_size([3 * 10**8] * 1000) == 10**9
 
 
