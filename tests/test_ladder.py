@@ -19,18 +19,9 @@ TINY = ["--config", "tiny_cpu", "--patch-size", "24", "--threads", "1",
 
 
 @pytest.fixture(scope="module")
-def store(sample_tree, tmp_path_factory) -> Path:
-    """The small sample tree (real MRI) through the real onemmiso preprocessing into a Zarr store."""
-    from openmind_prep.manifest import merge_manifest
-    from openmind_prep.metadata import METADATA_CSV, read_metadata
-    from openmind_prep.preprocess import PreprocessOptions, process_batch
-    from openmind_prep.store import create_store
-
-    s = create_store(tmp_path_factory.mktemp("ladder") / "store")
-    rows = process_batch(read_metadata(sample_tree / METADATA_CSV), sample_tree, s, PreprocessOptions())
-    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
-    merge_manifest(s)
-    return s
+def store(train_store) -> Path:
+    """The small sample tree through the real onemmiso preprocessing (tests/conftest.py), read only."""
+    return train_store
 
 
 def _run(store: Path, out: Path, *flags: str) -> list[dict]:
