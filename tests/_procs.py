@@ -1,9 +1,12 @@
-"""Subprocess command lines the trainer tests share."""
+"""Command lines the trainer tests share: the tiny CPU run's flags and torchrun."""
 
 from __future__ import annotations
 
 import socket
 import sys
+
+#: ``trainers.cva`` flags of the tests' tiny CPU runs (24³ views, one thread).
+TINY = ["--config", "tiny_cpu", "--patch-size", "24", "--threads", "1", "--warmup-steps", "3", "--lr", "2e-3"]
 
 
 def torchrun(nproc: int, *args: str) -> list[str]:

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from _procs import torchrun
+from _procs import TINY, torchrun
 from trainers import cva
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", "tiny_cpu", "--patch-size", "24", "--threads", "1", "--warmup-steps", "3", "--lr", "2e-3"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 

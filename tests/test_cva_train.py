@@ -14,13 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from _procs import torchrun
+from _procs import TINY, torchrun
 from trainers import cva
 from trainers.networks import CVANet, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", "tiny_cpu", "--patch-size", "24", "--threads", "1",
-        "--warmup-steps", "3", "--lr", "2e-3"]
 
 
 @pytest.fixture(scope="module")

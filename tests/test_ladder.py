@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from _procs import TINY
 from trainers import cva
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", "tiny_cpu", "--patch-size", "24", "--threads", "1",
-        "--warmup-steps", "3", "--lr", "2e-3"]
 
 
 @pytest.fixture(scope="module")
