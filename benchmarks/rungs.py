@@ -19,7 +19,7 @@ import torch
 
 from loaders import OverlapViewSampler
 from trainers import cva, losses
-from trainers.method import uses_heads
+from trainers.method import consistency_term, uses_heads
 from trainers.networks import CVANet, build_backbone
 from trainers.optim import build_optimizer
 from trainers.primus_mae import PrimusMAE, keep_indices
@@ -32,6 +32,7 @@ LADDER = [  # (name, flags): the seed's table and the fork's extra rungs
     ("MAE+CVA+con", ["--consistency", "cva", "--contrastive"]),
     ("MAE+C-CVA+con", ["--consistency", "c-cva", "--contrastive"]),
     ("MAE+Gram+con", ["--consistency", "gram", "--contrastive"]),
+    ("MAE+Gram(cos)+con", ["--consistency", "gram", "--gram-norm", "cosine", "--contrastive"]),
     ("AE+CVA+con", ["--recon", "ae", "--consistency", "cva", "--contrastive"]),
 ]
 
@@ -86,8 +87,7 @@ def one_step(args: argparse.Namespace, device: torch.device, batch: int) -> dict
                 t0 = time.perf_counter()
                 a_s = losses.align_views(out_s["volume"].float(), boxes, args.align_size)
                 a_t = losses.align_views(out_t["volume"].float(), boxes, args.align_size)
-                fn = {"cva": losses.aligned_cosine, "gram": losses.gram_consistency}.get(args.consistency)
-                c = fn(a_s, a_t) if fn else losses.contrastive_voxels(a_s, a_t, args.temperature)
+                c = consistency_term(a_s, a_t, args)
                 _sync(device)
                 t["consistency"] = time.perf_counter() - t0
                 total = total + args.consistency_weight * c

@@ -74,6 +74,29 @@ def test_gram_equals_the_forks_gram_branch():
     assert got.item() > 1e-2 > 1e-4 > normalised.item()
 
 
+def test_gram_cosine_is_the_cva_form_on_the_forks_gram_matrices():
+    """``--gram-norm cosine``: 2 - 2 ⟨G_s, G_t⟩ / (‖G_s‖ ‖G_t‖) on the fork's own Gram matrices (bmm of the
+    rolled, normalised features), the same for any channel width and voxel count, and in [0, 2]."""
+    for c, v_edge, seed in ((32, 4, 9), (2048, 7, 10), (8, 2, 11)):
+        s, t = _rand(4, c, v_edge, v_edge, v_edge, seed=seed), _rand(4, c, v_edge, v_edge, v_edge, seed=seed + 50)
+        b = s.shape[0] // 2
+        x = F.normalize(s, dim=1).flatten(2).transpose(1, 2)  # "b c x y z -> b (x y z) c"
+        y = F.normalize(t.roll(b, 0), dim=1).flatten(2).transpose(1, 2)
+        g_x, g_y = torch.bmm(x.transpose(1, 2), x), torch.bmm(y.transpose(1, 2), y)
+        inner = (g_x * g_y).sum(dim=(1, 2))
+        want = 2 - 2 * (inner / (g_x.pow(2).sum(dim=(1, 2)).sqrt() * g_y.pow(2).sum(dim=(1, 2)).sqrt())).mean()
+        got = losses.gram_consistency(s, t, "cosine")
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+        assert 0.0 <= got.item() <= 2.0
+        assert inner.min() >= 0  # why the bound is 2: Gram matrices of real features never point apart
+    s = torch.zeros(2, 3, 2, 2, 2)
+    s[0, 0], s[1, 1] = 1.0, 1.0  # view 0 all channel 0, view 1 all channel 1
+    assert losses.gram_consistency(s, s.roll(1, 0), "cosine").item() == pytest.approx(0.0, abs=1e-7)
+    assert losses.gram_consistency(s, s, "cosine").item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="gram norm"):
+        losses.gram_consistency(s, s, "unit-trace")
+
+
 def test_ntxent_on_vectors_equals_the_forks():
     s, t = _rand(8, 24, seed=7), _rand(8, 24, seed=8)
     b = s.shape[0] // 2

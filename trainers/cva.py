@@ -77,6 +77,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--recon-weight", type=float, default=5.0, help="Weight of the Huber reconstruction.")
     g.add_argument("--consistency-weight", type=float, default=None,
                    help="Weight of the consistency term (default: the fork's, cva 1.0, c-cva 0.5, gram 2.0).")
+    g.add_argument("--gram-norm", choices=["fork", "cosine"], default="fork",
+                   help="gram: the fork's mean (G_s - G_t)² (a term ~V/C², two orders below the cosine's) or "
+                        "cosine: 2 - 2 cos(G_s, G_t), the CVA cosine's form and scale on the Gram matrices.")
     g.add_argument("--voxel-head", action=argparse.BooleanOptionalAction, default=True,
                    help="Every pooled voxel through the projector (both nets) and predictor (student) before the "
                         "consistency term, as the fork's use_projector=True; --no-voxel-head compares raw features.")

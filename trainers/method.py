@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["CONSISTENCY_WEIGHTS", "rung_problem", "uses_heads", "forward_pair", "cva_losses", "init_stage2"]
+__all__ = ["CONSISTENCY_WEIGHTS", "rung_problem", "uses_heads", "forward_pair", "consistency_term", "cva_losses", "init_stage2"]
 
 # The reference fork's weight of each consistency term (AlignedMAELoss' fg_cos_weight in its ladder's trainers).
 CONSISTENCY_WEIGHTS = {"none": 0.0, "cva": 1.0, "c-cva": 0.5, "gram": 2.0}
@@ -59,6 +59,17 @@ def forward_pair(student, teacher, views, masks, args: argparse.Namespace) -> tu
     return out_s, out_t
 
 
+def consistency_term(a_s, a_t, args: argparse.Namespace):
+    """The rung's consistency term between the RoI-aligned student and teacher feature volumes."""
+    from trainers import losses
+
+    if args.consistency == "cva":
+        return losses.aligned_cosine(a_s, a_t)
+    if args.consistency == "gram":
+        return losses.gram_consistency(a_s, a_t, args.gram_norm)
+    return losses.contrastive_voxels(a_s, a_t, args.temperature)
+
+
 def cva_losses(out_s: dict, out_t: dict | None, views, boxes, masks, args: argparse.Namespace) -> dict:
     """The loss terms of the selected rung and their weighted sum ``loss``."""
     from trainers import losses
@@ -68,8 +79,7 @@ def cva_losses(out_s: dict, out_t: dict | None, views, boxes, masks, args: argpa
     if args.consistency != "none":
         a_s = losses.align_views(out_s["volume"].float(), boxes, args.align_size)
         a_t = losses.align_views(out_t["volume"].float(), boxes, args.align_size)
-        fn = {"cva": losses.aligned_cosine, "gram": losses.gram_consistency}.get(args.consistency)
-        terms["consistency"] = fn(a_s, a_t) if fn else losses.contrastive_voxels(a_s, a_t, args.temperature)
+        terms["consistency"] = consistency_term(a_s, a_t, args)
         total = total + args.consistency_weight * terms["consistency"]
     if args.contrastive:
         terms["ntxent"] = losses.contrastive_vectors(out_s["vector"], out_t["vector"], args.temperature)
