@@ -165,6 +165,22 @@ def test_flags_left_out_take_the_reference_per_architecture():
     assert (adamw.optimizer, adamw.lr, adamw.weight_decay, adamw.clip_grad) == ("adamw", 3e-4, 5e-2, 1.0)
     for rung, weight in (("cva", 1.0), ("c-cva", 0.5), ("gram", 2.0)):
         assert cva.parse_args(["--store", "s", "--out", "o", "--consistency", rung]).consistency_weight == weight
+    for recon, momentum in (("mae", 0.995), ("ae", 0.0)):  # the fork's AlignedAETrainer: teacher = student
+        assert cva.parse_args(["--store", "s", "--out", "o", "--recon", recon]).ema_momentum == momentum
+    assert cva.parse_args(["--store", "s", "--out", "o", "--recon", "ae", "--ema-momentum", "0.9"]).ema_momentum == 0.9
+
+
+def test_the_ae_rung_teacher_is_the_student_after_every_step(store, tmp_path):
+    """As the fork's AE trainer (momentum 0: a copy of the student); the MAE rung's EMA teacher lags."""
+    nets = {}
+    for recon in ("ae", "mae"):
+        args = cva.parse_args(["--store", str(store), "--out", str(tmp_path / recon), *TINY, "--no-checkpoint",
+                               "--recon", recon, "--steps", "2"])
+        nets[recon] = cva.train(args)
+    ae, mae = nets["ae"], nets["mae"]
+    for (k, s), t in zip(ae["student"].state_dict().items(), ae["teacher"].state_dict().values()):
+        assert torch.equal(s, t), k
+    assert any(not torch.equal(s, t) for s, t in zip(mae["student"].parameters(), mae["teacher"].parameters()))
 
 
 @pytest.mark.parametrize("flags, terms", [

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 from openmind_prep import __version__
 from trainers import configs, runfolder
-from trainers.method import (CONSISTENCY_WEIGHTS, cva_losses, forward_pair, init_stage2, rung_problem,  # noqa: F401
-                             uses_heads)
+from trainers.method import (cva_losses, forward_pair, init_stage2, resolve_rung_defaults,  # noqa: F401
+                             rung_problem, uses_heads)
 from trainers.optim import OPTIMIZERS, resolve_optimizer_defaults
 from trainers.resources import ARCHITECTURES, cpu_refusal, invalid_settings, setup_processes
 from trainers.runfolder import RunError, say
@@ -98,7 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "nnssl's) or hf://owner/repo[/file] (e.g. hf://AnonRes/ResEncL-OpenMind-MAE): backbone loaded "
                         "strictly, heads fresh, teacher = student, schedules from step 0. Ignored when resuming.")
     g.add_argument("--hub-endpoint", default=None, help="Hugging Face endpoint for hf:// (default: HF_ENDPOINT or the hub).")
-    g.add_argument("--ema-momentum", type=float, default=0.995, help="Teacher EMA momentum (start).")
+    g.add_argument("--ema-momentum", type=float, default=None,
+                   help="Teacher EMA momentum (start). Default the fork's: 0.995, 0 (teacher = student) with --recon ae.")
     g.add_argument("--ema-momentum-end", type=float, default=None, help="Cosine-ramp momentum to this (default: constant).")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=1000, help="Total optimiser steps of the run (schedules span these).")
@@ -141,9 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = configs.parse(parser, argv)
     if len(args.patch_size) == 1:
         args.patch_size = list(args.patch_size) * 3
-    if args.consistency_weight is None:  # the fork's weight of the chosen term
-        args.consistency_weight = CONSISTENCY_WEIGHTS[args.consistency]
-    problem = invalid_settings(resolve_optimizer_defaults(args)) or rung_problem(args)
+    problem = invalid_settings(resolve_optimizer_defaults(resolve_rung_defaults(args))) or rung_problem(args)
     if problem:
         parser.error(problem)
     return args

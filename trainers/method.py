@@ -10,10 +10,27 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["CONSISTENCY_WEIGHTS", "rung_problem", "uses_heads", "forward_pair", "consistency_term", "cva_losses", "init_stage2"]
+__all__ = ["CONSISTENCY_WEIGHTS", "resolve_rung_defaults", "rung_problem", "uses_heads", "forward_pair", "consistency_term",
+           "cva_losses", "init_stage2"]
 
 # The reference fork's weight of each consistency term (AlignedMAELoss' fg_cos_weight in its ladder's trainers).
 CONSISTENCY_WEIGHTS = {"none": 0.0, "cva": 1.0, "c-cva": 0.5, "gram": 2.0}
+
+
+def resolve_rung_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the settings left out with the fork's value for the rung: the consistency term's weight, and the
+    teacher momentum (its ``AlignedAETrainer`` copies the student every step; the MAE trainers use 0.995).
+
+    >>> a = resolve_rung_defaults(argparse.Namespace(consistency="gram", consistency_weight=None, recon="ae",
+    ...                                              ema_momentum=None))
+    >>> a.consistency_weight, a.ema_momentum
+    (2.0, 0.0)
+    """
+    if args.consistency_weight is None:
+        args.consistency_weight = CONSISTENCY_WEIGHTS[args.consistency]
+    if args.ema_momentum is None:
+        args.ema_momentum = 0.0 if args.recon == "ae" else 0.995
+    return args
 
 
 def rung_problem(args: argparse.Namespace) -> str | None:
