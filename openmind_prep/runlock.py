@@ -55,8 +55,8 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
-def _held(path: Path, holder: dict) -> LockHeld:
-    return LockHeld(f"{path}: another run is using this store ({_describe(holder)}); wait for it to finish or stop it")
+def _held(path: Path, holder: dict, what: str) -> LockHeld:
+    return LockHeld(f"{path}: another run is using this {what} ({_describe(holder)}); wait for it to finish or stop it")
 
 
 def _alive(pid) -> bool:
@@ -69,7 +69,7 @@ def _alive(pid) -> bool:
     return True
 
 
-def _grab(path: Path) -> tuple[int, bool]:
+def _grab(path: Path, what: str) -> tuple[int, bool]:
     """Open and ``flock`` the lock file (retrying if its holder removed it meanwhile); returns the fd
     and whether ``flock`` works here (some network file systems refuse it: then the record decides)."""
     for _ in range(100):
@@ -79,7 +79,7 @@ def _grab(path: Path) -> tuple[int, bool]:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            raise _held(path, holder) from None
+            raise _held(path, holder, what) from None
         except OSError as e:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 os.close(fd)
@@ -92,8 +92,9 @@ def _grab(path: Path) -> tuple[int, bool]:
 
 
 @contextmanager
-def run_lock(path: Path, command: str = "") -> Iterator[dict]:
-    """Hold the lock file ``path`` for the ``with`` block; yields this run's holder record.
+def run_lock(path: Path, command: str = "", what: str = "store") -> Iterator[dict]:
+    """Hold the lock file ``path`` for the ``with`` block; yields this run's holder record. ``what`` names
+    the locked thing in a refusal ("store", or a trainer's run "folder").
 
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "_lock"
@@ -108,12 +109,12 @@ def run_lock(path: Path, command: str = "") -> Iterator[dict]:
     False
     """
     path = Path(path)
-    fd, flocked = _grab(path)
+    fd, flocked = _grab(path, what)
     try:
         old = _read(fd)
         host = socket.gethostname()
         if old and not flocked and old.get("host") == host and _alive(old.get("pid")):
-            raise _held(path, old)  # without flock, a live pid on this host is a live run
+            raise _held(path, old, what)  # without flock, a live pid on this host is a live run
         if old.get("host", host) != host:
             raise LockHeld(f"{path}: held by a run on another host ({_describe(old)}); this host cannot check "
                            f"whether it still runs. If it has ended, delete {path} and try again")

@@ -192,6 +192,30 @@ def test_restart_without_checkpoint_says_so_and_truncates_the_log(store, tmp_pat
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["probe_loss"]) for r in rows)
 
 
+def test_a_second_trainer_on_a_running_folder_is_refused_and_changes_nothing(store, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "trainers.cva", *_flags(store, out, "--steps", "10000")], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "log.jsonl").exists() or not _log(out):  # running: config written, a step logged
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        config = (out / "config.json").read_bytes()
+        with pytest.raises(SystemExit) as exit_:
+            cva.main(_flags(store, out, "--steps", "3", "--lr", "1e-4"))
+        err = _errors(capsys.readouterr().err)
+        assert exit_.value.code == 1 and len(err) == 1, err
+        assert err[0] == (f"trainers.cva: error: {out / '_lock'}: another run is using this folder (pid {first.pid} "
+                          f"on host {os.uname().nodename} since {err[0].split(' since ')[1]}")
+        assert (out / "config.json").read_bytes() == config  # the running trainer's settings are untouched
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 143
+    assert not (out / "_lock").exists()  # released on the way out
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["lr"] == 2e-3  # the first run's
+
+
 def test_a_large_architecture_on_a_cpu_asks_for_force_with_an_estimate(store, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import resource
 import sys
 import time
@@ -378,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch.distributed as dist
 
     try:
-        result = train(args)
+        with runfolder.hold(Path(args.out), int(os.environ.get("RANK", "0"))):  # one trainer per run folder
+            result = train(args)
     except RunError as err:
         print(f"trainers.cva: error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -26,7 +26,8 @@ import signal
 import sys
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from openmind_prep import atomic
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # torch loads when a run starts
     from trainers.resources import Processes
 
 CHECKPOINT, PREVIOUS, LOG, CONFIG, PLOT = "checkpoint.pt", "checkpoint.prev.pt", "log.jsonl", "config.json", "loss.png"
+LOCK = "_lock"
 _KEYS = ("student", "teacher", "optimizer", "step", "rng", "config")
 
 
@@ -47,6 +49,35 @@ class RunError(Exception):
 def say(message: str) -> None:
     """One line on stdout, flushed (the trainer's messages; rank 0 only)."""
     print(message, flush=True)
+
+
+@contextmanager
+def hold(out: Path, rank: int = 0) -> Iterator[None]:
+    """One trainer per run folder: rank 0 holds ``OUT/_lock`` (:mod:`openmind_prep.runlock`: pid, host, freed
+    by the kernel when the process dies) for the run; a second trainer on the folder is a ``RunError``.
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "run"
+    >>> with hold(out):
+    ...     try:
+    ...         with hold(out):
+    ...             pass
+    ...     except RunError as e:
+    ...         print("another run is using this folder" in str(e))
+    True
+    """
+    from openmind_prep.runlock import LockHeld, run_lock
+
+    if rank != 0:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as held:
+        try:
+            held.enter_context(run_lock(out / LOCK, "trainers.cva", what="folder"))
+        except LockHeld as err:
+            raise RunError(str(err)) from None
+        yield
 
 
 def write_config(out: Path, config: dict) -> None:
