@@ -260,7 +260,7 @@ def test_damaged_data_stops_the_run_with_one_line(store, tmp_path, capsys):
 
 def test_help_and_version_answer_without_importing_torch():
     code = ("import sys, trainers.cva as c; h = c.get_args_parser().format_help(); "
-            "print('torch' in sys.modules, '(default: 0.995)' in h)")
+            "print('torch' in sys.modules, '(default: 0.75)' in h)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert proc.stdout.split() == ["False", "True"], proc.stderr
     proc = subprocess.run([sys.executable, "-m", "trainers.cva", "--version"], cwd=ROOT, env=ENV,

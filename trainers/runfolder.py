@@ -71,13 +71,18 @@ def hold(out: Path, rank: int = 0) -> Iterator[None]:
     if rank != 0:
         yield
         return
+    new = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as held:
-        try:
-            held.enter_context(run_lock(out / LOCK, "trainers.cva", what="folder"))
-        except LockHeld as err:
-            raise RunError(str(err)) from None
-        yield
+    try:
+        with ExitStack() as held:
+            try:
+                held.enter_context(run_lock(out / LOCK, "trainers.cva", what="folder"))
+            except LockHeld as err:
+                raise RunError(str(err)) from None
+            yield
+    finally:
+        if new and not any(out.iterdir()):  # a run refused before writing leaves no folder behind
+            out.rmdir()
 
 
 def write_config(out: Path, config: dict) -> None:
