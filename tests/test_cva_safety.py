@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -256,6 +257,40 @@ def test_damaged_data_stops_the_run_with_one_line(store, tmp_path, capsys):
     err = _errors(capsys.readouterr().err)
     assert exit_.value.code == 1 and len(err) == 1
     assert err[0].startswith("trainers.cva: error: cannot read the data of step 1: ") and "shorter than its index" in err[0]
+
+
+def test_damaged_data_on_one_rank_stops_every_rank_at_once(store, tmp_path):
+    """Two ranks started as a batch system starts them (no torchrun agent to stop the survivors): the rank
+    that meets the damaged volume and the other one both exit 1 at the same step with one line each. Before,
+    the other rank died with gloo's "Connection closed by peer" traceback (NCCL: waited until its timeout)."""
+    import shutil
+
+    from openmind_prep.manifest import read_manifest
+
+    damaged = tmp_path / "store"
+    shutil.copytree(store, damaged)
+    first = read_manifest(damaged).column("zarr_path")[0].as_py()
+    for chunk in (damaged / first).glob("c/**/*"):  # the image array of the first volume
+        if chunk.is_file():
+            os.truncate(chunk, 100)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "trainers.cva",
+                               *_flags(damaged, tmp_path / "ddp", "--steps", "40", "--batch-size", "1")],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(2)]
+    try:
+        errs = [_errors(p.communicate(timeout=240)[1]) for p in procs]  # gloo's own timeout is 30 minutes
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [1, 1], errs
+    lines = sorted(e[-1] for e in errs)
+    step = lines[1].split("data of step ")[1].split(":")[0]
+    assert lines[0].startswith(f"trainers.cva: error: another process could not read the data of step {step}; stopping")
+    assert lines[1].startswith(f"trainers.cva: error: cannot read the data of step {step}: ")
 
 
 def test_help_and_version_answer_without_importing_torch():

@@ -336,9 +336,11 @@ def train_one_epoch(model, teacher, batches, sampler, view_rng, optimizer, lr_sc
             return step
         # data: volumes → device → two views per volume, boxes, masks
         try:
-            vols = to_device(next(batches), device)["image"]
+            vols, failure = to_device(next(batches), device)["image"], None
         except (OSError, ValueError, RuntimeError, KeyError) as err:  # damaged data: one line, not a traceback
-            raise RunError(f"cannot read the data of step {step + 1}: {str(err).strip().splitlines()[-1]}") from None
+            failure = f"cannot read the data of step {step + 1}: {str(err).strip().splitlines()[-1]}"
+        if stop.any_failed(failure is not None, device, procs.world):  # every rank stops, none waits in a collective
+            raise RunError(failure or f"another process could not read the data of step {step + 1}; stopping")
         pair = sampler(vols, generator=view_rng)
         views, boxes, masks = pair.views, pair.boxes, pair.masks
         if procs.cuda:

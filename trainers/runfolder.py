@@ -314,6 +314,18 @@ class StopSignals:
         for s, handler in self._old.items():
             signal.signal(s, handler)
 
+    def any_failed(self, failed: bool, device: torch.device | None = None, world: int = 1) -> bool:
+        """Whether this or any other process failed (one all-reduce across processes; every rank must call),
+        so that a rank meeting damaged data does not leave the others waiting in a collective until it times out."""
+        if world > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(failed)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            failed = bool(flag.item())
+        return failed
+
     def agreed(self, device: torch.device | None = None, world: int = 1) -> bool:
         """Whether any process was asked to stop (one all-reduce across processes; every rank must call).
 
