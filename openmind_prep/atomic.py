@@ -10,6 +10,7 @@ writer of the project goes through here (files, JSON, parquet, streamed files, w
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -108,3 +109,13 @@ def replace_dir(folder: Path, dest: Path, trash: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(folder, dest)
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the file system is full (ENOSPC / EDQUOT). A full disk stops a run (download,
+    preprocess, shard) with a clear error instead of failing every remaining file one by one.
+
+    >>> disk_full(OSError(errno.ENOSPC, "No space left on device")), disk_full(ValueError("x"))
+    (True, False)
+    """
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from openmind_prep.atomic import disk_full
 from openmind_prep.retry import RATE_WINDOWS, DownloadError, RetryPolicy, ShortTransfer, reason, retrying
 
 __all__ = ["DownloadError", "RetryPolicy", "HubRepo", "RemoteFile", "VerifiedState", "download_files",
@@ -333,12 +334,16 @@ def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Pa
     state = state or VerifiedState(raw, rehash=rehash)
     out: list[tuple[str, str | bool]] = []
     for f in batch:
+        target = raw / f.path
         try:
-            moved = fetch_verified(repo, commit, f, dest(f), raw, state, on_bytes)
+            target = dest(f)
+            moved = fetch_verified(repo, commit, f, target, raw, state, on_bytes)
             out.append((f.path, moved))
             if not moved and on_bytes is not None:
                 on_bytes(f.size)
         except Exception as e:  # noqa: BLE001 - reported per file
+            if disk_full(e):  # stops the run: every file after it would fail the same way
+                raise OSError(e.errno, e.strerror, str(target)) from e
             out.append((f.path, str(e) if isinstance(e, DownloadError) else f"{f.path}: {reason(e)}"))
         if on_file is not None:
             on_file()

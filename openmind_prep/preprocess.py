@@ -12,7 +12,6 @@ only the image that kills a worker is marked failed. Re-running skips every imag
 
 from __future__ import annotations
 
-import errno
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from openmind_prep.atomic import disk_full  # noqa: F401 - also the CLI's
 from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
 from openmind_prep.manifest import FAILED, OK, empty_row
 from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata, source_path
@@ -62,16 +62,6 @@ def worker_max_bytes(fraction: int = IMAGE_MEMORY_FRACTION) -> int | None:
     except (ImportError, ValueError, AttributeError):
         return None
     return int(limit) // fraction if limit else None
-
-
-def disk_full(error: BaseException) -> bool:
-    """Whether ``error`` says the store's file system is full (ENOSPC / EDQUOT). A full disk stops
-    the run with a clear error instead of failing every remaining image one by one.
-
-    >>> disk_full(OSError(errno.ENOSPC, "No space left on device")), disk_full(ValueError("x"))
-    (True, False)
-    """
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def record_row(record: ImageRecord, error: str = "") -> dict:

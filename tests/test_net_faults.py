@@ -149,6 +149,75 @@ def test_the_deadline_stops_hung_transfers_and_fails_each_file_naming_it(hub, sa
         assert (raw / path).read_bytes() == (sample_tree / path).read_bytes()
 
 
+# -- a full disk while downloading ----------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["download", "run"])
+def test_disk_full_while_downloading_stops_with_one_line_and_a_rerun_completes(hub, sample_tree, tmp_path,
+                                                                               monkeypatch, command):
+    """ENOSPC from the third transfer on (as ``write`` raises it: no file name): the command stops with one
+    line naming the file, instead of failing every remaining file one by one; a re-run completes."""
+    import errno
+
+    import openmind_prep.hub as hub_module
+    from openmind_prep.manifest import read_manifest
+
+    real, calls = hub_module._stream_once, []
+
+    def full_after_two(*args, **kwargs):
+        calls.append(args[2].path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    out = tmp_path / "out"
+    cmd = [command, "--endpoint", hub.endpoint, "--out", str(out), "--download-workers", "1"]
+    cmd += ["--threads-only", "--workers", "1"] if command == "run" else []
+    monkeypatch.setattr(hub_module, "_stream_once", full_after_two)
+    result = _bounded(CliRunner().invoke, main, cmd)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    where = f"{out}.raw" if command == "run" else out  # run's RAW work folder beside the store
+    assert lines[-1].startswith(f"Error: {where}/") and lines[-1].endswith(
+        ": disk full (No space left on device); free space and re-run the same command to resume"), lines
+    assert lines[-1].split(": disk full")[0].removeprefix(f"Error: {where}/") == calls[2]  # names the file
+    assert len(calls) == 3  # stopped at the first full write, nothing after it tried
+
+    monkeypatch.setattr(hub_module, "_stream_once", real)
+    again = _bounded(CliRunner().invoke, main, cmd)
+    assert again.exit_code == 0, again.output
+    if command == "download":
+        kept = [c for c in calls[:2] if c in _all_files(sample_tree)]  # the first call may be the CSV
+        assert f"{len(kept)} already verified, 0 failed" in again.output
+        for p in _all_files(sample_tree):
+            assert (out / p).read_bytes() == (sample_tree / p).read_bytes()
+    else:
+        assert sorted(r["status"] for r in read_manifest(out).to_pylist()) == ["ok", "ok", "ok"]
+
+
+def test_disk_full_while_copying_a_local_source_stops_with_one_line(sample_tree, tmp_path, monkeypatch):
+    """``run --source``: the same stop when the copy into the work folder meets a full disk."""
+    import errno
+    import shutil
+
+    real, calls = shutil.copyfile, []
+
+    def full_after_two(src, dst, *args, **kwargs):
+        calls.append(src)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst, *args, **kwargs)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(shutil, "copyfile", full_after_two)
+    result = CliRunner().invoke(main, ["run", "--source", str(sample_tree), "--out", str(out), "--threads-only",
+                                       "--workers", "1"])
+    line = result.output.strip().splitlines()[-1]
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert line.startswith(f"Error: {out}.raw/") and line.endswith(": disk full (No space left on device); free "
+                                                                   "space and re-run the same command to resume")
+    assert len(calls) == 3
+
+
 # -- files the CSV lists but the repo lacks ------------------------------------------------------
 
 def test_a_file_missing_from_the_repo_fails_alone_and_is_kept_in_the_lock(hub, sample_tree, tmp_path):
