@@ -35,25 +35,29 @@ def array_checksum(array: np.ndarray) -> str:
 
 
 def write_group(folder: Path, arrays: Mapping[str, np.ndarray], attributes: Mapping[str, Any], *,
-                chunks: int = 64, clevel: int = CODEC["clevel"]) -> dict[str, str]:
+                chunks: int = 64, clevel: int = CODEC["clevel"]) -> tuple[dict[str, str], int]:
     """Write a new Zarr group at ``folder`` with one sharded array per entry of ``arrays``
-    (``attributes`` on ``image``); returns each array's checksum. Encoded directly
-    (:mod:`openmind_prep.zarr_write`, byte-identical to zarr's own writer).
+    (``attributes`` on ``image``); returns each array's checksum and the bytes of every file written.
+    Encoded directly (:mod:`openmind_prep.zarr_write`, byte-identical to zarr's own writer).
 
     >>> import tempfile
-    >>> sums = write_group(Path(tempfile.mkdtemp()) / "g", {"image": np.zeros((2, 2, 2), np.uint8)}, {})
+    >>> folder = Path(tempfile.mkdtemp()) / "g"
+    >>> sums, nbytes = write_group(folder, {"image": np.zeros((2, 2, 2), np.uint8)}, {})
     >>> sums["image"] == array_checksum(np.zeros((2, 2, 2), np.uint8))
+    True
+    >>> nbytes == sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     True
     """
     from openmind_prep import zarr_write
 
-    zarr_write.write_group(folder)
+    nbytes = zarr_write.write_group(folder)
     checksums = {}
     for name, data in arrays.items():
-        checksums[name], _ = zarr_write.write_array(
+        checksums[name], written = zarr_write.write_array(
             folder / name, data, chunks=chunks, codec={**CODEC, "clevel": clevel} if name == IMAGE else MASK_CODEC,
             attributes=_jsonable(attributes) if name == IMAGE else {})
-    return checksums
+        nbytes += written
+    return checksums, nbytes
 
 
 def _jsonable(value: Any) -> Any:

@@ -170,17 +170,18 @@ class Store:
         if problem:
             raise StoreError(f"{self.root / key}: {problem}; refused")
         tmp = self.root / TMP_DIR / uuid.uuid4().hex
-        checksums = write_group(tmp, arrays, attributes, chunks=chunks, clevel=clevel)
+        checksums, nbytes = write_group(tmp, arrays, attributes, chunks=chunks, clevel=clevel)
         self._ensure_parent_groups(key)
         replace_dir(tmp, self.root / key, self.root / TMP_DIR)
-        final = self.root / key
         return StoredCase(key=key, zarr_paths={name: f"{key}/{name}" for name in arrays}, checksums=checksums,
-                          nbytes=sum(f.stat().st_size for f in final.rglob("*") if f.is_file()))
+                          nbytes=nbytes)
 
     def _ensure_parent_groups(self, key: str) -> None:
         parent = self.root
         for part in key.split("/")[:-1]:
             parent = parent / part
+            if (parent / "zarr.json").exists():  # the common case: one stat per level
+                continue
             parent.mkdir(exist_ok=True)
             if not (parent / "zarr.json").exists():
                 write_json(parent / "zarr.json", _GROUP_META)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -133,14 +134,17 @@ def _write_bytes(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2))
+def _write_json(path: Path, value: dict) -> int:
+    data = json.dumps(value, indent=2).encode()
+    path.write_bytes(data)
+    return len(data)
 
 
-def write_group(folder: Path, attributes: Mapping[str, Any] | None = None) -> None:
-    """A Zarr v3 group's ``zarr.json`` in ``folder`` (created), as zarr-python writes it."""
+def write_group(folder: Path, attributes: Mapping[str, Any] | None = None) -> int:
+    """A Zarr v3 group's ``zarr.json`` in ``folder`` (created), as zarr-python writes it; returns its size."""
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "zarr.json", {"attributes": dict(attributes or {}), "zarr_format": 3, "node_type": "group"})
+    return _write_json(folder / "zarr.json", {"attributes": dict(attributes or {}), "zarr_format": 3,
+                                               "node_type": "group"})
 
 
 def write_array(folder: Path, data: np.ndarray, *, chunks: int, codec: Mapping[str, Any],
@@ -162,11 +166,11 @@ def write_array(folder: Path, data: np.ndarray, *, chunks: int, codec: Mapping[s
     inner = tuple(min(chunks, n) for n in data.shape)
     folder.mkdir(parents=True, exist_ok=True)
     meta = array_metadata(data.shape, data.dtype, inner, codec, {**attributes, "checksum": checksum})
-    _write_json(folder / "zarr.json", meta)
-    nbytes = (folder / "zarr.json").stat().st_size
+    nbytes = _write_json(folder / "zarr.json", meta)
     shard = encode_shard(data, inner, codec)
     if shard is not None:
-        (folder / SHARD_KEY).parent.mkdir(parents=True)
+        for depth in range(SHARD_KEY.count("/"), 0, -1):  # c, c/0, c/0/0: new folders, one call each
+            os.mkdir(folder / SHARD_KEY.rsplit("/", depth)[0])
         _write_bytes(folder / SHARD_KEY, shard)
         nbytes += len(shard)
     return checksum, nbytes
