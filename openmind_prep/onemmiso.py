@@ -21,7 +21,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from openmind_prep.hugepages import empty
 from openmind_prep.metadata import MASK_NAMES
 from openmind_prep.nifti_check import InputError, itk_pixels, read_voxels
 from openmind_prep.resample import resample_image, resample_mask
@@ -271,8 +270,7 @@ def to_dtype(image: np.ndarray, dtype: type | np.dtype, *, source: str | Path = 
         return image.astype(dtype, copy=False)
     if image.size and max(float(image.max()), -float(image.min())) >= _FLOAT16_OVERFLOW:
         raise InputError(source, "values overflow float16 after z-scoring; use --dtype float32")
-    out = empty(image.shape, torch.float16)  # huge pages: fewer first-write page faults than torch's own
-    return out.copy_(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))).numpy()
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(torch.float16).numpy()
 
 
 def preprocess_case(image_path: str | Path, masks: Mapping[str, str | Path | None] | None = None, *,

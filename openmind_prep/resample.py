@@ -103,7 +103,7 @@ def _resize(x: torch.Tensor, new_shape: Sequence[int], axes: Sequence[int], orde
 
     return separable(x.contiguous(), tuple(
         _blocks(x.shape[d], int(new_shape[d]), order) if d in axes and x.shape[d] != new_shape[d] else None
-        for d in range(3)))
+        for d in range(3)), huge_pages=False)  # one image after another: malloc's reused memory is cheaper
 
 
 def _plan(spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int | None, list[int]]:
@@ -140,18 +140,8 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], spacing: Sequence
     view[z] = -1
     y.clamp_(x.amin(dim=other).reshape(view), x.amax(dim=other).reshape(view))  # in place: no two temporaries
     if data.shape[z] != new_shape[z]:
-        y = _index_select(y, z, nearest_indices(data.shape[z], new_shape[z]))
+        y = y.index_select(z, torch.from_numpy(nearest_indices(data.shape[z], new_shape[z])))
     return y.contiguous().numpy()
-
-
-def _index_select(x: torch.Tensor, axis: int, index: np.ndarray) -> torch.Tensor:
-    """``x.index_select(axis, index)`` into a fresh huge-page-backed tensor (the separate-z expansion
-    writes the whole output: with 4 KiB pages each first write is a page fault)."""
-    from openmind_prep.hugepages import empty
-
-    shape = list(x.shape)
-    shape[axis] = len(index)
-    return torch.index_select(x, axis, torch.from_numpy(index), out=empty(shape, x.dtype))
 
 
 def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[float],
@@ -173,8 +163,6 @@ def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[
         raise ValueError(f"mask must be uint8, got {mask.dtype}")
     if tuple(mask.shape) == new_shape:
         return mask
-    from openmind_prep.hugepages import empty
-
     z, in_plane = _plan(spacing, new_spacing)
     mid_shape = tuple(mask.shape[ax] if ax == z else new_shape[ax] for ax in range(3))
     src = torch.from_numpy(np.ascontiguousarray(mask))
@@ -183,9 +171,8 @@ def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[
     out = None
     for label in labels:
         # a 0/1 mask is its own indicator: one cast instead of a comparison and a cast
-        hot = empty(src.shape, torch.float32).copy_(src if labels == [1] else src == label)
-        resized = _resize(hot, new_shape, in_plane, order=1)
-        keep = torch.ge(resized, 0.5, out=empty(resized.shape, torch.bool))
+        hot = src.to(torch.float32) if labels == [1] else (src == label).to(torch.float32)
+        keep = _resize(hot, new_shape, in_plane, order=1) >= 0.5
         if out is None:  # the first label: the bool result is the uint8 0/1 output, no zero fill
             out = keep.view(torch.uint8) if label == 1 else keep.view(torch.uint8).mul_(label)
         else:
@@ -193,5 +180,5 @@ def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[
     if out is None:
         out = torch.zeros(mid_shape, dtype=torch.uint8)
     if z is not None and mask.shape[z] != new_shape[z]:
-        out = _index_select(out, z, nearest_indices(mask.shape[z], new_shape[z]))
+        out = out.index_select(z, torch.from_numpy(nearest_indices(mask.shape[z], new_shape[z])))
     return out.contiguous().numpy()

@@ -19,7 +19,11 @@ import math
 import torch
 from torch import Tensor
 
-from openmind_prep.hugepages import empty
+from openmind_prep.hugepages import empty as huge_empty
+
+
+def _plain_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
 
 _ROWS = 32  # output rows per block of a banded product
 
@@ -81,9 +85,10 @@ def band_blocks(m: Tensor, device: torch.device | str = "cpu", dtype: torch.dtyp
     return tuple(out)
 
 
-def _apply_axis(x: Tensor, axis: int, blocks: Blocks, n_out: int) -> Tensor:
+def _apply_axis(x: Tensor, axis: int, blocks: Blocks, n_out: int, huge_pages: bool = True) -> Tensor:
     """Apply one axis's banded matrix to a ``[A, B, C]`` tensor."""
     a, b, c = x.shape
+    empty = huge_empty if huge_pages else _plain_empty
     if axis == 0:
         src, out = x.contiguous().reshape(a, b * c), empty((n_out, b * c), x.dtype, x.device)
         for r0, r1, c0, c1, w in blocks:
@@ -100,12 +105,16 @@ def _apply_axis(x: Tensor, axis: int, blocks: Blocks, n_out: int) -> Tensor:
     return out.reshape(a, b, n_out)
 
 
-def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...]) -> Tensor:
+def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...], *, huge_pages: bool = True) -> Tensor:
     """Apply ``matrices[d]`` (``[n_out_d, n_in_d]``, CPU) along axis ``d`` of ``x`` ``[Z, Y, X]``.
 
     Axes whose matrix is ``None`` are left alone; an entry may also be precomputed
     :func:`band_blocks` (e.g. cached by the caller). Axes go in the order with the fewest flops.
-    Returns a new tensor on ``x``'s device.
+    Returns a new tensor on ``x``'s device. ``huge_pages``: large intermediates come from
+    :func:`openmind_prep.hugepages.empty` (fewer first-write faults for a long-lived batch); pass
+    False where fresh 2 MiB pages are costly — after other large allocations the kernel compacts
+    memory synchronously to find them (measured 2x the CPU time of the preprocessing resample in
+    ``benchmarks/preprocess_e2e.py``), while plain allocations get reused by malloc.
 
     >>> x = torch.arange(24.0).reshape(2, 3, 4)
     >>> y = separable(x, (torch.eye(2, dtype=torch.float64), None, linear_matrix(2, 4, 2.0, 0.5)))
@@ -134,7 +143,7 @@ def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...]) -> Tensor
         return total
 
     for d in min(itertools.permutations(blocks), key=cost, default=()):
-        x = _apply_axis(x, d, blocks[d], n_out[d])
+        x = _apply_axis(x, d, blocks[d], n_out[d], huge_pages)
     return x
 
 
