@@ -10,10 +10,9 @@ or plain views (AE), the EMA teacher sees plain views → loss = reconstruction 
 + consistency of the RoI-aligned feature volumes (CVA cosine, C-CVA contrastive or Gram) + NT-Xent on
 pooled vectors. Every row of the ablation ladder is a flag: ``--recon``, ``--consistency``,
 ``--contrastive/--no-contrastive``. ``--config`` takes TOML files of ``name = value`` settings
-(:mod:`trainers.configs`; flags still win). The run folder (:mod:`trainers.runfolder`) holds
-``config.json``, ``log.jsonl``, ``loss.png`` and ``checkpoint.pt`` (exact resume: rerun the same
-command); Ctrl-C or SIGTERM saves a checkpoint and exits after the current step.
-"""
+(:mod:`trainers.configs`; flags still win). The run folder (:mod:`trainers.runfolder`) holds ``config.json``,
+``log.jsonl``, ``loss.png`` and ``checkpoint.pt`` (exact resume: rerun the same command); Ctrl-C or SIGTERM
+saves a checkpoint and exits after the current step."""
 
 from __future__ import annotations
 
@@ -339,8 +338,7 @@ def train_one_epoch(model, teacher, batches, sampler, view_rng, optimizer, lr_sc
             vols, failure = to_device(next(batches), device)["image"], None
         except (OSError, ValueError, RuntimeError, KeyError) as err:  # damaged data: one line, not a traceback
             failure = f"cannot read the data of step {step + 1}: {str(err).strip().splitlines()[-1]}"
-        if stop.any_failed(failure is not None, device, procs.world):  # every rank stops, none waits in a collective
-            raise RunError(failure or f"another process could not read the data of step {step + 1}; stopping")
+        stop.raise_if_any_failed(failure, step + 1, device, procs.world)  # every rank stops, none waits in a collective
         pair = sampler(vols, generator=view_rng)
         views, boxes, masks = pair.views, pair.boxes, pair.masks
         if procs.cuda:
@@ -385,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
             result = train(args)
     except RunError as err:
         print(f"trainers.cva: error: {err}", file=sys.stderr, flush=True)
+        if dist.is_initialized():  # DDP: leave without torch's teardown, which can abort once a peer has left
+            os._exit(1)
         sys.exit(1)
     except KeyboardInterrupt:  # before the loop's handlers were set, or a second Ctrl-C
         print("trainers.cva: interrupted, no checkpoint saved", file=sys.stderr, flush=True)

@@ -314,9 +314,12 @@ class StopSignals:
         for s, handler in self._old.items():
             signal.signal(s, handler)
 
-    def any_failed(self, failed: bool, device: torch.device | None = None, world: int = 1) -> bool:
-        """Whether this or any other process failed (one all-reduce across processes; every rank must call),
-        so that a rank meeting damaged data does not leave the others waiting in a collective until it times out."""
+    def raise_if_any_failed(self, failure: str | None, step: int, device: torch.device | None = None,
+                            world: int = 1) -> None:
+        """``RunError`` on every rank when this one (``failure``: why) or another could not read the data of
+        ``step`` (one all-reduce across processes; every rank must call), so that a rank meeting damaged data
+        does not leave the others waiting in a collective until it times out."""
+        failed = failure is not None
         if world > 1:
             import torch
             import torch.distributed as dist
@@ -324,7 +327,8 @@ class StopSignals:
             flag = torch.tensor([int(failed)], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             failed = bool(flag.item())
-        return failed
+        if failed:
+            raise RunError(failure or f"another process could not read the data of step {step}; stopping")
 
     def agreed(self, device: torch.device | None = None, world: int = 1) -> bool:
         """Whether any process was asked to stop (one all-reduce across processes; every rank must call).
