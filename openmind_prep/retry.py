@@ -11,6 +11,7 @@ all retries and new transfers once it has passed.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import threading
@@ -201,11 +202,38 @@ def reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
+#: Retry lines on a Dask worker go to this logger; ``download --scheduler`` forwards it to its own stderr.
+RETRY_LOGGER = "openmind_prep.retry"
+
+
 def announce(line: str) -> None:
-    """Print a retry line on stderr without breaking tqdm bars."""
+    """Print a retry line on stderr without breaking tqdm bars; on a Dask worker, log it as a warning of
+    :data:`RETRY_LOGGER` (a worker's stderr is its own log, which the user running the command never sees)."""
     from tqdm.auto import tqdm
 
-    tqdm.write(line, file=sys.stderr)
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):  # not on a worker
+        tqdm.write(line, file=sys.stderr)
+        return
+    logging.getLogger(RETRY_LOGGER).warning(line)
+
+
+class _Announce(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        announce(record.getMessage())
+
+
+def forward_retries(client) -> None:
+    """Retry lines logged on the Dask workers of ``client`` (a ``distributed.Client``) printed on this
+    process's stderr, as local ones are (``Client.forward_logging`` + one handler, added once)."""
+    client.forward_logging(RETRY_LOGGER)
+    logger = logging.getLogger(RETRY_LOGGER)
+    if not any(isinstance(h, _Announce) for h in logger.handlers):
+        logger.addHandler(_Announce())
+        logger.propagate = False  # told once, here, not again by a root handler
 
 
 def retrying(call: Callable, what: str, policy: RetryPolicy, *, sleep: Callable = time.sleep,

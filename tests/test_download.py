@@ -288,3 +288,19 @@ def test_download_runs_on_an_existing_dask_cluster(hub, sample_tree, tmp_path):
         again = CliRunner().invoke(main, args)
         assert again.exit_code == 0 and f"{len(expected)} already verified" in again.output, again.output
         assert hub.hits("resolve") == [] and hub.hits("cdn") == []
+
+
+def test_retries_on_the_cluster_are_told_on_the_commands_stderr(hub, sample_tree, tmp_path):
+    """``--scheduler``: a transfer cut short on a worker is retried there, and its retry line reaches the
+    user's terminal (forwarded from the worker's log), not only the worker's own log."""
+    from distributed import LocalCluster
+
+    lfs = next(p for r in read_metadata(sample_tree / METADATA_CSV) for p in repo_paths(r) if p.endswith(".nii.gz"))
+    hub.faults.cut[lfs] = 1  # the first GET sends half the body, then closes
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        result = CliRunner().invoke(main, ["download", "--endpoint", hub.endpoint, "--out", str(tmp_path / "raw"),
+                                           "--scheduler", cluster.scheduler_address])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert hub.faults.cut[lfs] == 0  # the fault fired
+    retries = [line for line in result.output.splitlines() if line.startswith(f"{lfs}: retry 1/")]
+    assert len(retries) == 1 and "peer closed connection" in retries[0], result.output

@@ -54,7 +54,10 @@ def download_command(hub: HubRepo, raw: Path, lock_file: Path | None, write_lock
     if scheduler:
         from distributed import Client
 
+        from openmind_prep.retry import forward_retries
+
         connection = Client(scheduler)
+        forward_retries(connection)  # the workers' retry lines on this command's stderr
     else:
         connection = nullcontext()
     try:
