@@ -302,5 +302,5 @@ def test_retries_on_the_cluster_are_told_on_the_commands_stderr(hub, sample_tree
                                            "--scheduler", cluster.scheduler_address])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert hub.faults.cut[lfs] == 0  # the fault fired
-    retries = [line for line in result.output.splitlines() if line.startswith(f"{lfs}: retry 1/")]
+    retries = [line for line in result.output.splitlines() if f"{lfs}: retry 1/" in line]  # after tqdm's clearing
     assert len(retries) == 1 and "peer closed connection" in retries[0], result.output
