@@ -319,15 +319,7 @@ class StopSignals:
         """``RunError`` on every rank when this one (``failure``: why) or another could not read the data of
         ``step`` (one all-reduce across processes; every rank must call), so that a rank meeting damaged data
         does not leave the others waiting in a collective until it times out."""
-        failed = failure is not None
-        if world > 1:
-            import torch
-            import torch.distributed as dist
-
-            flag = torch.tensor([int(failed)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            failed = bool(flag.item())
-        if failed:
+        if _max_over_ranks(int(failure is not None), device, world):
             raise RunError(failure or f"another process could not read the data of step {step}; stopping")
 
     def agreed(self, device: torch.device | None = None, world: int = 1) -> bool:
@@ -335,15 +327,20 @@ class StopSignals:
 
         A rank that got no signal itself takes on the one another rank got.
         """
-        if world > 1:
-            import torch
-            import torch.distributed as dist
-
-            received = torch.tensor([self.signum or 0], device=device)
-            dist.all_reduce(received, op=dist.ReduceOp.MAX)
-            self.signum = self.signum or (int(received.item()) or None)
+        self.signum = self.signum or (_max_over_ranks(self.signum or 0, device, world) or None)
         return self.signum is not None
 
+
+def _max_over_ranks(value: int, device: torch.device | None, world: int) -> int:
+    """The largest ``value`` of all processes (one all-reduce; every rank must call); ``value`` alone when single."""
+    if world == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([value], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
 
 def plot_losses(out: Path) -> None:
     """Draw every loss term of ``OUT/log.jsonl`` against the step into ``OUT/loss.png``."""
