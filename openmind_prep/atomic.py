@@ -119,3 +119,17 @@ def disk_full(error: BaseException) -> bool:
     (True, False)
     """
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def stop_if_disk_full(error: BaseException, path: Path | str) -> None:
+    """Re-raise ``error`` naming ``path`` when it says the disk is full (``write`` raises ENOSPC without a
+    file name); a per-file error handler calls it first, so a full disk stops the run instead of failing
+    every remaining file.
+
+    >>> stop_if_disk_full(ValueError("x"), "/raw/a.nii.gz")
+    >>> stop_if_disk_full(OSError(errno.ENOSPC, "No space left on device"), "/raw/a.nii.gz")
+    Traceback (most recent call last):
+    OSError: [Errno 28] No space left on device: '/raw/a.nii.gz'
+    """
+    if disk_full(error):
+        raise OSError(error.errno, error.strerror, str(path)) from error

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from openmind_prep.atomic import disk_full
+from openmind_prep.atomic import stop_if_disk_full
 from openmind_prep.retry import RATE_WINDOWS, DownloadError, RetryPolicy, ShortTransfer, reason, retrying
 
 __all__ = ["DownloadError", "RetryPolicy", "HubRepo", "RemoteFile", "VerifiedState", "download_files",
@@ -342,8 +342,7 @@ def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Pa
             if not moved and on_bytes is not None:
                 on_bytes(f.size)
         except Exception as e:  # noqa: BLE001 - reported per file
-            if disk_full(e):  # stops the run: every file after it would fail the same way
-                raise OSError(e.errno, e.strerror, str(target)) from e
+            stop_if_disk_full(e, target)
             out.append((f.path, str(e) if isinstance(e, DownloadError) else f"{f.path}: {reason(e)}"))
         if on_file is not None:
             on_file()

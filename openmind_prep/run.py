@@ -116,7 +116,7 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
     """Copy from a local tree with the repo layout (temp file + rename, size checked); a path that
     leaves either tree, a missing file, or a directory/FIFO/device in place of a file is a per-file
     failure naming it (never a read that blocks on a FIFO)."""
-    from openmind_prep.atomic import disk_full, writing
+    from openmind_prep.atomic import stop_if_disk_full, writing
     from openmind_prep.metadata import source_path
 
     def fetch(files: list[RemoteFile]) -> dict[str, str]:
@@ -138,8 +138,7 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
                     if tmp.stat().st_size != f.size:
                         raise OSError(f"size changed while copying ({tmp.stat().st_size} != {f.size} bytes)")
             except OSError as e:
-                if disk_full(e):  # stops the run: every file after it would fail the same way
-                    raise OSError(e.errno, e.strerror, str(dest)) from e
+                stop_if_disk_full(e, dest)
                 failed[f.path] = f"{source / f.path}: {e}"
         return failed
 
