@@ -10,11 +10,13 @@ compressed with blosc (:data:`CODEC`), one blosc block per chunk, encoded withou
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from openmind_prep import zarr_write
+from openmind_prep.zarr_write import array_checksum  # noqa: F401  (re-exported: the store's checksum)
 
 IMAGE = "image"
 #: The chunk codec (blosc): name, level, shuffle. Readers need nothing from it (blosc chunks say
@@ -23,15 +25,6 @@ CODEC = {"cname": "lz4hc", "clevel": 2, "shuffle": "shuffle",
          "dense": {"cname": "zstd", "clevel": 1, "above": 0.65}}  # chunks lz4hc leaves > 0.65x: zstd-1 if smaller
 #: Masks (uint8, never in a region read): zstd-1 + bit shuffle is ~9x smaller than lz4hc on them.
 MASK_CODEC = {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"}
-
-
-def array_checksum(array: np.ndarray) -> str:
-    """``"sha256:<hex>"`` of the array's C-order bytes (in its own dtype).
-
-    >>> array_checksum(np.zeros(2, np.uint8))[:15]
-    'sha256:96a296d2'
-    """
-    return "sha256:" + hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def write_group(folder: Path, arrays: Mapping[str, np.ndarray], attributes: Mapping[str, Any], *,
@@ -48,8 +41,6 @@ def write_group(folder: Path, arrays: Mapping[str, np.ndarray], attributes: Mapp
     >>> nbytes == sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     True
     """
-    from openmind_prep import zarr_write
-
     nbytes = zarr_write.write_group(folder)
     checksums = {}
     for name, data in arrays.items():
