@@ -200,6 +200,17 @@ def read_metadata(csv_path: Path) -> list[ImageRecord]:
         raise MetadataError(f"{csv_path}: line {reader.line_num}: {e}") from None
 
 
+def leaves_root(path: str) -> bool:
+    """Whether a ``/``-separated path read from data (a CSV, a manifest, a tar member) could leave the folder
+    it is taken under: absolute, empty, or with an empty, ``.`` or ``..`` part. The one check of that shape
+    for every such path (source files, store keys and manifest paths, shard members).
+
+    >>> [leaves_root(p) for p in ("ds1/a.nii.gz", "/etc/passwd", "a/../b", "a//b", "./a", "")]
+    [False, True, True, True, True, True]
+    """
+    return any(part in ("", ".", "..") for part in path.split("/"))
+
+
 def source_path(images: Path, rel: str) -> Path:
     """``images / rel`` for a path from the CSV, refusing one that leaves the source tree.
 
@@ -213,7 +224,7 @@ def source_path(images: Path, rel: str) -> Path:
     from openmind_prep.nifti_check import InputError  # not onemmiso: downloads need no torch/SimpleITK
 
     path = Path(images) / rel
-    if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
+    if leaves_root(rel):
         raise InputError(path, "path leaves the source tree (absolute, or a '.', '..' or empty part); refused")
     real = path.resolve()
     if not real.is_relative_to(Path(images).resolve()):

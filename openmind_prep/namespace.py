@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from openmind_prep.metadata import strip_nifti_suffix
+from openmind_prep.metadata import leaves_root, strip_nifti_suffix
 
 #: Names the store uses for itself at its top level (besides any first part starting with "_" or ".").
 RESERVED = ("manifest.parquet", "zarr.json")
@@ -35,7 +35,7 @@ def key_problem(key: str) -> str:
     ('', 'it uses the name _tmp,', 'it has an ')
     """
     parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts) or "\\" in key:
+    if leaves_root(key) or "\\" in key:
         return "it has an empty, '.' or '..' part (or a backslash)"
     bad = next((p for p in parts if p == "zarr.json"), None)
     if bad or parts[0].startswith(("_", ".")) or parts[0] in RESERVED:

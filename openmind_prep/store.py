@@ -45,7 +45,7 @@ import numpy as np
 from openmind_prep import manifest
 from openmind_prep.atomic import replace_dir, write_json
 from openmind_prep.case_writer import CODEC, IMAGE, MASK_CODEC, array_checksum, write_group  # noqa: F401  (re-exported)
-from openmind_prep.metadata import ARRAY_COLUMNS, MASK_NAMES, row_key  # noqa: F401  (MASK_NAMES re-exported)
+from openmind_prep.metadata import ARRAY_COLUMNS, MASK_NAMES, leaves_root, row_key  # noqa: F401  (MASK_NAMES re-exported)
 from openmind_prep.namespace import ancestors, claim, image_key, key_problem  # noqa: F401  (image_key re-exported)
 from openmind_prep.runlock import LockHeld, run_lock
 
@@ -206,7 +206,7 @@ class Store:
 
     def _inside(self, zarr_path: str) -> Path:
         """``root / zarr_path`` for a relative path without empty, '.' or '..' parts (no I/O)."""
-        if not zarr_path or zarr_path.startswith("/") or key_problem(zarr_path).startswith("it has"):
+        if leaves_root(zarr_path) or "\\" in zarr_path:
             raise StoreError(f"{self.root}: the path {zarr_path!r} leaves the store (absolute, or an empty, '.' "
                              "or '..' part); refused")
         return self.root / zarr_path

@@ -28,6 +28,8 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
+from openmind_prep.metadata import leaves_root
+
 MAGIC = b"OMZSHRD1"
 EXTENSION = "zshard"
 #: Decoded arrays up to this size need no justification (an all-zero mask stores no chunks at all).
@@ -63,8 +65,7 @@ def check_member_name(name: str, what: str = "tar member") -> str:
     Traceback (most recent call last):
     ValueError: tar member '../etc/passwd': not a relative path inside the shard
     """
-    parts = name.split("/")
-    if not name or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+    if leaves_root(name) or "\\" in name:
         raise ValueError(f"{what} {name!r}: not a relative path inside the shard")
     return name
 
