@@ -31,7 +31,7 @@ from trainers import configs, runfolder
 from trainers.method import (cva_losses, forward_pair, init_stage2, resolve_rung_defaults,  # noqa: F401
                              rung_problem, uses_heads)
 from trainers.optim import OPTIMIZERS, resolve_optimizer_defaults
-from trainers.resources import ARCHITECTURES, cpu_refusal, invalid_settings, launch_rank, setup_processes
+from trainers.resources import ARCHITECTURES, cpu_refusal, invalid_settings, setup_processes
 from trainers.runfolder import RunError, say
 
 if TYPE_CHECKING:  # numpy and torch load when a run starts, not for --help
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch.distributed as dist
 
     try:
-        with runfolder.hold(Path(args.out), launch_rank()):  # one trainer per run folder
+        with runfolder.hold(Path(args.out)):  # one trainer per run folder
             result = train(args)
     except RunError as err:
         print(f"trainers.cva: error: {err}", file=sys.stderr, flush=True)

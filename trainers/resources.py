@@ -107,25 +107,15 @@ class Processes:
         return getattr(self.device, "type", "cpu") == "cuda"
 
 
-def launch_rank() -> int:
-    """This process's global rank as the launcher (torchrun, srun with the same variables) set it; 0 alone.
-
-    >>> saved = os.environ.get("RANK")
-    >>> os.environ["RANK"] = "3"
-    >>> launch_rank()
-    3
-    >>> _ = os.environ.pop("RANK") if saved is None else os.environ.update(RANK=saved)
-    """
-    return int(os.environ.get("RANK", "0"))
-
-
 def setup_processes(device: str, threads: int = 0) -> Processes:
     """Rank / world from torchrun's variables, the device (``auto``: CUDA when present), process group, threads."""
     import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = launch_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    from loaders.ranks import node_rank  # the loaders' own lookup, so rank and data split always agree
+
+    rank, world = node_rank()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:

@@ -52,8 +52,8 @@ def say(message: str) -> None:
 
 
 @contextmanager
-def hold(out: Path, rank: int = 0) -> Iterator[None]:
-    """One trainer per run folder: rank 0 holds ``OUT/_lock`` (:mod:`openmind_prep.runlock`: pid, host, freed
+def hold(out: Path) -> Iterator[None]:
+    """One trainer per run folder: rank 0 of the job (as the launcher set it) holds ``OUT/_lock`` (:mod:`openmind_prep.runlock`: pid, host, freed
     by the kernel when the process dies) for the run; a second trainer on the folder is a ``RunError``.
 
     >>> import tempfile
@@ -66,9 +66,10 @@ def hold(out: Path, rank: int = 0) -> Iterator[None]:
     ...         print("another run is using this folder" in str(e))
     True
     """
+    from loaders.ranks import node_rank
     from openmind_prep.runlock import LockHeld, run_lock
 
-    if rank != 0:
+    if node_rank()[0] != 0:
         yield
         return
     new = not out.exists()
