@@ -6,7 +6,7 @@ Run after ``benchmarks/loading.py --work DIR`` (it builds the store and the refe
 
 Every option encodes each 64³ chunk of the stored volumes (edge chunks padded with the fill value,
 as zarr does) with numcodecs' blosc (the codec zarr's ``BloscCodec`` runs), one blosc thread, and
-decodes all chunks of a volume into one reused buffer (as ``openmind_prep.region_read`` does).
+decodes all chunks of a volume into one reused buffer (as ``openmind_prep.store.region_read`` does).
 Printed per option: bytes / the reference's ``.b2nd`` (mean and worst volume; shard index
 included), decode ms per volume (min of ``--repeat``), encode ms per volume, and the read ratio
 predicted from ``--read-ms`` (our measured read) and ``--ref-ms`` (the reference's): the decode
@@ -84,8 +84,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="Comma-separated cname-clevel-shuffle to run (default: all).")
     args = parser.parse_args()
 
-    from openmind_prep.manifest import read_manifest
-    from openmind_prep.region_read import open_array
+    from openmind_prep.store.manifest import read_manifest
+    from openmind_prep.store.region_read import open_array
 
     store = args.work / "store_float16"
     rows = [r for r in read_manifest(store).to_pylist() if r["status"] == "ok"]

@@ -1,9 +1,9 @@
 """Region reads per CPU-second and bytes per volume: our Zarr store and WebDataset shards vs nnssl's blosc2.
 
-The same real volumes (the embedded default, preprocessed by ``openmind_prep.preprocess``) are
+The same real volumes (the embedded default, preprocessed by ``openmind_prep.preprocess.job``) are
 stored three ways:
 
-* ours, Zarr: float16, 64³ chunks in one shard per array, as ``openmind_prep.store`` writes it
+* ours, Zarr: float16, 64³ chunks in one shard per array, as ``openmind_prep.store.store`` writes it
   (codec printed at the start); ``ZarrVolumeDataset`` re-opens the array for every read;
 * ours, WebDataset: the same arrays inside tar shards (``zshard``); ``WebDatasetStream`` reads
   each sample from the tar and decodes only the region's chunks;
@@ -16,7 +16,7 @@ stored three ways:
 Regions: the reference reads 257³ for one 160³ patch (nnssl's enlarged patch for rotation and
 scaling). Our CVA trainer reads ``--region-scale`` (default 2) × patch = 320³ for a pair of 160³
 views, so that is the headline row for both of our loaders; 160³ (one view) is shown too. Both
-loaders read through ``openmind_prep.region_read``; a row reads the same store through the zarr
+loaders read through ``openmind_prep.store.region_read``; a row reads the same store through the zarr
 library for comparison. Every method decodes with one thread (blosc2 ``nthreads=1``; our reader
 uses blosc's per-call context with one thread; zarr ``threading.max_workers=1``). Calls are
 interleaved round-robin; rates are samples per CPU-second of the process (all threads), i.e. per
@@ -62,11 +62,11 @@ def nnssl_blocks_chunks(image_size: tuple[int, ...], patch: tuple[int, ...], ite
 
 def build_stores(work: Path) -> tuple[Path, Path]:
     """Preprocess the embedded default twice (float16: ours, float32: the reference's values)."""
-    from openmind_prep.manifest import merge_manifest
-    from openmind_prep.metadata import METADATA_CSV, read_metadata
-    from openmind_prep.preprocess import PreprocessOptions, process_batch
-    from openmind_prep.embedded import build_sample_tree
-    from openmind_prep.store import create_store
+    from openmind_prep.store.manifest import merge_manifest
+    from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
+    from openmind_prep.preprocess.job import PreprocessOptions, process_batch
+    from openmind_prep.sources.embedded import build_sample_tree
+    from openmind_prep.store.store import create_store
 
     src = build_sample_tree(work / "src")
     records = read_metadata(src / METADATA_CSV)
@@ -82,7 +82,7 @@ def build_stores(work: Path) -> tuple[Path, Path]:
 def write_reference(store32: Path, rows: list[dict], out: Path) -> list[Path]:
     import blosc2
 
-    from openmind_prep.store import image_array
+    from openmind_prep.store.store import image_array
 
     blosc2.set_nthreads(1)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,8 +126,8 @@ def main() -> None:
     import zarr
 
     from loaders import WebDatasetStream, ZarrVolumeDataset
-    from openmind_prep.manifest import read_manifest
-    from openmind_prep.shards import merge_index, write_shards
+    from openmind_prep.store.manifest import read_manifest
+    from openmind_prep.shards.writer import merge_index, write_shards
 
     blosc2.set_nthreads(1)
     zarr.config.set({"threading.max_workers": 1})

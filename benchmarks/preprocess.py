@@ -6,7 +6,7 @@ Run in the benchmark venv (nnunetv2, blosc2, zarr installed there):
 
 For each volume (real MRI from nilearn / dipy / nibabel, some written at spacings that need
 resampling, one thick-slice variant taking nnU-Net's separate-z path) it times
-  ours:    openmind_prep.onemmiso.preprocess_array (crop + z-score + resample; torch, 1 thread),
+  ours:    openmind_prep.preprocess.onemmiso.preprocess_array (crop + z-score + resample; torch, 1 thread),
            cold (resampling matrices not cached yet) and warm (best of --repeat),
   nnU-Net: crop_to_nonzero + ZScoreNormalization + resample_data_or_seg_to_shape (order 3,
            order_z 0, force_separate_z None: the nnssl onemmiso plan),
@@ -94,7 +94,7 @@ def reference_bytes(array: np.ndarray) -> int:
 
 
 def our_bytes(array: np.ndarray, store_dir: Path, key: str) -> int:
-    from openmind_prep.store import create_store, write_case
+    from openmind_prep.store.store import create_store, write_case
 
     store = create_store(store_dir)
     return write_case(store, key, {"image": array.astype(np.float16)}, {}).nbytes
@@ -106,8 +106,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="warm repetitions of ours (best is reported)")
     args = parser.parse_args()
 
-    from openmind_prep import resample
-    from openmind_prep.onemmiso import preprocess_array, read_image
+    from openmind_prep.preprocess import resample
+    from openmind_prep.preprocess.onemmiso import preprocess_array, read_image
 
     torch.set_num_threads(1)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_preprocess_"))

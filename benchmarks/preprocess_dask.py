@@ -1,6 +1,6 @@
 """Throughput of ``openmind-prep preprocess`` through Dask: seconds per volume on 1 and N workers.
 
-The embedded default (real MRI, see ``openmind_prep.embedded``) is replicated ``--copies`` times
+The embedded default (real MRI, see ``openmind_prep.sources.embedded``) is replicated ``--copies`` times
 into a source tree (hard links, new dataset ids), then preprocessed three ways into fresh stores:
 
 * serial: ``process_batch`` over all images in this process (no Dask; the floor for one core),
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from openmind_prep.dask_cluster import ClusterConfig, dask_client
-from openmind_prep.manifest import merge_manifest
-from openmind_prep.metadata import METADATA_CSV, read_metadata
-from openmind_prep.onemmiso import set_sitk_threads
-from openmind_prep.preprocess import PreprocessOptions, process_batch, run_preprocess
-from openmind_prep.embedded import build_sample_tree, replicate_tree
+from openmind_prep.core.dask_cluster import ClusterConfig, dask_client
+from openmind_prep.store.manifest import merge_manifest
+from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
+from openmind_prep.core.dask_cluster import set_sitk_threads
+from openmind_prep.preprocess.job import PreprocessOptions, process_batch, run_preprocess
+from openmind_prep.sources.embedded import build_sample_tree, replicate_tree
 
 
 def checksums(store: Path) -> dict[str, str]:

@@ -4,12 +4,12 @@ Run in the benchmark venv (nnunetv2, blosc2) with this tree on the path:
 
     PYTHONPATH=. .venv-bench/bin/python benchmarks/preprocess_e2e.py [--rounds 2] [--copies 8]
 
-Volumes: the embedded default (``openmind_prep.embedded``: real MRI from nilearn / nibabel / dipy,
+Volumes: the embedded default (``openmind_prep.sources.embedded``: real MRI from nilearn / nibabel / dipy,
 six images, three with defacing + foreground masks, one taking nnU-Net's separate-z path).
 
 1. Per image, in this process, interleaved ours / peer, CPU seconds (``time.process_time``, every
    thread; one thread is allowed everywhere: torch, SimpleITK, blosc, blosc2, BLAS):
-   * ours: ``openmind_prep.preprocess.process_image`` — check + read, crop, z-score, resample,
+   * ours: ``openmind_prep.preprocess.job.process_image`` — check + read, crop, z-score, resample,
      masks, float16 Zarr write with checksums (exactly what a Dask task runs per image);
    * peer: SimpleITK ``ReadImage`` of the image and its masks, nnU-Net v2's ``crop_to_nonzero``,
      ``ZScoreNormalization``, ``compute_new_shape`` and ``resample_data_or_seg_to_shape`` (order 3 /
@@ -19,7 +19,7 @@ six images, three with defacing + foreground masks, one taking nnU-Net's separat
      properties. Reported: CPU-s per volume, the ratio, max |ours − peer| of the image (stored
      float16, and our float32 path), mask voxels that differ, bytes.
 2. Through the CLI: ``openmind-prep preprocess SRC --workers 1`` on ``--copies`` × 6 volumes
-   (``openmind_prep.embedded.replicate_tree``) vs the peer loop over the same volumes in a fresh
+   (``openmind_prep.sources.embedded.replicate_tree``) vs the peer loop over the same volumes in a fresh
    Python process; wall seconds all in (interpreter start, imports, cluster start), and the CPU
    seconds of each child tree; then a no-op re-run of the same ``preprocess`` command.
 """
@@ -51,7 +51,7 @@ def _setup_threads() -> None:
     import blosc2
     import torch
 
-    from openmind_prep.onemmiso import set_sitk_threads
+    from openmind_prep.core.dask_cluster import set_sitk_threads
 
     torch.set_num_threads(1)
     set_sitk_threads(1)
@@ -100,14 +100,14 @@ def peer_case(image: Path, masks: dict[str, Path], out: Path) -> tuple[np.ndarra
 
 
 def _mask_paths(src: Path, record) -> dict[str, Path]:
-    from openmind_prep.metadata import IMAGES_DIR
+    from openmind_prep.sources.metadata import IMAGES_DIR
 
     return {name: src / IMAGES_DIR / p for name, p in record.mask_paths.items() if p}
 
 
 def peer_tree(src: Path, out: Path) -> None:
     """The peer over every image of a tree, sequentially (the CLI comparison's reference run)."""
-    from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
+    from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
 
     _setup_threads()
     out.mkdir(parents=True, exist_ok=True)
@@ -116,15 +116,15 @@ def peer_tree(src: Path, out: Path) -> None:
 
 
 def per_image(src: Path, work: Path, rounds: int) -> None:
-    from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
-    from openmind_prep.onemmiso import preprocess_case
-    from openmind_prep.preprocess import PreprocessOptions, process_image
-    from openmind_prep.store import create_store, image_array
+    from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
+    from openmind_prep.preprocess.onemmiso import preprocess_case
+    from openmind_prep.preprocess.job import PreprocessOptions, process_image
+    from openmind_prep.store.store import create_store, image_array
 
     _setup_threads()
     records = read_metadata(src / METADATA_CSV)
     (work / "peer").mkdir(exist_ok=True)
-    from openmind_prep import store as store_module
+    from openmind_prep.store import store as store_module
 
     options = PreprocessOptions(clevel=store_module.CODEC["clevel"])  # --codec may have swapped it
     times = {r.image_path: ([], []) for r in records}
@@ -180,8 +180,8 @@ def _timed(cmd: list[str]) -> tuple[float, float]:
 
 
 def through_cli(base: Path, work: Path, copies: int) -> None:
-    from openmind_prep.embedded import replicate_tree
-    from openmind_prep.metadata import METADATA_CSV, read_metadata
+    from openmind_prep.sources.embedded import replicate_tree
+    from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
 
     src = replicate_tree(base, work / "src_cli", copies, link=True)
     n = len(read_metadata(src / METADATA_CSV))
@@ -206,11 +206,11 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=8, help="copies of the 6 volumes for the CLI run (0: skip)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--codec", default=None, help="store codec for ours as CNAME-LEVEL, e.g. zstd-1 "
-                        "(default: openmind_prep.store.CODEC; per-image part only)")
+                        "(default: openmind_prep.store.store.CODEC; per-image part only)")
     parser.add_argument("--dense", default=None, help="second codec for poorly compressed image chunks as "
-                        "CNAME-LEVEL-ABOVE, e.g. zstd-1-0.5, or none (default: openmind_prep.store.CODEC's)")
+                        "CNAME-LEVEL-ABOVE, e.g. zstd-1-0.5, or none (default: openmind_prep.store.store.CODEC's)")
     parser.add_argument("--mask-codec", default=None, help="mask codec as CNAME-LEVEL-SHUFFLE, e.g. lz4hc-2-shuffle "
-                        "(default: openmind_prep.store.MASK_CODEC)")
+                        "(default: openmind_prep.store.store.MASK_CODEC)")
     parser.add_argument("--peer-tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--peer-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,8 +219,8 @@ def main() -> None:
 
     import torch
 
-    from openmind_prep import store
-    from openmind_prep.embedded import build_sample_tree
+    from openmind_prep.store import store
+    from openmind_prep.sources.embedded import build_sample_tree
 
     if args.codec:  # the per-image part runs in this process, so the store codec can be swapped
         cname, level = args.codec.rsplit("-", 1)
@@ -231,7 +231,7 @@ def main() -> None:
         if args.dense != "none":
             store.CODEC["dense"] = {"cname": cname, "clevel": int(level), "above": float(above)}
     if args.mask_codec:
-        from openmind_prep import case_writer
+        from openmind_prep.store import case_writer
         cname, level, shuffle = args.mask_codec.split("-")
         case_writer.MASK_CODEC.update(cname=cname, clevel=int(level), shuffle=shuffle)
 

@@ -32,11 +32,11 @@ REFERENCE_PATCH = {"resenc-l": 128, "primus-m": 160, "tiny": 64}
 def build_store(dest: Path) -> Path:
     """Preprocess the full embedded default (6 real MRI images, incl. a 1 mm MNI) into ``dest``."""
     sys.path.insert(0, str(ROOT))
-    from openmind_prep.manifest import merge_manifest
-    from openmind_prep.metadata import METADATA_CSV, read_metadata
-    from openmind_prep.preprocess import PreprocessOptions, process_batch
-    from openmind_prep.embedded import build_sample_tree
-    from openmind_prep.store import create_store
+    from openmind_prep.store.manifest import merge_manifest
+    from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
+    from openmind_prep.preprocess.job import PreprocessOptions, process_batch
+    from openmind_prep.sources.embedded import build_sample_tree
+    from openmind_prep.store.store import create_store
 
     tree = build_sample_tree(dest / "tree")
     store = create_store(dest / "store")

@@ -1,7 +1,7 @@
 """Hand samples to TorchIO and MONAI: tensors in NIfTI's (i, j, k) order with their RAS affine.
 
 Our samples are ``[1, z, y, x]`` in the stored order with ``meta["affine"]`` indexed the same
-way (:mod:`openmind_prep.affine`). TorchIO and MONAI expect ``[C, i, j, k]`` (= ``[C, x, y, z]``)
+way (:mod:`openmind_prep.store.affine`). TorchIO and MONAI expect ``[C, i, j, k]`` (= ``[C, x, y, z]``)
 with a 4×4 RAS affine, as they get from loading a NIfTI, so the adapters permute the axes
 (a view, no copy) and the affine's columns to match: a subject or a MONAI dict built from the store
 has the spacing (≈1 mm), origin and direction of the source image after cropping and resampling.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from openmind_prep.affine import ijk_affine
-from openmind_prep.metadata import MASK_NAMES
+from openmind_prep.store.affine import ijk_affine
+from openmind_prep.store.schema import MASK_NAMES
 
 
 def ijk(tensor: Tensor) -> Tensor:
@@ -121,7 +121,7 @@ class _StoredArray:
     affine: tuple[tuple[float, ...], ...]
 
     def __call__(self, path: Any) -> tuple[Tensor, np.ndarray]:
-        from openmind_prep.region_read import open_array
+        from openmind_prep.store.region_read import open_array
 
         array = np.ascontiguousarray(open_array(path)[...])
         if array.dtype == np.float16:  # images as float32, as to_torchio gives them (nibabel has no float16)
@@ -138,8 +138,8 @@ def torchio_subjects(dataset: Any, transform: Callable | None = None):
     """
     import torchio as tio
 
-    from openmind_prep.affine import stored_affine
-    from openmind_prep.metadata import ARRAY_COLUMNS
+    from openmind_prep.store.affine import stored_affine
+    from openmind_prep.store.schema import ARRAY_COLUMNS
 
     subjects = []
     for key, row in zip(dataset.keys, dataset.rows):

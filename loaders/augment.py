@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from loaders.geometry import split_range
-from openmind_prep.separable import gaussian_matrix, separable
+from openmind_prep.core.separable import gaussian_matrix, separable
 
 
 @dataclass(frozen=True, eq=False)

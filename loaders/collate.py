@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from openmind_prep.metadata import ARRAYS as VOLUMES  # image, anon_mask, anat_mask
+from openmind_prep.store.schema import ARRAYS as VOLUMES
 
 
 def collate_volumes(samples: Sequence[dict[str, Any]]) -> dict[str, list]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from openmind_prep.hugepages import empty
+from openmind_prep.core.hugepages import empty
 
 
 def block_mask(

@@ -1,7 +1,7 @@
 """Regions of a stored volume (tuples of slices in the stored axis order, axis 0/1/2 = z/y/x) and
 the one sample reader both loaders use, so the Zarr dataset and the WebDataset stream yield
 identical dicts. Regions are boxes clamped to the volume by
-:func:`openmind_prep.region_read.normalize_region` (``box=True``), the reader's one clipping."""
+:func:`openmind_prep.store.region_read.normalize_region` (``box=True``), the reader's one clipping."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from openmind_prep.affine import stored_affine
-from openmind_prep.metadata import ARRAYS
-from openmind_prep.region_read import normalize_region
+from openmind_prep.store.affine import stored_affine
+from openmind_prep.store.schema import ARRAYS
+from openmind_prep.store.region_read import normalize_region
 
 Region = tuple[slice, ...]
 
@@ -34,7 +34,7 @@ def read_sample(key: str, arrays: Mapping[str, Any], region: Region | None, meta
 
     Shared by both loaders so they yield identical dicts. When the row has ``origin`` and
     ``direction``, ``meta["affine"]`` is the region's 4×4 RAS affine with columns in the tensor's
-    own axis order (z, y, x) (:func:`openmind_prep.affine.stored_affine`).
+    own axis order (z, y, x) (:func:`openmind_prep.store.affine.stored_affine`).
 
     >>> s = read_sample("k", {"image": np.arange(8.0).reshape(2, 2, 2)}, (slice(1, 2),) * 3, {})
     >>> s["image"].shape, s["image"].flatten().tolist(), s["meta"]["region"], s["anat_mask"]

@@ -6,7 +6,7 @@ applies them: each view is one resampling of its source through its affine (mirr
 pair's shared rotation in one ``grid_sample``, trilinear, ``align_corners=False``). A view whose
 affine is a whole-voxel crop (possibly mirrored) is copied by slicing instead, which gives the
 same values without interpolation round-off; a view without rotation (mirror + zoom) takes the same
-trilinear weights as three banded 1-D matrix products (``openmind_prep.separable``), equal to the
+trilinear weights as three banded 1-D matrix products (``openmind_prep.core.separable``), equal to the
 ``grid_sample`` route within float round-off and ~5x cheaper on a CPU. Outside the volume, views are padded with the
 volume's background value (its per-channel minimum: the z-scored value of zero), not with 0.
 """
@@ -24,9 +24,9 @@ from torch import Tensor
 
 from loaders.augment import IntensityParams, apply_intensity, draw_intensity
 from loaders.geometry import PairGeometry, Shape3, _fresh_generator, draw_pair_geometry
-from openmind_prep.hugepages import empty
+from openmind_prep.core.hugepages import empty
 from loaders.masking import block_mask
-from openmind_prep.separable import band_blocks, linear_matrix, separable
+from openmind_prep.core.separable import band_blocks, linear_matrix, separable
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,7 +162,7 @@ def _resample_stacked(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad, gri
 
 def _resample_separable(volume: Tensor, affine: Tensor, out: Tensor, pad: Pad) -> None:
     """``_resample`` for an axis-aligned affine (mirror + zoom + shift, no rotation): the same
-    trilinear weights, applied as one banded 1-D interpolation matrix per axis (``openmind_prep.separable``)."""
+    trilinear weights, applied as one banded 1-D interpolation matrix per axis (``openmind_prep.core.separable``)."""
     size = tuple(out.shape[1:])
     volume, affine = _region(volume, affine, size, pad, crop=True)
     mats = tuple(band_blocks(linear_matrix(size[d], volume.shape[1 + d], float(affine[d, d]), float(affine[d, 3])),

@@ -1,4 +1,4 @@
-"""Streaming loader over the tar shards of :mod:`openmind_prep.shards`, on webdataset's pipeline.
+"""Streaming loader over the tar shards of :mod:`openmind_prep.shards.writer`, on webdataset's pipeline.
 
 One ``wds.DataPipeline`` per epoch and DataLoader worker; the library's stages where it has them,
 ours (plain generators, each testable with a list) where it lacks something::
@@ -18,7 +18,7 @@ Node rank / world size and worker id / count come from :mod:`loaders.ranks` (web
 lookup: ``RANK``/``WORLD_SIZE``, ``torch.distributed``, the DataLoader worker info) unless given.
 Without resampling every shard goes to exactly one (node, worker) per epoch, so every sample
 appears exactly once; too few shards for the ranks × workers raises instead of leaving some idle.
-Plain ``wds.WebDataset(urls).decode(openmind_prep.zshard.decode_zshard)`` also reads these shards.
+Plain ``wds.WebDataset(urls).decode(openmind_prep.shards.zshard.decode_zshard)`` also reads these shards.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from webdataset.utils import make_seed
 
 from loaders.ranks import node_rank, worker_rank
 from loaders.regions import random_region, read_sample
-from openmind_prep.metadata import ARRAYS
-from openmind_prep.zshard import EXTENSION, check_member_name, decode_array, untar_key
+from openmind_prep.store.schema import ARRAYS
+from openmind_prep.shards.zshard import EXTENSION, check_member_name, decode_array, untar_key
 
 _TAR_BUFSIZE = 1 << 20  # tarfile's stream default (10 KiB) splits a volume into hundreds of reads + a join
 _REQUIRED = ("json", f"image.{EXTENSION}")
@@ -214,7 +214,7 @@ def decode_samples(raw: Iterable[dict[str, Any]], *, region_size: int | Sequence
                    masks: bool = True) -> Iterator[dict]:
     """Grouped samples → sample dicts (see :mod:`loaders.zarr_dataset`), optionally a random region.
 
-    Only the chunks inside the region are decompressed (:mod:`openmind_prep.region_read`, straight
+    Only the chunks inside the region are decompressed (:mod:`openmind_prep.store.region_read`, straight
     from the member's bytes); ``masks=False`` leaves the masks undecoded (``None`` in the dict).
     """
     rng = rng if rng is not None else np.random.default_rng(0)

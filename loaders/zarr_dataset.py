@@ -9,7 +9,7 @@ Both loaders (this one and :mod:`loaders.webdataset_stream`) yield the same samp
 
 A region is a tuple of three ``slice`` objects in zyx voxels (half-open, clipped to the volume);
 reading it decodes only the inner chunks (64³) it intersects, through the one region reader both
-loaders share (:mod:`openmind_prep.region_read`: the shard index, then just those chunks' bytes,
+loaders share (:mod:`openmind_prep.store.region_read`: the shard index, then just those chunks' bytes,
 one blosc thread, no event loop). The dataset is fork-safe: the parent process only reads the
 manifest (pyarrow); arrays are opened lazily inside each worker process and re-opened after a
 fork, and the reader starts no threads. Tensors leave DataLoader workers through shared memory,
@@ -27,7 +27,7 @@ import torch
 
 from loaders.ranks import node_rank
 from loaders.regions import Region, random_region, read_sample
-from openmind_prep.metadata import ARRAY_COLUMNS, ARRAYS, row_key
+from openmind_prep.store.schema import ARRAY_COLUMNS, ARRAYS, row_key
 
 _CACHE_SIZE = 256
 
@@ -37,12 +37,12 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
 
     Args:
         store: the store folder (``manifest.parquet`` + one group per image); an array path of the
-            manifest that leads out of it raises :class:`~openmind_prep.store.StoreError` when read.
+            manifest that leads out of it raises :class:`~openmind_prep.store.store.StoreError` when read.
         keys: only these image group keys (default: all ``ok`` rows, manifest order).
         masks: also read ``anon_mask`` / ``anat_mask`` where the image has them.
 
     >>> import tempfile
-    >>> from openmind_prep import manifest, store as st
+    >>> from openmind_prep.store import manifest; from openmind_prep.store import store as st
     >>> s = st.create_store(Path(tempfile.mkdtemp()) / "s")
     >>> c = st.write_case(s, "ds1/a", {"image": np.arange(1000, dtype=np.float16).reshape(10, 10, 10)}, {})
     >>> _ = manifest.write_fragment(s, [{**manifest.empty_row("ds1/a.nii.gz"), "status": "ok",
@@ -53,7 +53,7 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: str | Path, keys: Sequence[str] | None = None, *, masks: bool = True) -> None:
-        from openmind_prep.store import Store
+        from openmind_prep.store.store import Store
 
         self._store = Store.open(store)
         self.store = self._store.root
@@ -80,7 +80,7 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
         return {**self.__dict__, "_pid": None, "_open": {}}  # never ship open arrays to workers
 
     def _arrays(self, index: int) -> dict[str, Any]:
-        from openmind_prep.region_read import open_array
+        from openmind_prep.store.region_read import open_array
 
         if self._pid != os.getpid():  # first use in this process (or after a fork)
             self._pid, self._open = os.getpid(), {}

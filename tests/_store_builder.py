@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from openmind_prep import manifest
-from openmind_prep.embedded import source_files
-from openmind_prep.store import create_store, write_case
+from openmind_prep.store import manifest
+from openmind_prep.sources.embedded import source_files
+from openmind_prep.store.store import create_store, write_case
 
 
 def _zscore(a: np.ndarray) -> np.ndarray:
@@ -68,7 +68,7 @@ def build_store(dest: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
 
 def build_store_and_shards(root: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]], Path]:
     """:func:`build_store` in ``root/store`` plus its WebDataset shards (several, small) in ``root/wds``."""
-    from openmind_prep.shards import merge_index, write_shards
+    from openmind_prep.shards.writer import merge_index, write_shards
 
     store, written = build_store(root / "store")
     write_shards(store, root / "wds", shard_size=250_000, progress=False)

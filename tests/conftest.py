@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hf_server import HubFixture
-from openmind_prep.embedded import build_sample_tree
+from openmind_prep.sources.embedded import build_sample_tree
 
 
 @pytest.fixture(scope="session")
@@ -31,10 +31,10 @@ def full_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def train_store(sample_tree, tmp_path_factory) -> Path:
     """The small sample tree (real MRI) through the real onemmiso preprocessing into a Zarr store."""
-    from openmind_prep.manifest import merge_manifest
-    from openmind_prep.metadata import METADATA_CSV, read_metadata
-    from openmind_prep.preprocess import PreprocessOptions, process_batch
-    from openmind_prep.store import create_store
+    from openmind_prep.store.manifest import merge_manifest
+    from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
+    from openmind_prep.preprocess.job import PreprocessOptions, process_batch
+    from openmind_prep.store.store import create_store
 
     s = create_store(tmp_path_factory.mktemp("cva") / "store")
     rows = process_batch(read_metadata(sample_tree / METADATA_CSV), sample_tree, s, PreprocessOptions())

@@ -1,7 +1,7 @@
 """A local Hugging-Face-compatible HTTP server for tests, with fault injection.
 
 It serves one dataset repo built from a folder on disk (normally the real-MRI sample tree of
-``openmind_prep.embedded.build_sample_tree``) and answers exactly the endpoints that
+``openmind_prep.sources.embedded.build_sample_tree``) and answers exactly the endpoints that
 ``huggingface_hub`` calls for our downloads:
 
 - ``GET  /api/datasets/{repo}[/revision/{rev}]``       repo info (``sha`` = the commit)

@@ -10,7 +10,7 @@ import torch
 
 from loaders import ZarrVolumeDataset
 from loaders.adapters import monai_dataset, to_monai, to_torchio, torchio_subjects
-from openmind_prep.metadata import IMAGES_DIR
+from openmind_prep.sources.metadata import IMAGES_DIR
 
 tio = pytest.importorskip("torchio")
 monai = pytest.importorskip("monai")
@@ -19,7 +19,7 @@ monai = pytest.importorskip("monai")
 def _reference(row: dict, src) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """From nibabel alone: the source affine A, and for the stored grid (skimage grid mode after the
     crop; axes reversed from z, y, x to i, j, k) the spacing, the first voxel's RAS position and
-    the direction. Re-typed here, independent of openmind_prep.affine."""
+    the direction. Re-typed here, independent of openmind_prep.store.affine."""
     img = nib.load(src)
     a = img.affine
     zooms = np.asarray(img.header.get_zooms()[:3], float)

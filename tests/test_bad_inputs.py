@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from openmind_prep.cli import main
-from openmind_prep.metadata import METADATA_CSV, MetadataError, read_metadata
+from openmind_prep.sources.metadata import METADATA_CSV, MetadataError, read_metadata
 
 ROW2 = "ds000001/sub-01/anat/sub-01_T1w.nii.gz"
 BOUND_S = 120
@@ -59,8 +59,8 @@ def _edit_csv(root: Path, edit) -> Path:
 
 def test_a_bom_is_accepted_everywhere_the_csv_is_read(src, tmp_path, monkeypatch):
     from hf_server import HubFixture
-    from openmind_prep.download import download
-    from openmind_prep.hub import HubRepo
+    from openmind_prep.sources.download import download
+    from openmind_prep.sources.hub import HubRepo
 
     plain = read_metadata(src / METADATA_CSV)
     csv = _edit_csv(src, lambda b: b"\xef\xbb\xbf" + b)
@@ -113,7 +113,7 @@ def test_a_bad_csv_is_one_line_naming_the_file_and_line(src, tmp_path, case):
 # -- what stands in place of a listed file --------------------------------------------------------
 
 def test_run_source_gives_a_directory_a_fifo_and_a_missing_file_failed_rows_as_preprocess_does(src, tmp_path):
-    from openmind_prep.manifest import read_manifest
+    from openmind_prep.store.manifest import read_manifest
 
     fifo = src / "OpenMind/ds000001/sub-01/anat/sub-01_T1w__Data/fb_mask.nii.gz"
     fifo.unlink()
@@ -148,7 +148,7 @@ def test_run_source_gives_a_directory_a_fifo_and_a_missing_file_failed_rows_as_p
 
 def test_disk_full_during_shard_is_one_line_and_a_rerun_completes(tmp_path, monkeypatch):
     from _store_builder import build_store
-    from openmind_prep import shards
+    from openmind_prep.shards import writer as shards
 
     store, _ = build_store(tmp_path / "store")
     out = tmp_path / "wds"

@@ -89,8 +89,8 @@ def test_shard_source_is_seeded_by_its_position(data):
 
 
 def test_bad_sources_raise_one_line_naming_the_path(data, tmp_path):
-    from openmind_prep.manifest import merge_manifest
-    from openmind_prep.store import create_store
+    from openmind_prep.store.manifest import merge_manifest
+    from openmind_prep.store.store import create_store
 
     store, _, _ = data
     empty = create_store(tmp_path / "empty")

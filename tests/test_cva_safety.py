@@ -232,8 +232,8 @@ def test_a_large_architecture_on_a_cpu_asks_for_force_with_an_estimate(store, tm
 
 
 def test_an_empty_or_missing_store_gives_one_line(tmp_path, capsys):
-    from openmind_prep.manifest import merge_manifest
-    from openmind_prep.store import create_store
+    from openmind_prep.store.manifest import merge_manifest
+    from openmind_prep.store.store import create_store
 
     empty = create_store(tmp_path / "empty")
     merge_manifest(empty)
@@ -265,7 +265,7 @@ def test_damaged_data_on_one_rank_stops_every_rank_at_once(store, tmp_path):
     the other rank died with gloo's "Connection closed by peer" traceback (NCCL: waited until its timeout)."""
     import shutil
 
-    from openmind_prep.manifest import read_manifest
+    from openmind_prep.store.manifest import read_manifest
 
     damaged = tmp_path / "store"
     shutil.copytree(store, damaged)

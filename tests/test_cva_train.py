@@ -116,7 +116,7 @@ def test_ddp_two_cpu_processes_keep_replicas_in_sync(store, tmp_path):
 
 
 def test_tiny_run_streams_webdataset_shards(store, tmp_path):
-    from openmind_prep.shards import merge_index, write_shards
+    from openmind_prep.shards.writer import merge_index, write_shards
 
     write_shards(store, tmp_path / "wds", shard_size=1, progress=False)  # one volume per shard
     merge_index(tmp_path / "wds")

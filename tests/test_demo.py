@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from openmind_prep.cli import main
-from openmind_prep.metadata import read_metadata
+from openmind_prep.sources.metadata import read_metadata
 
 pytestmark = pytest.mark.slow
 STEPS = 48

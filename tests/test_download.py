@@ -16,11 +16,11 @@ from click.testing import CliRunner
 
 from hf_server import COMMIT, Faults, HubFixture
 from openmind_prep.cli import main
-from openmind_prep.download import download
-from openmind_prep.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
-from openmind_prep.lockfile import Lock, repo_paths
-from openmind_prep.metadata import METADATA_CSV, read_metadata
-from openmind_prep.selection import Selection
+from openmind_prep.sources.download import download
+from openmind_prep.sources.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
+from openmind_prep.sources.pinned import Lock, repo_paths
+from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
+from openmind_prep.sources.selection import Selection
 
 T1 = "OpenMind/ds000001/sub-01/anat/sub-01_T1w.nii.gz"
 FAST = RetryPolicy(retries=5, base_s=0.05, max_s=0.2)
@@ -243,7 +243,7 @@ def test_fixture_tree_listing_paginates_like_the_hub(hub, sample_tree):
 def test_digests_match_sha256sum_and_git_hash_object(sample_tree):
     import subprocess
 
-    from openmind_prep.hub import file_digests
+    from openmind_prep.sources.hub import file_digests
 
     git = shutil.which("git")
     if git is None:
@@ -259,7 +259,7 @@ def test_digests_match_sha256sum_and_git_hash_object(sample_tree):
 def test_a_path_leaving_raw_is_a_per_file_failure_and_writes_nothing_outside(tmp_path):
     """A hostile CSV/lock path (``..``) must not make the downloader write outside RAW; the fetch is
     refused before any request (the endpoint here does not even exist)."""
-    from openmind_prep.hub import RemoteFile, download_files
+    from openmind_prep.sources.hub import RemoteFile, download_files
 
     raw = tmp_path / "raw"
     evil = RemoteFile(path="OpenMind/../../escaped.nii.gz", size=10, sha256="0" * 64, blob_id=None)

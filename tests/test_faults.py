@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from openmind_prep.cli import main
-from openmind_prep.dask_cluster import ClusterConfig
-from openmind_prep.manifest import MANIFEST_DIR, OK, RUN_COLUMNS, read_manifest
-from openmind_prep.preprocess import PreprocessOptions, preprocess
-from openmind_prep.embedded import replicate_tree
-from openmind_prep.selection import Selection
-from openmind_prep.store import TMP_DIR, array_checksum, image_array
+from openmind_prep.core.dask_cluster import ClusterConfig
+from openmind_prep.store.manifest import MANIFEST_DIR, OK, RUN_COLUMNS, read_manifest
+from openmind_prep.preprocess.job import PreprocessOptions, preprocess
+from openmind_prep.sources.embedded import replicate_tree
+from openmind_prep.sources.selection import Selection
+from openmind_prep.store.store import TMP_DIR, array_checksum, image_array
 
 COPIES = 2  # the small sample (3 real MRI) × 2 datasets = 6 images: long enough to kill mid-run
 CLI = [sys.executable, "-c", "from openmind_prep.cli import main; main()"]
@@ -190,8 +190,8 @@ def test_disk_full_stops_with_a_clear_error_and_a_rerun_completes(tree, referenc
     """ENOSPC injected into the array writer (after writing half a shard) or into the manifest
     fragment writer, once the first image is done: the run stops with a clear error, only finished
     images have rows, nothing half-written is visible, and a re-run completes."""
-    import openmind_prep.manifest as manifest
-    import openmind_prep.zarr_write as zarr_write
+    import openmind_prep.store.manifest as manifest
+    import openmind_prep.store.zarr_write as zarr_write
 
     module, name = (zarr_write, "_write_bytes") if where == "array" else (manifest, "_atomic_parquet")
     real, calls = getattr(module, name), []

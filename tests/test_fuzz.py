@@ -1,7 +1,7 @@
 """Hostile inputs: fuzzed NIfTI headers and bytes, huge dims, odd paths, symlinks out of the tree.
 
 Contract (issue 8): nothing crashes a worker or the run. Through the real per-image path
-(:func:`openmind_prep.preprocess.process_image`) every input gives a manifest row: ``failed``
+(:func:`openmind_prep.preprocess.job.process_image`) every input gives a manifest row: ``failed``
 with a reason naming the file, or ``ok`` with a finite stored volume. ``max_examples`` is bounded
 so the file runs in well under a minute.
 """
@@ -20,11 +20,12 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from openmind_prep.manifest import FAILED, OK
-from openmind_prep.metadata import IMAGES_DIR, record_from_row
-from openmind_prep.onemmiso import InputError, read_image
-from openmind_prep.preprocess import PreprocessOptions, process_image
-from openmind_prep.store import image_array
+from openmind_prep.store.manifest import FAILED, OK
+from openmind_prep.sources.metadata import IMAGES_DIR, record_from_row
+from openmind_prep.preprocess.onemmiso import read_image
+from openmind_prep.core.paths import InputError
+from openmind_prep.preprocess.job import PreprocessOptions, process_image
+from openmind_prep.store.store import image_array
 
 LIMIT = 64 * 2**20  # per-image decoded-size limit given to the workers in these tests
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
@@ -159,8 +160,8 @@ def test_huge_dims_are_refused_with_an_estimate_before_reading(tmp_path):
 def test_the_worker_memory_limit_bounds_every_image_by_default(tmp_path):
     """No --max-bytes given: a worker with a 512 MiB limit refuses what would not fit (limit / 8),
     from the header for huge dims and before resampling for absurd spacing."""
-    from openmind_prep.dask_cluster import ClusterConfig, dask_client
-    from openmind_prep.preprocess import run_preprocess
+    from openmind_prep.core.dask_cluster import ClusterConfig, dask_client
+    from openmind_prep.preprocess.job import run_preprocess
 
     hdr = nib.Nifti1Image(np.ones((2, 2, 2), np.int16), np.eye(4)).header
     hdr["dim"] = [3, 2000, 2000, 2000, 1, 1, 1, 1]
@@ -250,8 +251,8 @@ def test_paths_escaping_the_source_tree_are_failed_rows(tmp_path, kind):
 
 def test_a_run_with_every_hostile_kind_accounts_for_every_image(tmp_path):
     """One batch through Dask with hostile files mixed in: each image gets exactly one row."""
-    from openmind_prep.dask_cluster import ClusterConfig, dask_client
-    from openmind_prep.preprocess import run_preprocess
+    from openmind_prep.core.dask_cluster import ClusterConfig, dask_client
+    from openmind_prep.preprocess.job import run_preprocess
 
     hdr = nib.Nifti1Header()
     hdr["dim"] = [3, 20000, 20000, 20000, 1, 1, 1, 1]

@@ -1,6 +1,6 @@
 """Fuzzed metadata CSV bytes (issue 13): hostile or damaged CSVs never crash a reader.
 
-Contract: :func:`openmind_prep.metadata.read_metadata` returns records whose image paths have at
+Contract: :func:`openmind_prep.sources.metadata.read_metadata` returns records whose image paths have at
 least ``<dataset>/<subject>/<file>``, or raises :class:`MetadataError` with one line that starts
 with the CSV's path; ``write_present_csv`` (the download's RAW CSV) copies exactly the rows whose
 files exist. Mutations start from the real sample CSV: byte flips, inserted bytes (invalid UTF-8,
@@ -16,8 +16,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openmind_prep.lockfile import write_present_csv
-from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, MetadataError, read_metadata, source_path
+from openmind_prep.sources.pinned import write_present_csv
+from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, MetadataError, read_metadata
+from openmind_prep.core.paths import source_path
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

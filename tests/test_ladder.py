@@ -115,7 +115,7 @@ def test_a_source_that_does_not_fit_is_one_line(store, stage1, tmp_path, capsys)
 def test_init_from_a_hugging_face_model_repo_is_fetched_and_verified(store, stage1, tmp_path, monkeypatch):
     from hf_server import HubFixture
 
-    from openmind_prep.hub import DownloadError
+    from openmind_prep.sources.hub import DownloadError
 
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     repo = tmp_path / "repo"

@@ -40,10 +40,18 @@ def imports_of(root: Path) -> dict[str, set[str]]:
     return graph
 
 
-def _layer(module: str) -> int:
+#: The rooms of ``openmind_prep``, lowest first: a room imports only itself and the rooms before it.
+ROOMS = ("core", "store", "sources", "preprocess", "shards", "reports")
+
+
+def _layer(module: str) -> float:
+    """3 for the shell; 0, 1, 2 for the three packages; inside ``openmind_prep`` 0.0-0.5 by room."""
     if module == SHELL or module.startswith(SHELL + ".") or module in ENTRY_POINTS:
         return 3
-    return {"openmind_prep": 0, "loaders": 1, "trainers": 2}[module.split(".")[0]]
+    parts = module.split(".")
+    if parts[0] == "openmind_prep":
+        return ROOMS.index(parts[1]) / 10 if len(parts) > 1 and parts[1] in ROOMS else 0.9
+    return {"loaders": 1, "trainers": 2}[parts[0]]
 
 
 def violations(root: Path) -> list[str]:
@@ -109,11 +117,13 @@ def copy_of_tree(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("module, planted, expected", [
-    ("openmind_prep/resample.py", "    from loaders.sampler import OverlapViewSampler\n", "layer 0 -> 1"),
+    ("openmind_prep/preprocess/resample.py", "    from loaders.sampler import OverlapViewSampler\n", "layer 0.3 -> 1"),
+    ("openmind_prep/store/manifest.py", "    from openmind_prep.preprocess.job import run_preprocess\n", "layer 0.1 -> 0.3"),
+    ("openmind_prep/core/atomic.py", "from openmind_prep.sources import hub\n", "layer 0.0 -> 0.2"),
     ("loaders/collate.py", "import trainers.losses\n", "layer 1 -> 2"),
     ("trainers/losses.py", "from openmind_prep.cli import main\n", "layer 2 -> 3"),
-    ("openmind_prep/store.py", "import click\n", "imports click"),
-    ("openmind_prep/metadata.py", "from openmind_prep.store import IMAGE\n", "import cycle"),
+    ("openmind_prep/store/store.py", "import click\n", "imports click"),
+    ("openmind_prep/sources/metadata.py", "from openmind_prep.sources.selection import Selection\n", "import cycle"),
 ])
 def test_a_planted_violation_is_found(copy_of_tree: Path, module: str, planted: str, expected: str):
     path = copy_of_tree / module

@@ -12,7 +12,7 @@ import torch
 
 from _store_builder import build_store
 from loaders import OverlapViewSampler, WebDatasetStream, ZarrVolumeDataset, collate_volumes
-from openmind_prep.shards import auto_shard_size, merge_index, write_shards
+from openmind_prep.shards.writer import auto_shard_size, merge_index, write_shards
 
 
 @pytest.fixture(scope="module")

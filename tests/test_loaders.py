@@ -91,7 +91,7 @@ def test_stream_regions_are_slices_of_the_volume(data):
 
 
 def test_stream_without_masks_leaves_them_undecoded(data, monkeypatch):
-    import openmind_prep.region_read as rr
+    import openmind_prep.store.region_read as rr
 
     _, written, wds = data
     decoded: list[str] = []
@@ -166,7 +166,7 @@ def test_corrupt_shard_raises_naming_it_or_is_skipped(data, tmp_path, how):
 
 
 def test_zarr_region_equals_slice_and_decodes_only_its_chunks(data, monkeypatch):
-    import openmind_prep.region_read as rr
+    import openmind_prep.store.region_read as rr
 
     store, written, _ = data
     decoded: list[str] = []
@@ -244,7 +244,7 @@ def test_seeded_epoch_is_exactly_once_across_nodes_x_workers_and_repeats_bitwise
 
 
 def test_plain_webdataset_with_our_decoder_yields_the_stored_arrays(data):
-    from openmind_prep.zshard import decode_zshard, untar_key
+    from openmind_prep.shards.zshard import decode_zshard, untar_key
 
     _, written, wds_dir = data
     urls = sorted(str(p) for p in wds_dir.glob("*.tar"))

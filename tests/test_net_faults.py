@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from openmind_prep.cli import main
-from openmind_prep.download import download
-from openmind_prep.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
-from openmind_prep.lockfile import Lock, repo_paths
-from openmind_prep.metadata import METADATA_CSV, read_metadata
+from openmind_prep.sources.download import download
+from openmind_prep.sources.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
+from openmind_prep.sources.pinned import Lock, repo_paths
+from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
 
 T1 = "OpenMind/ds000001/sub-01/anat/sub-01_T1w.nii.gz"
 T1_IMAGE = "ds000001/sub-01/anat/sub-01_T1w.nii.gz"
@@ -120,7 +120,7 @@ def test_the_hubs_ratelimit_headers_are_honoured_without_retry_after(hub, sample
 
 
 def test_a_used_up_window_is_waited_out_before_the_next_request_not_after_a_429(hub, tmp_path, capsys):
-    from openmind_prep.retry import RATE_WINDOWS
+    from openmind_prep.sources.retry import RATE_WINDOWS
 
     hub.faults.used_up["info"] = 1  # the repo info answer (200) says: no "api" request left for 1 s
     _, report = _bounded(download, _repo(hub.endpoint), tmp_path / "raw", progress=False)
@@ -158,8 +158,8 @@ def test_disk_full_while_downloading_stops_with_one_line_and_a_rerun_completes(h
     line naming the file, instead of failing every remaining file one by one; a re-run completes."""
     import errno
 
-    import openmind_prep.hub as hub_module
-    from openmind_prep.manifest import read_manifest
+    import openmind_prep.sources.hub as hub_module
+    from openmind_prep.store.manifest import read_manifest
 
     real, calls = hub_module._stream_once, []
 
@@ -247,7 +247,7 @@ def test_a_file_missing_from_the_repo_fails_alone_and_is_kept_in_the_lock(hub, s
 
 
 def test_run_gives_a_missing_file_a_failed_row_and_processes_the_rest(hub, tmp_path):
-    from openmind_prep.manifest import read_manifest
+    from openmind_prep.store.manifest import read_manifest
 
     hub.blobs.pop(T1)
     store = tmp_path / "s"

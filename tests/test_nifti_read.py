@@ -23,9 +23,10 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openmind_prep.onemmiso import InputError, read_image, read_mask
-from openmind_prep.preprocess import PreprocessOptions, process_image
-from openmind_prep.metadata import IMAGES_DIR, record_from_row
+from openmind_prep.preprocess.onemmiso import read_image, read_mask
+from openmind_prep.core.paths import InputError
+from openmind_prep.preprocess.job import PreprocessOptions, process_image
+from openmind_prep.sources.metadata import IMAGES_DIR, record_from_row
 
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 MIB = 2**20

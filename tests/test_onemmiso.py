@@ -17,8 +17,9 @@ import scipy.ndimage as ndi
 from skimage.transform import resize
 
 import reference_onemmiso as ref
-from openmind_prep.onemmiso import (InputError, new_shape_for, preprocess_case, read_image, read_mask)
-from openmind_prep.resample import nearest_indices, resample_image, separate_z_axis
+from openmind_prep.preprocess.onemmiso import new_shape_for, preprocess_case, read_image, read_mask
+from openmind_prep.core.paths import InputError
+from openmind_prep.preprocess.resample import nearest_indices, resample_image, separate_z_axis
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 DIPY_DATA = Path(dipy.data.__file__).parent / "files"
@@ -209,7 +210,7 @@ def test_max_bytes_refuses_before_reading(tmp_path, mni_small):
 @pytest.mark.parametrize("order", [1, 3])
 @pytest.mark.parametrize("n_in,n_out", [(1, 5), (2, 9), (7, 20), (30, 29), (155, 274), (256, 176), (10, 531)])
 def test_axis_matrix_columns_are_scipys_1d_zoom_of_unit_vectors(n_in, n_out, order):
-    from openmind_prep.resample import axis_matrix
+    from openmind_prep.preprocess.resample import axis_matrix
 
     m = axis_matrix(n_in, n_out, order)
     for j in range(n_in):  # the definition: column j = the resized unit vector e_j (skimage's call)

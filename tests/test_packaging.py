@@ -80,7 +80,7 @@ def test_wheel_installs_core_only_and_runs(tmp_path):
     assert meta["Requires-Python"] == ">=3.11"
     assert meta["License-Expression"] == "Apache-2.0"
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    assert "openmind_prep/selections/t1w-iqs2.5.toml" in names
+    assert "openmind_prep/sources/selections/t1w-iqs2.5.toml" in names
     requires = [Requirement(r) for r in meta.get_all("Requires-Dist")]
     core = {r.name.lower().replace("_", "-"): r for r in requires if r.marker is None}
     assert not core["huggingface-hub"].specifier.contains("1.9") and core["huggingface-hub"].specifier.contains("2.0")
@@ -103,7 +103,7 @@ def test_wheel_installs_core_only_and_runs(tmp_path):
     help_ = run(str(venv / "bin" / "openmind-prep"), "--help")
     assert help_.returncode == 0, help_.stderr
     assert "Commands:" in help_.stdout and "download" in help_.stdout
-    probe = run(str(py), "-c", "import json, loaders, openmind_prep.selection as s\n"
+    probe = run(str(py), "-c", "import json, loaders, openmind_prep.sources.selection as s\n"
                 "print(json.dumps({'loaders': loaders.__file__, 'selection': str(s.find_selection('t1w-iqs2.5'))}))")
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout)

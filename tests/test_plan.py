@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openmind_prep.cli import main
-from openmind_prep.manifest import empty_row, merge_manifest, write_fragment
-from openmind_prep.metadata import read_metadata
-from openmind_prep.plan import (
+from openmind_prep.store.manifest import empty_row, merge_manifest, write_fragment
+from openmind_prep.sources.metadata import read_metadata
+from openmind_prep.reports.estimate import (
     CROP_FRACTION, MODALITIES, OPENMIND_ROWS, TASK_OVERHEAD_S, WORKER_BASE_BYTES, CostModel, Volumes,
     cost_from_rows, estimate, makespan, synthesise_metadata, volumes_from_records,
 )
-from openmind_prep.selection import Selection
+from openmind_prep.sources.selection import Selection
 
 
 def test_synthesised_metadata_follows_the_assumed_mix():
@@ -130,7 +130,7 @@ def test_plan_cli_full_dataset_text_report():
 
 
 def test_calibration_runs_the_real_path_on_real_mri(sample_tree, tmp_path):
-    from openmind_prep.plan import calibrate
+    from openmind_prep.reports.estimate import calibrate
 
     cost = calibrate(sample_tree, tmp_path, "float16")
     assert "3 volumes" in cost.source  # every sample image went through process_image and was ok

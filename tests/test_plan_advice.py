@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from hf_server import HubFixture
 from openmind_prep.cli import main
-from openmind_prep.download_plan import Transfer, suggest_max_raw_gb
-from openmind_prep.lockfile import Lock
-from openmind_prep.plan import MODALITIES
+from openmind_prep.sources.transfers import Transfer, suggest_max_raw_gb
+from openmind_prep.sources.pinned import Lock
+from openmind_prep.reports.estimate import MODALITIES
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_calibration_reports_progress_and_the_plan_says_what_to_run(sample_tree)
 
 
 def test_plan_without_the_sample_names_the_fix(monkeypatch):
-    import openmind_prep.embedded as embedded
+    import openmind_prep.sources.embedded as embedded
 
     def missing(*a, **k):
         raise ModuleNotFoundError("No module named 'nilearn'", name="nilearn")

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from openmind_prep import preprocess as pp
+from openmind_prep.preprocess import job as pp
 from openmind_prep.cli.preprocess import preprocess_command
-from openmind_prep.dask_cluster import ClusterConfig, dask_client
-from openmind_prep.manifest import FAILED, MANIFEST_DIR, OK, RUN_COLUMNS, read_manifest
-from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
-from openmind_prep.embedded import BROKEN_DATASET, build_sample_tree
-from openmind_prep.store import image_array
-from openmind_prep.verify import verify_store
+from openmind_prep.core.dask_cluster import ClusterConfig, dask_client
+from openmind_prep.store.manifest import FAILED, MANIFEST_DIR, OK, RUN_COLUMNS, read_manifest
+from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
+from openmind_prep.sources.embedded import BROKEN_DATASET, build_sample_tree
+from openmind_prep.store.store import image_array
+from openmind_prep.reports.verify import verify_store
 
 FAST = ["--workers", "1", "--threads-only"]
 BROKEN_KINDS = ("truncgz", "truncnii", "text", "fourd", "zeros", "nan", "missing", "nomask", "badmask")
@@ -57,7 +57,7 @@ def _good(src: Path):
 
 
 def test_good_images_equal_preprocess_case(src, full_run):
-    from openmind_prep.onemmiso import preprocess_case
+    from openmind_prep.preprocess.onemmiso import preprocess_case
 
     store, _ = full_run
     rows = _rows(store)
@@ -213,7 +213,7 @@ def test_killed_process_resumes_to_the_same_store(src, full_run, tmp_path):
 
 
 def test_slurm_jobs_run_single_threaded_workers_with_the_requested_resources():
-    from openmind_prep.dask_cluster import slurm_cluster
+    from openmind_prep.core.dask_cluster import slurm_cluster
 
     cluster = slurm_cluster(ClusterConfig(kind="slurm", queue="cpu", cores=6, memory="24GB",
                                           walltime="02:00:00", lifetime="1h50m"))
@@ -227,7 +227,7 @@ def test_slurm_jobs_run_single_threaded_workers_with_the_requested_resources():
 
 def test_the_command_modules_import_no_heavy_libraries():
     """`openmind-prep preprocess --help` stays fast: dask, zarr, torch, SimpleITK load in the command."""
-    code = ("import sys, openmind_prep.preprocess, openmind_prep.verify, openmind_prep.dask_cluster; "
+    code = ("import sys, openmind_prep.preprocess.job, openmind_prep.reports.verify, openmind_prep.core.dask_cluster; "
             "print(sorted(m for m in ('dask', 'distributed', 'zarr', 'torch', 'SimpleITK') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -252,7 +252,7 @@ def test_two_rows_with_one_store_key_keep_the_first_and_fail_the_second(tmp_path
     rows = _rows(store)
     assert rows[first]["status"] == OK and rows[twin]["status"] == FAILED
     assert twin in rows[twin]["error"] and "already used by" in rows[twin]["error"]
-    from openmind_prep.onemmiso import preprocess_case
+    from openmind_prep.preprocess.onemmiso import preprocess_case
 
     again = preprocess_case(src / IMAGES_DIR / first, masks={}, dtype=np.float16).image
     np.testing.assert_array_equal(image_array(store, rows[first]["zarr_path"])[...], again)

@@ -1,4 +1,4 @@
-"""The one region reader (openmind_prep.region_read) against zarr's own read, on real MRI."""
+"""The one region reader (openmind_prep.store.region_read) against zarr's own read, on real MRI."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-import openmind_prep.region_read as rr
+import openmind_prep.store.region_read as rr
 from _store_builder import real_volumes
-from openmind_prep.zshard import decode_array, encode_array
-from openmind_prep.store import create_store, write_case
+from openmind_prep.shards.zshard import decode_array, encode_array
+from openmind_prep.store.store import create_store, write_case
 
 
 @pytest.fixture(scope="module")

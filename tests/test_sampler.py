@@ -349,7 +349,7 @@ def test_separable_route_matches_scipy_float64(mri):
 
 
 def test_separable_operators():
-    from openmind_prep.separable import band_blocks, gaussian_matrix, linear_matrix, separable
+    from openmind_prep.core.separable import band_blocks, gaussian_matrix, linear_matrix, separable
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(13, 17, 11, generator=g, dtype=torch.float64)
@@ -398,7 +398,7 @@ def test_huge_page_buffers():
     import gc
     import mmap
 
-    from openmind_prep.hugepages import MIN_BYTES, empty
+    from openmind_prep.core.hugepages import MIN_BYTES, empty
 
     x = empty((3, MIN_BYTES // 4), torch.float32)
     x.copy_(torch.arange(x.numel(), dtype=torch.float32).reshape(x.shape))

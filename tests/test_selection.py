@@ -8,9 +8,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from openmind_prep.metadata import read_metadata, record_from_row
+from openmind_prep.sources.metadata import read_metadata, record_from_row
 from openmind_prep.cli.options import selection_options
-from openmind_prep.selection import Selection, load_selection, selection_from_options
+from openmind_prep.sources.selection import Selection, load_selection, selection_from_options
 
 SELECTIONS = Path(__file__).resolve().parents[1] / "openmind_prep" / "selections"
 

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from _store_builder import build_store
 from openmind_prep.cli import main
-from openmind_prep.manifest import read_manifest
-from openmind_prep.shards import merge_index, parse_size, write_shards
-from openmind_prep.zshard import decode_array, encode_array, tar_key, untar_key
-from openmind_prep.store import image_array
+from openmind_prep.store.manifest import read_manifest
+from openmind_prep.shards.writer import merge_index, parse_size, write_shards
+from openmind_prep.shards.zshard import decode_array, encode_array, tar_key, untar_key
+from openmind_prep.store.store import image_array
 
 
 @pytest.fixture(scope="module")

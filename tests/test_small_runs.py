@@ -8,9 +8,9 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from openmind_prep import dask_cluster
+from openmind_prep.core import dask_cluster
 from openmind_prep.cli.preprocess import preprocess_command
-from openmind_prep.dask_cluster import BackgroundClient, ClusterConfig
+from openmind_prep.core.dask_cluster import BackgroundClient, ClusterConfig
 
 FAST = ["--workers", "1", "--threads-only"]
 

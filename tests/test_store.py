@@ -13,12 +13,12 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from openmind_prep import store as st
-from openmind_prep import zarr_write
-from openmind_prep.manifest import (MANIFEST_DIR, MANIFEST_FILE, OK, empty_row, merge_manifest,
+from openmind_prep.store import store as st
+from openmind_prep.store import zarr_write
+from openmind_prep.store.manifest import (MANIFEST_DIR, MANIFEST_FILE, OK, empty_row, merge_manifest,
                                     read_manifest, write_fragment)
 from openmind_prep.cli.verify import verify_command
-from openmind_prep.verify import verify_store
+from openmind_prep.reports.verify import verify_store
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 

@@ -1,6 +1,6 @@
 """The store against hostile and unlucky inputs (issue 13): its namespace, its run lock, and paths
 read from its manifest. Every adversarial input is built here, at test time, from the real-MRI
-sample tree (:func:`openmind_prep.embedded.build_sample_tree`) or from small real arrays.
+sample tree (:func:`openmind_prep.sources.embedded.build_sample_tree`) or from small real arrays.
 
 Contract: an image whose key the store may not give (a reserved name, or a key equal to, inside or
 above another image's) gets a ``failed`` row and no other image's array is ever lost; one run
@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from openmind_prep.cli import main
-from openmind_prep.manifest import FAILED, MANIFEST_FILE, OK, empty_row, read_manifest
-from openmind_prep.metadata import IMAGES_DIR, METADATA_CSV
-from openmind_prep.embedded import build_sample_tree
-from openmind_prep.store import LOCK_FILE, TMP_DIR, Store, StoreError, array_checksum
-from openmind_prep.verify import verify_store
+from openmind_prep.store.manifest import FAILED, MANIFEST_FILE, OK, empty_row, read_manifest
+from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV
+from openmind_prep.sources.embedded import build_sample_tree
+from openmind_prep.store.store import LOCK_FILE, TMP_DIR, Store, StoreError, array_checksum
+from openmind_prep.reports.verify import verify_store
 
 FAST = ["--workers", "1", "--threads-only"]
 CLI = [sys.executable, "-c", "from openmind_prep.cli import main; main()"]
@@ -60,7 +60,7 @@ def _preprocess(src: Path, store: Path, *extra: str):
 
 
 def _reference(src: Path, image_path: str) -> np.ndarray:
-    from openmind_prep.onemmiso import preprocess_case
+    from openmind_prep.preprocess.onemmiso import preprocess_case
 
     return preprocess_case(src / IMAGES_DIR / image_path, masks={}, dtype=np.float16).image
 
@@ -350,7 +350,7 @@ def test_without_flock_a_live_holder_of_this_host_still_refuses(tmp_path, monkey
     this host holds the store and a dead one's lock is taken over."""
     import errno
 
-    from openmind_prep import runlock
+    from openmind_prep.core import runlock
 
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
@@ -376,8 +376,8 @@ def test_a_lock_whose_commit_would_leave_raw_is_refused_naming_it(tmp_path, comm
     """A lock's commit names a file under RAW (``RAW/.openmind-prep/openneuro_metadata.<commit>.csv``):
     it must be a commit id. ``download --lock`` and ``run --lock`` refuse the lock before any request.
     (A lock's file paths are confined per file: tests/test_net_faults.py.)"""
-    from openmind_prep.hub import RemoteFile
-    from openmind_prep.lockfile import Lock
+    from openmind_prep.sources.hub import RemoteFile
+    from openmind_prep.sources.pinned import Lock
 
     files = (RemoteFile(METADATA_CSV, 10, None, "b0"),
              RemoteFile(f"{IMAGES_DIR}/ds1/sub-1/anat/a.nii.gz", 5, "0" * 64, "b1"))

@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from openmind_prep.cli import main
-from openmind_prep.download import download
-from openmind_prep.hub import STATE_DIR, HubRepo, RetryPolicy
-from openmind_prep.manifest import RUN_COLUMNS, merge_manifest, read_manifest
-from openmind_prep.metadata import METADATA_CSV, read_metadata
-from openmind_prep.preprocess import PreprocessOptions, run_preprocess
-from openmind_prep.selection import Selection
-from openmind_prep.run import hub_items, source_items, stream
+from openmind_prep.sources.download import download
+from openmind_prep.sources.hub import STATE_DIR, HubRepo, RetryPolicy
+from openmind_prep.store.manifest import RUN_COLUMNS, merge_manifest, read_manifest
+from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
+from openmind_prep.preprocess.job import PreprocessOptions, run_preprocess
+from openmind_prep.sources.selection import Selection
+from openmind_prep.preprocess.stream import hub_items, source_items, stream
 
 T1 = "OpenMind/ds000001/sub-01/anat/sub-01_T1w.nii.gz"
 BOUND = 100_000  # bytes: one image with its masks fits (max 87,823), two never do
@@ -33,7 +33,7 @@ def _env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def client():
-    from openmind_prep.dask_cluster import ClusterConfig, dask_client
+    from openmind_prep.core.dask_cluster import ClusterConfig, dask_client
 
     with dask_client(ClusterConfig(workers=1, processes=False)) as c:
         yield c
@@ -144,9 +144,9 @@ def test_run_refuses_a_store_key_clash_across_rounds(tmp_path):
     image) must not both be ``ok`` on one group: the second is a failed row and the store verifies."""
     import gzip
 
-    from openmind_prep.manifest import FAILED, OK
-    from openmind_prep.embedded import build_sample_tree
-    from openmind_prep.verify import verify_store
+    from openmind_prep.store.manifest import FAILED, OK
+    from openmind_prep.sources.embedded import build_sample_tree
+    from openmind_prep.reports.verify import verify_store
 
     src = build_sample_tree(tmp_path / "src", small=True)
     first = "ds000003/sub-01/anat/sub-01_T1w.nii"

@@ -1,7 +1,7 @@
 """The direct shard encoder writes what zarr-python writes, byte for byte, and zarr reads it back.
 
 Reference: zarr's own ``create_array(..., shards=...)`` + ``array[...] = data`` with the store's codec
-(``store.CODEC``) and two other blosc settings (the writer :func:`openmind_prep.store.write_case` used before), on real MRI (nibabel's
+(``store.CODEC``) and two other blosc settings (the writer :func:`openmind_prep.store.store.write_case` used before), on real MRI (nibabel's
 ``anatomical.nii``) as float16 / float32 and on masks with empty chunks, edge chunks, several labels.
 """
 
@@ -17,8 +17,8 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
-from openmind_prep.store import CODEC, MASK_CODEC
-from openmind_prep.zarr_write import SHARD_KEY, morton_order, write_array
+from openmind_prep.store.store import CODEC, MASK_CODEC
+from openmind_prep.store.zarr_write import SHARD_KEY, morton_order, write_array
 
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 

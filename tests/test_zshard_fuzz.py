@@ -1,6 +1,6 @@
 """Hostile zshard blobs and tar members (issue 13): fuzzed headers, size bombs, escaping names.
 
-Contract: :func:`openmind_prep.zshard.decode_array` on any bytes either raises ``ValueError``
+Contract: :func:`openmind_prep.shards.zshard.decode_array` on any bytes either raises ``ValueError``
 naming the blob, or returns an array whose declared size is in proportion to the blob
 (``FREE_BYTES`` / ``MAX_EXPANSION``) and whose reads give that shape or a named ``ValueError``;
 never another exception, never an allocation beyond that bound. The stream refuses shards with
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from loaders.webdataset_stream import CorruptShardError, WebDatasetStream
-from openmind_prep.store import create_store, write_case
-from openmind_prep.zshard import FREE_BYTES, MAX_EXPANSION, MAGIC, decode_array, encode_array, tar_key
+from openmind_prep.store.store import create_store, write_case
+from openmind_prep.shards.zshard import FREE_BYTES, MAX_EXPANSION, MAGIC, decode_array, encode_array, tar_key
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -186,7 +186,7 @@ def test_tar_keys_are_always_relative_and_decoded_keys_checked():
         with pytest.raises(ValueError, match="not a relative path"):
             tar_key(key)
     assert tar_key("a/..b") == "a/%2E%2Eb"  # dots are encoded: a member name never holds '..'
-    from openmind_prep.zshard import untar_key
+    from openmind_prep.shards.zshard import untar_key
 
     with pytest.raises(ValueError, match="not a relative path"):
         untar_key("%2E%2E/etc/passwd")

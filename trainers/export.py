@@ -109,7 +109,7 @@ def save_nnssl_checkpoint(path: str | Path, backbone: nn.Module, arch: str, patc
     writes one beside its checkpoints), each atomically (temp file, then rename); returns the checkpoint path."""
     import json
 
-    from openmind_prep.atomic import write_text, write_with
+    from openmind_prep.core.atomic import write_text, write_with
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

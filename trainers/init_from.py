@@ -7,7 +7,7 @@ Accepted sources, all read with ``torch.load(weights_only=True)``:
 * an nnssl-format checkpoint (``network_weights`` + ``nnssl_adaptation_plan``): our ``--export`` or
   nnssl's own pretraining checkpoints (``module.`` / ``_orig_mod.`` prefixes of DDP / compile dropped);
 * ``hf://owner/repo[/path/in/repo]``: a Hugging Face model repo (the OpenMind benchmark publishes
-  its nnssl MAE checkpoints there), fetched through ``openmind_prep.hub`` with its sha256 checked
+  its nnssl MAE checkpoints there), fetched through ``openmind_prep.sources.hub`` with its sha256 checked
   against the hub's LFS record; without a path, the repo's one ``.pt``/``.pth`` file.
 
 The backbone is loaded strictly: every backbone key must be present with its shape, and no
@@ -47,7 +47,7 @@ def fetch_hf(spec: str, dest: Path, *, endpoint: str | None = None, token: str |
     """Download the checkpoint ``spec`` names into ``dest`` (verified, resumable); returns its local path."""
     from huggingface_hub import HfApi
 
-    from openmind_prep.hub import HubRepo, VerifiedState, fetch_verified
+    from openmind_prep.sources.hub import HubRepo, VerifiedState, fetch_verified
 
     repo_id, file = split_hf(spec)
     repo = HubRepo(repo_id, endpoint=endpoint, token=token, repo_type="model")

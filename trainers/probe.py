@@ -224,7 +224,7 @@ def probe_backbone(backbone, volume, *, random_backbone=None, intensity: bool = 
 
 def _store_dtype(store: Path | None, input_path: Path) -> str:
     """The dtype ``store`` holds its images in (None: the run config's store if it is still there; else float16)."""
-    from openmind_prep.store import Store
+    from openmind_prep.store.store import Store
 
     from trainers.probe_io import ProbeInputError
 
@@ -247,7 +247,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     """Load the input, build the volume and baselines, score, write ``probe.json`` / ``probe.png``."""
     import numpy as np
 
-    from openmind_prep import atomic
+    from openmind_prep.core import atomic
     from trainers.probe_io import ProbeInputError, load_backbone
     from trainers.probe_plot import probe_png
     from trainers.tissue import CLASSES, LR_AXIS, mni_tissue

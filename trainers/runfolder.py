@@ -4,7 +4,7 @@
 ``OUT/loss.png`` and ``OUT/checkpoint.pt`` with the one before it, ``OUT/checkpoint.prev.pt``.
 
 A checkpoint is plain data — tensors, numbers, strings, lists and dicts — written atomically
-(:func:`openmind_prep.atomic.write_with`) and read with ``torch.load(weights_only=True)``, so a
+(:func:`openmind_prep.core.atomic.write_with`) and read with ``torch.load(weights_only=True)``, so a
 crafted file cannot run code. If the latest is damaged (truncated, corrupt, or holding pickled
 objects), the previous one is used and a line says so. ``log.jsonl`` always ends at the step the
 run starts from: rows of steps after the checkpoint (a kill between checkpoints) and every row of
@@ -29,7 +29,7 @@ from pathlib import Path
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from openmind_prep import atomic
+from openmind_prep.core import atomic
 
 if TYPE_CHECKING:  # torch loads when a run starts
     import torch
@@ -53,7 +53,7 @@ def say(message: str) -> None:
 
 @contextmanager
 def hold(out: Path) -> Iterator[None]:
-    """One trainer per run folder: rank 0 of the job (as the launcher set it) holds ``OUT/_lock`` (:mod:`openmind_prep.runlock`: pid, host, freed
+    """One trainer per run folder: rank 0 of the job (as the launcher set it) holds ``OUT/_lock`` (:mod:`openmind_prep.core.runlock`: pid, host, freed
     by the kernel when the process dies) for the run; a second trainer on the folder is a ``RunError``.
 
     >>> import tempfile
@@ -67,7 +67,7 @@ def hold(out: Path) -> Iterator[None]:
     True
     """
     from loaders.ranks import node_rank
-    from openmind_prep.runlock import LockHeld, run_lock
+    from openmind_prep.core.runlock import LockHeld, run_lock
 
     if node_rank()[0] != 0:
         yield

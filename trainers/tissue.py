@@ -2,9 +2,9 @@
 
 nilearn ships (offline) the ICBM152 2009a symmetric T1 template, skull-stripped, with grey- and
 white-matter probability maps on the same grid. The T1 goes through our own onemmiso path
-(:func:`openmind_prep.onemmiso.preprocess_case`: crop to nonzero, z-score, resample to the target
+(:func:`openmind_prep.preprocess.onemmiso.preprocess_case`: crop to nonzero, z-score, resample to the target
 spacing, cast to the store's dtype), so a probe sees what training saw; the labels take the same
-crop and resampling (nnU-Net's order-1-per-label path, :func:`~openmind_prep.onemmiso.preprocess_mask`).
+crop and resampling (nnU-Net's order-1-per-label path, :func:`~openmind_prep.preprocess.onemmiso.preprocess_mask`).
 
 Label rule (per voxel of the template grid; the T1 is rescaled to [0, 1] by nilearn):
 
@@ -91,7 +91,7 @@ def mni_tissue(resolution: int = 1, crop: int = 128, *, dtype: str = "float16", 
     import nibabel as nib
     from nilearn.datasets import load_mni152_gm_template, load_mni152_template, load_mni152_wm_template
 
-    from openmind_prep.onemmiso import preprocess_case, preprocess_mask, read_mask
+    from openmind_prep.preprocess.onemmiso import preprocess_case, preprocess_mask, read_mask
 
     if resolution not in (1, 2):
         raise ValueError(f"resolution must be 1 or 2 mm, got {resolution}")

@@ -20,10 +20,10 @@ def user_error(error: BaseException) -> str | None:
     >>> user_error(KeyError("x")) is None
     True
     """
-    from openmind_prep.metadata import MetadataError
-    from openmind_prep.nifti_check import InputError
-    from openmind_prep.retry import DownloadError
-    from openmind_prep.store import StoreError
+    from openmind_prep.sources.metadata import MetadataError
+    from openmind_prep.core.paths import InputError
+    from openmind_prep.sources.retry import DownloadError
+    from openmind_prep.store.store import StoreError
 
     if isinstance(error, (MetadataError, DownloadError, InputError, StoreError)):
         return str(error)

@@ -22,8 +22,8 @@ from pathlib import Path
 import click
 
 from openmind_prep.cli.options import selection_options
-from openmind_prep.dask_cluster import ClusterConfig
-from openmind_prep.selection import Selection
+from openmind_prep.core.dask_cluster import ClusterConfig
+from openmind_prep.sources.selection import Selection
 
 
 @contextmanager
@@ -40,13 +40,13 @@ def _source(run: Path, repo: str | None, revision: str, endpoint: str | None, se
     """The raw tree and the selection still to apply to it."""
     raw = run / "raw"
     if repo is None:
-        from openmind_prep.embedded import build_sample_tree
+        from openmind_prep.sources.embedded import build_sample_tree
 
         if not (raw / "openneuro_metadata.csv").exists():
             build_sample_tree(raw, small=small)
         return raw, selection
-    from openmind_prep.download import download
-    from openmind_prep.hub import HubRepo
+    from openmind_prep.sources.download import download
+    from openmind_prep.sources.hub import HubRepo
 
     download(HubRepo(repo, revision, endpoint), raw, selection=selection)
     return raw, Selection()  # RAW's CSV lists exactly what was downloaded
@@ -148,8 +148,8 @@ def demo_command(run: Path, repo: str | None, revision: str, endpoint: str | Non
     """Run the main job end to end: data → preprocess → shards → views → CVA → pictures."""
     import torch
 
-    from openmind_prep.preprocess import PreprocessOptions, preprocess
-    from openmind_prep.shards import merge_index, write_shards
+    from openmind_prep.preprocess.job import PreprocessOptions, preprocess
+    from openmind_prep.shards.writer import merge_index, write_shards
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     run.mkdir(parents=True, exist_ok=True)

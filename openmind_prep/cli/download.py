@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import click
 
 from openmind_prep.cli.options import repo_options, selection_options
-from openmind_prep.selection import Selection
+from openmind_prep.sources.selection import Selection
 
 if TYPE_CHECKING:
-    from openmind_prep.hub import HubRepo
+    from openmind_prep.sources.hub import HubRepo
 
 
 @click.command("download")
@@ -37,9 +37,9 @@ def download_command(hub: HubRepo, raw: Path, lock_file: Path | None, write_lock
                      selection: Selection) -> None:
     """Download a selection of OpenMind from the Hugging Face hub into RAW, verifying every file
     (size + LFS sha256); re-running resumes and skips verified files."""
-    from openmind_prep.download import download
-    from openmind_prep.hub import DownloadError
-    from openmind_prep.lockfile import Lock
+    from openmind_prep.sources.download import download
+    from openmind_prep.sources.hub import DownloadError
+    from openmind_prep.sources.pinned import Lock
 
     lock = None
     if lock_file is not None:
@@ -54,7 +54,7 @@ def download_command(hub: HubRepo, raw: Path, lock_file: Path | None, write_lock
     if scheduler:
         from distributed import Client
 
-        from openmind_prep.retry import forward_retries
+        from openmind_prep.sources.retry import forward_retries
 
         connection = Client(scheduler)
         forward_retries(connection)  # the workers' retry lines on this command's stderr

@@ -9,8 +9,8 @@ from typing import Callable
 
 import click
 
-from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
-from openmind_prep.selection import selection_from_options
+from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
+from openmind_prep.sources.selection import selection_from_options
 
 
 def _with(options: list[Callable], command: Callable) -> Callable:
@@ -42,8 +42,8 @@ def repo_options(command: Callable) -> Callable:
     def wrapper(repo, revision, endpoint, timeout, deadline, **kwargs):
         import time
 
-        from openmind_prep.hub import HubRepo
-        from openmind_prep.retry import RetryPolicy, parse_duration
+        from openmind_prep.sources.hub import HubRepo
+        from openmind_prep.sources.retry import RetryPolicy, parse_duration
 
         try:
             until = None if deadline is None else time.time() + parse_duration(deadline)

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from openmind_prep.cli.options import selection_options
-from openmind_prep.dask_cluster import DEFAULT_BATCH_SIZE
-from openmind_prep.download_plan import RESOLVE_QUOTA_PER_5MIN
-from openmind_prep.selection import Selection
+from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE
+from openmind_prep.sources.transfers import RESOLVE_QUOTA_PER_5MIN
+from openmind_prep.sources.selection import Selection
 
 
 @click.command("plan")
@@ -46,10 +46,10 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
                  selection: Selection) -> None:
     """Estimate wall time, peak memory per worker, disk and network for preprocessing the selection,
     and print the command that runs it."""
-    from openmind_prep.download_plan import selection_flags, suggest_max_raw_gb
-    from openmind_prep.manifest import read_manifest
-    from openmind_prep.plan import CostModel, _parse_bytes, cost_from_rows, estimate, render
-    from openmind_prep.selection import named_selections
+    from openmind_prep.sources.transfers import selection_flags, suggest_max_raw_gb
+    from openmind_prep.store.manifest import read_manifest
+    from openmind_prep.reports.estimate import CostModel, _parse_bytes, cost_from_rows, estimate, render
+    from openmind_prep.sources.selection import named_selections
 
     if lock_file is not None and selection != Selection():
         raise click.UsageError("--lock fixes the images; drop the selection options")
@@ -60,7 +60,7 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
         cost = cost_from_rows(read_manifest(from_manifest).to_pylist(), f"measured in {from_manifest}")
     else:
         cost = _calibrate(calibrate_on, dtype)
-    from openmind_prep.plan import volumes_from_records
+    from openmind_prep.reports.estimate import volumes_from_records
 
     batch = batch_size or DEFAULT_BATCH_SIZE
     volumes = volumes_from_records(records, file_bytes, files)
@@ -82,15 +82,16 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
 def _records(metadata: Path | None, lock_file: Path | None, selection: Selection):
     """(records, note, exact file bytes, files per image, metadata CSV bytes) for the plan; the last
     three None unless a lock gives them."""
-    from openmind_prep.metadata import METADATA_CSV, record_from_row, read_metadata, strip_nifti_suffix
-    from openmind_prep.plan import synthesise_metadata
+    from openmind_prep.sources.metadata import METADATA_CSV, record_from_row, read_metadata
+    from openmind_prep.core.paths import strip_nifti_suffix
+    from openmind_prep.reports.estimate import synthesise_metadata
 
     if lock_file is None:
         if metadata is not None:
             return selection.apply(read_metadata(metadata)), f"from {metadata}", None, None, None
         return (selection.apply(synthesise_metadata()), "SYNTHESISED metadata: 114,570 rows, assumed mix",
                 None, None, None)
-    from openmind_prep.lockfile import Lock
+    from openmind_prep.sources.pinned import Lock
 
     try:
         lock = Lock.read(lock_file)
@@ -118,7 +119,7 @@ def _calibrate(calibrate_on: Path | None, dtype: str):
     import tempfile
     import time
 
-    from openmind_prep.plan import calibrate
+    from openmind_prep.reports.estimate import calibrate
 
     def progress(done: int, total: int, image: str, seconds: float) -> None:
         click.echo(f"calibrating {done}/{total}: {image} ({seconds:.1f} s)", err=True)
@@ -127,7 +128,7 @@ def _calibrate(calibrate_on: Path | None, dtype: str):
         src = calibrate_on
         if src is None:
             try:
-                from openmind_prep.embedded import build_sample_tree
+                from openmind_prep.sources.embedded import build_sample_tree
                 t0 = time.perf_counter()
                 click.echo("calibrating: writing the embedded real-MRI sample (6 volumes) ...", err=True)
                 src = build_sample_tree(Path(tmp) / "sample")

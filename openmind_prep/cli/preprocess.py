@@ -9,9 +9,9 @@ from typing import Sequence
 import click
 
 from openmind_prep.cli.options import cluster_options, selection_options, store_options
-from openmind_prep.dask_cluster import ClusterConfig
-from openmind_prep.metadata import ImageRecord
-from openmind_prep.selection import Selection
+from openmind_prep.core.dask_cluster import ClusterConfig
+from openmind_prep.sources.metadata import ImageRecord
+from openmind_prep.sources.selection import Selection
 
 
 @click.command("preprocess")
@@ -19,7 +19,7 @@ from openmind_prep.selection import Selection
 @store_options
 @click.option("--format", "formats", default="zarr", show_default=True,
               type=click.Choice(["zarr", "zarr,webdataset"]),
-              help="Also write WebDataset tar shards (openmind_prep.shards) into --shards.")
+              help="Also write WebDataset tar shards (openmind_prep.shards.writer) into --shards.")
 @click.option("--shards", "shards_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Shard folder for --format zarr,webdataset [default: <out>-wds].")
 @click.option("--shard-size", default="auto", show_default=True,
@@ -30,8 +30,8 @@ def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_si
                        shards_dir: Path | None, shard_size: str, selection: Selection,
                        cluster: ClusterConfig) -> None:
     """Preprocess SRC (OpenMind repo layout) into the Zarr store --out with onemmiso (nnssl-exact)."""
-    from openmind_prep.preprocess import PreprocessOptions, disk_full, preprocess
-    from openmind_prep.shards import parse_size
+    from openmind_prep.preprocess.job import PreprocessOptions, disk_full, preprocess
+    from openmind_prep.shards.writer import parse_size
 
     try:  # checked before any work, not after it
         shard_bytes = parse_size(shard_size)
@@ -46,7 +46,7 @@ def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_si
         raise click.ClickException(f"disk full while writing {store} ({e}). Finished batches are kept; free "
                                    "space and re-run the same command to resume.") from e
     if "webdataset" in formats:  # shards of every ok image (resumable: finished shards are kept)
-        from openmind_prep.shards import merge_index, write_shards
+        from openmind_prep.shards.writer import merge_index, write_shards
 
         shards_dir = shards_dir or Path(store).with_name(Path(store).name + "-wds")
         write_shards(store, shards_dir, shard_size=shard_bytes, rows=table.to_pylist())
@@ -58,7 +58,7 @@ def report(records: Sequence[ImageRecord], rows: Sequence[dict], table, store: P
     """The closing summary of ``preprocess`` and ``run``: counts, the first 20 failures (stderr), and
     exit status 1 when any selected image is not ``ok``. ``rows`` are this run's, ``table`` the
     merged manifest."""
-    from openmind_prep.manifest import OK
+    from openmind_prep.store.manifest import OK
 
     manifest = {r["image_path"]: r for r in table.to_pylist()}
     selected = [manifest.get(r.image_path) for r in records]

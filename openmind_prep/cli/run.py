@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 import click
 
 from openmind_prep.cli.options import cluster_options, repo_options, selection_options, store_options
-from openmind_prep.dask_cluster import ClusterConfig
-from openmind_prep.selection import Selection
+from openmind_prep.core.dask_cluster import ClusterConfig
+from openmind_prep.sources.selection import Selection
 
 if TYPE_CHECKING:
-    from openmind_prep.hub import HubRepo
+    from openmind_prep.sources.hub import HubRepo
 
 
 @click.command("run")
@@ -37,12 +37,12 @@ def run_command(hub: HubRepo, source: Path | None, store: Path,
                 cluster: ClusterConfig) -> None:
     """Download (or copy from --source), preprocess and delete raw files in a stream, keeping at
     most --max-raw-gb of raw bytes on disk; writes the same store as download + preprocess."""
-    from openmind_prep.dask_cluster import BackgroundClient
-    from openmind_prep.store import Store  # StoreError (another run holds it): one line via the shell
+    from openmind_prep.core.dask_cluster import BackgroundClient
+    from openmind_prep.store.store import Store  # StoreError (another run holds it): one line via the shell
     from openmind_prep.cli.preprocess import report
-    from openmind_prep.hub import DownloadError
-    from openmind_prep.preprocess import PreprocessOptions
-    from openmind_prep.run import RawBudgetError, hub_items, source_items, stream
+    from openmind_prep.sources.hub import DownloadError
+    from openmind_prep.preprocess.job import PreprocessOptions
+    from openmind_prep.preprocess.stream import RawBudgetError, hub_items, source_items, stream
 
     work = Path(work) if work else Path(store).with_name(Path(store).name + ".raw")
     work.mkdir(parents=True, exist_ok=True)

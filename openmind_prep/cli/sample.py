@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from openmind_prep.metadata import METADATA_CSV
+from openmind_prep.sources.metadata import METADATA_CSV
 
 
 @click.command("sample")
@@ -15,7 +15,7 @@ from openmind_prep.metadata import METADATA_CSV
 @click.option("--broken", is_flag=True, help="Also write one deliberately broken case per failure mode.")
 def sample_command(dest: Path, small: bool, broken: bool) -> None:
     """Write the embedded real-MRI sample to DEST in the OpenMind repo layout."""
-    from openmind_prep.embedded import build_sample_tree
+    from openmind_prep.sources.embedded import build_sample_tree
 
     root = build_sample_tree(dest, small=small, broken=broken)
     n = sum(1 for _ in (root / METADATA_CSV).open()) - 1

@@ -20,7 +20,7 @@ import click
 @click.option("--prefix", default="shard", show_default=True, help="Shard file name prefix.")
 def shard_command(store: Path, out: Path, shard_size: str, prefix: str) -> None:
     """Write the images of a preprocessed STORE as WebDataset tar shards (resumable)."""
-    from openmind_prep.shards import merge_index, parse_size, write_shards
+    from openmind_prep.shards.writer import merge_index, parse_size, write_shards
 
     try:
         size = parse_size(shard_size)

@@ -8,10 +8,10 @@ import click
 
 
 def _find_image(store, image: str) -> str:
-    """The group key of IMAGE among the ``ok`` images of ``store`` (a :class:`~openmind_prep.store.Store`;
+    """The group key of IMAGE among the ``ok`` images of ``store`` (a :class:`~openmind_prep.store.store.Store`;
     IMAGE: a key, a CSV image_path or a raw-tree path)."""
-    from openmind_prep.metadata import row_key
-    from openmind_prep.show import find_image_key
+    from openmind_prep.store.schema import row_key
+    from openmind_prep.reports.show import find_image_key
 
     keys = [row_key(r) for r in store.ok_rows()]
     try:
@@ -31,8 +31,8 @@ def show_command(store: Path, image: str, out: Path, masks: bool) -> None:
     IMAGE is the image's path as in the metadata CSV (``ds.../sub-.../anat/x.nii.gz``), its key, or a
     path copied from the raw tree (``RAW/OpenMind/ds.../x.nii.gz``); a miss lists close names.
     """
-    from openmind_prep.show import render_volume
-    from openmind_prep.store import MASK_NAMES, Store
+    from openmind_prep.reports.show import render_volume
+    from openmind_prep.store.store import MASK_NAMES, Store
 
     store = Store(store)
     key = _find_image(store, image)

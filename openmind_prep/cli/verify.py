@@ -12,8 +12,8 @@ import click
 @click.argument("store", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def verify_command(store: Path) -> None:
     """Re-check the checksum of every array of STORE; exit 1 on any damage."""
-    from openmind_prep.store import Store
-    from openmind_prep.verify import verify_store
+    from openmind_prep.store.store import Store
+    from openmind_prep.reports.verify import verify_store
 
     opened = Store.open(store)  # StoreError (one line) without a manifest
     problems = verify_store(opened, progress=True)

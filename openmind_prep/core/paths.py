@@ -1,0 +1,67 @@
+"""Paths read from data, and the one error for a bad input file.
+
+Every path that comes from data (a CSV, a ``pretrain_data.json``, a manifest, a tar member) is
+checked here before it is opened: it must stay under the folder it is taken from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """A bad input file: ``str(e) == f"{path}: {reason}"``.
+
+    >>> str(InputError("a/b.nii.gz", "file not found"))
+    'a/b.nii.gz: file not found'
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+    def __reduce__(self):  # picklable across Dask workers
+        return (type(self), (str(self.path), self.reason))
+
+
+def strip_nifti_suffix(path: str) -> str:
+    """``a/b.nii.gz`` → ``a/b``; ``a/b.nii`` → ``a/b``.
+
+    >>> strip_nifti_suffix("ds1/sub-1/anat/sub-1_T1w.nii.gz")
+    'ds1/sub-1/anat/sub-1_T1w'
+    """
+    for suffix in (".nii.gz", ".nii"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
+def leaves_root(path: str) -> bool:
+    """Whether a ``/``-separated path read from data (a CSV, a manifest, a tar member) could leave the folder
+    it is taken under: absolute, empty, or with an empty, ``.`` or ``..`` part. The one check of that shape
+    for every such path (source files, store keys and manifest paths, shard members).
+
+    >>> [leaves_root(p) for p in ("ds1/a.nii.gz", "/etc/passwd", "a/../b", "a//b", "./a", "")]
+    [False, True, True, True, True, True]
+    """
+    return any(part in ("", ".", "..") for part in path.split("/"))
+
+
+def source_path(images: Path, rel: str) -> Path:
+    """``images / rel`` for a path from the CSV, refusing one that leaves the source tree.
+
+    A metadata row must never make a worker read (or the store write) elsewhere: absolute paths,
+    ``.``/``..``/empty parts and symlinks resolving outside ``images`` raise ``InputError``.
+
+    >>> source_path(Path("/data/OpenMind"), "ds1/../../etc/passwd")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    openmind_prep.core.paths.InputError: /data/OpenMind/ds1/../../etc/passwd: path leaves the source tree ...
+    """
+    path = Path(images) / rel
+    if leaves_root(rel):
+        raise InputError(path, "path leaves the source tree (absolute, or a '.', '..' or empty part); refused")
+    real = path.resolve()
+    if not real.is_relative_to(Path(images).resolve()):
+        raise InputError(path, f"resolves outside the source tree (symlink to {real}); refused")
+    return path

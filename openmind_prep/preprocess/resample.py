@@ -1,0 +1,184 @@
+"""Fast resampling with nnU-Net v2's semantics, as separable per-axis matrix products.
+
+nnU-Net v2 resamples an image with ``resample_data_or_seg_to_shape(..., is_seg=False, order=3,
+order_z=0, force_separate_z=None)``: skimage ``resize`` (cubic B-spline, ``grid_mode``, edge mode,
+no anti-aliasing, output clipped to the input's range), or, for anisotropic volumes, a per-slice
+in-plane resize followed by nearest-neighbour along the low-resolution axis ("separate z").
+Masks take the same route with order 1 per label (``resize_segmentation``: label ``c`` wherever
+the resampled indicator of ``c`` is >= 0.5).
+
+A spline resize of a regular grid is linear and separable: it equals ``M_z ⊗ M_y ⊗ M_x`` with one
+small ``n_out × n_in`` matrix per axis. We build each matrix exactly, by pushing the identity's
+columns through scipy's 1-D ``zoom`` with the arguments skimage uses, and apply the matrices as
+block-banded float32 matrix products in torch (entries below ``_TOL`` are outside the band).
+Coordinates: output voxel ``i`` samples input position ``(i + 0.5) * n_in / n_out - 0.5``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+
+ANISO_THRESHOLD = 3.0  # nnU-Net's separate-z threshold on max(spacing) / min(spacing)
+_TOL = 1e-10  # matrix entries below this (relative to 1) are treated as zero
+#: output rows per block of the block-banded product, by spline order (order 1's band is 2 wide, so its
+#: blocks are cheaper short: 16 rows measured 19 % faster than 48 on the e2e masks; order 3: 48)
+_BLOCK = {1: 16, 3: 48}
+
+__all__ = ["ANISO_THRESHOLD", "axis_matrix", "nearest_indices", "separate_z_axis",
+           "resample_image", "resample_mask"]
+
+
+@functools.lru_cache(maxsize=1024)
+def axis_matrix(n_in: int, n_out: int, order: int = 3) -> np.ndarray:
+    """The exact 1-D resize operator of skimage ``resize(mode='edge', anti_aliasing=False)``.
+
+    Returns a read-only float64 ``(n_out, n_in)`` matrix ``M`` with ``resize(x) == M @ x``
+    (before clipping) for any 1-D signal ``x``; column ``j`` is the resized unit vector ``e_j``.
+    All columns come from ONE scipy ``zoom`` of the identity along its first axis (zoom 1 along
+    the second axis samples the spline at its knots, which returns the input to ~1e-16), 3-5x
+    faster than one call per column; cached per worker process, so a shape pair is built once.
+
+    >>> m = axis_matrix(4, 8)
+    >>> m.shape, bool(np.allclose(m.sum(axis=1), 1.0))
+    ((8, 4), True)
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"axis lengths must be positive, got {n_in} -> {n_out}")
+    m = ndi.zoom(np.eye(n_in), (n_out / n_in, 1.0), order=order, mode="nearest", grid_mode=True)
+    if m.shape != (n_out, n_in):  # scipy derives the length by rounding n_in * zoom
+        raise AssertionError(f"zoom gave {m.shape} for {n_in} -> {n_out}")
+    m.setflags(write=False)
+    return m
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output slice for nnU-Net's order-0 resampling along the low-res axis.
+
+    nnU-Net maps output ``i`` to ``c = n_in / n_out * (i + 0.5) - 0.5`` and scipy's order-0
+    ``map_coordinates(mode='nearest')`` takes ``floor(c + 0.5)`` clamped to ``[0, n_in - 1]``.
+
+    >>> nearest_indices(10, 20)[:6].tolist()
+    [0, 0, 1, 1, 2, 2]
+    """
+    scale = float(n_in) / n_out
+    coords = scale * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
+    return np.clip(np.floor(coords + 0.5), 0, n_in - 1).astype(np.int64)
+
+
+def separate_z_axis(spacing: Sequence[float], new_spacing: Sequence[float],
+                    threshold: float = ANISO_THRESHOLD) -> int | None:
+    """The low-resolution axis nnU-Net resamples separately (order 0), or ``None``.
+
+    Decided on the current spacing first, then on the target spacing: anisotropy
+    ``max/min > threshold`` and exactly one axis with the maximal spacing.
+
+    >>> separate_z_axis((53.1, 2.0, 2.0), (1.0, 1.0, 1.0)), separate_z_axis((4.0, 4.0, 1.0), (1, 1, 1))
+    (0, None)
+    """
+    for sp in (spacing, new_spacing):
+        sp = np.asarray(sp, dtype=np.float64)
+        if np.max(sp) / np.min(sp) > threshold:
+            axes = np.flatnonzero(np.max(sp) / sp == 1)
+            return int(axes[0]) if len(axes) == 1 else None
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _blocks(n_in: int, n_out: int, order: int):
+    """Row blocks of ``axis_matrix`` with the column range that holds their non-negligible entries."""
+    from openmind_prep.core.separable import band_blocks
+
+    return band_blocks(torch.tensor(axis_matrix(n_in, n_out, order)), rows=_BLOCK.get(order, 48), tol=_TOL)  # a copy: the cached matrix is read-only
+
+
+def _resize(x: torch.Tensor, new_shape: Sequence[int], axes: Sequence[int], order: int) -> torch.Tensor:
+    """Resize ``x`` along ``axes`` (others untouched) with the cached banded matrices
+    (:func:`openmind_prep.core.separable.separable` picks the axis order that needs the fewest flops)."""
+    from openmind_prep.core.separable import separable
+
+    return separable(x.contiguous(), tuple(
+        _blocks(x.shape[d], int(new_shape[d]), order) if d in axes and x.shape[d] != new_shape[d] else None
+        for d in range(3)), huge_pages=False)  # one image after another: malloc's reused memory is cheaper
+
+
+def _plan(spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int | None, list[int]]:
+    z = separate_z_axis(spacing, new_spacing)
+    return z, [ax for ax in range(3) if ax != z]
+
+
+def resample_image(data: np.ndarray, new_shape: Sequence[int], spacing: Sequence[float],
+                   new_spacing: Sequence[float]) -> np.ndarray:
+    """Resample a 3-D float32 volume as nnU-Net v2 does for image data (order 3, order_z 0).
+
+    ``spacing`` and ``new_spacing`` decide the separate-z path; an unchanged shape returns
+    ``data`` itself. Threads: torch's (set ``torch.set_num_threads`` in the worker).
+
+    >>> out = resample_image(np.random.default_rng(0).random((5, 6, 7), dtype=np.float32),
+    ...                      (10, 6, 7), (2.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    >>> out.shape, out.dtype
+    ((10, 6, 7), dtype('float32'))
+    """
+    new_shape = tuple(int(n) for n in new_shape)
+    if data.ndim != 3 or len(new_shape) != 3:
+        raise ValueError(f"expected a 3-D volume and a 3-D shape, got {data.shape} -> {new_shape}")
+    if tuple(data.shape) == new_shape:
+        return data
+    x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    z, in_plane = _plan(spacing, new_spacing)
+    y = _resize(x, new_shape, in_plane, order=3)
+    if z is None:
+        y.clamp_(float(x.min()), float(x.max()))
+        return y.numpy()
+    # separate z: every in-plane slice is clipped to its own range, then order 0 along z
+    other = tuple(ax for ax in range(3) if ax != z)
+    view = [1, 1, 1]
+    view[z] = -1
+    y.clamp_(x.amin(dim=other).reshape(view), x.amax(dim=other).reshape(view))  # in place: no two temporaries
+    if data.shape[z] != new_shape[z]:
+        y = y.index_select(z, torch.from_numpy(nearest_indices(data.shape[z], new_shape[z])))
+    return y.contiguous().numpy()
+
+
+def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[float],
+                  new_spacing: Sequence[float]) -> np.ndarray:
+    """Resample a uint8 label volume as nnU-Net v2 does for segmentations (order 1 per label).
+
+    Each label ``c > 0`` (ascending, later labels win) is set where the order-1 resampled
+    indicator ``mask == c`` is >= 0.5; with a unique low-res axis (separate z) in-plane first,
+    then nearest-neighbour along that axis.
+
+    >>> m = np.zeros((4, 4, 4), np.uint8); m[1:3, 1:3, 1:3] = 1
+    >>> int(resample_mask(m, (8, 8, 8), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0)).sum())  # corners: 0.75**3 < 0.5
+    56
+    """
+    new_shape = tuple(int(n) for n in new_shape)
+    if mask.ndim != 3 or len(new_shape) != 3:
+        raise ValueError(f"expected a 3-D mask and a 3-D shape, got {mask.shape} -> {new_shape}")
+    if mask.dtype != np.uint8:
+        raise ValueError(f"mask must be uint8, got {mask.dtype}")
+    if tuple(mask.shape) == new_shape:
+        return mask
+    z, in_plane = _plan(spacing, new_spacing)
+    mid_shape = tuple(mask.shape[ax] if ax == z else new_shape[ax] for ax in range(3))
+    src = torch.from_numpy(np.ascontiguousarray(mask))
+    counts = torch.bincount(src.reshape(-1), minlength=256)  # labels present, without np.unique's sort
+    labels = torch.nonzero(counts[1:]).flatten().add(1).tolist()  # 0: the output's initial value
+    out = None
+    for label in labels:
+        # a 0/1 mask is its own indicator: one cast instead of a comparison and a cast
+        hot = src.to(torch.float32) if labels == [1] else (src == label).to(torch.float32)
+        keep = _resize(hot, new_shape, in_plane, order=1) >= 0.5
+        if out is None:  # the first label: the bool result is the uint8 0/1 output, no zero fill
+            out = keep.view(torch.uint8) if label == 1 else keep.view(torch.uint8).mul_(label)
+        else:
+            out.masked_fill_(keep, label)
+    if out is None:
+        out = torch.zeros(mid_shape, dtype=torch.uint8)
+    if z is not None and mask.shape[z] != new_shape[z]:
+        out = out.index_select(z, torch.from_numpy(nearest_indices(mask.shape[z], new_shape[z])))
+    return out.contiguous().numpy()
