@@ -12,7 +12,7 @@ from openmind_prep.sources.metadata import read_metadata, record_from_row
 from openmind_prep.cli.options import selection_options
 from openmind_prep.sources.selection import Selection, load_selection, selection_from_options
 
-SELECTIONS = Path(__file__).resolve().parents[1] / "openmind_prep" / "selections"
+SELECTIONS = Path(__file__).resolve().parents[1] / "openmind_prep" / "sources" / "selections"
 
 
 def _records():

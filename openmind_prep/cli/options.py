@@ -72,6 +72,31 @@ def store_options(command: Callable) -> Callable:
     return _with(options, command)
 
 
+def finite(ctx, param, value):
+    """A click callback refusing ``nan`` and ``inf`` (``type=float`` accepts them)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value}: expected a finite number")
+    return value
+
+
+def memory_size(ctx, param, value):
+    """A click callback checking a memory size (``4GiB``, ``2e9``; ``auto`` where the default is auto)
+    with Dask's own parser, so a typo is a usage error before a cluster starts."""
+    if value is None or str(value).strip().lower() == "auto":
+        return value
+    from dask.utils import parse_bytes
+
+    try:
+        ok = parse_bytes(value) > 0
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise click.BadParameter(f"{value!r}: expected a memory size such as 4GiB, 500MB or auto")
+    return value
+
+
 def selection_options(command: Callable) -> Callable:
     """Click decorator adding the selection options; the command receives ``selection=Selection``."""
     options = [
@@ -80,7 +105,7 @@ def selection_options(command: Callable) -> Callable:
                           "selection TOML file; the options below override it."),
         click.option("--modality", "modality", multiple=True,
                      help="Keep only this modality (repeatable), e.g. --modality T1w --modality FLAIR."),
-        click.option("--max-iqs", type=float, default=None,
+        click.option("--max-iqs", type=float, default=None, callback=finite,
                      help="Keep images with image_quality_score <= this (lower is better; nnssl used 1.5-3.5)."),
         click.option("--dataset", "dataset", multiple=True, help="Keep only this dataset id (repeatable)."),
         click.option("--limit", type=click.IntRange(min=0), default=None,
@@ -107,7 +132,7 @@ def cluster_options(command: Callable) -> Callable:
                      help="Use a running Dask scheduler (e.g. tcp://host:8786) instead."),
         click.option("--cluster", "kind", type=click.Choice(["local", "slurm"]), default="local",
                      show_default=True, help="Start a local cluster or SLURM jobs (dask-jobqueue)."),
-        click.option("--memory-limit", default="auto", show_default=True,
+        click.option("--memory-limit", default="auto", show_default=True, callback=memory_size,
                      help="Per local worker, e.g. 4GiB; a worker above it is restarted by Dask."),
         click.option("--queue", default=None, help="SLURM partition."),
         click.option("--cores", type=int, default=8, show_default=True,

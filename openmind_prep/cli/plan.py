@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from openmind_prep.cli.options import selection_options
+from openmind_prep.cli.options import finite, memory_size, selection_options
 from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE
 from openmind_prep.sources.transfers import RESOLVE_QUOTA_PER_5MIN
 from openmind_prep.sources.selection import Selection
@@ -21,7 +21,7 @@ from openmind_prep.sources.selection import Selection
               help="Single-threaded Dask workers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per Dask task (default: preprocess's default).")
-@click.option("--seconds-per-volume", type=click.FloatRange(min=0), default=None,
+@click.option("--seconds-per-volume", type=click.FloatRange(min=0, max=7 * 86400), default=None, callback=finite,
               help="Flat cost per volume instead of a calibration.")
 @click.option("--from-manifest", "from_manifest", type=click.Path(path_type=Path, exists=True, file_okay=False),
               default=None, help="Measure costs from this store's manifest (seconds, bytes columns).")
@@ -37,7 +37,7 @@ from openmind_prep.sources.selection import Selection
               "anonymous, 5000 a free account (its rate-limits page); higher on paid plans.")
 @click.option("--download-workers", type=click.IntRange(min=1), default=4, show_default=True,
               help="Concurrent downloads (as download / run --download-workers).")
-@click.option("--memory-limit", default=None, help="Per-worker memory, e.g. 4GiB: count volumes above it.")
+@click.option("--memory-limit", default=None, callback=memory_size, help="Per-worker memory, e.g. 4GiB: count volumes above it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 @selection_options
 def plan_command(metadata: Path | None, workers: int, batch_size: int | None, seconds_per_volume: float | None,

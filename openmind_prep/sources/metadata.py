@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from openmind_prep.core.paths import strip_nifti_suffix
 from openmind_prep.store.schema import MASK_NAMES
+
+log = logging.getLogger("openmind_prep")
 
 METADATA_CSV = "openneuro_metadata.csv"
 IMAGES_DIR = "OpenMind"
@@ -143,7 +146,10 @@ def _decode(data: bytes, csv_path: Path) -> str:
 
 def read_metadata(csv_path: Path) -> list[ImageRecord]:
     """Read the metadata CSV into records, in file order. UTF-8 with or without a BOM; a bad byte,
-    a malformed row or value is a :class:`MetadataError` (a ``ValueError``) naming the file and line.
+    a malformed row or value is a :class:`MetadataError` (a ``ValueError``) naming the file and the
+    line the row starts on: a header naming a column twice, a NUL byte, a quoted field that runs over
+    lines (a quote left open), an oversized field. A row repeating an earlier row's ``image_path``
+    is used once, with a warning naming both lines.
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / METADATA_CSV
@@ -161,19 +167,47 @@ def read_metadata(csv_path: Path) -> list[ImageRecord]:
         data = csv_path.read_bytes()
     except OSError as e:
         raise MetadataError(f"{csv_path}: cannot read: {e.strerror or e}") from None
-    reader = csv.DictReader(io.StringIO(_decode(data, csv_path), newline=""))
-    try:
-        if reader.fieldnames is None or "image_path" not in reader.fieldnames:
-            raise MetadataError(f"{csv_path}: not an OpenMind metadata CSV (no 'image_path' column)")
-        records = []
-        for row in reader:
-            try:
-                records.append(record_from_row(row))
-            except ValueError as e:
-                raise MetadataError(f"{csv_path}: line {reader.line_num}: {e}") from None
-        return records
-    except csv.Error as e:
-        raise MetadataError(f"{csv_path}: line {reader.line_num}: {e}") from None
+    rows = _rows(csv.reader(io.StringIO(_decode(data, csv_path), newline="")), csv_path)
+    header_line, header = next(rows, (1, []))
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise MetadataError(f"{csv_path}: line {header_line} (the header): column {twice[0]!r} appears twice")
+    if "image_path" not in header:
+        raise MetadataError(f"{csv_path}: not an OpenMind metadata CSV (no 'image_path' column)")
+    records: list[ImageRecord] = []
+    first_line: dict[str, int] = {}
+    for line, values in rows:
+        try:
+            record = record_from_row(dict(zip(header, values)))
+        except ValueError as e:
+            raise MetadataError(f"{csv_path}: line {line}: {e}") from None
+        if record.image_path in first_line:
+            log.warning("%s: line %d repeats the image_path %s of line %d; the image is used once", csv_path,
+                        line, record.image_path, first_line[record.image_path])
+            continue
+        first_line[record.image_path] = line
+        records.append(record)
+    return records
 
 
-
+def _rows(reader, csv_path: Path):
+    """``(line the row starts on, values)`` of each non-empty row of a ``csv.reader``, refusing NUL bytes,
+    fields that run over lines and ``csv`` errors with a :class:`MetadataError` naming that line."""
+    end = 0
+    while True:
+        start = end + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise MetadataError(f"{csv_path}: line {start}: {e}") from None
+        end = reader.line_num
+        if not values:
+            continue
+        if any("\x00" in v for v in values):
+            raise MetadataError(f"{csv_path}: line {start}: a NUL byte in a field")
+        if end > start and any("\n" in v or "\r" in v for v in values):
+            raise MetadataError(f"{csv_path}: line {start}: a quoted field opened on this line runs on to line "
+                                f"{end}; is a closing quote missing?")
+        yield start, values

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,10 @@ def load_selection(path: Path) -> Selection:
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ValueError(f"{path}: unknown selection keys {unknown}; allowed: {list(_FIELDS)}")
+    for key, value in data.items():
+        problem = _field_problem(key, value)
+        if problem:
+            raise ValueError(f"{path}: {key} = {value!r}: {problem}")
     for key in ("modalities", "datasets", "exclude_datasets"):
         if key in data:
             data[key] = tuple(str(v) for v in data[key])
@@ -111,6 +116,26 @@ def load_selection(path: Path) -> Selection:
         data["max_iqs"] = float(data["max_iqs"])
     data.setdefault("name", path.stem)
     return Selection(**data)
+
+
+def _field_problem(key: str, value) -> str:
+    """Why ``value`` is no value of selection field ``key`` ('' when it is one).
+
+    >>> _field_problem("limit", -3), _field_problem("max_iqs", float("nan")), _field_problem("max_iqs", "high")
+    ('expected a whole number >= 0', 'expected a finite number', 'expected a finite number')
+    """
+    if key in ("modalities", "datasets", "exclude_datasets"):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return "" if ok else "expected a list of strings"
+    if key == "max_iqs":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return "" if ok else "expected a finite number"
+    if key == "limit":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return "" if ok else "expected a whole number >= 0"
+    if key == "include_derived":
+        return "" if isinstance(value, bool) else "expected true or false"
+    return "" if isinstance(value, str) else "expected a string"
 
 
 def named_selections() -> list[str]:
