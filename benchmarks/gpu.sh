@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU measurements on a lent machine (the `device` tool; see README "Benchmarks"):
+# GPU measurements on a lent machine (the `device` tool; see docs/benchmarks.md):
 # sampler ms/batch (B=4 pairs, 160³) and CVA training steps (ResEnc-L 128³, Primus-M 160³, batch 4).
 # Expects, carried with the call: .whl/ (wheels of packages the GPU image lacks: zarr, numcodecs,
 # donfig, crc32c, webdataset, braceexpand, dynamic-network-architectures, timm 1.0.22, nibabel), .gpu/store (a

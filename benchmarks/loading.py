@@ -20,7 +20,7 @@ loaders read through ``openmind_prep.store.region_read``; a row reads the same s
 library for comparison. Every method decodes with one thread (blosc2 ``nthreads=1``; our reader
 uses blosc's per-call context with one thread; zarr ``threading.max_workers=1``). Calls are
 interleaved round-robin; rates are samples per CPU-second of the process (all threads), i.e. per
-core. Run with the benchmark venv (blosc2 + zarr; see README):
+core. Run with the benchmark venv (blosc2 + zarr; see docs/benchmarks.md):
 
     PYTHONPATH=. .venv-bench/bin/python benchmarks/loading.py [--reads 60] [--work DIR]
 """

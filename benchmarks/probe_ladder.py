@@ -1,4 +1,4 @@
-"""Tissue probe of every rung of the ablation ladder on the tiny CPU config (the README table).
+"""Tissue probe of every rung of the ablation ladder on the tiny CPU config (the table in docs/benchmarks.md).
 
 Each rung (``--recon ae|mae`` × ``--consistency none|cva|c-cva|gram`` × ``--contrastive`` on/off)
 is trained with the same steps and seeds by the real trainer (``trainers.cva.train``, in this

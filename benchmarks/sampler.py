@@ -12,7 +12,7 @@ processes (its numpy/scipy steps are single-threaded; nnssl runs it in worker pr
 Printed for p = 0, the default p = 0.2 (measured, and the reference's expectation from its p = 0
 and p = 1 costs, because a few reference batches at p = 0.2 are dominated by luck) and p = 1.
 
-Run (benchmark venv, see README):
+Run (benchmark venv, see docs/benchmarks.md):
     PYTHONPATH=. .venv-bench/bin/python benchmarks/sampler.py               # CPU, 1 core each side
     PYTHONPATH=. .venv-bench/bin/python benchmarks/sampler.py --threads 2   # 2 threads vs 2 processes
     PYTHONPATH=. python benchmarks/sampler.py --device cuda [--always-spatial]  # ours on the GPU, ms/batch

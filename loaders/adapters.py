@@ -9,7 +9,7 @@ Masks that an image does not have are left out (never ``None``), so MONAI's ``li
 and TorchIO's transforms see only real images. torchio and monai are imported only inside the
 functions that use them (``pip install torchio`` / ``monai``).
 
-Usage (``ds`` a ``ZarrVolumeDataset``; README "MONAI and TorchIO" runs it on a real store)::
+Usage (``ds`` a ``ZarrVolumeDataset``; docs/loaders.md "MONAI and TorchIO" runs it on a real store)::
 
     from loaders.adapters import to_torchio, to_monai
     subject = to_torchio(ds[0])       # tio.Subject: image (+ anon_mask / anat_mask LabelMaps)

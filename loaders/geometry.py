@@ -17,7 +17,7 @@ Coordinate conventions (used everywhere in ``loaders`` and ``trainers``):
   2, 3, 4). On an axis that the view mirrors, start > end, so "fraction t of the way from start to end" is the same
   anatomy in both views: sampling view 1 over box 1 and view 2 over box 2 gives the same content.
 
-The draw is a pure function of the shapes and a ``torch.Generator`` (STYLE.md 1, 2, 7): every
+The draw is a pure function of the shapes and a ``torch.Generator`` (docs/style.md 1, 2, 7): every
 random number is drawn on the CPU in a fixed order, and the result can be applied again later.
 """
 

@@ -172,7 +172,7 @@ def test_cli_killed_while_the_cluster_lives_on_resumes_to_the_same_store(cluster
     _wait_for_fragment(store, proc)
     proc.kill()
     proc.wait()
-    with Client(cluster.address, timeout=30) as client:  # orphaned batches finish (see README)
+    with Client(cluster.address, timeout=30) as client:  # orphaned batches finish (see docs/faults.md)
         deadline = time.monotonic() + 60
         while any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values()):
             assert time.monotonic() < deadline

@@ -31,7 +31,7 @@ def test_gram_terms_in_a_real_two_step_run(store, stage1, tmp_path):
     """Stage 2 from the stage-1 MAE, same views and masks on every rung. The fork's Gram (the default)
     reaches the weights but is two orders below the cosine (measured ~0.004-0.013 vs ~2; the voxel-count-
     normalised one before, ~3e-6, left the run identical to `none`); ``--gram-norm cosine`` is of the
-    cosine's order (README, CVA trainers)."""
+    cosine's order (docs/ladder.md)."""
     flags = ["--steps", "2", "--no-contrastive", "--init-from", str(stage1)]
     fork = _run(store, tmp_path / "gram", "--consistency", "gram", *flags)
     gcos = _run(store, tmp_path / "gcos", "--consistency", "gram", "--gram-norm", "cosine", *flags)

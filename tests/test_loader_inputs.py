@@ -85,7 +85,7 @@ def test_auto_shard_size_against_its_formula():
 
 
 def test_region_larger_than_the_volume_is_clipped_and_says_so(store):
-    """``ds[i, region]`` with a region beyond the volume returns the part inside it (README:
+    """``ds[i, region]`` with a region beyond the volume returns the part inside it (docs/loaders.md:
     'Regions larger than the volume'); ``meta`` names the region read and the volume's shape."""
     root, written = store
     ds = ZarrVolumeDataset(root, masks=False)

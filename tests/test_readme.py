@@ -1,7 +1,7 @@
 """The README's "Your first hour" walk-through, run as written: its fenced blocks, in order, in a
 temporary folder outside the clone, against the local hub fixture (HF_ENDPOINT). ``bash`` blocks run
 with ``set -euo pipefail``; a ``python`` block whose first line is ``# NAME.py`` is saved as NAME.py
-(the text says to). Then the TorchIO and MONAI examples run against the store it made."""
+(the text says to). Then the TorchIO and MONAI examples of docs/loaders.md run against the store it made."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from hf_server import HubFixture
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+LOADERS_DOC = README.parent / "docs" / "loaders.md"
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
 
 
@@ -95,7 +96,7 @@ def test_first_hour_runs_as_written(sample_tree, tmp_path):
     assert "network_weights" in exported
 
     # The TorchIO and MONAI examples, on the store just made (STORE -> store, nothing else changed).
-    for code in section_blocks(text, "MONAI and TorchIO", "python"):
+    for code in section_blocks(LOADERS_DOC.read_text(), "MONAI and TorchIO", "python"):
         done = subprocess.run([sys.executable, "-c", code.replace('"STORE"', '"store"')], cwd=work, env=_env(hub),
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"example failed:\n{code}\n{done.stdout}{done.stderr[-4000:]}"

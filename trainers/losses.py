@@ -161,7 +161,7 @@ def gram_consistency(student: torch.Tensor, teacher: torch.Tensor, norm: str = "
     ``norm="fork"``: the reference fork's Gram branch (``AlignedMAELoss``): voxel features L2-normalised
     over channels, ``G = XᵀX`` summed over the ``V`` aligned voxels (``[C, C]`` per row, NOT divided by
     ``V``), loss = mean over rows and entries of ``(G_s - G_t)²``. Its entries are ~``V/C``, so the term
-    is ~``V/C²``: 0.004-0.013 in real runs, two orders below the cosine's ~2 (README, CVA trainers).
+    is ~``V/C²``: 0.004-0.013 in real runs, two orders below the cosine's ~2 (docs/ladder.md, the Gram table).
 
     ``norm="cosine"``: the CVA cosine's form on the Gram matrices, ``2 - 2 cos(G_s, G_t)`` with the
     matrices flattened, averaged over rows. Free of ``C`` and ``V``; in [0, 2] (Gram matrices of real

@@ -1,6 +1,6 @@
 """``openmind-prep plan``: what preprocessing the selection will cost on N workers.
 
-The model is deliberately simple (the README explains it):
+The model is deliberately simple (docs/data.md, "Plan", explains it):
 
 - every volume costs ``seconds_per_mvoxel × (cropped input voxels + 1 mm output voxels) / 1e6``
   (or a flat ``--seconds-per-volume``); the coefficient is measured — by running the real
@@ -44,7 +44,7 @@ CROP_FRACTION = 0.85          # cropped / full input voxels (nonzero box), assum
 MASK_DISK_BYTES_PER_VOXEL = 0.03  # a gzipped binary mask
 TASK_OVERHEAD_S = 0.05        # scheduler round trip + manifest fragment per Dask task
 WORKER_BASE_BYTES = 300 * 2**20  # measured: python + numpy/SimpleITK/zarr/distributed imports ≈ 190 MB
-#: Defaults when nothing is calibrated (measured on the embedded sample, 2-core CPU; see README).
+#: Defaults when nothing is calibrated (measured on the embedded sample, 2-core CPU; see docs/data.md).
 DEFAULT_PEAK_BYTES_PER_VOXEL = 24.0
 DEFAULT_STORED_BYTES_PER_VOXEL = 0.9
 

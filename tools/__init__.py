@@ -1,0 +1,1 @@
+"""Maintenance scripts run from the clone (not shipped in the wheel): ``python -m tools.NAME``."""
