@@ -19,7 +19,10 @@ Faults (set on ``server.faults`` between runs): ``rate_limit`` (the next N reque
 server closes), ``used_up`` (request kind → how many successful answers say, in ``RateLimit``, that
 no ``api`` request is left for ``used_up_reset`` s), ``error_rate`` (random 500s, seeded), ``cut`` (path → how many GETs send half the
 body then close), ``corrupt`` (path → how many GETs flip one byte at the right length; -1 = always),
-``ignore_range`` (answer 200 with the whole body to a ``Range`` request).
+``ignore_range`` (answer 200 with the whole body to a ``Range`` request), ``drip`` (path → how many GETs
+send one byte per ``drip_s`` s; -1 = always), ``html`` (request kind → how many answers are an HTML
+page with status 200), ``redirect`` (path → a ``Location`` its resolve request is redirected to, e.g.
+``file:///etc/passwd``).
 Every request is logged in ``server.log`` as a :class:`Hit`.
 """
 
@@ -66,6 +69,10 @@ class Faults:
     hang: dict[str, int] = field(default_factory=dict)  # kind -> requests never answered (-1: all)
     used_up: dict[str, int] = field(default_factory=dict)  # kind -> 200s saying "api";r=0;t=used_up_reset
     used_up_reset: int = 1
+    drip: dict[str, int] = field(default_factory=dict)  # path -> GETs sending one byte per drip_s
+    drip_s: float = 0.5
+    html: dict[str, int] = field(default_factory=dict)  # kind -> answers that are an HTML page, status 200
+    redirect: dict[str, str] = field(default_factory=dict)  # path -> Location of its resolve answer (302)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -125,7 +132,7 @@ class HubFixture:
         self.by_sha = {b.sha256: b for b in self.blobs.values() if b.lfs}
         # Two origins, like the hub and its CDN: huggingface_hub treats a redirect to another
         # origin differently (HEAD stops there, the Authorization header is dropped).
-        self._servers = [ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class()) for _ in range(2)]
+        self._servers = [_Server(("127.0.0.1", 0), self._handler_class()) for _ in range(2)]
         for server in self._servers:
             server.daemon_threads = True
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -177,6 +184,15 @@ class HubFixture:
             hub = fixture
 
         return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-answer (a refused size, a stall) is expected here, not a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -284,6 +300,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self._injected(kind, log_path, head):
             return
+        if self.hub._take(self.hub.faults.html, kind):  # a captive portal or a web server, not the hub's API
+            return self._send(200, b"<!doctype html><html><body>Welcome</body></html>",
+                              {"Content-Type": "text/html"}, kind=kind, path=log_path, head=head)
+        if kind == "resolve" and rest in self.hub.faults.redirect:
+            return self._send(302, b"", {"Location": self.hub.faults.redirect[rest]}, kind=kind, path=log_path,
+                              head=head)
         if kind != "cdn" and not self._known_revision(rev):
             return self._error(404, "RevisionNotFound", kind=kind, path=log_path, head=head)
         if kind == "info":
@@ -347,6 +369,24 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(302, b"", headers, kind="resolve", path=path, head=head)
         self._serve_bytes(blob, headers, head, kind="resolve")
 
+    def _drip(self, status: int, data: bytes, headers: dict, *, kind: str, path: str) -> None:
+        """Send the headers, then one byte per ``drip_s`` until the body is sent, the client leaves or
+        the server closes."""
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        self.hub._record(Hit(time.monotonic(), self.command, path, kind, status, self.headers.get("Range")))
+        self.close_connection = True
+        try:
+            for i in range(len(data)):
+                if self.hub.closing.wait(self.hub.faults.drip_s):
+                    return
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+        except OSError:  # the client gave up
+            return
+
     def _cdn(self, sha: str, head: bool) -> None:
         blob = self.hub.by_sha.get(sha)
         if blob is None:
@@ -370,6 +410,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             data, status = data[start:end + 1], 206
         headers["Content-Length"] = len(data)
+        if not head and self.hub._take(self.hub.faults.drip, blob.path):
+            return self._drip(status, data, headers, kind=kind, path=blob.path)
         if not head and self.hub._take(self.hub.faults.cut, blob.path):
             self.close_connection = True
             self._send(status, data[: len(data) // 2], headers, kind=kind, path=blob.path)

@@ -18,7 +18,7 @@ from hf_server import COMMIT, Faults, HubFixture
 from openmind_prep.cli import main
 from openmind_prep.sources.download import download
 from openmind_prep.sources.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
-from openmind_prep.sources.pinned import Lock, repo_paths
+from openmind_prep.sources.pinned import Lock, downloaded_records, repo_paths
 from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
 from openmind_prep.sources.selection import Selection
 
@@ -82,7 +82,8 @@ def test_selection_downloads_only_selected_images_with_their_masks(hub, sample_t
     assert sorted(_final_files(raw)) == sorted([METADATA_CSV, T1,
                                                 "OpenMind/ds000001/sub-01/anat/sub-01_T1w__Data/deface_mask.nii.gz",
                                                 "OpenMind/ds000001/sub-01/anat/sub-01_T1w__Data/fb_mask.nii.gz"])
-    assert [r.image_path for r in read_metadata(raw / METADATA_CSV)] == list(lock.images)
+    assert [r.image_path for r in downloaded_records(raw)] == list(lock.images)
+    assert (raw / METADATA_CSV).read_bytes() == (sample_tree / METADATA_CSV).read_bytes()  # the Hub's, whole
 
 
 def test_rate_limit_bursts_are_waited_out_honouring_retry_after(hub, sample_tree, tmp_path):
@@ -159,7 +160,7 @@ def test_persistent_corruption_is_an_error_naming_the_file_and_leaves_nothing(hu
     assert not (raw / T1).exists()  # never a wrong file at a final path
     assert not list((raw / STATE_DIR / "partial").glob("*"))
     # the image is incomplete, so it is not listed for preprocessing; the others are
-    listed = [r.image_path for r in read_metadata(raw / METADATA_CSV)]
+    listed = [r.image_path for r in downloaded_records(raw)]
     assert "ds000001/sub-01/anat/sub-01_T1w.nii.gz" not in listed and len(listed) == 2
 
 
@@ -177,9 +178,8 @@ def test_metadata_csv_failure_is_an_error_naming_it(hub, tmp_path):
 
 
 def test_unknown_revision_and_missing_file_are_clear_errors(hub, sample_tree, tmp_path):
-    from huggingface_hub.errors import RevisionNotFoundError
-
-    with pytest.raises(RevisionNotFoundError):
+    with pytest.raises(DownloadError, match="AnonRes/OpenMind@nope: http://.*/api/datasets/AnonRes/OpenMind/"
+                                            "revision/nope: HTTP 404 RevisionNotFoundError"):
         download(HubRepo("AnonRes/OpenMind", "nope", hub.endpoint, False, FAST), tmp_path / "a", progress=False)
     # a CSV row whose image is not in the repo: that file fails, naming it (tests/test_net_faults.py)
     hub.blobs.pop(T1)
@@ -286,7 +286,7 @@ def test_download_runs_on_an_existing_dask_cluster(hub, sample_tree, tmp_path):
         _assert_mirror(raw, sample_tree, expected)
         hub.clear_log()
         again = CliRunner().invoke(main, args)
-        assert again.exit_code == 0 and f"{len(expected)} already verified" in again.output, again.output
+        assert again.exit_code == 0 and f"{len(expected) + 1} already verified" in again.output, again.output
         assert hub.hits("resolve") == [] and hub.hits("cdn") == []
 
 

@@ -2,8 +2,8 @@
 
 Contract: :func:`openmind_prep.sources.metadata.read_metadata` returns records whose image paths have at
 least ``<dataset>/<subject>/<file>``, or raises :class:`MetadataError` with one line that starts
-with the CSV's path; ``write_present_csv`` (the download's RAW CSV) copies exactly the rows whose
-files exist. Mutations start from the real sample CSV: byte flips, inserted bytes (invalid UTF-8,
+with the CSV's path; ``downloaded_records`` (what ``preprocess`` reads from a download's RAW) keeps
+exactly the rows whose files exist. Mutations start from the real sample CSV: byte flips, inserted bytes (invalid UTF-8,
 NUL, quotes, separators, newlines, a BOM), truncations and odd cells. ``max_examples`` bounds the
 run to seconds.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openmind_prep.sources.pinned import write_present_csv
+from openmind_prep.sources.hub import STATE_DIR
+from openmind_prep.sources.pinned import downloaded_records
 from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, MetadataError, read_metadata
 from openmind_prep.core.paths import source_path
 
@@ -77,10 +78,12 @@ def test_fuzzed_csv_bytes_read_or_fail_naming_the_file(sample_tree, ops):
 
 @FUZZ
 @given(ops=edits, bom=st.booleans())
-def test_the_raw_csv_keeps_exactly_the_rows_whose_files_exist(sample_tree, ops, bom):
+def test_a_download_folder_gives_exactly_the_rows_whose_files_exist(sample_tree, ops, bom):
     with tempfile.TemporaryDirectory() as d:
         raw = Path(d)
-        full = raw / "full.csv"
+        (raw / STATE_DIR).mkdir()
+        (raw / STATE_DIR / "verified.jsonl").write_text("")  # a folder written by download
+        full = raw / METADATA_CSV
         full.write_bytes((b"\xef\xbb\xbf" if bom else b"") + _apply(_csv_bytes(sample_tree), ops))
         records = _check(full)
         if not records:
@@ -94,7 +97,6 @@ def test_the_raw_csv_keeps_exactly_the_rows_whose_files_exist(sample_tree, ops, 
                     target.write_bytes(b"x")
                 except (OSError, ValueError):  # a fuzzed path the file system refuses
                     return
-        _, n = write_present_csv(full, raw)
-        listed = read_metadata(raw / METADATA_CSV)
+        listed = downloaded_records(raw)
         wanted = [r for r in records if all((raw / IMAGES_DIR / p).is_file() for p in r.files())]
-        assert [r.image_path for r in listed] == [r.image_path for r in wanted] and n == len(wanted)
+        assert [r.image_path for r in listed] == [r.image_path for r in wanted]

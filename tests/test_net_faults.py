@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from openmind_prep.cli import main
 from openmind_prep.sources.download import download
 from openmind_prep.sources.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
-from openmind_prep.sources.pinned import Lock, repo_paths
+from openmind_prep.sources.pinned import Lock, downloaded_records, repo_paths
 from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
 
 T1 = "OpenMind/ds000001/sub-01/anat/sub-01_T1w.nii.gz"
@@ -186,8 +186,8 @@ def test_disk_full_while_downloading_stops_with_one_line_and_a_rerun_completes(h
     again = _bounded(CliRunner().invoke, main, cmd)
     assert again.exit_code == 0, again.output
     if command == "download":
-        kept = [c for c in calls[:2] if c in _all_files(sample_tree)]  # the first call may be the CSV
-        assert f"{len(kept)} already verified, 0 failed" in again.output
+        kept = [c for c in calls[:2] if c in _all_files(sample_tree)]  # the first call may be the CSV (counted apart: + 1)
+        assert f"{len(kept) + 1} already verified, 0 failed" in again.output
         for p in _all_files(sample_tree):
             assert (out / p).read_bytes() == (sample_tree / p).read_bytes()
     else:
@@ -231,8 +231,9 @@ def test_a_file_missing_from_the_repo_fails_alone_and_is_kept_in_the_lock(hub, s
     assert sorted(report.transferred) == sorted(others)  # every other file was fetched
     for p in others:
         assert (raw / p).read_bytes() == (sample_tree / p).read_bytes()
-    listed = [r.image_path for r in read_metadata(raw / METADATA_CSV)]
+    listed = [r.image_path for r in downloaded_records(raw)]
     assert T1_IMAGE not in listed and len(listed) == 2
+    assert (raw / METADATA_CSV).read_bytes() == (sample_tree / METADATA_CSV).read_bytes()  # RAW is the Hub
 
     # replaying the lock: the same failure, no request for the missing file
     hub.clear_log()

@@ -37,6 +37,7 @@ def download_command(hub: HubRepo, raw: Path, lock_file: Path | None, write_lock
                      selection: Selection) -> None:
     """Download a selection of OpenMind from the Hugging Face hub into RAW, verifying every file
     (size + LFS sha256); re-running resumes and skips verified files."""
+    from openmind_prep.core.runlock import LockHeld
     from openmind_prep.sources.download import download
     from openmind_prep.sources.hub import DownloadError
     from openmind_prep.sources.pinned import Lock
@@ -64,9 +65,9 @@ def download_command(hub: HubRepo, raw: Path, lock_file: Path | None, write_lock
         with connection as client:
             lock, report = download(hub, raw.absolute(), selection=selection, lock=lock, write_lock=write_lock,
                                     lock_only=lock_only, workers=workers, client=client, verify_all=verify_all)
-    except (DownloadError, ValueError) as e:  # ValueError: the repo's CSV cannot be read (file, line)
+    except (DownloadError, ValueError, LockHeld) as e:  # ValueError: the repo's CSV cannot be read (file, line)
         raise click.ClickException(str(e)) from e
-    head = f"{lock.repo}@{lock.commit[:12]}: {len(lock.images)} images, {len(lock.files)} files"
+    head = f"{lock.repo}@{lock.commit[:12]}: {len(lock.images)} images, {len(lock.files) + len(lock.missing)} files"
     if lock_file is None and selection.limit and len(lock.images) < selection.limit:
         click.echo(f"--limit {selection.limit}: only {len(lock.images)} image(s) match the selection "
                    f"({selection.name}); all of them are taken", err=True)
@@ -75,8 +76,10 @@ def download_command(hub: HubRepo, raw: Path, lock_file: Path | None, write_lock
     if report is None:
         click.echo(head)
         return
-    click.echo(f"{head}; {len(report.transferred)} downloaded ({report.bytes / 1e6:.1f} MB), "
-               f"{len(report.skipped)} already verified, {len(report.failed)} failed -> {raw}")
+    csv_new = report.metadata_transferred  # the metadata CSV, one of the files, is not in the data files
+    click.echo(f"{head}; {len(report.transferred) + csv_new} downloaded "
+               f"({(report.bytes + csv_new * lock.metadata.size) / 1e6:.1f} MB), "
+               f"{len(report.skipped) + (not csv_new)} already verified, {len(report.failed)} failed -> {raw}")
     for path, reason in report.failed[:20]:
         click.echo(f"  FAILED {reason}", err=True)
     if report.failed:

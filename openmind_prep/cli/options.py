@@ -30,9 +30,9 @@ def repo_options(command: Callable) -> Callable:
                      help="Branch, tag or commit; resolved once to a commit sha that pins every request."),
         click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True,
                      help="Hub or mirror base URL (default https://huggingface.co)."),
-        click.option("--timeout", "timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
-                     show_default=True, help="Seconds without a byte before a request is retried "
-                     "(connecting: at most 10 s)."),
+        click.option("--timeout", "timeout", type=click.FloatRange(min=0, min_open=True, max=3600), default=10.0,
+                     show_default=True, help="Seconds without a byte before a request is retried (connecting: "
+                     "at most 10 s); a transfer below 1 KiB/s over this long is a stall, retried later."),
         click.option("--deadline", default=None, metavar="DURATION",
                      help="Stop retrying and starting transfers after this long (e.g. 90s, 30m, 2h); "
                           "unfinished files fail, and a re-run resumes them."),

@@ -23,7 +23,7 @@ import numpy as np
 from openmind_prep.core.atomic import disk_full  # noqa: F401 - also the CLI's
 from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
 from openmind_prep.store.manifest import FAILED, OK, empty_row
-from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
+from openmind_prep.sources.metadata import IMAGES_DIR, ImageRecord
 from openmind_prep.core.paths import source_path
 from openmind_prep.sources.selection import Selection
 from openmind_prep.store.store import CODEC, IMAGE, Store, StoreError, as_store, image_key
@@ -224,7 +224,9 @@ def preprocess(src_root: Path, store: Store | Path, selection: Selection, cluste
     """
     from openmind_prep.core.dask_cluster import BackgroundClient
 
-    records = selection.apply(read_metadata(Path(src_root) / METADATA_CSV))
+    from openmind_prep.sources.pinned import downloaded_records
+
+    records = selection.apply(downloaded_records(src_root))
     store = Store.create(as_store(store).root)
     with store.lock("preprocess"):
         clashes, todo = prepare(records, src_root, store)

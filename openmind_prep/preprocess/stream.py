@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 
 from openmind_prep.sources.hub import HubRepo, RemoteFile, VerifiedState, download_files
-from openmind_prep.sources.metadata import METADATA_CSV, ImageRecord, read_metadata
+from openmind_prep.sources.metadata import METADATA_CSV, ImageRecord
 from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE
 from openmind_prep.sources.selection import Selection
 from openmind_prep.store.store import Store, as_store
@@ -272,9 +272,9 @@ def hub_items(repo: HubRepo, selection: Selection, work: Path, lock_file: Path |
 def source_items(source: Path, selection: Selection, work: Path) -> tuple[list[Item], Fetch]:
     """The selected images of a local tree with the repo layout. A listed file that is missing, or a
     directory or FIFO, counts 0 bytes here and fails in the fetch (a ``failed`` row naming it)."""
-    from openmind_prep.sources.pinned import repo_paths
+    from openmind_prep.sources.pinned import downloaded_records, repo_paths
 
-    records = selection.apply(read_metadata(source / METADATA_CSV))
+    records = selection.apply(downloaded_records(source))
     items = []
     for r in records:
         sizes = []

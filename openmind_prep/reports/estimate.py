@@ -234,7 +234,8 @@ def calibrate(src_root: Path, work_dir: Path, dtype: str = "float16",
     ``progress(done, total, image_path, seconds)`` is called after each image."""
     import tracemalloc
 
-    from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
+    from openmind_prep.sources.metadata import IMAGES_DIR
+    from openmind_prep.sources.pinned import downloaded_records
     from openmind_prep.core.dask_cluster import set_sitk_threads
     from openmind_prep.preprocess.job import PreprocessOptions, process_image
     from openmind_prep.store.store import create_store
@@ -249,7 +250,7 @@ def calibrate(src_root: Path, work_dir: Path, dtype: str = "float16",
     store = create_store(Path(work_dir) / "calibration.zarr")
     rows, peaks = [], []
     try:
-        records = read_metadata(Path(src_root) / METADATA_CSV)
+        records = downloaded_records(src_root)
         for done, record in enumerate(records, 1):
             t0 = time.perf_counter()
             tracemalloc.start()

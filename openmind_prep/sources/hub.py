@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from openmind_prep.core.atomic import stop_if_disk_full
-from openmind_prep.sources.retry import RATE_WINDOWS, DownloadError, RetryPolicy, ShortTransfer, reason, retrying
+from openmind_prep.sources.retry import (ANSWERED, DownloadError, RetryPolicy, ShortTransfer, Stalled, heard, reason,
+                                         retrying)
 
 __all__ = ["DownloadError", "RetryPolicy", "HubRepo", "RemoteFile", "VerifiedState", "download_files",
            "fetch_batch", "fetch_verified", "file_digests"]
@@ -66,8 +67,11 @@ class HubRepo:
 
     ``token`` None uses the usual HF env/config token (``HF_TOKEN``, ``hf auth login``). Every
     request gives up connecting after ``connect_timeout_s`` and waiting for bytes after
-    ``read_timeout_s`` (then it is retried under ``policy``): huggingface_hub's own client has no
-    timeout, so an endpoint that accepts and never answers would hang ``HfApi`` calls for ever.
+    ``read_timeout_s`` (huggingface_hub's download default, 10 s; then it is retried under ``policy``):
+    huggingface_hub's own client has no timeout, so an endpoint that accepts and never answers would
+    hang ``HfApi`` calls for ever. A transfer slower than ``min_rate_b_s`` bytes per second over a
+    window of ``read_timeout_s`` is a stall (:class:`~openmind_prep.sources.retry.Stalled`): a slow
+    drip never resets the read timeout.
     """
 
     repo_id: str
@@ -76,15 +80,16 @@ class HubRepo:
     token: str | bool | None = None
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
+    read_timeout_s: float = 10.0
     repo_type: str = "dataset"
+    min_rate_b_s: float = 1024.0
 
     def timeout(self):
         """The ``httpx2.Timeout`` of a request starting now: no longer than the deadline leaves.
 
         >>> import time
         >>> HubRepo("r/x").timeout().read, HubRepo("r/x").timeout().connect
-        (60.0, 10.0)
+        (10.0, 10.0)
         >>> 4 < HubRepo("r/x", policy=RetryPolicy(deadline=time.time() + 5)).timeout().read <= 5
         True
         """
@@ -106,9 +111,29 @@ class HubRepo:
         if client.timeout != wanted:
             client.timeout = wanted
         hooks = client.event_hooks
-        if RATE_WINDOWS.observe not in hooks.get("response", []):  # every answer's RateLimit header
-            client.event_hooks = {**hooks, "response": [*hooks.get("response", []), RATE_WINDOWS.observe]}
+        if heard not in hooks.get("response", []):  # every answer: something listens; its RateLimit header
+            client.event_hooks = {**hooks, "response": [*hooks.get("response", []), heard]}
         return client
+
+    def api_url(self, *parts: str) -> str:
+        """The address of an API request, for messages: ``{endpoint}/api/{type}s/{repo}/...``."""
+        from huggingface_hub import constants
+
+        return "/".join([(self.endpoint or constants.ENDPOINT).rstrip("/"), "api", f"{self.repo_type}s",
+                         self.repo_id, *parts])
+
+    def _asking(self, call, what: str, url: str):
+        """``retrying(call)`` for an API request: an answer that is not the JSON asked for, or a refusal
+        (404, 401, ...), is a :class:`DownloadError` naming ``url``, never a traceback."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            return retrying(call, what, self.policy, resource="api")
+        except HfHubHTTPError as e:
+            raise DownloadError(what, f"{url}: {reason(e)}") from e
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
+            raise DownloadError(what, f"{url}: the hub's answer is not what its API returns "
+                                      f"({type(e).__name__}: {str(e)[:80]}); is this a Hugging Face endpoint?") from e
 
     def _api(self):
         from huggingface_hub import HfApi
@@ -118,9 +143,9 @@ class HubRepo:
 
     def resolve_commit(self) -> str:
         """The commit sha the revision points to now (every later request is pinned to it)."""
-        info = retrying(lambda: self._api().repo_info(self.repo_id, repo_type=self.repo_type,
-                                                      revision=self.revision, timeout=self.timeout()),
-                        f"{self.repo_id}@{self.revision}", self.policy, resource="api")
+        info = self._asking(lambda: self._api().repo_info(self.repo_id, repo_type=self.repo_type,
+                                                          revision=self.revision, timeout=self.timeout()),
+                            f"{self.repo_id}@{self.revision}", self.api_url("revision", self.revision))
         if not info.sha:
             raise DownloadError(self.repo_id, f"the hub returned no commit sha for {self.revision!r}")
         return info.sha
@@ -135,14 +160,14 @@ class HubRepo:
         for start in tqdm(range(0, len(paths), batch), desc="paths-info", unit="req",
                           disable=not progress or len(paths) <= batch):
             chunk = list(paths[start:start + batch])
-            entries = retrying(lambda: self._api().get_paths_info(self.repo_id, chunk, repo_type=self.repo_type,
-                                                                  revision=commit),
-                               f"paths-info ({chunk[0]} ...)", self.policy, resource="api")
-            for e in entries:
-                if hasattr(e, "blob_id"):  # a file, not a folder
-                    found[e.path] = RemoteFile(e.path, int(e.size), e.lfs.sha256 if e.lfs else None,
-                                               e.blob_id)
+            url = self.api_url("paths-info", commit)
+            found.update(self._asking(lambda: self._files(chunk, commit), f"paths-info ({chunk[0]} ...)", url))
         return [found[p] for p in paths if p in found], [p for p in paths if p not in found]
+
+    def _files(self, chunk: list[str], commit: str) -> dict[str, RemoteFile]:
+        entries = self._api().get_paths_info(self.repo_id, chunk, repo_type=self.repo_type, revision=commit)
+        return {e.path: RemoteFile(e.path, int(e.size), e.lfs.sha256 if e.lfs else None, e.blob_id)
+                for e in entries if hasattr(e, "blob_id")}  # a file, not a folder
 
     def paths_info(self, commit: str, paths: Sequence[str], *, batch: int = 500,
                    progress: bool = False) -> list[RemoteFile]:
@@ -254,19 +279,61 @@ def _stream_once(repo: HubRepo, url: str, remote: RemoteFile, part: Path,
         hf_raise_for_status(response)
         if have and response.status_code != 206:  # the whole body: appending it would double the start
             have = 0
+        total = _total_size(response)
+        if total is not None and total != remote.size:  # no retry mends it: the list and the repo disagree
+            raise DownloadError(remote.path, f"the server's file is {total} bytes, the file list says "
+                                             f"{remote.size}; re-resolve the pinned list against the repo")
+        rate = _RateWatch(repo.min_rate_b_s, repo.read_timeout_s)
         with part.open("ab" if have else "wb") as f:
-            for chunk in response.iter_bytes(1 << 20):
+            for chunk in response.iter_bytes():  # as the bytes come: a slow drip is seen, not buffered
                 if have + len(chunk) > remote.size:
                     f.close()
                     part.unlink()
-                    raise ShortTransfer(f"the server sent more than the expected {remote.size} bytes")
+                    raise DownloadError(remote.path, f"the server sent more than the expected {remote.size} bytes")
                 f.write(chunk)
                 have += len(chunk)
                 if on_bytes is not None:
                     on_bytes(len(chunk))
                 repo.policy.check_deadline(remote.path)  # the part is kept: a later run resumes it
+                rate.check(len(chunk), remote.path)
     if have < remote.size:
         raise ShortTransfer(f"the body ended at {have} of {remote.size} bytes")
+
+
+def _total_size(response) -> int | None:
+    """The whole file's size as the answer states it (``Content-Range`` of a 206, else ``Content-Length``).
+
+    >>> class R: status_code, headers = 206, {"Content-Range": "bytes 5-9/10"}
+    >>> _total_size(R())
+    10
+    """
+    text = response.headers.get("Content-Range", "") if response.status_code == 206 else \
+        response.headers.get("Content-Length", "")
+    text = text.rpartition("/")[2].strip()
+    return int(text) if text.isdigit() else None
+
+
+class _RateWatch:
+    """Counts a transfer's bytes per window of ``window_s``; a window below ``min_rate_b_s`` is a
+    :class:`Stalled` (checked as bytes come: a transfer that stops altogether meets the read timeout)."""
+
+    def __init__(self, min_rate_b_s: float, window_s: float) -> None:
+        import time
+
+        self.clock = time.monotonic
+        self.min_rate, self.window = min_rate_b_s, window_s
+        self.start, self.bytes = self.clock(), 0
+
+    def check(self, n: int, path: str) -> None:
+        self.bytes += n
+        elapsed = self.clock() - self.start
+        if elapsed < self.window:
+            return
+        rate = self.bytes / elapsed
+        if rate < self.min_rate:
+            raise Stalled(path, f"stalled: {rate:.3g} B/s over {elapsed:.3g} s, below the minimum "
+                                f"{self.min_rate:g} B/s (the part is kept; a retry resumes it)")
+        self.start, self.bytes = self.clock(), 0
 
 
 def _transfer(repo: HubRepo, commit: str, remote: RemoteFile, part: Path,
@@ -314,6 +381,7 @@ class DownloadReport:
     skipped: tuple[str, ...]
     failed: tuple[tuple[str, str], ...]  # (path, reason)
     bytes: int
+    metadata_transferred: bool = False  # download: whether the metadata CSV was fetched (else already there)
 
 
 def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Path, *,
@@ -329,11 +397,18 @@ def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Pa
     """
     from openmind_prep.core.paths import source_path
 
+    from collections import Counter, deque
+
+    from openmind_prep.sources.retry import announce
+
     raw = Path(raw)
     dest = dest or (lambda f: source_path(raw, f.path))
     state = state or VerifiedState(raw, rehash=rehash)
+    ANSWERED.set()  # the command reached the hub before it planned this batch
     out: list[tuple[str, str | bool]] = []
-    for f in batch:
+    queue, stalls = deque(batch), Counter()
+    while queue:
+        f = queue.popleft()
         target = raw / f.path
         try:
             target = dest(f)
@@ -341,6 +416,14 @@ def fetch_batch(repo: HubRepo, commit: str, batch: Sequence[RemoteFile], raw: Pa
             out.append((f.path, moved))
             if not moved and on_bytes is not None:
                 on_bytes(f.size)
+        except Stalled as e:  # after the batch's other files, from where it stopped
+            stalls[f.path] += 1
+            if stalls[f.path] > repo.policy.retries:
+                out.append((f.path, f"{e}; gave up after {stalls[f.path]} stalls"))
+            else:
+                announce(f"{e}; retry {stalls[f.path]}/{repo.policy.retries} after the other files of its batch")
+                queue.append(f)
+                continue
         except Exception as e:  # noqa: BLE001 - reported per file
             stop_if_disk_full(e, target)
             out.append((f.path, str(e) if isinstance(e, DownloadError) else f"{f.path}: {reason(e)}"))

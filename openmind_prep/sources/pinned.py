@@ -7,14 +7,13 @@ lock (``openmind-prep download --lock FILE``) fetches exactly those bytes or fai
 A file the CSV lists but the repo lacks at that commit is kept in the lock's ``missing`` list: its
 image becomes a ``failed`` row while every other image is fetched.
 
-Inside RAW, the verified repo CSV is kept as ``.openmind-prep/openneuro_metadata.<commit>.csv``
-and ``RAW/openneuro_metadata.csv`` lists the rows of the images whose files are all in RAW, so
+``RAW/openneuro_metadata.csv`` is the repo's CSV of that commit, byte for byte (verified like every
+other file); :func:`downloaded_records` reads from it the images whose files are all in RAW, so
 ``openmind-prep preprocess RAW`` processes exactly what was downloaded.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import dataclasses
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from openmind_prep.core.atomic import write_text, writing
+from openmind_prep.core.atomic import write_text
 from openmind_prep.sources.hub import STATE_DIR, HubRepo, RemoteFile, VerifiedState, fetch_verified
 from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, ImageRecord, read_metadata
 from openmind_prep.sources.selection import Selection
@@ -71,8 +70,16 @@ class Lock:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Lock":
-        if d.get("format") != LOCK_FORMAT:
-            raise ValueError(f"not an {LOCK_FORMAT} lock (format={d.get('format')!r})")
+        if not isinstance(d, dict) or d.get("format") != LOCK_FORMAT:
+            raise ValueError(f"not an {LOCK_FORMAT} lock (format={d.get('format') if isinstance(d, dict) else d!r})")
+        for key, kind in (("files", dict), ("images", str), ("missing", str)):
+            value = d.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+                raise ValueError(f"{key!r} must be a list of {'objects' if kind is dict else 'strings'}, "
+                                 f"not {str(value)[:40]!r}")
+        for f in d["files"]:
+            if not isinstance(f.get("path"), str) or not isinstance(f.get("size"), int) or f["size"] < 0:
+                raise ValueError(f"'files' entry {str(f)[:60]!r}: needs a path (string) and a size (bytes >= 0)")
         files = tuple(RemoteFile.from_dict(f) for f in d["files"])
         if not files or files[0].path != METADATA_CSV:
             raise ValueError(f"the first file of a lock must be {METADATA_CSV}")
@@ -108,18 +115,13 @@ def repo_paths(record: ImageRecord) -> list[str]:
     return [f"{IMAGES_DIR}/{p}" for p in record.files()]
 
 
-def full_csv_path(raw: Path, commit: str) -> Path:
-    """Where the verified repo CSV of ``commit`` is kept inside RAW."""
-    return Path(raw) / STATE_DIR / f"openneuro_metadata.{commit[:12]}.csv"
-
-
 def fetch_metadata(repo: HubRepo, commit: str, raw: Path, remote: RemoteFile | None = None, *,
-                   rehash: bool = False) -> Path:
-    """Download and verify the repo's metadata CSV for ``commit``; returns its local path."""
+                   rehash: bool = False) -> tuple[Path, bool]:
+    """Download and verify the repo's metadata CSV for ``commit`` into ``RAW/openneuro_metadata.csv``
+    (the repo's bytes); returns its path and whether bytes were transferred (False: already there)."""
     remote = remote or repo.paths_info(commit, [METADATA_CSV])[0]
-    dest = full_csv_path(raw, commit)
-    fetch_verified(repo, commit, remote, dest, raw, VerifiedState(raw, rehash=rehash))
-    return dest
+    dest = Path(raw) / METADATA_CSV
+    return dest, fetch_verified(repo, commit, remote, dest, raw, VerifiedState(raw, rehash=rehash))
 
 
 def resolve_lock(repo: HubRepo, selection: Selection, raw: Path, *, progress: bool = False,
@@ -128,7 +130,8 @@ def resolve_lock(repo: HubRepo, selection: Selection, raw: Path, *, progress: bo
     ones the repo lacks go to ``Lock.missing``)."""
     commit = repo.resolve_commit()
     csv_remote = repo.paths_info(commit, [METADATA_CSV])[0]
-    records = selection.apply(read_metadata(fetch_metadata(repo, commit, raw, csv_remote, rehash=rehash)))
+    csv_path, _ = fetch_metadata(repo, commit, raw, csv_remote, rehash=rehash)
+    records = selection.apply(read_metadata(csv_path))
     paths = list(dict.fromkeys(p for r in records for p in repo_paths(r)))
     files, missing = repo.lookup(commit, paths, progress=progress)
     return Lock(repo.repo_id, repo.revision, commit, selection.to_dict(),
@@ -139,12 +142,12 @@ def open_lock(repo: HubRepo, raw: Path, *, selection: Selection | None = None, l
               progress: bool = False, rehash: bool = False) -> tuple[HubRepo, Lock, Path]:
     """Replay ``lock`` (the repo pinned to its repo and commit, its verified metadata CSV fetched) or
     resolve ``selection`` into a new one; returns the repo to fetch from, the lock and the local
-    path of the repo's full metadata CSV (inside ``raw``). ``rehash``: see ``VerifiedState``."""
+    path of the repo's metadata CSV (``raw/openneuro_metadata.csv``). ``rehash``: see ``VerifiedState``."""
     if lock is not None:
         repo = dataclasses.replace(repo, repo_id=lock.repo, revision=lock.commit)
-        return repo, lock, fetch_metadata(repo, lock.commit, raw, lock.metadata, rehash=rehash)
+        return repo, lock, fetch_metadata(repo, lock.commit, raw, lock.metadata, rehash=rehash)[0]
     lock = resolve_lock(repo, selection or Selection(), raw, progress=progress, rehash=rehash)
-    return repo, lock, full_csv_path(raw, lock.commit)
+    return repo, lock, Path(raw) / METADATA_CSV
 
 
 def missing_reason(lock: Lock, path: str) -> str:
@@ -156,26 +159,15 @@ def missing_reason(lock: Lock, path: str) -> str:
     return f"{path}: listed in {METADATA_CSV} but not in {lock.repo}@{lock.commit[:12]}"
 
 
-def write_present_csv(full_csv: Path, raw: Path) -> tuple[Path, int]:
-    """Write ``RAW/openneuro_metadata.csv``: the rows of ``full_csv`` whose image and masks all
-    exist under ``RAW/OpenMind`` (every file at a final path was verified). Returns (path, rows).
-    """
-    raw = Path(raw)
-    out = raw / METADATA_CSV
-    n = 0
-    with writing(out) as tmp, open(full_csv, newline="", encoding="utf-8-sig") as src, \
-            tmp.open("w", newline="", encoding="utf-8") as dst:
-        reader, writer = csv.reader(src), csv.writer(dst)
-        header = next(reader, [])
-        writer.writerow(header)
-        columns = [header.index(k) for k in ("image_path", "anon_mask_path", "anat_mask_path") if k in header]
-        for row in reader:  # rows are copied as they are (a row longer than the header too)
-            paths = [row[i].strip() for i in columns if i < len(row)]
-            paths = [p for p in paths if p and p.lower() != "nan"]
-            if paths and all((raw / IMAGES_DIR / p).is_file() for p in paths):
-                writer.writerow(row)
-                n += 1
-    return out, n
+def downloaded_records(root: Path) -> list[ImageRecord]:
+    """The records of ``root``'s metadata CSV to preprocess: in a RAW folder written by ``download`` (it
+    has ``.openmind-prep/verified.jsonl``) the images whose files are all in RAW (the CSV is the repo's,
+    every image of it; only some were downloaded); in any other folder every record."""
+    root = Path(root)
+    records = read_metadata(root / METADATA_CSV)
+    if not (root / STATE_DIR / "verified.jsonl").is_file():
+        return records
+    return [r for r in records if all((root / p).is_file() for p in repo_paths(r))]
 
 
 def records_of(lock: Lock, full_csv: Path) -> list[ImageRecord]:

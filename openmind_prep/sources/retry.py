@@ -36,6 +36,22 @@ class ShortTransfer(OSError):
     """The server ended a body before the expected size (worth resuming)."""
 
 
+class Stalled(DownloadError):
+    """A transfer ran below the minimum rate for a whole window (a slow drip); its ``.part`` is kept.
+    Not retried in place: :func:`openmind_prep.sources.hub.fetch_batch` retries it after the other
+    files of its batch, so one dripping file does not hold them back."""
+
+
+#: The longest wait a server may ask for (``Retry-After``, a ``RateLimit`` reset) that is slept; a longer
+#: one ends the request at once with one line (the Hub's windows are 5 minutes).
+MAX_SERVER_WAIT_S = 900.0
+#: Before anything has answered in this process (a first request), connection failures and timeouts are
+#: retried for at most this long: a wrong or dead endpoint is one line in seconds, not minutes.
+UNREACHED_BUDGET_S = 25.0
+#: Set by :func:`heard` on every answer (any status) the hub's HTTP client gets in this process.
+ANSWERED = threading.Event()
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """At most ``retries`` retries after the first try; backoff ``base_s * 2**(n-1)`` capped at
@@ -124,11 +140,14 @@ def server_wait(headers) -> float | None:
     if value is not None:
         value = str(value).strip()
         try:
-            waits.append(max(0.0, float(value)))
+            seconds = float(value)
+            waits.append(max(0.0, seconds) if math.isfinite(seconds) else math.inf)
         except ValueError:
             try:
                 waits.append(max(0.0, parsedate_to_datetime(value).timestamp() - time.time()))
-            except (TypeError, ValueError):
+            except OverflowError:  # a date far in the future
+                waits.append(math.inf)
+            except (TypeError, ValueError, IndexError):
                 pass  # unparseable: fall back to backoff
     return max(waits) if waits else None
 
@@ -169,6 +188,42 @@ class RateWindows:
 RATE_WINDOWS = RateWindows()
 
 
+def heard(response) -> None:
+    """The ``httpx2`` response hook of the hub's client: note that something answered (:data:`ANSWERED`)
+    and what its ``RateLimit`` header says (:data:`RATE_WINDOWS`)."""
+    ANSWERED.set()
+    RATE_WINDOWS.observe(response)
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A failure that means nothing answered: no connection, or no answer in time."""
+    import httpx2
+
+    return isinstance(error, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ReadTimeout, ConnectionError,
+                              TimeoutError)) and not isinstance(error, ConnectionResetError)
+
+
+def _origin(error: BaseException) -> str:
+    """The scheme://host:port of the request that failed, or the configured endpoint."""
+    import os
+
+    try:
+        url = error.request.url  # httpx2 errors carry their request
+        return f"{url.scheme}://{url.netloc.decode()}"
+    except (AttributeError, RuntimeError):
+        return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def unreached(what: str, error: BaseException) -> DownloadError:
+    """The one line for an endpoint that never answered: which one, why, and where it was configured."""
+    import os
+
+    configured = os.environ.get("HF_ENDPOINT")
+    where = f"HF_ENDPOINT={configured}" if configured else "HF_ENDPOINT is not set"
+    return DownloadError(what, f"cannot reach the hub at {_origin(error)} ({reason(error)}); check --endpoint "
+                               f"/ HF_ENDPOINT ({where}) and the network")
+
+
 def is_transient(error: BaseException) -> bool:
     """429/5xx answers, refused or dropped connections, timeouts and short bodies are worth a retry.
 
@@ -177,6 +232,8 @@ def is_transient(error: BaseException) -> bool:
     """
     import httpx2
 
+    if isinstance(error, httpx2.UnsupportedProtocol):  # e.g. a redirect to file:///...: no retry mends it
+        return False
     if isinstance(error, (httpx2.TransportError, TimeoutError, ConnectionError, ShortTransfer)):
         return True
     return status_of(error) in RETRY_STATUS
@@ -196,6 +253,9 @@ def reason(error: BaseException) -> str:
         asked = f" (the server asks to wait {wait:g} s)" if wait is not None else ""
         kind = "" if type(error).__name__ in ("HfHubHTTPError", "HTTPStatusError") else f" {type(error).__name__}"
         return f"HTTP {status}{' rate limited' if status == 429 else kind}{asked}"
+    if isinstance(error, httpx2.UnsupportedProtocol):
+        url = getattr(getattr(error, "_request", None), "url", None)
+        return f"a redirect to {url or 'an address'} that is not HTTP(S) ({error})"
     if isinstance(error, httpx2.TimeoutException):
         return f"{type(error).__name__}: no answer in time ({str(error) or 'timed out'})"
     first = (str(error).strip().splitlines() or [""])[0]
@@ -256,9 +316,13 @@ def retrying(call: Callable, what: str, policy: RetryPolicy, *, sleep: Callable 
     """
     notify = notify or announce
     retry = 0
+    started = time.monotonic()
     while True:
         policy.check_deadline(what)
         paused = RATE_WINDOWS.wait_s(resource) if resource else 0.0
+        if paused > MAX_SERVER_WAIT_S:
+            raise DownloadError(what, f"giving up: the hub's {resource!r} rate limit resets in {paused:.3g} s, over "
+                                      f"the {MAX_SERVER_WAIT_S:g} s this waits; try again later")
         if paused > 0:
             left = policy.seconds_left()
             if left is not None and paused >= left:
@@ -274,7 +338,14 @@ def retrying(call: Callable, what: str, policy: RetryPolicy, *, sleep: Callable 
             retry += 1
             if retry > policy.retries:
                 raise DownloadError(what, f"giving up after {retry} attempts: {reason(e)}") from e
-            wait = policy.delay(retry, server_wait(getattr(_response(e), "headers", None)))
+            asked = server_wait(getattr(_response(e), "headers", None))
+            if asked is not None and asked > MAX_SERVER_WAIT_S:
+                raise DownloadError(what, f"giving up: the server asks to wait {asked:.3g} s, over the "
+                                          f"{MAX_SERVER_WAIT_S:g} s this waits; try again later") from e
+            wait = policy.delay(retry, asked)
+            if (not ANSWERED.is_set() and _unreachable(e)
+                    and time.monotonic() - started + wait > UNREACHED_BUDGET_S):
+                raise unreached(what, e) from e
             left = policy.seconds_left()
             if left is not None and wait >= left:
                 raise DownloadError(what, f"giving up: retry {retry} would wait {wait:.3g} s, past the "
