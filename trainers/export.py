@@ -19,9 +19,43 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-__all__ = ["adaptation_plan", "nnssl_checkpoint", "save_nnssl_checkpoint"]
+__all__ = ["adaptation_plan", "citations", "nnssl_checkpoint", "save_nnssl_checkpoint"]
 
 _ARCH_CLASS = {"resenc-l": "ResEncL", "primus-m": "PrimusM", "tiny": "ResidualEncoderUNet"}
+
+_OPENMIND = ("Wald, T., Ulrich, C., Suprijadi, J., Ziegler, S., Nohel, M., Peretzke, R., Köhler, G., & "
+             "Maier-Hein, K. H. (2024). An OpenMind for 3D medical vision self-supervised learning. "
+             "arXiv:2412.17041.")
+_CVA = ("Vaish, P., Meister, F., Heimann, T., Brune, C., & Wolterink, J. M. (2025). Consistent View Alignment "
+        "Improves Foundation Models for 3D Medical Image Segmentation. arXiv:2509.13846.")
+_RESENC = ("Isensee, F., Wald, T., Ulrich, C., Baumgartner, M., Roy, S., Maier-Hein, K., & Jäger, P. F. (2024). "
+           "nnU-Net Revisited: A Call for Rigorous Validation in 3D Medical Image Segmentation. MICCAI 2024. "
+           "arXiv:2404.09556.")
+_PRIMUS = ("Wald, T., Roy, S., Isensee, F., Ulrich, C., Ziegler, S., Trofimova, D., Stock, R., Baumgartner, M., "
+           "Köhler, G., & Maier-Hein, K. (2025). Primus: Enforcing Attention Usage for 3D Medical Image "
+           "Segmentation. arXiv:2503.01835.")
+_ARCH_CITATION = {"resenc-l": ("ResEnc-L", _RESENC), "primus-m": ("Primus-M", _PRIMUS),
+                  "tiny": ("ResidualEncoderUNet (openmind-prep tiny)", _RESENC)}
+
+
+def citations(arch: str) -> list[dict]:
+    """nnssl's citation records (``type``, ``name``, ``apa_citations``) for an export of ``arch``.
+
+    The fork's ``PretrainedTrainer.print_citations`` sorts them by ``type`` and prints
+    ``"{type} used '{name}'"`` followed by each APA citation; ``nnUNetv2_preprocess_like_nnssl`` copies
+    them into the plans' ``pretrain_info`` (JSON), so every value is a plain string.
+
+    >>> [(c["type"], c["name"]) for c in citations("primus-m")]
+    [('Architecture', 'Primus-M'), ('Pre-training Method', 'Consistent View Alignment (CVA)'), \
+('Pre-training Dataset', 'OpenMind'), ('Pre-training Framework', 'nnssl')]
+    """
+    if arch not in _ARCH_CITATION:
+        raise ValueError(f"cannot export architecture {arch!r}; choose one of {sorted(_ARCH_CLASS)}")
+    name, paper = _ARCH_CITATION[arch]
+    return [{"type": "Architecture", "name": name, "apa_citations": [paper]},
+            {"type": "Pre-training Method", "name": "Consistent View Alignment (CVA)", "apa_citations": [_CVA]},
+            {"type": "Pre-training Dataset", "name": "OpenMind", "apa_citations": [_OPENMIND]},
+            {"type": "Pre-training Framework", "name": "nnssl", "apa_citations": [_OPENMIND]}]
 
 
 def _dotted(value: Any) -> Any:
@@ -99,7 +133,7 @@ def nnssl_checkpoint(backbone: nn.Module, arch: str, patch_size: Sequence[int], 
         "nnssl_adaptation_plan": adaptation_plan(arch, patch_size, **plan_kwargs),
         "trainer_name": "trainers.cva",
         "init_args": dict(config or {}),
-        "citations": ["Consistent View Alignment (MICCAI 2025 SSL3D challenge)", "nnssl (MIC-DKFZ)"],
+        "citations": citations(arch),
     }
 
 
