@@ -81,6 +81,7 @@ def test_wheel_installs_core_only_and_runs(tmp_path):
     assert meta["License-Expression"] == "Apache-2.0"
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "openmind_prep/sources/selections/t1w-iqs2.5.toml" in names
+    assert {"openmind_prep/py.typed", "loaders/py.typed", "trainers/py.typed"} <= set(names)  # PEP 561
     requires = [Requirement(r) for r in meta.get_all("Requires-Dist")]
     core = {r.name.lower().replace("_", "-"): r for r in requires if r.marker is None}
     assert not core["huggingface-hub"].specifier.contains("1.9") and core["huggingface-hub"].specifier.contains("2.0")

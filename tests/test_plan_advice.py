@@ -91,7 +91,7 @@ def test_calibration_reports_progress_and_the_plan_says_what_to_run(sample_tree)
     mean = raw / 400
     gb = max(1, math.ceil(min(max(3 * 2 * 4 * mean, 0), raw) / 1e9))
     assert gb == suggest_max_raw_gb([mean] * 400, 2, 4)
-    assert (f"next:      openmind-prep run --out STORE --select t1w-iqs2.5 --limit 400 --max-raw-gb "
+    assert ("next:      openmind-prep run --out STORE --select t1w-iqs2.5 --limit 400 --max-raw-gb "
             in result.stdout)
 
 

@@ -29,7 +29,8 @@ MNI = os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data",
 
 @pytest.fixture(scope="module")
 def mri() -> torch.Tensor:
-    """MNI152 T1 at 4 mm (49 x 58 x 47), z-scored over the whole box like onemmiso: [1, i, j, k] (nibabel's voxel order; the sampler does not care which axis is which)."""
+    """MNI152 T1 at 4 mm (49 x 58 x 47), z-scored over the whole box like onemmiso: [1, i, j, k]
+    (nibabel's voxel order; the sampler does not care which axis is which)."""
     v = torch.tensor(nibabel.load(MNI).get_fdata(), dtype=torch.float32)
     v = F.avg_pool3d(v[None, None], 4, ceil_mode=True)[0]
     return (v - v.mean()) / v.std()

@@ -29,6 +29,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy loads when a probe runs, so --help stays fast
+    import numpy as np
 
 DEMO_K = 6
 __all__ = ["intensity_features", "network_features", "score_features", "probe_backbone", "run_probe", "main"]

@@ -32,7 +32,8 @@ def show_command(store: Path, image: str, out: Path, masks: bool) -> None:
     path copied from the raw tree (``RAW/OpenMind/ds.../x.nii.gz``); a miss lists close names.
     """
     from openmind_prep.reports.show import render_volume
-    from openmind_prep.store.store import MASK_NAMES, Store
+    from openmind_prep.store.schema import MASK_NAMES
+    from openmind_prep.store.store import Store
 
     store = Store(store)
     key = _find_image(store, image)

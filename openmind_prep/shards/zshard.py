@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 

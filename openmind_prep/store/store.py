@@ -45,7 +45,7 @@ import numpy as np
 from openmind_prep.store import manifest
 from openmind_prep.core.atomic import replace_dir, write_json
 from openmind_prep.store.case_writer import CODEC, IMAGE, MASK_CODEC, array_checksum, write_group  # noqa: F401  (re-exported)
-from openmind_prep.store.schema import ARRAY_COLUMNS, MASK_NAMES, row_key
+from openmind_prep.store.schema import ARRAY_COLUMNS, row_key
 from openmind_prep.core.paths import leaves_root
 from openmind_prep.store.namespace import ancestors, claim, image_key, key_problem  # noqa: F401  (image_key re-exported)
 from openmind_prep.core.runlock import LockHeld, run_lock
