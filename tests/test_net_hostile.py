@@ -15,7 +15,7 @@ from openmind_prep.cli import main
 from openmind_prep.core.runlock import run_lock
 from openmind_prep.sources import retry
 from openmind_prep.sources.download import download
-from openmind_prep.sources.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
+from openmind_prep.sources.hub import STATE_DIR, DownloadError, HubRepo
 from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
 from openmind_prep.sources.pinned import repo_paths
 from test_net_faults import T1, _bounded, _dead_port, _repo
