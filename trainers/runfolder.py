@@ -120,11 +120,11 @@ class StepLog:
     """
 
     def __init__(self, out: Path, every: int, *, total: int, initial: int, enabled: bool,
-                 probe: Callable[[], float] | None = None, probe_every: int = 0) -> None:
+                 probe: Callable[[], float] | None = None, probe_every: int = 0, desc: str = "cva") -> None:
         from tqdm.auto import tqdm
 
         self.out, self.every, self.enabled, self.probe, self.probe_every = out, every, enabled, probe, probe_every
-        self.bar = tqdm(total=total, initial=initial, unit="step", desc="cva", disable=not enabled, dynamic_ncols=True)
+        self.bar = tqdm(total=total, initial=initial, unit="step", desc=desc, disable=not enabled, dynamic_ncols=True)
         self.file = (out / LOG).open("a") if enabled else None
 
     def __call__(self, step: int, row: dict) -> None:

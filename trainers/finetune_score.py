@@ -1,0 +1,71 @@
+"""Scoring a fine-tuned network on its held-out cases: sliding-window segmentation (nnU-Net's tiling,
+half-patch steps, Gaussian importance weights) or one centre patch per image for cls / reg."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from trainers.finetune_data import centre_patch, gaussian_weights, sliding_windows, whole_case
+from trainers.metrics import classification_scores, regression_scores, segmentation_scores
+
+
+@torch.no_grad()
+def segment(model: torch.nn.Module, image: np.ndarray, patch, outputs: int) -> np.ndarray:
+    """The arg-max label map of ``image`` [Z, Y, X] (padded to the patch where smaller, then cut back)."""
+    shape = image.shape
+    padded = np.pad(image, [(0, max(0, p - n)) for n, p in zip(shape, patch)])
+    weights = torch.from_numpy(gaussian_weights(patch))
+    total = torch.zeros((outputs, *padded.shape))
+    norm = torch.zeros(padded.shape)
+    for window in sliding_windows(padded.shape, patch):
+        x = torch.from_numpy(np.ascontiguousarray(padded[window]))[None, None].float()
+        total[(slice(None), *window)] += model(x)[0].float().softmax(0) * weights
+        norm[window] += weights
+    labels = (total / norm).argmax(0).numpy().astype(np.uint8 if outputs <= 256 else np.int32)
+    return labels[tuple(slice(0, n) for n in shape)]
+
+
+def score_cases(model: torch.nn.Module, args, cases, outputs: int) -> dict:
+    """``{"metrics": {...}, "cases": [...]}`` of one fold: each case's prediction summary and the fold's metrics."""
+    model.eval()
+    patch = tuple(args.patch_size)
+    rows = []
+    if args.task == "seg":
+        for case in cases:
+            image, label = whole_case(args.store, case)
+            pred = segment(model, image, patch, outputs)
+            s = segmentation_scores(label, pred, classes=range(1, outputs), spacing=(1.0, 1.0, 1.0),
+                                    tolerance_mm=args.tolerance_mm)
+            rows.append({"key": case.key, **{m: _clean(v) for m, v in s["mean"].items()},
+                         "per_class": {str(c): {m: _clean(v) for m, v in d.items()} for c, d in s["per_class"].items()}})
+        metrics = {m: _clean(_nanmean([r[m] for r in rows])) for m in ("dsc", "nsd")}
+        return {"metrics": metrics, "cases": rows}
+    outs = []
+    with torch.no_grad():
+        for case in cases:
+            image, _ = whole_case(args.store, case)
+            x = torch.from_numpy(np.ascontiguousarray(centre_patch(image, patch)))[None, None].float()
+            outs.append(model(x)[0].float().numpy())
+    truth = [c.target for c in cases]
+    if args.task == "cls":
+        logits = np.stack(outs)
+        metrics = classification_scores([int(t) for t in truth], logits)
+        rows = [{"key": c.key, "target": int(t), "logits": lg.tolist()} for c, t, lg in zip(cases, truth, logits)]
+    else:
+        pred = [float(o[0]) for o in outs]
+        metrics = regression_scores(truth, pred)
+        rows = [{"key": c.key, "target": t, "prediction": p} for c, t, p in zip(cases, truth, pred)]
+    return {"metrics": {k: _clean(v) for k, v in metrics.items()}, "cases": rows}
+
+
+def _nanmean(values) -> float:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def _clean(value: float) -> float | None:
+    """JSON has no NaN: an undefined metric is ``null``."""
+    return None if value is None or math.isnan(value) else float(value)
