@@ -83,9 +83,10 @@ def classification_scores(truth: Sequence[int], scores: np.ndarray) -> dict:
     out = {"balanced_accuracy": float(balanced_accuracy_score(truth, scores.argmax(1)))}
     if len(np.unique(truth)) < 2:
         return {**out, "auroc": math.nan, "ap": math.nan}
-    if scores.shape[1] == 2:
-        out["auroc"] = float(roc_auc_score(truth, scores[:, 1]))
-        out["ap"] = float(average_precision_score(truth, scores[:, 1]))
+    if scores.shape[1] == 2:  # class 1's margin: monotone in its softmax probability
+        margin = scores[:, 1] - scores[:, 0]
+        out["auroc"] = float(roc_auc_score(truth, margin))
+        out["ap"] = float(average_precision_score(truth, margin))
     else:
         probs = np.exp(scores - scores.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
