@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openmind_prep import __version__
+from openmind_prep.sources.retry import parse_duration
 from trainers import configs, runfolder
 from trainers.method import (cva_losses, forward_pair, init_stage2, resolve_rung_defaults,  # noqa: F401
                              rung_problem, uses_heads)
@@ -98,6 +99,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "nnssl's) or hf://owner/repo[/file] (e.g. hf://AnonRes/ResEncL-OpenMind-MAE): backbone loaded "
                         "strictly, heads fresh, teacher = student, schedules from step 0. Ignored when resuming.")
     g.add_argument("--hub-endpoint", default=None, help="Hugging Face endpoint for hf:// (default: HF_ENDPOINT or the hub).")
+    g.add_argument("--hub-deadline", type=parse_duration, default=None, metavar="DURATION",
+                   help="Give up fetching --init-from hf:// after this long, retries included (e.g. 90s, 10m).")
     g.add_argument("--ema-momentum", type=float, default=None,
                    help="Teacher EMA momentum (start). Default the fork's: 0.995, 0 (teacher = student) with --recon ae.")
     g.add_argument("--ema-momentum-end", type=float, default=None, help="Cosine-ramp momentum to this (default: constant).")

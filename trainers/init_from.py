@@ -43,17 +43,24 @@ def split_hf(spec: str) -> tuple[str, str | None]:
     return "/".join(parts[:2]), "/".join(parts[2:]) or None
 
 
-def fetch_hf(spec: str, dest: Path, *, endpoint: str | None = None, token: str | bool | None = None) -> Path:
-    """Download the checkpoint ``spec`` names into ``dest`` (verified, resumable); returns its local path."""
+def fetch_hf(spec: str, dest: Path, *, endpoint: str | None = None, token: str | bool | None = None,
+             deadline_s: float | None = None) -> Path:
+    """Download the checkpoint ``spec`` names into ``dest`` (verified, resumable); returns its local path.
+    ``deadline_s`` bounds the whole fetch (retries included; ``--hub-deadline``); a dead endpoint, a missing
+    repo or a deadline passed is a :class:`~openmind_prep.sources.retry.DownloadError` (one line)."""
+    import time
+
     from huggingface_hub import HfApi
 
-    from openmind_prep.sources.hub import HubRepo, VerifiedState, fetch_verified
+    from openmind_prep.sources.hub import HubRepo, RetryPolicy, VerifiedState, fetch_verified
 
     repo_id, file = split_hf(spec)
-    repo = HubRepo(repo_id, endpoint=endpoint, token=token, repo_type="model")
+    policy = RetryPolicy(deadline=None if deadline_s is None else time.time() + deadline_s)
+    repo = HubRepo(repo_id, endpoint=endpoint, token=token, repo_type="model", policy=policy)
     commit = repo.resolve_commit()
     if file is None:
-        files = HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, repo_type="model", revision=commit)
+        files = repo.ask(lambda: HfApi(endpoint=endpoint, token=token).list_repo_files(
+            repo_id, repo_type="model", revision=commit), spec, repo.api_url("tree", commit))
         candidates = sorted(f for f in files if f.endswith((".pt", ".pth")))
         if len(candidates) != 1:
             raise ValueError(f"{spec}: name the checkpoint file, the repo holds {len(candidates)} .pt/.pth files "
@@ -102,7 +109,15 @@ def load_backbone(backbone: nn.Module, weights: dict[str, torch.Tensor], source:
     return loaded
 
 
-def init_backbone(backbone: nn.Module, source: str, *, cache: Path, endpoint: str | None = None) -> list[str]:
-    """Resolve ``source`` (path or ``hf://``), read its backbone weights and load them; returns the keys loaded."""
-    path = fetch_hf(source, cache, endpoint=endpoint) if source.startswith(HF_PREFIX) else Path(source)
+def init_backbone(backbone: nn.Module, source: str, *, cache: Path, endpoint: str | None = None,
+                  deadline_s: float | None = None) -> list[str]:
+    """Resolve ``source`` (path or ``hf://``, fetched within ``deadline_s``), read its backbone weights and
+    load them; returns the keys loaded. A source that cannot be fetched or does not fit: ``ValueError``."""
+    from openmind_prep.sources.retry import DownloadError
+
+    try:
+        path = fetch_hf(source, cache, endpoint=endpoint, deadline_s=deadline_s) if source.startswith(HF_PREFIX) \
+            else Path(source)
+    except DownloadError as e:
+        raise ValueError(str(e)) from e
     return load_backbone(backbone, read_backbone_weights(path), source)

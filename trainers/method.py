@@ -114,7 +114,8 @@ def init_stage2(student, teacher, args: argparse.Namespace, out, rank: int, worl
     keys: list[str] = []
     for first in (True, False):  # the other ranks then find the download verified
         if (rank == 0) == first:
-            keys = init_backbone(student.backbone, args.init_from, cache=out / "init", endpoint=args.hub_endpoint)
+            keys = init_backbone(student.backbone, args.init_from, cache=out / "init", endpoint=args.hub_endpoint,
+                                 deadline_s=getattr(args, "hub_deadline", None))
         if world > 1:
             dist.barrier()
     teacher.load_state_dict(student.state_dict())

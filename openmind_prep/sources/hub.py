@@ -122,7 +122,7 @@ class HubRepo:
         return "/".join([(self.endpoint or constants.ENDPOINT).rstrip("/"), "api", f"{self.repo_type}s",
                          self.repo_id, *parts])
 
-    def _asking(self, call, what: str, url: str):
+    def ask(self, call, what: str, url: str):
         """``retrying(call)`` for an API request: an answer that is not the JSON asked for, or a refusal
         (404, 401, ...), is a :class:`DownloadError` naming ``url``, never a traceback."""
         from huggingface_hub.errors import HfHubHTTPError
@@ -143,7 +143,7 @@ class HubRepo:
 
     def resolve_commit(self) -> str:
         """The commit sha the revision points to now (every later request is pinned to it)."""
-        info = self._asking(lambda: self._api().repo_info(self.repo_id, repo_type=self.repo_type,
+        info = self.ask(lambda: self._api().repo_info(self.repo_id, repo_type=self.repo_type,
                                                           revision=self.revision, timeout=self.timeout()),
                             f"{self.repo_id}@{self.revision}", self.api_url("revision", self.revision))
         if not info.sha:
@@ -161,7 +161,7 @@ class HubRepo:
                           disable=not progress or len(paths) <= batch):
             chunk = list(paths[start:start + batch])
             url = self.api_url("paths-info", commit)
-            found.update(self._asking(lambda: self._files(chunk, commit), f"paths-info ({chunk[0]} ...)", url))
+            found.update(self.ask(lambda: self._files(chunk, commit), f"paths-info ({chunk[0]} ...)", url))
         return [found[p] for p in paths if p in found], [p for p in paths if p not in found]
 
     def _files(self, chunk: list[str], commit: str) -> dict[str, RemoteFile]:
