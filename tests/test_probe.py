@@ -175,11 +175,27 @@ def test_run_folder_and_teacher_weights_load(tmp_path):
     assert json.loads((run / "probe.json").read_text())["meta"]["dtype"] == "float32"
 
 
-@pytest.mark.parametrize("make", ["missing", "text", "pickle", "dict", "store"])
+HOSTILE_EXPORTS = {  # issue 23 T13-T15: an export edited after the fact, and what the one line names
+    "weights-list": (lambda ck: ck.update(network_weights=list(ck["network_weights"].values())),
+                     "network_weights is a list"),
+    "n-stages-str": (lambda ck: ck["nnssl_adaptation_plan"]["architecture_plans"]["arch_kwargs"].update(n_stages="6"),
+                     "n_stages='6' is a str"),
+    "nan": (lambda ck: ck["network_weights"]["encoder.stages.1.blocks.0.conv1.conv.weight"].fill_(float("nan")),
+            "encoder.stages.1.blocks.0.conv1.conv.weight holds NaN"),
+}
+
+
+@pytest.mark.parametrize("make", ["missing", "text", "pickle", "dict", "store", *HOSTILE_EXPORTS])
 def test_bad_input_is_one_line_exit_1(tmp_path, capsys, make):
     path = tmp_path / "model.pth"
     extra = []
-    if make == "store":  # a good export, a store that is not one
+    if make in HOSTILE_EXPORTS:
+        from trainers.export import nnssl_checkpoint
+
+        ck = nnssl_checkpoint(tiny(), "tiny", (32, 32, 32))
+        HOSTILE_EXPORTS[make][0](ck)
+        torch.save(ck, path)
+    elif make == "store":  # a good export, a store that is not one
         save_nnssl_checkpoint(path, tiny(), "tiny", (32, 32, 32))
         extra = ["--store", str(tmp_path / "no-store")]
     elif make == "text":
@@ -192,3 +208,5 @@ def test_bad_input_is_one_line_exit_1(tmp_path, capsys, make):
     err = capsys.readouterr().err
     named = str(tmp_path / "no-store") if make == "store" else str(path)
     assert err.count("\n") == 1 and named in err and "Traceback" not in err
+    assert make not in HOSTILE_EXPORTS or HOSTILE_EXPORTS[make][1] in err, err
+    assert not (tmp_path / "probe.json").exists() and not (tmp_path / "probe.png").exists()

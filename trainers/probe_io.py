@@ -41,6 +41,54 @@ class LoadedBackbone:
     source: str
 
 
+_INT_KWARGS = ("n_stages",)
+_LIST_KWARGS = ("features_per_stage", "kernel_sizes", "strides", "n_blocks_per_stage", "n_conv_per_stage_decoder")
+
+
+def _state_dict(path: Path, weights: object, key: str) -> dict:
+    """``weights`` if it is a state dict (names → tensors); else one line naming ``key`` in ``path``.
+
+    >>> _state_dict(Path("m.pth"), [1, 2], "network_weights")
+    Traceback (most recent call last):
+    ...
+    trainers.probe_io.ProbeInputError: m.pth: network_weights is a list, not a state dict (names → tensors)
+    """
+    import torch
+
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise ProbeInputError(f"{path}: {key} is a {type(weights).__name__}, not a state dict (names → tensors)")
+    return weights
+
+
+def _check_arch_kwargs(path: Path, kwargs: dict) -> None:
+    """The plan's U-Net ``arch_kwargs`` have the types the constructor needs (a plan is data: check it).
+
+    >>> _check_arch_kwargs(Path("m.pth"), {"n_stages": "6"})
+    Traceback (most recent call last):
+    ...
+    trainers.probe_io.ProbeInputError: m.pth: arch_kwargs n_stages='6' is a str, not an integer
+    """
+    for key in _INT_KWARGS:
+        if key in kwargs and (isinstance(kwargs[key], bool) or not isinstance(kwargs[key], int)):
+            raise ProbeInputError(f"{path}: arch_kwargs {key}={kwargs[key]!r} is a {type(kwargs[key]).__name__}, "
+                                  "not an integer")
+    for key in _LIST_KWARGS:
+        if key in kwargs and not isinstance(kwargs[key], (list, tuple)):
+            raise ProbeInputError(f"{path}: arch_kwargs {key}={kwargs[key]!r} is a {type(kwargs[key]).__name__}, "
+                                  "not a list")
+
+
+def _first_non_finite(network: nn.Module) -> str | None:
+    """The first parameter or buffer holding NaN or ±inf (None: all finite)."""
+    import torch
+
+    for key, value in network.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
 def _out_channels(weights: dict) -> int:
     heads = [k for k in weights if k.endswith(".bias") and k.startswith(("decoder.seg_layers.", "up_projection."))]
     return int(weights[heads[-1]].shape[0]) if heads else 1
@@ -69,7 +117,7 @@ def _from_export(ck: dict, path: Path) -> tuple[str, tuple[int, ...], dict, dict
     from trainers.networks import TINY_KWARGS
 
     plan = ck["nnssl_adaptation_plan"]
-    weights = strip_wrappers(ck["network_weights"])
+    weights = strip_wrappers(_state_dict(path, ck["network_weights"], "network_weights"))
     try:
         arch_plans = plan["architecture_plans"]
         configuration = next(iter(plan["pretrain_plan"]["configurations"].values()))
@@ -83,7 +131,11 @@ def _from_export(ck: dict, path: Path) -> tuple[str, tuple[int, ...], dict, dict
         return {"ResEncL": "resenc-l", "PrimusM": "primus-m"}[name], patch, io, weights
     if name.rsplit(".", 1)[-1] != "ResidualEncoderUNet":
         raise ProbeInputError(f"{path}: architecture {name!r} is not one of ResEncL, PrimusM, ResidualEncoderUNet")
-    kwargs = dict(arch_plans.get("arch_kwargs") or {})
+    kwargs = arch_plans.get("arch_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ProbeInputError(f"{path}: arch_kwargs is a {type(kwargs).__name__}, not a mapping")
+    kwargs = dict(kwargs)
+    _check_arch_kwargs(path, kwargs)
     for key in arch_plans.get("arch_kwargs_requiring_import") or []:
         if kwargs.get(key) is not None:
             if kwargs[key] not in _LAYERS:
@@ -119,7 +171,7 @@ def load_backbone(path: str | Path, weights: str = "student") -> LoadedBackbone:
     elif isinstance(ck, dict) and "config" in ck and weights in ck:
         config = ck["config"]
         arch, patch = config.get("arch"), tuple(int(p) for p in config.get("patch_size", ()))
-        state = strip_wrappers(ck[weights], "backbone.")
+        state = strip_wrappers(_state_dict(path, ck[weights], weights), "backbone.")
         kwargs, source = {"out_channels": _out_channels(state)}, f"trainers.cva checkpoint ({weights}, step {ck.get('step')})"
     else:
         raise ProbeInputError(f"{path}: neither a trainers.cva checkpoint nor an nnssl export "
@@ -129,6 +181,9 @@ def load_backbone(path: str | Path, weights: str = "student") -> LoadedBackbone:
     try:
         network = build_like(arch, patch, kwargs)
         network.load_state_dict(state)
-    except (ValueError, RuntimeError, TypeError) as e:
+    except (ValueError, RuntimeError, TypeError, AssertionError) as e:
         raise ProbeInputError(f"{path}: weights do not fit {arch}: {' '.join(str(e).split())[:200]}") from None
+    bad = _first_non_finite(network)
+    if bad is not None:
+        raise ProbeInputError(f"{path}: weight {bad} holds NaN or inf; a probe of it would score nothing")
     return LoadedBackbone(network.eval(), arch, patch, kwargs, source)
