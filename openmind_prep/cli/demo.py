@@ -41,8 +41,9 @@ def _source(run: Path, repo: str | None, revision: str, endpoint: str | None, se
     raw = run / "raw"
     if repo is None:
         from openmind_prep.sources.embedded import build_sample_tree
+        from openmind_prep.sources.openmind import is_openmind_tree
 
-        if not (raw / "openneuro_metadata.csv").exists():
+        if not is_openmind_tree(raw):
             build_sample_tree(raw, small=small)
         return raw, selection
     from openmind_prep.sources.download import download

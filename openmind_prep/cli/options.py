@@ -123,6 +123,40 @@ def selection_options(command: Callable) -> Callable:
     return _with(options, wrapper)
 
 
+#: The kinds ``--source-kind`` names (``openmind_prep.sources.detect.KINDS``; spelled here so that
+#: ``--help`` does not import the sources).
+SOURCE_KINDS = ("openmind", "folder", "nnssl", "nnunet")
+
+
+def source_options(command: Callable) -> Callable:
+    """Click options ``--source-kind`` and ``--mask-pattern`` of the commands that read a source
+    (``preprocess``, ``run``, ``plan``); the command receives both and calls :func:`open_source_from`."""
+    options = [
+        click.option("--source-kind", type=click.Choice(SOURCE_KINDS), default=None,
+                     help="What the source is, instead of detecting it: openmind (openneuro_metadata.csv + "
+                          "OpenMind/), folder (NIfTI files at any depth), nnssl (pretrain_data.json), nnunet "
+                          "(an nnU-Net raw dataset). See docs/sources.md."),
+        click.option("--mask-pattern", default=None, metavar="[anat_mask=|anon_mask=]TEMPLATE",
+                     help="Folder sources: an image's mask file, from its path without .nii/.nii.gz, e.g. "
+                          "'{stem}_mask.nii.gz' (a foreground mask; anon_mask= for a defacing mask)."),
+    ]
+    return _with(options, command)
+
+
+def open_source_from(path: Path, kind: str | None, mask_pattern: str | None):
+    """The :class:`~openmind_prep.sources.base.Source` at ``path`` (``open_source``); a bad kind or
+    pattern is a usage error (exit 2), a bad input file one line (exit 1)."""
+    from openmind_prep.core.paths import InputError
+    from openmind_prep.sources.detect import open_source
+
+    try:
+        return open_source(path, kind, mask_pattern=mask_pattern)
+    except InputError:
+        raise
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+
+
 def cluster_options(command: Callable) -> Callable:
     """Click decorator adding the cluster options; the command receives ``cluster=ClusterConfig``."""
     options = [

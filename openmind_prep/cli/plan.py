@@ -8,15 +8,19 @@ from pathlib import Path
 
 import click
 
-from openmind_prep.cli.options import finite, memory_size, selection_options
+from openmind_prep.cli.options import finite, memory_size, open_source_from, selection_options, source_options
 from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE
 from openmind_prep.sources.transfers import RESOLVE_QUOTA_PER_5MIN
 from openmind_prep.sources.selection import Selection
 
 
 @click.command("plan")
+@click.option("--source", "source_path", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Estimate for this source's images (any kind; docs/sources.md). Absent, and no --metadata: "
+                   "synthesise 114,570 OpenMind rows with an assumed modality mix.")
+@source_options
 @click.option("--metadata", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="openneuro_metadata.csv; absent: synthesise 114,570 rows with an assumed modality mix.")
+              help="OpenMind's openneuro_metadata.csv alone (the images need not be there yet).")
 @click.option("--workers", type=click.IntRange(min=1), default=64, show_default=True,
               help="Single-threaded Dask workers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -25,8 +29,8 @@ from openmind_prep.sources.selection import Selection
               help="Flat cost per volume instead of a calibration.")
 @click.option("--from-manifest", "from_manifest", type=click.Path(path_type=Path, exists=True, file_okay=False),
               default=None, help="Measure costs from this store's manifest (seconds, bytes columns).")
-@click.option("--calibrate-on", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-              help="Source tree to calibrate on (default: the embedded sample).")
+@click.option("--calibrate-on", type=click.Path(path_type=Path, exists=True), default=None,
+              help="A source to calibrate on, any kind (default: the embedded sample).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="A lock file (download --write-lock): plan exactly its images, with their exact bytes.")
@@ -40,7 +44,8 @@ from openmind_prep.sources.selection import Selection
 @click.option("--memory-limit", default=None, callback=memory_size, help="Per-worker memory, e.g. 4GiB: count volumes above it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 @selection_options
-def plan_command(metadata: Path | None, workers: int, batch_size: int | None, seconds_per_volume: float | None,
+def plan_command(source_path: Path | None, source_kind: str | None, mask_pattern: str | None,
+                 metadata: Path | None, workers: int, batch_size: int | None, seconds_per_volume: float | None,
                  from_manifest: Path | None, calibrate_on: Path | None, dtype: str, lock_file: Path | None,
                  bandwidth: float, quota: int, download_workers: int, memory_limit: str | None, as_json: bool,
                  selection: Selection) -> None:
@@ -53,13 +58,21 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
 
     if lock_file is not None and selection != Selection():
         raise click.UsageError("--lock fixes the images; drop the selection options")
-    records, note, file_bytes, files, csv_bytes = _records(metadata, lock_file, selection)
+    if source_path is not None and (metadata is not None or lock_file is not None):
+        raise click.UsageError("--source names the images; drop --metadata / --lock")
+    if source_path is None and (source_kind or mask_pattern) and calibrate_on is None:
+        raise click.UsageError("--source-kind and --mask-pattern apply to --source or --calibrate-on")
+    lines: list[str] = []  # the source's line and selection notes: printed first, or in the JSON
+    source = open_source_from(source_path, source_kind, mask_pattern) if source_path is not None else None
+    records, note, file_bytes, files, csv_bytes = _records(source, metadata, lock_file, selection, lines.append)
+    for line in lines if not as_json else ():
+        click.echo(line)
     if seconds_per_volume is not None:
         cost = CostModel(seconds_per_volume=seconds_per_volume, source=f"flat {seconds_per_volume} s per volume")
     elif from_manifest is not None:
         cost = cost_from_rows(read_manifest(from_manifest).to_pylist(), f"measured in {from_manifest}")
     else:
-        cost = _calibrate(calibrate_on, dtype)
+        cost = _calibrate(open_source_from(calibrate_on, source_kind, mask_pattern) if calibrate_on else None, dtype)
     from openmind_prep.reports.estimate import volumes_from_records
 
     batch = batch_size or DEFAULT_BATCH_SIZE
@@ -69,7 +82,7 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
                     quota_per_5min=quota, download_workers=download_workers,
                     **({"metadata_bytes": csv_bytes} if csv_bytes is not None else {}))
     if as_json:
-        click.echo(json.dumps(asdict(plan), indent=1))
+        click.echo(json.dumps({**asdict(plan), **({"source": lines} if lines else {})}, indent=1))
         return
     max_raw = suggest_max_raw_gb(list(volumes.file_bytes), workers, batch)
     source = ["--lock", str(lock_file)] if lock_file else selection_flags(selection, named_selections())
@@ -79,16 +92,22 @@ def plan_command(metadata: Path | None, workers: int, batch_size: int | None, se
                       max_raw_gb=max_raw, next_command=command))
 
 
-def _records(metadata: Path | None, lock_file: Path | None, selection: Selection):
+def _records(source, metadata: Path | None, lock_file: Path | None, selection: Selection, say):
     """(records, note, exact file bytes, files per image, metadata CSV bytes) for the plan; the last
-    three None unless a lock gives them."""
-    from openmind_prep.sources.metadata import METADATA_CSV, record_from_row, read_metadata
+    three None unless a lock gives them. ``say`` gets the source's line and selection notes."""
+    from openmind_prep.sources.base import select
+    from openmind_prep.sources.metadata import METADATA_CSV, record_from_row
+    from openmind_prep.sources.openmind import OpenMindSource
     from openmind_prep.core.paths import strip_nifti_suffix
     from openmind_prep.reports.estimate import synthesise_metadata
 
     if lock_file is None:
-        if metadata is not None:
-            return selection.apply(read_metadata(metadata)), f"from {metadata}", None, None, None
+        if source is None and metadata is not None:
+            source = OpenMindSource.from_csv(metadata)
+        if source is not None:
+            listed = source.records()
+            say(source.describe(len(listed)))
+            return select(source, selection, listed, say), f"from {metadata or source.origin}", None, None, None
         return (selection.apply(synthesise_metadata()), "SYNTHESISED metadata: 114,570 rows, assumed mix",
                 None, None, None)
     from openmind_prep.sources.pinned import Lock
@@ -97,7 +116,7 @@ def _records(metadata: Path | None, lock_file: Path | None, selection: Selection
         lock = Lock.read(lock_file)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--lock") from e
-    by_path = {r.image_path: r for r in read_metadata(metadata)} if metadata is not None else {}
+    by_path = {r.image_path: r for r in OpenMindSource.from_csv(metadata).records()} if metadata is not None else {}
     sizes: dict[str, list[int]] = {}
     for f in lock.data_files:  # OpenMind/<image_path> and OpenMind/<stem>__Data/<mask>
         rel = f.path.split("/", 1)[1] if "/" in f.path else f.path
@@ -114,8 +133,8 @@ def _records(metadata: Path | None, lock_file: Path | None, selection: Selection
     return records, note, nbytes, files, lock.metadata.size
 
 
-def _calibrate(calibrate_on: Path | None, dtype: str):
-    """Calibrate on a source tree (default: the embedded sample), one line per image on stderr."""
+def _calibrate(calibrate_on, dtype: str):
+    """Calibrate on a source (default: the embedded sample), one line per image on stderr."""
     import tempfile
     import time
 

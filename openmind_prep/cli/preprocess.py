@@ -8,14 +8,16 @@ from typing import Sequence
 
 import click
 
-from openmind_prep.cli.options import cluster_options, selection_options, store_options
+from openmind_prep.cli.options import (cluster_options, open_source_from, selection_options, source_options,
+                                       store_options)
 from openmind_prep.core.dask_cluster import ClusterConfig
 from openmind_prep.sources.metadata import ImageRecord
 from openmind_prep.sources.selection import Selection
 
 
 @click.command("preprocess")
-@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@source_options
 @store_options
 @click.option("--format", "formats", default="zarr", show_default=True,
               type=click.Choice(["zarr", "zarr,webdataset"]),
@@ -26,10 +28,12 @@ from openmind_prep.sources.selection import Selection
               help="Target bytes per tar shard (e.g. 1GB); auto: at least 16 shards, at most 1 GB each.")
 @selection_options
 @cluster_options
-def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_size: int, formats: str,
-                       shards_dir: Path | None, shard_size: str, selection: Selection,
-                       cluster: ClusterConfig) -> None:
-    """Preprocess SRC (OpenMind repo layout) into the Zarr store --out with onemmiso (nnssl-exact)."""
+def preprocess_command(src: Path, source_kind: str | None, mask_pattern: str | None, store: Path, dtype: str,
+                       chunks: int, batch_size: int, formats: str, shards_dir: Path | None, shard_size: str,
+                       selection: Selection, cluster: ClusterConfig) -> None:
+    """Preprocess SRC into the Zarr store --out with onemmiso (nnssl-exact). SRC is an OpenMind tree
+    (openneuro_metadata.csv + OpenMind/), a folder of NIfTI files, nnssl's pretrain_data.json (or its
+    folder) or an nnU-Net raw dataset; the first line names the kind found (--source-kind overrides)."""
     from openmind_prep.preprocess.job import PreprocessOptions, disk_full, preprocess
     from openmind_prep.shards.writer import parse_size
 
@@ -38,8 +42,10 @@ def preprocess_command(src: Path, store: Path, dtype: str, chunks: int, batch_si
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--shard-size") from e
     options = PreprocessOptions(dtype=dtype, chunks=chunks)
+    source = open_source_from(src, source_kind, mask_pattern)
     try:
-        records, rows, table = preprocess(src, store, selection, cluster, options, batch_size=batch_size)
+        records, rows, table = preprocess(source, store, selection, cluster, options, batch_size=batch_size,
+                                          say=click.echo)
     except OSError as e:
         if not disk_full(e):
             raise

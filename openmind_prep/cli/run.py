@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from openmind_prep.cli.options import cluster_options, repo_options, selection_options, store_options
+from openmind_prep.cli.options import (cluster_options, open_source_from, repo_options, selection_options,
+                                       source_options, store_options)
 from openmind_prep.core.dask_cluster import ClusterConfig
 from openmind_prep.sources.selection import Selection
 
@@ -17,8 +18,10 @@ if TYPE_CHECKING:
 
 @click.command("run")
 @repo_options
-@click.option("--source", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="A local folder with the repo layout instead of the hub (--repo is then ignored).")
+@click.option("--source", type=click.Path(path_type=Path, exists=True),
+              help="A local source instead of the hub (--repo is then ignored): an OpenMind tree, a folder "
+                   "of NIfTI files, a pretrain_data.json or an nnU-Net raw dataset (docs/sources.md).")
+@source_options
 @store_options
 @click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where raw files wait for preprocessing. Default: <STORE>.raw next to the store.")
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
               help="Concurrent downloads.")
 @selection_options
 @cluster_options
-def run_command(hub: HubRepo, source: Path | None, store: Path,
+def run_command(hub: HubRepo, source: Path | None, source_kind: str | None, mask_pattern: str | None, store: Path,
                 work: Path | None, max_raw_gb: float, keep_raw: bool, lock_file: Path | None,
                 download_workers: int, dtype: str, chunks: int, batch_size: int, selection: Selection,
                 cluster: ClusterConfig) -> None:
@@ -48,22 +51,28 @@ def run_command(hub: HubRepo, source: Path | None, store: Path,
     work.mkdir(parents=True, exist_ok=True)
     if lock_file is not None and selection != Selection():
         raise click.UsageError("--lock replays a fixed file list; drop the selection options")
+    if source is None and (source_kind or mask_pattern):
+        raise click.UsageError("--source-kind and --mask-pattern apply to --source")
+    if source is not None and lock_file is not None:
+        raise click.UsageError("--lock applies to the hub, not to --source")
+    local = open_source_from(Path(source), source_kind, mask_pattern) if source is not None else None
     target = Store.create(store)
-    with target.lock("run"), BackgroundClient(cluster) as client:  # cluster starts as the selection resolves
-        try:
-            if source is not None:
-                if lock_file is not None:
-                    raise click.UsageError("--lock applies to the hub, not to --source")
-                items, fetch = source_items(Path(source), selection, work)
-            else:
-                items, fetch = hub_items(hub, selection, work, lock_file, download_workers)
-        except (DownloadError, ValueError) as e:
-            raise click.ClickException(str(e)) from e
-        options = PreprocessOptions(dtype=dtype, chunks=chunks)
-        try:
-            rows = stream(items, fetch, work, target, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
-                          keep_raw=keep_raw, batch_size=batch_size)
-        except RawBudgetError as e:
-            raise click.UsageError(str(e)) from e
+    with target.lock("run"):
+        if local is not None:  # listed before the cluster starts: the source's line comes first
+            items, fetch = source_items(local, selection, work, say=click.echo)
+            target.note_source(local.kind, local.root, local.origin)
+        with BackgroundClient(cluster) as client:  # the cluster starts as the hub's selection resolves
+            if local is None:
+                try:
+                    items, fetch = hub_items(hub, selection, work, lock_file, download_workers)
+                except (DownloadError, ValueError) as e:
+                    raise click.ClickException(str(e)) from e
+            options = PreprocessOptions(dtype=dtype, chunks=chunks)
+            try:
+                rows = stream(items, fetch, work, target, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
+                              keep_raw=keep_raw, batch_size=batch_size,
+                              source=local.staged(work) if local is not None else None)
+            except RawBudgetError as e:
+                raise click.UsageError(str(e)) from e
         table = target.merge()
     report([i.record for i in items], rows, table, store)

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from openmind_prep.sources.metadata import METADATA_CSV
-
 
 @click.command("sample")
 @click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
@@ -16,7 +14,8 @@ from openmind_prep.sources.metadata import METADATA_CSV
 def sample_command(dest: Path, small: bool, broken: bool) -> None:
     """Write the embedded real-MRI sample to DEST in the OpenMind repo layout."""
     from openmind_prep.sources.embedded import build_sample_tree
+    from openmind_prep.sources.openmind import OpenMindSource
 
     root = build_sample_tree(dest, small=small, broken=broken)
-    n = sum(1 for _ in (root / METADATA_CSV).open()) - 1
+    n = len(OpenMindSource(root).records())
     click.echo(f"wrote {n} images to {root}")

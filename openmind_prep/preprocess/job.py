@@ -1,4 +1,8 @@
-"""``openmind-prep preprocess``: onemmiso preprocessing of a source tree into the Zarr store, on Dask.
+"""``openmind-prep preprocess``: onemmiso preprocessing of a source's images into the Zarr store, on Dask.
+
+The images come from a :class:`~openmind_prep.sources.base.Source` (an OpenMind tree, a plain folder,
+a ``pretrain_data.json``, an nnU-Net raw dataset); a bare path given where a source is expected is
+the OpenMind tree at that path (:func:`~openmind_prep.sources.openmind.as_source`).
 
 Work is submitted as BATCHES of images (one Dask task per batch, a bounded number in flight):
 114k one-image tasks would stall the scheduler. Each batch preprocesses its images one by one,
@@ -23,7 +27,9 @@ import numpy as np
 from openmind_prep.core.atomic import disk_full  # noqa: F401 - also the CLI's
 from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
 from openmind_prep.store.manifest import FAILED, OK, empty_row
-from openmind_prep.sources.metadata import IMAGES_DIR, ImageRecord
+from openmind_prep.sources.base import Source, select
+from openmind_prep.sources.openmind import as_source
+from openmind_prep.sources.metadata import ImageRecord
 from openmind_prep.core.paths import source_path
 from openmind_prep.sources.selection import Selection
 from openmind_prep.store.store import CODEC, IMAGE, Store, StoreError, as_store, image_key
@@ -74,15 +80,15 @@ def record_row(record: ImageRecord, error: str = "") -> dict:
     return row
 
 
-def process_image(record: ImageRecord, src_root: Path, store: Store | Path, options: PreprocessOptions) -> dict:
-    """Preprocess one image into ``store``; returns its manifest row (``failed`` with the reason
-    instead of raising)."""
+def process_image(record: ImageRecord, source: Source | Path, store: Store | Path, options: PreprocessOptions) -> dict:
+    """Preprocess one image of ``source`` into ``store``; returns its manifest row (``failed`` with
+    the reason instead of raising)."""
     from openmind_prep.preprocess.onemmiso import preprocess_case
     from openmind_prep.core.paths import InputError
 
     start = time.perf_counter()
     row = record_row(record)
-    images = Path(src_root) / IMAGES_DIR
+    images = as_source(source).root
     max_bytes = options.max_bytes if options.max_bytes is not None else worker_max_bytes()
     try:
         masks = {name: source_path(images, path) for name, path in record.mask_paths.items()}
@@ -118,13 +124,13 @@ def process_image(record: ImageRecord, src_root: Path, store: Store | Path, opti
     return row
 
 
-def process_batch(records: Sequence[ImageRecord], src_root: Path, store: Store,
+def process_batch(records: Sequence[ImageRecord], source: Source | Path, store: Store,
                   options: PreprocessOptions) -> list[dict]:
     """Preprocess a batch of images, then write its manifest fragment; returns the rows.
 
     This is the unit of work of a Dask task (also reused by the streaming ``run`` command).
     """
-    rows = [process_image(record, src_root, store, options) for record in records]
+    rows = [process_image(record, source, store, options) for record in records]
     as_store(store).record(rows)
     return rows
 
@@ -134,7 +140,7 @@ def pending(records: Iterable[ImageRecord], store: Store | Path) -> list[ImageRe
     return as_store(store).pending(records)
 
 
-def prepare(records: Sequence[ImageRecord], src_root: Path, store: Store) -> tuple[list[dict], list[ImageRecord]]:
+def prepare(records: Sequence[ImageRecord], source: Source | Path, store: Store) -> tuple[list[dict], list[ImageRecord]]:
     """Before a run (holding the store's lock): create the store, drop leftovers of killed writers,
     write ``failed`` rows for the records the store's namespace refuses (a reserved name, or a key
     another image has: :meth:`~openmind_prep.store.store.Store.claim`); returns those rows and the records
@@ -144,14 +150,15 @@ def prepare(records: Sequence[ImageRecord], src_root: Path, store: Store) -> tup
     store.clear_tmp()
     rows = store.rows()
     refused = store.claim((r.image_path for r in records), rows)
-    clashes = [record_row(r, f"{Path(src_root) / IMAGES_DIR / r.image_path}: {refused[r.image_path]}; refused")
+    images = as_source(source).root
+    clashes = [record_row(r, f"{images / r.image_path}: {refused[r.image_path]}; refused")
                for r in records if r.image_path in refused]
     if clashes:
         store.record(clashes)
     return clashes, [r for r in store.pending(records, rows) if r.image_path not in refused]
 
 
-def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Store | Path, client,
+def run_preprocess(records: Sequence[ImageRecord], source: Source | Path, store: Store | Path, client,
                    options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE,
                    max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
                    progress: bool = True) -> list[dict]:
@@ -160,12 +167,12 @@ def run_preprocess(records: Sequence[ImageRecord], src_root: Path, store: Store 
     :func:`prepare`, then :func:`process_records`. The manifest is NOT merged here (see
     :func:`preprocess`), nor the store locked.
     """
-    clashes, todo = prepare(records, src_root, as_store(store))
-    return clashes + process_records(todo, src_root, as_store(store), client, options, batch_size=batch_size,
+    clashes, todo = prepare(records, source, as_store(store))
+    return clashes + process_records(todo, source, as_store(store), client, options, batch_size=batch_size,
                                      max_in_flight=max_in_flight, on_batch=on_batch, progress=progress)
 
 
-def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Store, client,
+def process_records(todo: Sequence[ImageRecord], source: Source | Path, store: Store, client,
                     options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE,
                     max_in_flight: int | None = None, on_batch: Callable[[list[dict]], None] | None = None,
                     progress: bool = True) -> list[dict]:
@@ -182,12 +189,12 @@ def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Store, c
     if not todo:
         return []
     client = client_of(client)  # a cluster still starting in the background is waited for here
-    store = as_store(store)
+    store, source = as_store(store), as_source(source)
     queue = deque(todo[i:i + batch_size] for i in range(0, len(todo), batch_size))
     in_flight = max_in_flight or 2 * max(1, sum(client.nthreads().values()))
     rows: list[dict] = []
     with tqdm(total=len(todo), unit="img", desc="preprocess", disable=not progress) as bar:
-        submit = lambda batch: client.submit(process_batch, batch, Path(src_root), store, options,  # noqa: E731
+        submit = lambda batch: client.submit(process_batch, batch, source, store, options,  # noqa: E731
                                              pure=False)
         for batch, future in bounded_submit(submit, queue, in_flight):
             try:
@@ -199,7 +206,7 @@ def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Store, c
                     queue.extendleft([record] for record in reversed(batch))
                     batch_rows = []
                 else:
-                    batch_rows = [record_row(batch[0], f"{Path(src_root) / IMAGES_DIR / batch[0].image_path}: "
+                    batch_rows = [record_row(batch[0], f"{source.root / batch[0].image_path}: "
                                                        f"worker died while processing it ({type(e).__name__}: "
                                                        f"{e}); out of memory?")]
                     store.record(batch_rows)
@@ -212,11 +219,14 @@ def process_records(todo: Sequence[ImageRecord], src_root: Path, store: Store, c
     return rows
 
 
-def preprocess(src_root: Path, store: Store | Path, selection: Selection, cluster: ClusterConfig,
-               options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True):
-    """Select records from ``src_root``'s CSV, then, holding the store's run lock, preprocess the
-    pending ones and merge the manifest. :class:`~openmind_prep.store.store.StoreError` (one line) when
-    another run holds the store.
+def preprocess(source: Source | Path, store: Store | Path, selection: Selection, cluster: ClusterConfig,
+               options: PreprocessOptions, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
+               say: Callable[[str], None] | None = None):
+    """Select records from ``source``, then, holding the store's run lock, preprocess the pending
+    ones and merge the manifest. :class:`~openmind_prep.store.store.StoreError` (one line) when
+    another run holds the store. ``say`` gets the source's line (kind, path, image count) first,
+    then one line per selection filter the source's images cannot answer
+    (:func:`~openmind_prep.sources.base.select`). The store notes the source's kind and root.
 
     No cluster is started when nothing is pending (a re-run of a finished store takes ~1 s); else
     one line says what starts (:class:`openmind_prep.core.dask_cluster.BackgroundClient`).
@@ -224,15 +234,19 @@ def preprocess(src_root: Path, store: Store | Path, selection: Selection, cluste
     """
     from openmind_prep.core.dask_cluster import BackgroundClient
 
-    from openmind_prep.sources.pinned import downloaded_records
-
-    records = selection.apply(downloaded_records(src_root))
+    source = as_source(source)
+    listed = source.records()  # a bad listing fails before the store is touched
+    lines = [source.describe(len(listed))]
+    records = select(source, selection, listed, lines.append)
     store = Store.create(as_store(store).root)
-    with store.lock("preprocess"):
-        clashes, todo = prepare(records, src_root, store)
+    with store.lock("preprocess"):  # the lines once the store is ours (a held lock is the only line)
+        for line in lines if say is not None else ():
+            say(line)
+        store.note_source(source.kind, source.root, source.origin)
+        clashes, todo = prepare(records, source, store)
         rows = list(clashes)
         if todo:
             with BackgroundClient(cluster) as client:
-                rows += process_records(todo, src_root, store, client, options, batch_size=batch_size,
+                rows += process_records(todo, source, store, client, options, batch_size=batch_size,
                                         progress=progress)
         return records, rows, store.merge()

@@ -11,8 +11,9 @@ keeps at most ``--max-raw-gb`` of image and mask bytes (complete or partial) in 
 so downloads of the next batches overlap preprocessing of the current ones. The bound is exact
 because sizes are known before any byte is written (lock / paths-info). A file that cannot be
 fetched gives its image a ``failed`` manifest row naming the file. Images already ``ok`` in the
-store are skipped before anything is downloaded, so a killed run resumes. ``--source DIR`` runs
-the same on a local folder with the repo layout (files are copied in, processed, deleted).
+store are skipped before anything is downloaded, so a killed run resumes. ``--source SRC`` runs
+the same on a local source of any kind (:mod:`openmind_prep.sources.detect`): its files are copied
+into the work folder with their layout, processed there, deleted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Callable, Sequence
 
 
 from openmind_prep.sources.hub import HubRepo, RemoteFile, VerifiedState, download_files
-from openmind_prep.sources.metadata import METADATA_CSV, ImageRecord
+from openmind_prep.sources.base import Source, select
+from openmind_prep.sources.openmind import as_source
+from openmind_prep.sources.metadata import ImageRecord
 from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE
 from openmind_prep.sources.selection import Selection
 from openmind_prep.store.store import Store, as_store
@@ -112,10 +115,11 @@ def hub_fetcher(repo: HubRepo, commit: str, work: Path, workers: int,
     return fetch
 
 
-def local_fetcher(source: Path, work: Path) -> Fetch:
-    """Copy from a local tree with the repo layout (temp file + rename, size checked); a path that
-    leaves either tree, a missing file, or a directory/FIFO/device in place of a file is a per-file
-    failure naming it (never a read that blocks on a FIFO)."""
+def local_fetcher(source: Path, work: Path, listed_in: str = "the source") -> Fetch:
+    """Copy from a local folder into ``work`` with the same layout (temp file + rename, size
+    checked); a path that leaves either folder, a missing file, or a directory/FIFO/device in place
+    of a file is a per-file failure naming it (never a read that blocks on a FIFO). ``listed_in``
+    names what listed the files (for a missing one)."""
     from openmind_prep.core.atomic import stop_if_disk_full, writing
     from openmind_prep.core.paths import source_path
 
@@ -127,7 +131,7 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
             except ValueError as e:  # InputError: names the path and the reason
                 failed[f.path] = str(e)
                 continue
-            problem = _not_a_file(src)
+            problem = _not_a_file(src, listed_in)
             if problem:
                 failed[f.path] = f"{src}: {problem}"
                 continue
@@ -145,18 +149,18 @@ def local_fetcher(source: Path, work: Path) -> Fetch:
     return fetch
 
 
-def _not_a_file(path: Path) -> str:
+def _not_a_file(path: Path, listed_in: str = "the source") -> str:
     """Why ``path`` is not a regular file to copy ('' when it is).
 
-    >>> _not_a_file(Path("/no/such/file.nii.gz")), _not_a_file(Path("/"))
-    ('listed in openneuro_metadata.csv but not found', 'not a regular file (a directory)')
+    >>> _not_a_file(Path("/no/such/file.nii.gz"), "list.csv"), _not_a_file(Path("/"))
+    ('listed in list.csv but not found', 'not a regular file (a directory)')
     """
     import stat
 
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        return f"listed in {METADATA_CSV} but not found"
+        return f"listed in {listed_in} but not found"
     except OSError as e:
         return f"cannot read it: {e.strerror or e}"
     if stat.S_ISREG(mode):
@@ -182,9 +186,11 @@ def _delete_raw(work: Path, item: Item) -> None:
 
 def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Store | Path, client, options, *,
            max_raw_bytes: int, keep_raw: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
-           on_fetched: Callable[[], None] | None = None, progress: bool = True) -> list[dict]:
+           on_fetched: Callable[[], None] | None = None, progress: bool = True,
+           source: Source | None = None) -> list[dict]:
     """Fetch, preprocess and delete ``items`` batch by batch into ``store`` (whose run lock the
-    caller holds); returns this run's manifest rows.
+    caller holds); returns this run's manifest rows. ``source``: the fetched files as a source in
+    ``work`` (:meth:`~openmind_prep.sources.base.Source.staged`; default the OpenMind layout there).
 
     ``on_fetched`` is called after each batch is fetched (tests sample the raw bytes there).
     """
@@ -193,7 +199,8 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Store | Path,
     from openmind_prep.preprocess.job import prepare, process_records, record_row
 
     work, store = Path(work), as_store(store)
-    clashes, todo_records = prepare([i.record for i in items], work, store)  # over all items, once
+    staged = source if source is not None else as_source(work)
+    clashes, todo_records = prepare([i.record for i in items], staged, store)  # over all items, once
     todo_paths = {r.image_path for r in todo_records}
     todo = [i for i in items if i.record.image_path in todo_paths]
     budget = ByteBudget(max_raw_bytes if not keep_raw else 1 << 62)
@@ -240,7 +247,7 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Store | Path,
                     store.record(lost_rows)
                     rows.extend(lost_rows)
                 if fetched:
-                    rows.extend(process_records([i.record for i, _ in fetched], work, store, client, options,
+                    rows.extend(process_records([i.record for i, _ in fetched], staged, store, client, options,
                                                 batch_size=batch_size, progress=False))
                 for batch, _ in batches:
                     for item in batch:
@@ -269,17 +276,20 @@ def hub_items(repo: HubRepo, selection: Selection, work: Path, lock_file: Path |
     return items, hub_fetcher(repo, lock.commit, work, workers, missing)
 
 
-def source_items(source: Path, selection: Selection, work: Path) -> tuple[list[Item], Fetch]:
-    """The selected images of a local tree with the repo layout. A listed file that is missing, or a
-    directory or FIFO, counts 0 bytes here and fails in the fetch (a ``failed`` row naming it)."""
-    from openmind_prep.sources.pinned import downloaded_records, repo_paths
-
-    records = selection.apply(downloaded_records(source))
+def source_items(source: Source | Path, selection: Selection, work: Path,
+                 say: Callable[[str], None] | None = None) -> tuple[list[Item], Fetch]:
+    """The selected images of a local source (``say``: its line, then the selection's notes, as in
+    :func:`openmind_prep.preprocess.job.preprocess`) and how to copy them into ``work``. A listed
+    file that is missing, or a directory or FIFO, counts 0 bytes here and fails in the fetch (a
+    ``failed`` row naming it)."""
+    source = as_source(source)
+    listed = source.records()
+    if say is not None:
+        say(source.describe(len(listed)))
     items = []
-    for r in records:
-        sizes = []
-        for p in repo_paths(r):
-            path = source / p
-            sizes.append(path.stat().st_size if path.is_file() else 0)  # is_file: no error, follows links
-        items.append(Item(r, tuple(RemoteFile(p, n, None, "") for p, n in zip(repo_paths(r), sizes))))
-    return items, local_fetcher(source, work)
+    for r in select(source, selection, listed, say):
+        paths = source.tree_paths(r)
+        sizes = [(source.tree / p).stat().st_size if (source.tree / p).is_file() else 0  # no error, follows links
+                 for p in paths]
+        items.append(Item(r, tuple(RemoteFile(p, n, None, "") for p, n in zip(paths, sizes))))
+    return items, local_fetcher(source.tree, work, source.listed_in)

@@ -28,13 +28,16 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from openmind_prep.sources.transfers import REQUEST_SECONDS, RESOLVE_QUOTA_PER_5MIN, Transfer
 from openmind_prep.sources.metadata import ImageRecord, record_from_row
 from openmind_prep.preprocess.job import IMAGE_MEMORY_FRACTION
+
+if TYPE_CHECKING:
+    from openmind_prep.sources.base import Source
 
 OPENMIND_ROWS = 114_570
 OPENMIND_SUBJECTS = 34_191
@@ -226,16 +229,15 @@ def cost_from_rows(rows: Sequence[dict], source: str, peak_bytes_per_voxel: floa
     )
 
 
-def calibrate(src_root: Path, work_dir: Path, dtype: str = "float16",
+def calibrate(source: "Source | Path", work_dir: Path, dtype: str = "float16",
               progress: Callable[[int, int, str, float], None] | None = None) -> CostModel:
-    """Run the real per-image path on every image of ``src_root`` (one thread, like a worker) into a
+    """Run the real per-image path on every image of ``source`` (one thread, like a worker) into a
     scratch store under ``work_dir``; fit the costs to the rows. Peak memory is traced per image
     (numpy allocations) plus 4 bytes per input voxel for SimpleITK's untraced read buffer.
     ``progress(done, total, image_path, seconds)`` is called after each image."""
     import tracemalloc
 
-    from openmind_prep.sources.metadata import IMAGES_DIR
-    from openmind_prep.sources.pinned import downloaded_records
+    from openmind_prep.sources.openmind import as_source
     from openmind_prep.core.dask_cluster import set_sitk_threads
     from openmind_prep.preprocess.job import PreprocessOptions, process_image
     from openmind_prep.store.store import create_store
@@ -247,25 +249,26 @@ def calibrate(src_root: Path, work_dir: Path, dtype: str = "float16",
     set_sitk_threads(1)  # a worker is single-threaded: measure one thread (Dask sets OMP_NUM_THREADS=1)
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    source = as_source(source)
     store = create_store(Path(work_dir) / "calibration.zarr")
     rows, peaks = [], []
     try:
-        records = downloaded_records(src_root)
+        records = source.records()
         for done, record in enumerate(records, 1):
             t0 = time.perf_counter()
             tracemalloc.start()
-            row = process_image(record, Path(src_root), store, PreprocessOptions(dtype=dtype))
+            row = process_image(record, source, store, PreprocessOptions(dtype=dtype))
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             if progress is not None:
                 progress(done, len(records), record.image_path, time.perf_counter() - t0)
             if row["status"] == "ok":
-                in_voxels = math.prod(nib.load(Path(src_root) / IMAGES_DIR / record.image_path).shape[:3])
+                in_voxels = math.prod(nib.load(source.root / record.image_path).shape[:3])
                 peaks.append((peak + 4 * in_voxels) / (in_voxels + math.prod(row["shape"])))
                 rows.append(row)
     finally:
         torch.set_num_threads(torch_threads)
-    return cost_from_rows(rows, f"calibrated on {src_root} ({dtype})", max(peaks, default=None))
+    return cost_from_rows(rows, f"calibrated on {source.origin} ({dtype})", max(peaks, default=None))
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,10 @@ CORE_COLUMNS = (
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One row of the metadata CSV.
+    """One image of a source (for the OpenMind tree: one row of the metadata CSV).
 
-    Paths are POSIX strings relative to ``OpenMind/``; an empty string means "absent".
+    Paths are POSIX strings relative to the source's root (``OpenMind/`` for the OpenMind tree;
+    :mod:`openmind_prep.sources.base`); an empty string means "absent".
 
     >>> r = record_from_row({"image_path": "ds1/sub-1/ses-a/anat/x_T1w.nii.gz", "modality": "T1w"})
     >>> (r.dataset, r.subject, r.session, r.stem)
@@ -72,8 +73,9 @@ class ImageRecord:
         return {name: path for name, path in masks.items() if path}
 
     def files(self) -> list[str]:
-        """All files of this image (image first, then its masks), relative to ``OpenMind/``."""
-        return [self.image_path, *self.mask_paths.values()]
+        """All files of this image (image first, then its masks, then its label map), relative to the
+        source's root (``OpenMind/`` for the OpenMind tree)."""
+        return [self.image_path, *self.mask_paths.values(), *([self.label_path] if self.label_path else [])]
 
 
 def parse_image_path(image_path: str) -> tuple[str, str, str]:

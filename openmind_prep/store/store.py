@@ -4,7 +4,7 @@ the loaders ask it instead of knowing its files.
 
 Layout (``STORE`` is a Zarr v3 group on a local or shared POSIX file system)::
 
-    STORE/zarr.json                              root group
+    STORE/zarr.json                              root group; attributes["sources"]: where images came from
     STORE/<image_path without .nii[.gz]>/        one group per image (its key)
         image/      float16|float32, zyx as on disk, z-scored, 1 mm
         anon_mask/  uint8 (defacing mask), only if the image has one
@@ -137,6 +137,33 @@ class Store:
         if not manifest_required and not (store.root / "zarr.json").is_file():
             raise StoreError(f"{store.root}: not an openmind-prep store (no zarr.json)")
         return store
+
+    # -- provenance --------------------------------------------------------------------------
+    def note_source(self, kind: str, root: str | os.PathLike, path: str | os.PathLike | None = None) -> None:
+        """Record in the root group's attributes that images came from a source of ``kind`` whose
+        image paths (the manifest's ``image_path``) are relative to ``root``; ``path`` is what the user
+        named (default ``root``). A store filled from several sources lists each once, in order.
+
+        >>> import tempfile
+        >>> s = Store.create(Path(tempfile.mkdtemp()) / "s")
+        >>> s.note_source("folder", "/data/scans"); s.note_source("folder", "/data/scans"); s.sources()
+        [{'kind': 'folder', 'root': '/data/scans', 'path': '/data/scans'}]
+        """
+        entry = {"kind": str(kind), "root": str(Path(root).absolute()),
+                 "path": str(Path(path if path is not None else root).absolute())}
+        meta = json.loads((self.root / "zarr.json").read_text())
+        attributes = meta.setdefault("attributes", {})
+        known = attributes.setdefault("sources", [])
+        if entry not in known:
+            known.append(entry)
+            write_json(self.root / "zarr.json", meta)
+
+    def sources(self) -> list[dict]:
+        """The sources :meth:`note_source` recorded (``[]`` for a store written before they were)."""
+        try:
+            return list(json.loads((self.root / "zarr.json").read_text()).get("attributes", {}).get("sources", []))
+        except (OSError, ValueError, AttributeError):
+            return []
 
     # -- namespace -------------------------------------------------------------------------
     def claim(self, image_paths: Iterable[str], rows: Mapping[str, dict] | None = None) -> dict[str, str]:
