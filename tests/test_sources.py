@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import shlex
 import shutil
@@ -25,7 +24,6 @@ from openmind_prep.cli import main
 from openmind_prep.store.manifest import read_manifest
 from openmind_prep.store.store import Store
 from openmind_prep.sources.metadata import read_metadata
-from openmind_prep.sources.openmind import OpenMindSource
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sources.md"
 T1 = "ds000001/sub-01/anat/sub-01_T1w.nii.gz"  # MNI T1 with a defacing and a foreground mask
