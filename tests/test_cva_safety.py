@@ -223,9 +223,11 @@ def test_a_large_architecture_on_a_cpu_asks_for_force_with_an_estimate(store, tm
         cva.main(_flags(store, out, "--arch", "resenc-l", "--patch-size", "128", "--batch-size", "4",
                         "--device", "cpu"))
     err = _errors(capsys.readouterr().err)
-    # weights (student, teacher, gradient, 2 AdamW moments: 20 B per parameter) + activations of 2 views of
-    # 128³ per volume at 4.3 kB per voxel + 0.5 GiB of runtime
-    expected = (20 * 102_348_965 + 4.3e3 * 2 * 4 * 128**3 + 0.5 * 2**30) / 2**30
+    # weights (student, teacher, gradient, 2 AdamW moments: 20 B per parameter; the backbone and tiny_cpu's heads
+    # of width 256 on 1120 pooled channels: projector 1120→256→256→256, predictor 256→64→256) + activations
+    # of 2 views of 128³ per volume at 4.3 kB per voxel + 0.5 GiB of runtime
+    heads = 1120 * 256 + 256 * 256 * 2 + 256 * 64 * 2
+    expected = (20 * (102_348_965 + heads) + 4.3e3 * 2 * 4 * 128**3 + 0.5 * 2**30) / 2**30
     assert exit_.value.code == 1 and len(err) == 1
     assert f"about {expected:.0f} GiB" in err[0] and "--force" in err[0] and "resenc-l at 128x128x128" in err[0]
     assert not out.exists()  # refused before anything was built or written

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openmind_prep import __version__
+from openmind_prep.core.atomic import disk_full
 from openmind_prep.sources.retry import parse_duration
-from trainers import configs, runfolder
+from trainers import configs, runfolder, sanity
 from trainers.method import (cva_losses, forward_pair, init_stage2, resolve_rung_defaults,  # noqa: F401
                              rung_problem, uses_heads)
 from trainers.optim import OPTIMIZERS, resolve_optimizer_defaults
-from trainers.resources import ARCHITECTURES, cpu_refusal, invalid_settings, setup_processes
+from trainers.resources import ARCHITECTURES, cpu_refusal, gpu_refusal, invalid_settings, setup_processes
 from trainers.runfolder import RunError, say
 
 if TYPE_CHECKING:  # numpy and torch load when a run starts, not for --help
@@ -145,7 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = configs.parse(parser, argv)
     if len(args.patch_size) == 1:
         args.patch_size = list(args.patch_size) * 3
-    problem = invalid_settings(resolve_optimizer_defaults(resolve_rung_defaults(args))) or rung_problem(args)
+    problem = (invalid_settings(resolve_optimizer_defaults(resolve_rung_defaults(args))) or rung_problem(args)
+               or next(iter(sanity.problems(args)), None))
     if problem:
         parser.error(problem)
     return args
@@ -209,7 +211,12 @@ def train(args: argparse.Namespace) -> dict:
 
     # ------------------------------------------------------------ setup: processes, device, seeds, run folder
     procs = setup_processes(args.device, args.threads)
-    refusal = cpu_refusal(args.arch, args.patch_size, args.batch_size) if procs.device.type == "cpu" else None
+    heads = args.proj_dim if uses_heads(args) else 0
+    if procs.cuda:  # weights alone above the GPU's memory: refused even with --force
+        refusal = gpu_refusal(args.arch, heads, torch.cuda.get_device_properties(procs.device).total_memory / 2**30)
+        if refusal:
+            raise RunError(refusal)
+    refusal = None if procs.cuda else cpu_refusal(args.arch, args.patch_size, args.batch_size, heads)
     if refusal and not args.force:
         raise RunError(refusal)
     torch.manual_seed(args.seed)  # same initial weights on every rank
@@ -359,6 +366,10 @@ def train_one_epoch(model, teacher, batches, sampler, view_rng, optimizer, lr_sc
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), args.clip_grad or float("inf"))
+        failure = sanity.nonfinite(step + 1, terms, grad_norm)  # NaN / inf: stop before the weights change
+        if failure:
+            failure += f": stopped before updating the weights, the last checkpoint in {args.out} is kept (lower --lr)"
+        stop.raise_if_any_failed(failure, step + 1, device, procs.world, other="met a non-finite loss or gradient at")
         optimizer.step()
         update_teacher(student, teacher, float(ema_schedule[step]))
 
@@ -384,7 +395,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with runfolder.hold(Path(args.out)):  # one trainer per run folder
             result = train(args)
-    except RunError as err:
+    except (RunError, OSError) as err:  # OSError: the run folder's file system (read-only, full, gone)
+        if isinstance(err, OSError):
+            err = f"{err.filename or args.out}: {'disk full' if disk_full(err) else err.strerror or err}"
         print(f"trainers.cva: error: {err}", file=sys.stderr, flush=True)
         if dist.is_initialized():  # DDP: leave without torch's teardown, which can abort once a peer has left
             os._exit(1)

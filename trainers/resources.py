@@ -26,43 +26,84 @@ PATCH_MULTIPLE = {"resenc-l": 32, "primus-m": 8, "tiny": 8}
 #: Architectures too large for a CPU without ``--force``.
 LARGE = ("resenc-l", "primus-m")
 
-# (parameters, activation bytes per view voxel), from the measured peak RSS of benchmarks/train_step.py
+# (backbone parameters, activation bytes per view voxel), from the measured peak RSS of benchmarks/train_step.py
 # (batch 1, 64³, MAE + CVA + NT-Xent: ResEnc-L 4.5 GiB, Primus-M 6.6 GiB on a CPU) less the weights
-# and ~0.5 GiB of runtime. Weights cost 20 bytes per parameter: student, teacher, gradient, 2 AdamW moments.
-_FOOTPRINT = {"resenc-l": (102_348_965, 4.3e3), "primus-m": (151_786_529, 6.7e3), "tiny": (500_000, 0.4e3)}
+# and ~0.5 GiB of runtime; tiny: 770 B per voxel between 64³ and 96³ (tiny_cpu, batch 2: 1.3 and 3.2 GB peak).
+# Weights cost 20 bytes per parameter: student, teacher, gradient, 2 AdamW moments.
+_FOOTPRINT = {"resenc-l": (102_348_965, 4.3e3), "primus-m": (151_786_529, 6.7e3), "tiny": (500_000, 0.8e3)}
+#: Channels of the pooled features the projector takes (all encoder stages; Primus: its token width).
+_FEATURES = {"resenc-l": 1120, "primus-m": 864, "tiny": 120}
 _RUNTIME_BYTES = 0.5 * 2**30
 
 
-def memory_estimate_gib(arch: str, patch_size: Sequence[int], batch_size: int) -> float:
-    """Rough peak memory of one training process: weights + optimiser + two views' activations + runtime."""
+def head_parameters(arch: str, proj_dim: int) -> int:
+    """Parameters of the projector (features → P → P → P) and predictor (P → P/4 → P), biases left out.
+
+    >>> head_parameters("resenc-l", 2048)  # the network itself has 12,788,224 (norms and biases added)
+    12779520
+    """
+    return _FEATURES[arch] * proj_dim + 2 * proj_dim * proj_dim + 2 * proj_dim * (proj_dim // 4)
+
+
+def memory_estimate_gib(arch: str, patch_size: Sequence[int], batch_size: int, proj_dim: int = 0) -> float:
+    """Rough peak memory of one training process: weights (with heads of width ``proj_dim``; 0: none) +
+    optimiser + two views' activations + runtime."""
     params, per_voxel = _FOOTPRINT[arch]
     views = 2 * batch_size * math.prod(int(p) for p in patch_size)
-    return (20 * params + per_voxel * views + _RUNTIME_BYTES) / 2**30
+    return (20 * (params + head_parameters(arch, proj_dim)) + per_voxel * views + _RUNTIME_BYTES) / 2**30
 
 
 def machine_memory_gib() -> float:
-    """Physical memory of this machine (0 where the OS does not say)."""
+    """Memory this process may use: the physical memory, or the container's limit (cgroup) when lower
+    (0 where the OS does not say)."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 0.0
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            have = min(have, int(open(limit).read().strip()))
+        except (OSError, ValueError):  # absent, or "max"
+            continue
+    return have / 2**30
 
 
-def cpu_refusal(arch: str, patch_size: Sequence[int], batch_size: int) -> str | None:
-    """The message that asks for ``--force`` when a large architecture would train on a CPU, else None.
+def cpu_refusal(arch: str, patch_size: Sequence[int], batch_size: int, proj_dim: int = 0) -> str | None:
+    """Why a run should not start on this CPU (``--force`` starts it anyway), else None: a large architecture
+    (minutes per step), or an estimate above this machine's memory (the kernel would kill it part-way).
 
     >>> cpu_refusal("tiny", [32] * 3, 2) is None
     True
     >>> "--force" in cpu_refusal("primus-m", [160] * 3, 4)
     True
+    >>> cpu_refusal("tiny", [4096] * 3, 2).split(" (")[0]
+    'tiny at 4096x4096x4096, batch 2, needs about 204801 GiB of memory'
     """
-    if arch not in LARGE:
-        return None
-    need, have = memory_estimate_gib(arch, patch_size, batch_size), machine_memory_gib()
+    need, have = memory_estimate_gib(arch, patch_size, batch_size, proj_dim), machine_memory_gib()
     shape = "x".join(str(int(p)) for p in patch_size)
-    return (f"{arch} at {shape}, batch {batch_size}, on a CPU needs about {need:.0f} GiB of memory (estimate; this "
-            f"machine has {have:.0f} GiB) and minutes per step: train on a GPU, use --config tiny_cpu, "
-            "or pass --force to run it anyway")
+    if arch in LARGE:
+        return (f"{arch} at {shape}, batch {batch_size}, on a CPU needs about {need:.0f} GiB of memory (estimate; "
+                f"this machine has {have:.0f} GiB) and minutes per step: train on a GPU, use --config tiny_cpu, "
+                "or pass --force to run it anyway")
+    if have and need > have:
+        return (f"{arch} at {shape}, batch {batch_size}, needs about {need:.0f} GiB of memory (estimate; this machine "
+                f"has {have:.0f} GiB): lower --patch-size, --batch-size or --proj-dim (--force runs it anyway)")
+    return None
+
+
+def gpu_refusal(arch: str, proj_dim: int, gpu_gib: float) -> str | None:
+    """Why a run cannot start on a GPU of ``gpu_gib``: its weights and optimiser state alone exceed it.
+
+    >>> gpu_refusal("tiny", 10**9, 80.0).split(";")[0]
+    'the weights of tiny with --proj-dim 1000000000 need about 46566130966 GiB (20 B per parameter)'
+    >>> gpu_refusal("resenc-l", 2048, 80.0) is None
+    True
+    """
+    need = 20 * (_FOOTPRINT[arch][0] + head_parameters(arch, proj_dim)) / 2**30
+    if need <= gpu_gib:
+        return None
+    return (f"the weights of {arch} with --proj-dim {proj_dim} need about {need:.0f} GiB (20 B per parameter); "
+            f"the GPU has {gpu_gib:.0f} GiB")
 
 
 def invalid_settings(args: argparse.Namespace) -> str | None:
@@ -107,8 +148,26 @@ class Processes:
         return getattr(self.device, "type", "cpu") == "cuda"
 
 
+def cuda_refusal(device: str, index: int, world: int) -> str | None:
+    """Why ``--device`` cannot be used here: no CUDA device, or no device ``index``, else None.
+
+    >>> cuda_refusal("cuda:99999", 99999, 1).startswith("--device cuda:99999: no CUDA device")
+    True
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"--device {device}: no CUDA device here (torch.cuda.is_available() is False); use --device cpu or auto"
+    if ":" in device and world > 1:
+        return f"--device {device}: under torchrun each process takes cuda:LOCAL_RANK; use --device cuda"
+    if index >= torch.cuda.device_count():
+        return f"--device {device}: no CUDA device {index} here ({torch.cuda.device_count()} visible)"
+    return None
+
+
 def setup_processes(device: str, threads: int = 0) -> Processes:
-    """Rank / world from torchrun's variables, the device (``auto``: CUDA when present), process group, threads."""
+    """Rank / world from torchrun's variables, the device (``auto``: CUDA when present; ``cuda:N`` one GPU of a
+    single process), process group, threads; ``RunError`` (one line) for a device this machine does not have."""
     import torch
     import torch.distributed as dist
 
@@ -116,8 +175,15 @@ def setup_processes(device: str, threads: int = 0) -> Processes:
 
     rank, world = node_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    index = int(device.partition(":")[2] or local_rank) if world == 1 else local_rank
+    if use_cuda:
+        refusal = cuda_refusal(device, index, world)
+        if refusal:
+            from trainers.runfolder import RunError
+
+            raise RunError(refusal)
+    dev = torch.device(f"cuda:{index}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
         torch.backends.cudnn.benchmark = True

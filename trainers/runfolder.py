@@ -30,6 +30,7 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from openmind_prep.core import atomic
+from trainers.sanity import mismatch, optimizer_mismatch
 
 if TYPE_CHECKING:  # torch loads when a run starts
     import torch
@@ -73,13 +74,18 @@ def hold(out: Path) -> Iterator[None]:
         yield
         return
     new = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # read-only file system, no permission, a file in the way
+        raise RunError(f"--out {out}: cannot create the run folder ({err.strerror or err})") from None
     try:
         with ExitStack() as held:
             try:
                 held.enter_context(run_lock(out / LOCK, "trainers.cva", what="folder"))
             except LockHeld as err:
                 raise RunError(str(err)) from None
+            except OSError as err:
+                raise RunError(f"--out {out}: cannot write in the run folder ({err.strerror or err})") from None
             yield
     finally:
         if new and not any(out.iterdir()):  # a run refused before writing leaves no folder behind
@@ -135,8 +141,12 @@ class StepLog:
             row = {"step": step, **row}
             if self.probe is not None and (step == 1 or step % self.probe_every == 0):
                 row["probe_loss"] = self.probe()
-            self.file.write(json.dumps(row) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(row) + "\n")
+                self.file.flush()
+            except OSError as err:  # a full disk names no file: name the log
+                atomic.stop_if_disk_full(err, self.out / LOG)
+                raise
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{row['loss']:.3f}", pairs_per_s=f"{row['samples_per_s']:.1f}")
 
@@ -158,14 +168,30 @@ def weights_digest(*modules: torch.nn.Module) -> str:
 
 
 def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (plain data only) to ``OUT/checkpoint.pt`` atomically, keeping the last one as ``.prev``."""
+    """Write ``state`` (plain data only) to ``OUT/checkpoint.pt`` atomically, keeping the last one as ``.prev``.
+
+    Weights holding NaN or inf are refused (``RunError`` naming the tensor): the checkpoints on disk stay good.
+    """
     import torch
 
+    from trainers.sanity import nonfinite_key
+
     path = out / CHECKPOINT
+    for name in ("student", "teacher"):
+        key = nonfinite_key(state.get(name, {}))
+        if key is not None:
+            raise RunError(f"step {state.get('step')}: {name} weight {key} is not finite: not saved, the last "
+                           f"checkpoint in {out} is kept (lower --lr)")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: a full disk raises ENOSPC, not torch's "enforce fail"
+            torch.save(state, f)
+
     try:
-        atomic.write_with(path, lambda tmp: torch.save(state, tmp), previous=out / PREVIOUS)
+        atomic.write_with(path, write, previous=out / PREVIOUS)
     except (OSError, RuntimeError) as err:  # disk full, folder gone: the earlier checkpoints stay as they were
-        raise RunError(f"{path}: cannot write the checkpoint ({(str(err).splitlines() or [''])[0]})") from None
+        why = "disk full" if atomic.disk_full(err) else (str(err).splitlines() or [""])[0]
+        raise RunError(f"{path}: cannot write the checkpoint ({why}); the earlier checkpoints are kept") from None
     return path
 
 
@@ -189,13 +215,17 @@ def save(out: Path, step: int, *, student: torch.nn.Module, teacher: torch.nn.Mo
     if procs.world > 1:
         ranks = [None] * procs.world
         dist.all_gather_object(ranks, mine)
+    failure = None
     if procs.rank == 0:
-        save_checkpoint(out, {
-            "student": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "data": source.state_dict(), "rng": ranks, "replicas": [r.pop("digest") for r in ranks],
-            "config": config})
-    if procs.world > 1:
-        dist.barrier()
+        try:
+            save_checkpoint(out, {
+                "student": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "data": source.state_dict(), "rng": ranks, "replicas": [r.pop("digest") for r in ranks],
+                "config": config})
+        except RunError as err:
+            failure = str(err)
+    if _max_over_ranks(int(failure is not None), procs.device, procs.world):  # also the barrier: every rank stops
+        raise RunError(failure or f"rank 0 could not write the checkpoint of step {step}; stopping")
 
 
 def restore(ckpt: dict, *, student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -206,14 +236,20 @@ def restore(ckpt: dict, *, student: torch.nn.Module, teacher: torch.nn.Module, o
     if len(ckpt["rng"]) != procs.world:
         raise RunError(f"the checkpoint was written by {len(ckpt['rng'])} process(es), this run has {procs.world}: "
                        "resume with as many")
+    why = mismatch("student", student.state_dict(), ckpt["student"]) or mismatch(
+        "teacher", teacher.state_dict(), ckpt["teacher"])
     try:
-        student.load_state_dict(ckpt["student"])
-        teacher.load_state_dict(ckpt["teacher"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, KeyError, ValueError) as err:
+        if why is None:
+            student.load_state_dict(ckpt["student"])
+            teacher.load_state_dict(ckpt["teacher"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            why = optimizer_mismatch(optimizer, dict(student.named_parameters()))
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        why = (str(err).splitlines() or [""])[0]
+    if why is not None:
         differ = sorted(k for k in ("arch", "patch_size", "pool_size", "proj_dim", "contrastive")
                         if ckpt["config"].get(k) != config.get(k))
-        why = f"settings differ: {differ}" if differ else (str(err).splitlines() or [""])[0]
+        why = f"settings differ: {differ}" if differ else why
         raise RunError(f"the checkpoint does not fit this run's networks ({why}); use another --out or --no-resume")
     step = int(ckpt["step"])
     source.load_state_dict(ckpt.get("data", {"position": step}))
@@ -316,12 +352,12 @@ class StopSignals:
             signal.signal(s, handler)
 
     def raise_if_any_failed(self, failure: str | None, step: int, device: torch.device | None = None,
-                            world: int = 1) -> None:
-        """``RunError`` on every rank when this one (``failure``: why) or another could not read the data of
-        ``step`` (one all-reduce across processes; every rank must call), so that a rank meeting damaged data
-        does not leave the others waiting in a collective until it times out."""
+                            world: int = 1, *, other: str = "could not read the data of") -> None:
+        """``RunError`` on every rank when this one (``failure``: why) or another (``other``: what it met) failed
+        at ``step`` (one all-reduce across processes; every rank must call), so that a rank meeting damaged data
+        or a NaN loss does not leave the others waiting in a collective until it times out."""
         if _max_over_ranks(int(failure is not None), device, world):
-            raise RunError(failure or f"another process could not read the data of step {step}; stopping")
+            raise RunError(failure or f"another process {other} step {step}; stopping")
 
     def agreed(self, device: torch.device | None = None, world: int = 1) -> bool:
         """Whether any process was asked to stop (one all-reduce across processes; every rank must call).

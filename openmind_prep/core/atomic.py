@@ -111,14 +111,21 @@ def replace_dir(folder: Path, dest: Path, trash: Path) -> None:
         os.rename(folder, dest)
 
 
-def disk_full(error: BaseException) -> bool:
-    """Whether ``error`` says the file system is full (ENOSPC / EDQUOT). A full disk stops a run (download,
-    preprocess, shard) with a clear error instead of failing every remaining file one by one.
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or an error it was raised from or while handling, says the file system is full
+    (ENOSPC / EDQUOT; torch.save wraps it in a RuntimeError). A full disk stops a run (download, preprocess,
+    shard, train) with a clear error instead of failing every remaining file one by one.
 
     >>> disk_full(OSError(errno.ENOSPC, "No space left on device")), disk_full(ValueError("x"))
     (True, False)
     """
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def stop_if_disk_full(error: BaseException, path: Path | str) -> None:
@@ -132,4 +139,5 @@ def stop_if_disk_full(error: BaseException, path: Path | str) -> None:
     OSError: [Errno 28] No space left on device: '/raw/a.nii.gz'
     """
     if disk_full(error):
-        raise OSError(error.errno, error.strerror, str(path)) from error
+        code = error.errno if isinstance(error, OSError) and error.errno else errno.ENOSPC
+        raise OSError(code, os.strerror(code), str(path)) from error

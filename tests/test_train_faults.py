@@ -1,0 +1,218 @@
+"""Issue 23, the trainer: non-finite training stops, absurd settings are refused before anything is built,
+the run folder's file system (read-only, full) and missing devices give one line, a checkpoint that does not
+fit names its tensor. Each input is built here; each answer is one line and an exit code."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _procs import TINY
+from trainers import cva, runfolder
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _flags(store: Path | str, out: Path, *extra: str) -> list[str]:
+    return ["--store", str(store), "--out", str(out), *TINY, *extra]
+
+
+def _errors(captured: str) -> list[str]:
+    """stderr's lines less the progress bar's and argparse's usage lines."""
+    lines = captured.strip().replace("\r", "\n").splitlines()
+    return [line for line in lines if line.startswith("trainers.cva: error:")]
+
+
+def _main_exit(flags: list[str], capsys) -> tuple[int, list[str]]:
+    with pytest.raises(SystemExit) as exit_:
+        cva.main(flags)
+    return exit_.value.code, _errors(capsys.readouterr().err)
+
+
+def _all_finite(state: dict) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
+# ------------------------------------------------------------------ D3: non-finite training stops
+
+def test_a_nan_loss_stops_the_run_with_one_line_keeping_the_last_good_checkpoint(train_store, tmp_path, capsys):
+    """--lr 1e30: the first step overshoots, the next loss is NaN. Before: exit 0 and a NaN checkpoint."""
+    out = tmp_path / "run"
+    code, err = _main_exit(_flags(train_store, out, "--lr", "1e30", "--steps", "4", "--ckpt-every", "1"), capsys)
+    assert code == 1 and len(err) == 1, err
+    step = int(err[0].split("error: step ")[1].split(":")[0])
+    assert step >= 2 and "the loss is not finite (loss = nan" in err[0] and "last checkpoint" in err[0]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == step - 1  # the last good step, saved before; the bad step wrote nothing
+    assert _all_finite(ckpt["student"]) and _all_finite(ckpt["teacher"])
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_weights_holding_nan_are_never_written(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    good = {"student": {"w": torch.ones(3)}, "teacher": {"w": torch.ones(3)}, "optimizer": {}, "step": 1,
+            "rng": [], "config": {}}
+    runfolder.save_checkpoint(out, good)
+    before = (out / "checkpoint.pt").read_bytes()
+    bad = {**good, "step": 2, "teacher": {"w": torch.tensor([1.0, float("inf"), 0.0])}}
+    with pytest.raises(runfolder.RunError, match=r"step 2: teacher weight w is not finite: not saved"):
+        runfolder.save_checkpoint(out, bad)
+    assert (out / "checkpoint.pt").read_bytes() == before and not (out / "checkpoint.prev.pt").exists()
+
+
+# ------------------------------------------------------------------ absurd settings: exit 2 before anything is built
+
+@pytest.mark.parametrize("flags, says", [
+    (["--lr", "nan"], "--lr nan: not a finite number"),
+    (["--lr", "0"], "--lr 0.0: must be above 0"),
+    (["--temperature", "0"], "--temperature 0.0: must be above 0"),
+    (["--temperature=-inf"], "--temperature must not be negative"),
+    (["--weight-decay", "inf"], "--weight-decay inf: not a finite number"),
+    (["--steps", "99999999999999999999"], "--steps 99999999999999999999: at most 100000000"),
+    (["--warmup-steps", "1000000000000"], "--warmup-steps 1000000000000: at most 100000000"),
+    (["--region-scale", "1e308"], "--region-scale 1e+308: regions of more than 65536 voxels per axis"),
+    (["--region-scale", "inf"], "--region-scale inf: not a finite number"),
+    (["--ema-momentum", "1.5"], "--ema-momentum 1.5: a momentum from 0 to 1"),
+    (["--seed", "-1"], "--seed -1: 0 to 4294967295"),
+    (["--device", "gpu"], "--device gpu: auto, cpu, cuda or cuda:N"),
+])
+def test_absurd_settings_are_refused_in_one_line(tmp_path, capsys, flags, says):
+    out = tmp_path / "run"
+    code, err = _main_exit(_flags("no-store-needed", out, *flags), capsys)
+    assert code == 2 and len(err) == 1 and says in err[0], err
+    assert not out.exists()
+
+
+def test_absurd_settings_in_a_config_file_are_refused_too(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("lr = nan\ntemperature = 0.0\n")  # TOML spells NaN
+    code, err = _main_exit(["--store", "s", "--out", str(tmp_path / "run"), "--config", "tiny_cpu", "--config",
+                            str(cfg)], capsys)
+    assert code == 2 and err == ["trainers.cva: error: --lr nan: not a finite number"]
+
+
+def _tiny_estimate_gib(patch: int, batch: int, proj_dim: int) -> float:
+    """The memory estimate re-typed: 20 B per parameter (backbone 500k + projector 120→P→P→P + predictor
+    P→P/4→P), 800 B per voxel of the 2 views of each volume, 0.5 GiB of runtime."""
+    heads = 120 * proj_dim + 2 * proj_dim**2 + 2 * proj_dim * (proj_dim // 4)
+    return (20 * (500_000 + heads) + 800 * 2 * batch * patch**3 + 0.5 * 2**30) / 2**30
+
+
+@pytest.mark.parametrize("extra, patch, proj_dim", [(["--patch-size", "512"], 512, 256),
+                                                    (["--proj-dim", "1000000000"], 24, 10**9)])
+def test_sizes_beyond_the_machine_are_refused_by_the_memory_estimate(train_store, tmp_path, capsys, extra, patch,
+                                                                     proj_dim):
+    """T6 / T8: before, --patch-size 512 was OOM-killed (exit 137) and --proj-dim 1e9 a 480 GB allocation traceback."""
+    out = tmp_path / "run"
+    code, err = _main_exit(_flags(train_store, out, *extra), capsys)
+    need = _tiny_estimate_gib(patch, 2, proj_dim)
+    assert code == 1 and len(err) == 1, err
+    assert f"needs about {need:.0f} GiB of memory" in err[0] and "--force" in err[0]
+    assert not out.exists()  # refused before anything was built or written
+
+
+# ------------------------------------------------------------------ devices
+
+@pytest.mark.parametrize("device, gpus, says", [
+    ("cuda", 0, "--device cuda: no CUDA device here"),
+    ("cuda:7", 0, "--device cuda:7: no CUDA device here"),
+    ("cuda:7", 1, "--device cuda:7: no CUDA device 7 here (1 visible)"),
+])
+def test_a_device_this_machine_lacks_is_refused_not_replaced(tmp_path, capsys, monkeypatch, device, gpus, says):
+    """T10 / P19: before, --device cuda died in torch._C and cuda:7 trained on the CPU silently."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    out = tmp_path / "run"
+    code, err = _main_exit(_flags("no-store-needed", out, "--device", device), capsys)
+    assert code == 1 and len(err) == 1 and says in err[0], err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ the run folder's file system
+
+def _can_mount() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_mount = pytest.mark.skipif(not _can_mount(), reason="needs unshare -rm (user + mount namespaces)")
+
+
+def _in_tmpfs(mount: Path, options: str, keep: Path, trainer_flags: list[str]) -> subprocess.CompletedProcess:
+    """Run the trainer in its own mount namespace with a tmpfs (``options``) at ``mount``; what the run left
+    there is copied to ``keep`` (the tmpfs goes with the namespace)."""
+    script = ('mount -t tmpfs -o "$0" tmpfs "$1" || exit 99; shift; "$@"; rc=$?; '
+              f'ls -A "{mount}/run" > "{keep}/listing" 2>/dev/null; cp "{mount}/run/checkpoint.pt" "{keep}/" 2>/dev/null; '
+              'exit $rc')
+    mount.mkdir()
+    keep.mkdir()
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, options, str(mount), sys.executable, "-m",
+                           "trainers.cva", *trainer_flags], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+@needs_mount
+def test_out_on_a_read_only_file_system_gives_one_line(train_store, tmp_path):
+    """T3: before, `OSError: [Errno 30] Read-only file system` with a traceback."""
+    mount = tmp_path / "ro"
+    proc = _in_tmpfs(mount, "ro,size=1m", tmp_path / "keep", _flags(train_store, mount / "run", "--steps", "1"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert _errors(proc.stderr) == [f"trainers.cva: error: --out {mount / 'run'}: cannot create the run folder "
+                                    "(Read-only file system)"]
+    assert "Traceback" not in proc.stderr
+
+
+@needs_mount
+def test_a_checkpoint_on_a_full_disk_says_disk_full_and_keeps_the_earlier_one(train_store, tmp_path):
+    """P12: room for one checkpoint (8 MB) in a 12 MB file system, not for the temp copy of the next one.
+    Before: `[enforce fail at inline_container.cc:672]`."""
+    mount, keep = tmp_path / "full", tmp_path / "keep"
+    proc = _in_tmpfs(mount, "size=12m", keep, _flags(train_store, mount / "run", "--steps", "3", "--ckpt-every", "1"))
+    latest = mount / "run" / "checkpoint.pt"
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert _errors(proc.stderr) == [f"trainers.cva: error: {latest}: cannot write the checkpoint (disk full); "
+                                    "the earlier checkpoints are kept"]
+    ckpt = torch.load(keep / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 1 and _all_finite(ckpt["student"])
+    assert not [n for n in (keep / "listing").read_text().split() if n.endswith(".tmp")]  # the cut temp file is gone
+
+
+# ------------------------------------------------------------------ resume: a checkpoint that does not fit
+
+@pytest.fixture(scope="module")
+def one_step(train_store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one_step") / "run"
+    cva.train(cva.parse_args(_flags(train_store, out, "--steps", "1")))
+    return out
+
+
+@pytest.mark.parametrize("part", ["student", "optimizer"])
+def test_resume_with_a_wrong_shaped_tensor_names_the_key(train_store, one_step, tmp_path, capsys, part):
+    """P20: before, `Error(s) in loading state_dict for CVANet:` (no key) or a traceback inside optimizer.step()."""
+    out = tmp_path / "run"
+    shutil.copytree(one_step, out)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    if part == "student":
+        key = next(k for k, v in ckpt["student"].items() if v.dim() == 5)
+        ckpt["student"][key] = torch.zeros(3, 1, 2, 2, 2)
+        says = f"(student: {key} is [3, 1, 2, 2, 2] in the checkpoint, "
+    else:
+        state = ckpt["optimizer"]["state"][0]
+        key = "exp_avg"
+        state[key] = torch.zeros(5)
+        says = f"(optimizer: exp_avg of backbone."
+    torch.save(ckpt, out / "checkpoint.pt")
+    code, err = _main_exit(_flags(train_store, out, "--steps", "2"), capsys)
+    assert code == 1 and len(err) == 1 and says in err[0] and "use another --out or --no-resume" in err[0], err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1  # nothing overwritten
