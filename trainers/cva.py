@@ -210,7 +210,10 @@ def train(args: argparse.Namespace) -> dict:
     from trainers.optim import build_optimizer
 
     # ------------------------------------------------------------ setup: processes, device, seeds, run folder
-    procs = setup_processes(args.device, args.threads)
+    try:
+        procs = setup_processes(args.device, args.threads)
+    except ValueError as err:  # a device this machine does not have
+        raise RunError(str(err)) from None
     heads = args.proj_dim if uses_heads(args) else 0
     if procs.cuda:  # weights alone above the GPU's memory: refused even with --force
         refusal = gpu_refusal(args.arch, heads, torch.cuda.get_device_properties(procs.device).total_memory / 2**30)

@@ -229,8 +229,8 @@ def run_all(args: argparse.Namespace) -> dict:
     from trainers.folds import kfold, split, subject_of
     from trainers.resources import setup_processes
 
-    setup_processes("cpu" if args.device == "cpu" else args.device, args.threads)
     try:
+        setup_processes("cpu" if args.device == "cpu" else args.device, args.threads)
         targets = read_targets(args) if args.task != "seg" else None
         cases = labelled_cases(args.store, args.task, targets)
         folds = kfold([c.key for c in cases], {c.key: subject_of(c.row) for c in cases}, args.folds, seed=args.seed)

@@ -167,7 +167,7 @@ def cuda_refusal(device: str, index: int, world: int) -> str | None:
 
 def setup_processes(device: str, threads: int = 0) -> Processes:
     """Rank / world from torchrun's variables, the device (``auto``: CUDA when present; ``cuda:N`` one GPU of a
-    single process), process group, threads; ``RunError`` (one line) for a device this machine does not have."""
+    single process), process group, threads; ``ValueError`` (one line) for a device this machine does not have."""
     import torch
     import torch.distributed as dist
 
@@ -177,12 +177,9 @@ def setup_processes(device: str, threads: int = 0) -> Processes:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     index = int(device.partition(":")[2] or local_rank) if world == 1 else local_rank
-    if use_cuda:
-        refusal = cuda_refusal(device, index, world)
-        if refusal:
-            from trainers.runfolder import RunError
-
-            raise RunError(refusal)
+    refusal = cuda_refusal(device, index, world) if use_cuda else None
+    if refusal:
+        raise ValueError(refusal)
     dev = torch.device(f"cuda:{index}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
