@@ -216,3 +216,30 @@ def test_resume_with_a_wrong_shaped_tensor_names_the_key(train_store, one_step, 
     code, err = _main_exit(_flags(train_store, out, "--steps", "2"), capsys)
     assert code == 1 and len(err) == 1 and says in err[0] and "use another --out or --no-resume" in err[0], err
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1  # nothing overwritten
+
+
+# ------------------------------------------------------------------ docs/faults.md, run as written
+
+def _documented() -> list[tuple[list[str], int, str]]:
+    """(trainer argv, exit code, the error line or its start before "…") of the training section's commands."""
+    import re
+    import shlex
+
+    section = (ROOT / "docs" / "faults.md").read_text().split("## Training (issue 23)")[1].split("\n## ")[0]
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]
+    found = []
+    for command, answer in zip(lines[::2], lines[1::2]):
+        code, said = re.fullmatch(r"# exit (\d): (.*)", answer).groups()
+        found.append((shlex.split(command)[3:], int(code), said.split("…")[0]))
+    return found
+
+
+def test_the_documented_answers(train_store, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the doc's machine has no GPU
+    documented = _documented()
+    assert len(documented) == 4
+    for argv, code, said in documented:
+        argv = [str(train_store) if a == "STORE" else a for a in argv]
+        got, err = _main_exit([*argv, "--threads", "1"], capsys)
+        assert (got, len(err)) == (code, 1) and err[0].startswith(said), (argv, err)
