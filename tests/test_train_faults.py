@@ -73,7 +73,7 @@ def test_weights_holding_nan_are_never_written(tmp_path):
 
 @pytest.mark.parametrize("flags, says", [
     (["--lr", "nan"], "--lr nan: not a finite number"),
-    (["--lr", "0"], "--lr 0.0: must be above 0"),
+    (["--lr", "inf"], "--lr inf: not a finite number"),
     (["--temperature", "0"], "--temperature 0.0: must be above 0"),
     (["--temperature=-inf"], "--temperature must not be negative"),
     (["--weight-decay", "inf"], "--weight-decay inf: not a finite number"),

