@@ -1,5 +1,5 @@
-"""Hostile CSVs, selections and plan flags (issue 23 P2-P9, P23, T16): each is one line naming the file
-and line (or the flag), exit 1 (2 for usage), never a silently wrong answer. Inputs built here."""
+"""Hostile CSVs, selections, plan flags and intensity scalings (issue 23 P1-P9, P23, T16): each is one line
+naming the file and line (or the flag), exit 1 (2 for usage), never a silently wrong answer. Inputs built here."""
 
 from __future__ import annotations
 
@@ -101,3 +101,42 @@ def test_preprocess_counts_a_repeated_row_once(sample_tree, tmp_path):  # P2 end
                                        "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "1 selected: 1 ok" in result.output
+
+
+@pytest.mark.parametrize("slope", [1e38, 1e18])  # beyond float32 / x² beyond float32
+def test_an_overflowing_scaling_is_a_failed_image_without_numpy_warnings(tmp_path, slope):  # P1
+    import warnings
+
+    import nibabel as nib
+    import numpy as np
+
+    from openmind_prep.core.paths import InputError
+    from openmind_prep.preprocess.onemmiso import preprocess_case
+
+    img = nib.Nifti1Image((np.arange(1000).reshape(10, 10, 10) + 1).astype(np.int16), np.eye(4))
+    img.header.set_slope_inter(slope, 0)
+    path = tmp_path / "a.nii.gz"
+    nib.save(img, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning would fail here
+        with pytest.raises(InputError, match="intensities too large for float32 statistics .* scl_slope"):
+            preprocess_case(path)
+
+
+def test_disk_full_in_preprocess_is_one_line_without_dasks_traceback_dump(sample_tree, tmp_path):  # T4
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    script = ("import errno, os, sys\n"
+              "import openmind_prep.store.zarr_write as zarr_write\n"
+              "def full(path, *args, **kwargs):\n"
+              "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))\n"
+              "zarr_write._write_bytes = full\n"
+              "from openmind_prep.cli import main\n"
+              "main(sys.argv[1:])\n")
+    done = subprocess.run([sys.executable, "-c", script, "preprocess", str(sample_tree), "--out", str(store),
+                           "--workers", "1", "--threads-only"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"Error: disk full while writing {store}"), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr

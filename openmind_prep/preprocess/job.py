@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from openmind_prep.core.atomic import disk_full  # noqa: F401 - also the CLI's
+from openmind_prep.core.atomic import disk_full  # also the CLI's
 from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE, ClusterConfig
 from openmind_prep.store.manifest import FAILED, OK, empty_row
 from openmind_prep.sources.base import Source, select
@@ -135,6 +135,18 @@ def process_batch(records: Sequence[ImageRecord], source: Source | Path, store: 
     return rows
 
 
+def _batch_task(records: Sequence[ImageRecord], source: Source | Path, store: Store,
+                options: PreprocessOptions) -> list[dict] | OSError:
+    """:func:`process_batch` as a Dask task: a full disk comes back as the task's value (the caller raises
+    it), so Dask prints no traceback dump of a failed task before the command's one line."""
+    try:
+        return process_batch(records, source, store, options)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        return OSError(e.errno, e.strerror, e.filename)
+
+
 def pending(records: Iterable[ImageRecord], store: Store | Path) -> list[ImageRecord]:
     """The records that still need work (:meth:`~openmind_prep.store.store.Store.pending`)."""
     return as_store(store).pending(records)
@@ -194,11 +206,13 @@ def process_records(todo: Sequence[ImageRecord], source: Source | Path, store: S
     in_flight = max_in_flight or 2 * max(1, sum(client.nthreads().values()))
     rows: list[dict] = []
     with tqdm(total=len(todo), unit="img", desc="preprocess", disable=not progress) as bar:
-        submit = lambda batch: client.submit(process_batch, batch, source, store, options,  # noqa: E731
+        submit = lambda batch: client.submit(_batch_task, batch, source, store, options,  # noqa: E731
                                              pure=False)
         for batch, future in bounded_submit(submit, queue, in_flight):
             try:
                 batch_rows = future.result()
+                if isinstance(batch_rows, OSError):  # a full disk (_batch_task)
+                    raise batch_rows
             except Exception as e:  # noqa: BLE001 - the task died, not one image
                 if disk_full(e):
                     raise

@@ -237,7 +237,8 @@ def itk_pixels(data: np.ndarray, layout: NiftiLayout) -> np.ndarray:
         part = flat[i:i + step].astype(out_type).astype(np.float64)
         part *= layout.slope
         part += layout.inter
-        dst[i:i + step] = part
+        with np.errstate(over="ignore"):  # beyond float32: inf, as SimpleITK; refused by the statistics' check
+            dst[i:i + step] = part
     return out
 
 

@@ -209,7 +209,8 @@ def preprocess_array(data: np.ndarray, spacing: tuple[float, float, float],
     except ValueError:
         raise InputError(source, _ALL_ZERO) from None
     image = np.array(data[box.slices()], dtype=np.float32)  # an integer file: only the box is cast
-    mean, std = image.mean(), image.std()
+    with np.errstate(over="ignore", invalid="ignore"):  # checked on the next line, not printed as warnings
+        mean, std = image.mean(), image.std()
     if not (np.isfinite(mean) and np.isfinite(std)):  # e.g. scl_slope 1e30: x² overflows float32
         raise InputError(source, f"intensities too large for float32 statistics (mean {mean}, std {std}, max "
                                  f"{float(np.abs(image).max()):.3g}); check the header's scl_slope/scl_inter")
