@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from trainers.primus_mae import PrimusMAE
 from trainers.resources import ARCHITECTURES  # a light module: --help lists them without torch
 
-__all__ = ["ARCHITECTURES", "resenc_l", "primus_m", "primus_m_mae", "tiny", "TINY_KWARGS", "build_backbone", "stage_features", "CVANet"]
+__all__ = ["ARCHITECTURES", "resenc_l", "primus_m", "primus_m_mae", "tiny", "TINY_KWARGS", "RESENC_L_KWARGS", "build_backbone", "stage_features", "CVANet"]
 
 
 def resenc_l(in_channels: int = 1, out_channels: int = 1) -> nn.Module:
@@ -29,13 +29,18 @@ def resenc_l(in_channels: int = 1, out_channels: int = 1) -> nn.Module:
     """
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
-    return ResidualEncoderUNet(
-        input_channels=in_channels, n_stages=6, features_per_stage=[32, 64, 128, 256, 320, 320],
-        conv_op=nn.Conv3d, kernel_sizes=[[3, 3, 3]] * 6, strides=[[1, 1, 1]] + [[2, 2, 2]] * 5,
-        n_blocks_per_stage=[1, 3, 4, 6, 6, 6], num_classes=out_channels, n_conv_per_stage_decoder=[1] * 5,
-        conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-        nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False,
-    )
+    return ResidualEncoderUNet(input_channels=in_channels, num_classes=out_channels, deep_supervision=False,
+                               **RESENC_L_KWARGS)
+
+
+#: nnssl's ResEnc-L arguments (its ``get_res_enc_l``; the fork's ``get_network_from_name("ResEncL")``), as
+#: nnU-Net's plans spell a ``ResidualEncoderUNet`` (``trainers.to_nnunet`` writes them into a plans file)
+RESENC_L_KWARGS = dict(
+    n_stages=6, features_per_stage=[32, 64, 128, 256, 320, 320], conv_op=nn.Conv3d, kernel_sizes=[[3, 3, 3]] * 6,
+    strides=[[1, 1, 1]] + [[2, 2, 2]] * 5, n_blocks_per_stage=[1, 3, 4, 6, 6, 6], n_conv_per_stage_decoder=[1] * 5,
+    conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+    dropout_op=None, dropout_op_kwargs=None, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+)
 
 
 def primus_m(in_channels: int = 1, out_channels: int = 1, patch_size: Sequence[int] = (160, 160, 160), drop_path_rate: float = 0.0) -> nn.Module:
