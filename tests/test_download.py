@@ -18,7 +18,7 @@ from hf_server import COMMIT, Faults, HubFixture
 from openmind_prep.cli import main
 from openmind_prep.sources.download import download
 from openmind_prep.sources.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
-from openmind_prep.sources.pinned import Lock, downloaded_records, repo_paths
+from openmind_prep.sources.pinned import PinnedList, downloaded_records, repo_paths
 from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
 from openmind_prep.sources.selection import Selection
 
@@ -46,9 +46,9 @@ def _assert_mirror(raw: Path, src: Path, paths) -> None:
 
 def test_download_mirrors_the_repo_and_rerun_transfers_nothing(hub, sample_tree, tmp_path):
     raw = tmp_path / "raw"
-    lock, report = download(_repo(hub), raw, progress=False)
+    pin, report = download(_repo(hub), raw, progress=False)
     expected = [p for r in read_metadata(sample_tree / METADATA_CSV) for p in repo_paths(r)]
-    assert lock.commit == COMMIT and sorted(report.transferred) == sorted(expected)
+    assert pin.commit == COMMIT and sorted(report.transferred) == sorted(expected)
     _assert_mirror(raw, sample_tree, expected)
     # every image selected: the written CSV equals the repo's CSV, row for row
     assert read_metadata(raw / METADATA_CSV) == read_metadata(sample_tree / METADATA_CSV)
@@ -76,13 +76,13 @@ def test_rerun_rehashes_a_touched_file_and_replaces_a_tampered_one(hub, sample_t
 
 def test_selection_downloads_only_selected_images_with_their_masks(hub, sample_tree, tmp_path):
     raw = tmp_path / "raw"
-    lock, report = download(_repo(hub), raw, selection=Selection(modalities=("T1w",), max_iqs=1.3),
+    pin, report = download(_repo(hub), raw, selection=Selection(modalities=("T1w",), max_iqs=1.3),
                             progress=False)
-    assert lock.images == ("ds000001/sub-01/anat/sub-01_T1w.nii.gz",)
+    assert pin.images == ("ds000001/sub-01/anat/sub-01_T1w.nii.gz",)
     assert sorted(_final_files(raw)) == sorted([METADATA_CSV, T1,
                                                 "OpenMind/ds000001/sub-01/anat/sub-01_T1w__Data/deface_mask.nii.gz",
                                                 "OpenMind/ds000001/sub-01/anat/sub-01_T1w__Data/fb_mask.nii.gz"])
-    assert [r.image_path for r in downloaded_records(raw)] == list(lock.images)
+    assert [r.image_path for r in downloaded_records(raw)] == list(pin.images)
     assert (raw / METADATA_CSV).read_bytes() == (sample_tree / METADATA_CSV).read_bytes()  # the Hub's, whole
 
 
@@ -101,10 +101,10 @@ def test_rate_limit_bursts_are_waited_out_honouring_retry_after(hub, sample_tree
 def test_random_server_errors_end_in_verified_files(hub, sample_tree, tmp_path):
     hub.faults = Faults(error_rate=0.3, seed=7)
     raw = tmp_path / "raw"
-    lock, report = download(_repo(hub), raw, workers=2, progress=False)
+    pin, report = download(_repo(hub), raw, workers=2, progress=False)
     assert hub.hits(status=500), "the fault never fired: the test proves nothing"
     assert not report.failed
-    _assert_mirror(raw, sample_tree, [f.path for f in lock.data_files])
+    _assert_mirror(raw, sample_tree, [f.path for f in pin.data_files])
 
 
 def test_cut_transfer_is_completed(hub, sample_tree, tmp_path):
@@ -117,7 +117,7 @@ def test_cut_transfer_is_completed(hub, sample_tree, tmp_path):
 
 def test_partial_file_from_a_killed_run_is_resumed_with_range(hub, sample_tree, tmp_path):
     raw = tmp_path / "raw"
-    download(_repo(hub), raw, lock=None, progress=False, lock_only=True)
+    download(_repo(hub), raw, pin=None, progress=False, pin_only=True)
     part = raw / STATE_DIR / "partial" / (hashlib.sha1(T1.encode()).hexdigest()[:24] + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
     half = (sample_tree / T1).read_bytes()[:30000]
@@ -132,7 +132,7 @@ def test_partial_file_from_a_killed_run_is_resumed_with_range(hub, sample_tree, 
 
 def test_resume_against_a_server_ignoring_range_restarts_cleanly(hub, sample_tree, tmp_path):
     raw = tmp_path / "raw"
-    download(_repo(hub), raw, progress=False, lock_only=True)
+    download(_repo(hub), raw, progress=False, pin_only=True)
     part = raw / STATE_DIR / "partial" / (hashlib.sha1(T1.encode()).hexdigest()[:24] + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
     part.write_bytes((sample_tree / T1).read_bytes()[:30000])
@@ -189,34 +189,34 @@ def test_unknown_revision_and_missing_file_are_clear_errors(hub, sample_tree, tm
 
 def test_lock_round_trip_and_replay_through_cli_and_hf_endpoint(hub, sample_tree, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)  # read by --endpoint at call time
-    lock_path = tmp_path / "locks" / "t1w.json"
+    pin_path = tmp_path / "locks" / "t1w.json"
     runner = CliRunner()
     res = runner.invoke(main, ["download", "--out", str(tmp_path / "a"), "--modality", "T1w",
-                               "--write-lock", str(lock_path), "--lock-only"])
+                               "--write-pin", str(pin_path), "--pin-only"])
     assert res.exit_code == 0, res.output
-    lock = Lock.read(lock_path)
-    assert lock.commit == COMMIT and lock.selection["modalities"] == ["T1w"]
-    assert len(lock.images) == 2 and not (tmp_path / "a" / "OpenMind").exists()
-    for f in lock.files:  # sizes and hashes are the real ones
+    pin = PinnedList.read(pin_path)
+    assert pin.commit == COMMIT and pin.selection["modalities"] == ["T1w"]
+    assert len(pin.images) == 2 and not (tmp_path / "a" / "OpenMind").exists()
+    for f in pin.files:  # sizes and hashes are the real ones
         data = (sample_tree / f.path).read_bytes()
         assert f.size == len(data)
         assert f.sha256 is None or f.sha256 == hashlib.sha256(data).hexdigest()
 
-    res = runner.invoke(main, ["download", "--out", str(tmp_path / "b"), "--lock", str(lock_path)])
+    res = runner.invoke(main, ["download", "--out", str(tmp_path / "b"), "--pin", str(pin_path)])
     assert res.exit_code == 0, res.output
-    assert sorted(_final_files(tmp_path / "b")) == sorted([METADATA_CSV] + [f.path for f in lock.data_files])
-    res = runner.invoke(main, ["download", "--out", str(tmp_path / "c"), "--lock", str(lock_path),
+    assert sorted(_final_files(tmp_path / "b")) == sorted([METADATA_CSV] + [f.path for f in pin.data_files])
+    res = runner.invoke(main, ["download", "--out", str(tmp_path / "c"), "--pin", str(pin_path),
                                "--modality", "T2w"])
-    assert res.exit_code != 0 and "--lock" in res.output
+    assert res.exit_code != 0 and "--pin" in res.output
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**json.loads(lock_path.read_text()), "format": "other"}))
-    res = runner.invoke(main, ["download", "--out", str(tmp_path / "d"), "--lock", str(bad)])
+    bad.write_text(json.dumps({**json.loads(pin_path.read_text()), "format": "other"}))
+    res = runner.invoke(main, ["download", "--out", str(tmp_path / "d"), "--pin", str(bad)])
     assert res.exit_code != 0 and "bad.json" in res.output
 
 
 def test_lock_replay_of_a_changed_file_fails_instead_of_taking_new_bytes(hub, sample_tree, tmp_path):
-    lock, _ = download(_repo(hub), tmp_path / "a", progress=False, lock_only=True)
+    pin, _ = download(_repo(hub), tmp_path / "a", progress=False, pin_only=True)
     changed = tmp_path / "changed"
     shutil.copytree(sample_tree, changed)
     data = bytearray((changed / T1).read_bytes())
@@ -224,7 +224,7 @@ def test_lock_replay_of_a_changed_file_fails_instead_of_taking_new_bytes(hub, sa
     (changed / T1).write_bytes(bytes(data))
     other = HubFixture(changed, lfs_threshold=1000)  # the "hub" now serves other bytes for T1
     try:
-        _, report = download(_repo(other), tmp_path / "b", lock=lock, progress=False)
+        _, report = download(_repo(other), tmp_path / "b", pin=pin, progress=False)
     finally:
         other.close()
     assert [p for p, _ in report.failed] == [T1] and not (tmp_path / "b" / T1).exists()

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from openmind_prep.cli import main
 from openmind_prep.sources.download import download
 from openmind_prep.sources.hub import STATE_DIR, DownloadError, HubRepo, RetryPolicy
-from openmind_prep.sources.pinned import Lock, downloaded_records, repo_paths
+from openmind_prep.sources.pinned import PinnedList, downloaded_records, repo_paths
 from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
 
 T1 = "OpenMind/ds000001/sub-01/anat/sub-01_T1w.nii.gz"
@@ -82,9 +82,9 @@ def test_an_endpoint_that_never_answers_times_out_with_visible_retries(hub, tmp_
 def test_a_transfer_that_stalls_is_retried_and_completes(hub, sample_tree, tmp_path, capsys):
     hub.faults.hang["cdn"] = 2  # the first two object requests hang; the third is answered
     raw = tmp_path / "raw"
-    lock, report = _bounded(download, _repo(hub.endpoint, read_s=0.5), raw, workers=1, progress=False)
+    pin, report = _bounded(download, _repo(hub.endpoint, read_s=0.5), raw, workers=1, progress=False)
     assert not report.failed and sorted(report.transferred) == sorted(_all_files(sample_tree))
-    for f in lock.data_files:
+    for f in pin.data_files:
         assert (raw / f.path).read_bytes() == (sample_tree / f.path).read_bytes()
     err = capsys.readouterr().err.splitlines()  # one file, hung twice: two visible retries
     assert [line.split(": ReadTimeout")[0] for line in err] == [f"{T1}: retry 1/5 in 0.05 s",
@@ -137,11 +137,11 @@ def test_a_used_up_window_is_waited_out_before_the_next_request_not_after_a_429(
 def test_the_deadline_stops_hung_transfers_and_fails_each_file_naming_it(hub, sample_tree, tmp_path):
     hub.faults.hang["cdn"] = -1
     raw = tmp_path / "raw"
-    lock, report = _bounded(download, _repo(hub.endpoint, read_s=0.3, retries=100, deadline_s=2.0), raw,
+    pin, report = _bounded(download, _repo(hub.endpoint, read_s=0.3, retries=100, deadline_s=2.0), raw,
                             workers=2, progress=False)
-    lfs = [f.path for f in lock.data_files if f.sha256]  # served by the (hung) CDN
+    lfs = [f.path for f in pin.data_files if f.sha256]  # served by the (hung) CDN
     failed = dict(report.failed)
-    assert set(lfs) <= set(failed) and set(failed) | set(report.transferred) == {f.path for f in lock.data_files}
+    assert set(lfs) <= set(failed) and set(failed) | set(report.transferred) == {f.path for f in pin.data_files}
     for path, why in failed.items():  # hung ones and the ones not started before the deadline
         assert why.startswith(f"{path}: ") and "--deadline" in why
         assert not (raw / path).exists()  # never a partial file at a final path
@@ -222,9 +222,9 @@ def test_disk_full_while_copying_a_local_source_stops_with_one_line(sample_tree,
 
 def test_a_file_missing_from_the_repo_fails_alone_and_is_kept_in_the_lock(hub, sample_tree, tmp_path):
     hub.blobs.pop(T1)
-    raw, lock_path = tmp_path / "raw", tmp_path / "lock.json"
-    lock, report = _bounded(download, _repo(hub.endpoint), raw, write_lock=lock_path, progress=False)
-    assert lock.missing == (T1,) and Lock.read(lock_path).missing == (T1,)
+    raw, pin_path = tmp_path / "raw", tmp_path / "lock.json"
+    pin, report = _bounded(download, _repo(hub.endpoint), raw, write_pin=pin_path, progress=False)
+    assert pin.missing == (T1,) and PinnedList.read(pin_path).missing == (T1,)
     assert [p for p, _ in report.failed] == [T1]
     assert report.failed[0][1] == f"{T1}: listed in {METADATA_CSV} but not in AnonRes/OpenMind@0123456789ab"
     others = [p for p in _all_files(sample_tree) if p != T1]
@@ -235,9 +235,9 @@ def test_a_file_missing_from_the_repo_fails_alone_and_is_kept_in_the_lock(hub, s
     assert T1_IMAGE not in listed and len(listed) == 2
     assert (raw / METADATA_CSV).read_bytes() == (sample_tree / METADATA_CSV).read_bytes()  # RAW is the Hub
 
-    # replaying the lock: the same failure, no request for the missing file
+    # replaying the pinned list: the same failure, no request for the missing file
     hub.clear_log()
-    _, again = _bounded(download, _repo(hub.endpoint), tmp_path / "raw2", lock=Lock.read(lock_path),
+    _, again = _bounded(download, _repo(hub.endpoint), tmp_path / "raw2", pin=PinnedList.read(pin_path),
                         progress=False)
     assert [p for p, _ in again.failed] == [T1] and not [h for h in hub.log if h.path == T1]
 
@@ -264,20 +264,20 @@ def test_run_gives_a_missing_file_a_failed_row_and_processes_the_rest(hub, tmp_p
 def test_run_lock_whose_files_do_not_cover_its_images_is_a_one_line_error(hub, tmp_path):
     import json
 
-    lock_path = tmp_path / "lock.json"
-    download(_repo(hub.endpoint), tmp_path / "a", write_lock=lock_path, lock_only=True, progress=False)
-    lock = json.loads(lock_path.read_text())
-    for f in lock["files"]:  # a hand-edited lock: the image's file now points out of RAW
+    pin_path = tmp_path / "lock.json"
+    download(_repo(hub.endpoint), tmp_path / "a", write_pin=pin_path, pin_only=True, progress=False)
+    pin = json.loads(pin_path.read_text())
+    for f in pin["files"]:  # a hand-edited pinned list: the image's file now points out of RAW
         if f["path"] == T1:
             f["path"] = "OpenMind/../../../outside.nii.gz"
-    lock_path.write_text(json.dumps(lock))
+    pin_path.write_text(json.dumps(pin))
     result = CliRunner().invoke(main, ["run", "--endpoint", hub.endpoint, "--out", str(tmp_path / "s"),
-                                       "--lock", str(lock_path), "--threads-only", "--workers", "1"])
+                                       "--pin", str(pin_path), "--threads-only", "--workers", "1"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1] == (
-        f"Error: {lock_path}: the lock lists image {T1_IMAGE} but not its file {T1} (neither in 'files' "
-        "nor in 'missing'); re-resolve the lock")
+        f"Error: {pin_path}: the pinned list names image {T1_IMAGE} but not its file {T1} (neither in 'files' "
+        "nor in 'missing'); re-resolve the pinned list")
     assert not (tmp_path / "outside.nii.gz").exists()
 
 
@@ -308,14 +308,14 @@ def test_verify_all_rehashes_a_file_changed_in_place_with_size_and_mtime_kept(hu
 
 
 def test_a_file_gone_since_the_lock_fails_in_one_line_and_is_not_retried(hub, sample_tree, tmp_path, capsys):
-    lock, _ = download(_repo(hub.endpoint), tmp_path / "a", lock_only=True, progress=False)
+    pin, _ = download(_repo(hub.endpoint), tmp_path / "a", pin_only=True, progress=False)
     mask = "OpenMind/ds000001/sub-01/anat/sub-01_T1w__Data/deface_mask.nii.gz"  # a plain git file here
     hub.blobs.pop(mask)
     hub.by_sha.pop(hub.blobs.pop(T1).sha256)  # the CDN object is gone too
     hub.clear_log()
-    _, report = _bounded(download, _repo(hub.endpoint), tmp_path / "b", lock=lock, progress=False)
+    _, report = _bounded(download, _repo(hub.endpoint), tmp_path / "b", pin=pin, progress=False)
     assert dict(report.failed) == {T1: f"{T1}: HTTP 404 RemoteEntryNotFoundError",
                                    mask: f"{mask}: HTTP 404 RemoteEntryNotFoundError"}
     assert len([h for h in hub.log if h.path in (T1, mask)]) == 2  # a 404 is final: one request each
     assert "retry" not in capsys.readouterr().err
-    assert len(report.transferred) == len(lock.data_files) - 2
+    assert len(report.transferred) == len(pin.data_files) - 2

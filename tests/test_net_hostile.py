@@ -105,14 +105,14 @@ def test_an_html_answer_from_the_api_names_the_url(hub, tmp_path, kind, url):  #
 
 def test_a_pinned_entry_with_a_wrong_size_fails_once_naming_the_file(hub, tmp_path):  # P22
     pinned = tmp_path / "pinned.json"
-    _invoke(["download", "--endpoint", hub.endpoint, "--out", str(tmp_path / "a"), "--write-lock", str(pinned),
-             "--lock-only"])
+    _invoke(["download", "--endpoint", hub.endpoint, "--out", str(tmp_path / "a"), "--write-pin", str(pinned),
+             "--pin-only"])
     data = json.loads(pinned.read_text())
     entry = next(f for f in data["files"] if f["path"] == T1)
     real, entry["size"] = entry["size"], entry["size"] + 10
     pinned.write_text(json.dumps(data))
     hub.clear_log()
-    result = _invoke(["download", "--endpoint", hub.endpoint, "--out", str(tmp_path / "b"), "--lock", str(pinned)])
+    result = _invoke(["download", "--endpoint", hub.endpoint, "--out", str(tmp_path / "b"), "--pin", str(pinned)])
     assert result.exit_code == 1
     assert (f"FAILED {T1}: the server's file is {real} bytes, the file list says {real + 10}; re-resolve"
             in result.output), result.output
@@ -124,9 +124,9 @@ def test_a_pinned_list_with_files_not_a_list_is_one_line(tmp_path):  # P24
     pinned = tmp_path / "pinned.json"
     pinned.write_text(json.dumps({"format": "openmind-prep-lock/1", "repo": "a/b", "revision": "main",
                                   "commit": "abc", "images": [], "files": "nope"}))
-    result = _invoke(["download", "--out", str(tmp_path / "raw"), "--lock", str(pinned)])
+    result = _invoke(["download", "--out", str(tmp_path / "raw"), "--pin", str(pinned)])
     assert result.exit_code == 2
-    assert result.output.splitlines()[-1] == (f"Error: Invalid value for --lock: {pinned}: not a valid lock file: "
+    assert result.output.splitlines()[-1] == (f"Error: Invalid value for --pin: {pinned}: not a valid pinned list: "
                                               "'files' must be a list of objects, not 'nope'")
 
 

@@ -1,4 +1,4 @@
-"""``plan`` as advice: the hub's request quota and concurrency, exact bytes from a lock, raw and output
+"""``plan`` as advice: the hub's request quota and concurrency, exact bytes from a pinned list, raw and output
 side by side, calibration progress, the next command; ``download --limit`` shortfalls."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from hf_server import HubFixture
 from openmind_prep.cli import main
 from openmind_prep.sources.transfers import Transfer, suggest_max_raw_gb
-from openmind_prep.sources.pinned import Lock
+from openmind_prep.sources.pinned import PinnedList
 from openmind_prep.reports.estimate import MODALITIES
 
 
@@ -57,22 +57,22 @@ def test_modality_table_uses_the_real_csv_names():
 
 
 def test_plan_from_a_lock_uses_its_exact_bytes(hub, sample_tree, tmp_path):
-    lock_path = tmp_path / "t1w.json"
+    pin_path = tmp_path / "t1w.json"
     res = CliRunner().invoke(main, ["download", "--out", str(tmp_path / "raw"), "--modality", "T1w",
-                                    "--write-lock", str(lock_path), "--lock-only"])
+                                    "--write-pin", str(pin_path), "--pin-only"])
     assert res.exit_code == 0, res.output
-    lock = Lock.read(lock_path)
-    on_disk = sum((sample_tree / f.path).stat().st_size for f in lock.data_files)  # independent: the files
-    out = CliRunner().invoke(main, ["plan", "--lock", str(lock_path), "--seconds-per-volume", "1", "--json"])
+    pin = PinnedList.read(pin_path)
+    on_disk = sum((sample_tree / f.path).stat().st_size for f in pin.data_files)  # independent: the files
+    out = CliRunner().invoke(main, ["plan", "--pin", str(pin_path), "--seconds-per-volume", "1", "--json"])
     assert out.exit_code == 0, out.output
     plan = json.loads(out.stdout)
-    assert plan["volumes"] == len(lock.images) == 2
-    assert plan["raw_bytes"] == on_disk and plan["files"] == len(lock.files)
+    assert plan["volumes"] == len(pin.images) == 2
+    assert plan["raw_bytes"] == on_disk and plan["files"] == len(pin.files)
     assert plan["download_bytes"] == on_disk + (sample_tree / "openneuro_metadata.csv").stat().st_size
-    text = CliRunner().invoke(main, ["plan", "--lock", str(lock_path), "--seconds-per-volume", "1"]).stdout
-    assert "exact, from the lock" in text
-    assert f"next:      openmind-prep run --out STORE --lock {lock_path} --max-raw-gb 1" in text
-    refused = CliRunner().invoke(main, ["plan", "--lock", str(lock_path), "--modality", "T1w"])
+    text = CliRunner().invoke(main, ["plan", "--pin", str(pin_path), "--seconds-per-volume", "1"]).stdout
+    assert "exact, from the pinned list" in text
+    assert f"next:      openmind-prep run --out STORE --pin {pin_path} --max-raw-gb 1" in text
+    refused = CliRunner().invoke(main, ["plan", "--pin", str(pin_path), "--modality", "T1w"])
     assert refused.exit_code == 2 and "drop the selection options" in refused.output
 
 
@@ -109,9 +109,9 @@ def test_plan_without_the_sample_names_the_fix(monkeypatch):
 
 def test_download_limit_shortfall_is_reported(hub, tmp_path):
     res = CliRunner().invoke(main, ["download", "--out", str(tmp_path / "raw"), "--modality", "T1w",
-                                    "--limit", "3", "--lock-only"])
+                                    "--limit", "3", "--pin-only"])
     assert res.exit_code == 0, res.output
     assert "--limit 3: only 2 image(s) match the selection" in res.stderr
     exact = CliRunner().invoke(main, ["download", "--out", str(tmp_path / "raw"), "--modality", "T1w",
-                                      "--limit", "2", "--lock-only"])
+                                      "--limit", "2", "--pin-only"])
     assert exact.exit_code == 0 and "only" not in exact.stderr

@@ -69,9 +69,9 @@ def test_first_hour_runs_as_written(sample_tree, tmp_path):
     finally:
         hub.close()
 
-    # 1. two T1w images, pinned in a lock; plan read the lock
-    assert json.loads((work / "t1w.lock.json").read_text())["n_images"] == 2
-    assert "exact, from the lock" in outputs[0] and "next:      openmind-prep run" in outputs[0]
+    # 1. two T1w images, pinned in a pinned list; plan read it
+    assert json.loads((work / "t1w.pin.json").read_text())["n_images"] == 2
+    assert "exact, from the pinned list" in outputs[0] and "next:      openmind-prep run" in outputs[0]
     # 2. both preprocessed, sharded, one rendered
     import pyarrow.parquet as pq
 

@@ -374,27 +374,27 @@ def test_without_flock_a_live_holder_of_this_host_still_refuses(tmp_path, monkey
 @pytest.mark.parametrize("commit", ["abc/../../../../escaped", "../../escaped", "0123abc\\..\\x"])
 def test_a_lock_whose_commit_would_leave_raw_is_refused_naming_it(tmp_path, commit):
     """A lock's commit names a file under RAW (``RAW/.openmind-prep/openneuro_metadata.<commit>.csv``):
-    it must be a commit id. ``download --lock`` and ``run --lock`` refuse the lock before any request.
+    it must be a commit id. ``download --pin`` and ``run --pin`` refuse the pinned list before any request.
     (A lock's file paths are confined per file: tests/test_net_faults.py.)"""
     from openmind_prep.sources.hub import RemoteFile
-    from openmind_prep.sources.pinned import Lock
+    from openmind_prep.sources.pinned import PinnedList
 
     files = (RemoteFile(METADATA_CSV, 10, None, "b0"),
              RemoteFile(f"{IMAGES_DIR}/ds1/sub-1/anat/a.nii.gz", 5, "0" * 64, "b1"))
-    good = Lock("AnonRes/OpenMind", "main", "0123456789abcdef0123456789abcdef01234567", {},
+    good = PinnedList("AnonRes/OpenMind", "main", "0123456789abcdef0123456789abcdef01234567", {},
                 ("ds1/sub-1/anat/a.nii.gz",), files).to_dict()
-    assert Lock.from_dict(good).commit == good["commit"]  # the honest lock reads
+    assert PinnedList.from_dict(good).commit == good["commit"]  # the honest lock reads
     bad = {**good, "commit": commit}
     reason = "is not a commit id"
     path = tmp_path / "hostile.json"
     path.write_text(json.dumps(bad))
-    with pytest.raises(ValueError, match=f"{path}: not a valid lock file: .*{reason}"):
-        Lock.read(path)
+    with pytest.raises(ValueError, match=f"{path}: not a valid pinned list: .*{reason}"):
+        PinnedList.read(path)
     raw = tmp_path / "raw"
-    download = CliRunner().invoke(main, ["download", "--out", str(raw), "--lock", str(path),
+    download = CliRunner().invoke(main, ["download", "--out", str(raw), "--pin", str(path),
                                          "--endpoint", "http://127.0.0.1:9"])
     assert download.exit_code == 2 and str(path) in download.output and reason in download.output
-    run = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "store"), "--lock", str(path),
+    run = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "store"), "--pin", str(path),
                                     "--endpoint", "http://127.0.0.1:9", *FAST])
     assert run.exit_code == 1 and str(path) in run.output and reason in run.output
     assert not list(tmp_path.rglob("escaped*"))

@@ -20,6 +20,35 @@ def _with(options: list[Callable], command: Callable) -> Callable:
     return command
 
 
+def renamed_option(new: str, old: str, dest: str, **kwargs) -> Callable:
+    """Click option ``new`` (the command receives ``dest``) that still answers to its old name
+    ``old`` for one release (hidden from ``--help``; using it prints one line on stderr).
+
+    >>> from click.testing import CliRunner
+    >>> @click.command()
+    ... @renamed_option("--pin", "--lock", "pin_file")
+    ... def show(pin_file):
+    ...     click.echo(pin_file)
+    >>> CliRunner().invoke(show, ["--lock", "p.json"]).output.splitlines()
+    ['--lock is deprecated: use --pin (the same option; --lock goes in the next release)', 'p.json']
+    """
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(**values):
+            old_value = values.pop(f"{dest}_old")
+            if old_value not in (None, False):
+                click.echo(f"{old} is deprecated: use {new} (the same option; {old} goes in the next release)",
+                           err=True)
+                if values.get(dest) in (None, False):
+                    values[dest] = old_value
+            return command(**values)
+
+        return _with([click.option(new, dest, **kwargs), click.option(old, f"{dest}_old", hidden=True, **kwargs)],
+                     wrapper)
+
+    return decorate
+
+
 def repo_options(command: Callable) -> Callable:
     """Click options ``--repo``, ``--revision``, ``--endpoint`` (default ``$HF_ENDPOINT``), ``--timeout``
     and ``--deadline``; the command receives ``hub=HubRepo`` (the deadline counted from now)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from openmind_prep.cli.options import finite, memory_size, open_source_from, selection_options, source_options
+from openmind_prep.cli.options import (finite, memory_size, open_source_from, renamed_option, selection_options,
+                                       source_options)
 from openmind_prep.core.dask_cluster import DEFAULT_BATCH_SIZE
 from openmind_prep.sources.transfers import RESOLVE_QUOTA_PER_5MIN
 from openmind_prep.sources.selection import Selection
@@ -32,8 +33,9 @@ from openmind_prep.sources.selection import Selection
 @click.option("--calibrate-on", type=click.Path(path_type=Path, exists=True), default=None,
               help="A source to calibrate on, any kind (default: the embedded sample).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="A lock file (download --write-lock): plan exactly its images, with their exact bytes.")
+@renamed_option("--pin", "--lock", "pin_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                default=None, help="A pinned list (download --write-pin): estimate exactly its images, with "
+                                   "their exact bytes.")
 @click.option("--bandwidth", type=click.FloatRange(min=0.001), default=100.0, show_default=True,
               help="Download bandwidth in MB/s.")
 @click.option("--requests-per-5min", "quota", type=click.IntRange(min=1), default=RESOLVE_QUOTA_PER_5MIN,
@@ -46,7 +48,7 @@ from openmind_prep.sources.selection import Selection
 @selection_options
 def plan_command(source_path: Path | None, source_kind: str | None, mask_pattern: str | None,
                  metadata: Path | None, workers: int, batch_size: int | None, seconds_per_volume: float | None,
-                 from_manifest: Path | None, calibrate_on: Path | None, dtype: str, lock_file: Path | None,
+                 from_manifest: Path | None, calibrate_on: Path | None, dtype: str, pin_file: Path | None,
                  bandwidth: float, quota: int, download_workers: int, memory_limit: str | None, as_json: bool,
                  selection: Selection) -> None:
     """Estimate wall time, peak memory per worker, disk and network for preprocessing the selection,
@@ -56,15 +58,15 @@ def plan_command(source_path: Path | None, source_kind: str | None, mask_pattern
     from openmind_prep.reports.estimate import CostModel, _parse_bytes, cost_from_rows, estimate, render
     from openmind_prep.sources.selection import named_selections
 
-    if lock_file is not None and selection != Selection():
-        raise click.UsageError("--lock fixes the images; drop the selection options")
-    if source_path is not None and (metadata is not None or lock_file is not None):
-        raise click.UsageError("--source names the images; drop --metadata / --lock")
+    if pin_file is not None and selection != Selection():
+        raise click.UsageError("--pin fixes the images; drop the selection options")
+    if source_path is not None and (metadata is not None or pin_file is not None):
+        raise click.UsageError("--source names the images; drop --metadata / --pin")
     if source_path is None and (source_kind or mask_pattern) and calibrate_on is None:
         raise click.UsageError("--source-kind and --mask-pattern apply to --source or --calibrate-on")
     lines: list[str] = []  # the source's line and selection notes: printed first, or in the JSON
     source = open_source_from(source_path, source_kind, mask_pattern) if source_path is not None else None
-    records, note, file_bytes, files, csv_bytes = _records(source, metadata, lock_file, selection, lines.append)
+    records, note, file_bytes, files, csv_bytes = _records(source, metadata, pin_file, selection, lines.append)
     for line in lines if not as_json else ():
         click.echo(line)
     if seconds_per_volume is not None:
@@ -85,23 +87,23 @@ def plan_command(source_path: Path | None, source_kind: str | None, mask_pattern
         click.echo(json.dumps({**asdict(plan), **({"source": lines} if lines else {})}, indent=1))
         return
     max_raw = suggest_max_raw_gb(list(volumes.file_bytes), workers, batch)
-    source = ["--lock", str(lock_file)] if lock_file else selection_flags(selection, named_selections())
+    source = ["--pin", str(pin_file)] if pin_file else selection_flags(selection, named_selections())
     command = " ".join(["openmind-prep run --out STORE", *source, f"--max-raw-gb {max_raw}", f"--workers {workers}",
                         f"--download-workers {download_workers}"])
-    click.echo(render(plan, note, memory_limit, raw_note="exact, from the lock" if lock_file else "estimated",
+    click.echo(render(plan, note, memory_limit, raw_note="exact, from the pinned list" if pin_file else "estimated",
                       max_raw_gb=max_raw, next_command=command))
 
 
-def _records(source, metadata: Path | None, lock_file: Path | None, selection: Selection, say):
+def _records(source, metadata: Path | None, pin_file: Path | None, selection: Selection, say):
     """(records, note, exact file bytes, files per image, metadata CSV bytes) for the plan; the last
-    three None unless a lock gives them. ``say`` gets the source's line and selection notes."""
+    three None unless a pin gives them. ``say`` gets the source's line and selection notes."""
     from openmind_prep.sources.base import select
     from openmind_prep.sources.metadata import METADATA_CSV, record_from_row
     from openmind_prep.sources.openmind import OpenMindSource
     from openmind_prep.core.paths import strip_nifti_suffix
     from openmind_prep.reports.estimate import synthesise_metadata
 
-    if lock_file is None:
+    if pin_file is None:
         if source is None and metadata is not None:
             source = OpenMindSource.from_csv(metadata)
         if source is not None:
@@ -110,27 +112,27 @@ def _records(source, metadata: Path | None, lock_file: Path | None, selection: S
             return select(source, selection, listed, say), f"from {metadata or source.origin}", None, None, None
         return (selection.apply(synthesise_metadata()), "SYNTHESISED metadata: 114,570 rows, assumed mix",
                 None, None, None)
-    from openmind_prep.sources.pinned import Lock
+    from openmind_prep.sources.pinned import PinnedList
 
     try:
-        lock = Lock.read(lock_file)
+        pin = PinnedList.read(pin_file)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--lock") from e
+        raise click.BadParameter(str(e), param_hint="--pin") from e
     by_path = {r.image_path: r for r in OpenMindSource.from_csv(metadata).records()} if metadata is not None else {}
     sizes: dict[str, list[int]] = {}
-    for f in lock.data_files:  # OpenMind/<image_path> and OpenMind/<stem>__Data/<mask>
+    for f in pin.data_files:  # OpenMind/<image_path> and OpenMind/<stem>__Data/<mask>
         rel = f.path.split("/", 1)[1] if "/" in f.path else f.path
         owner = rel.split("__Data/", 1)[0] if "__Data/" in rel else strip_nifti_suffix(rel)
         sizes.setdefault(owner, []).append(f.size)
     records, nbytes, files = [], [], []
-    for image in lock.images:
+    for image in pin.images:
         modality = strip_nifti_suffix(image).rsplit("_", 1)[-1]  # BIDS suffix, when no CSV is given
         records.append(by_path.get(image) or record_from_row({"image_path": image, "modality": modality}))
         own = sizes.get(strip_nifti_suffix(image), [])
         nbytes.append(float(sum(own)))
         files.append(len(own))
-    note = f"lock {lock_file.name}: {lock.repo}@{lock.commit[:12]}, {METADATA_CSV} {lock.metadata.size:,} B"
-    return records, note, nbytes, files, lock.metadata.size
+    note = f"pinned list {pin_file.name}: {pin.repo}@{pin.commit[:12]}, {METADATA_CSV} {pin.metadata.size:,} B"
+    return records, note, nbytes, files, pin.metadata.size
 
 
 def _calibrate(calibrate_on, dtype: str):

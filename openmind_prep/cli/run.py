@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from openmind_prep.cli.options import (cluster_options, open_source_from, repo_options, selection_options,
-                                       source_options, store_options)
+from openmind_prep.cli.options import (cluster_options, open_source_from, renamed_option, repo_options,
+                                       selection_options, source_options, store_options)
 from openmind_prep.core.dask_cluster import ClusterConfig
 from openmind_prep.sources.selection import Selection
 
@@ -28,14 +28,15 @@ if TYPE_CHECKING:
 @click.option("--max-raw-gb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Bound on image + mask bytes (complete or partial) in --work at any time.")
 @click.option("--keep-raw", is_flag=True, help="Keep the raw files (then --max-raw-gb does not apply).")
-@click.option("--lock", "lock_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Replay a lock file (exact commit and files) instead of resolving a selection.")
+@renamed_option("--pin", "--lock", "pin_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                help="Replay a pinned list (download --write-pin: exact commit and files) instead of resolving "
+                     "a selection.")
 @click.option("--download-workers", type=click.IntRange(min=1), default=4, show_default=True,
               help="Concurrent downloads.")
 @selection_options
 @cluster_options
 def run_command(hub: HubRepo, source: Path | None, source_kind: str | None, mask_pattern: str | None, store: Path,
-                work: Path | None, max_raw_gb: float, keep_raw: bool, lock_file: Path | None,
+                work: Path | None, max_raw_gb: float, keep_raw: bool, pin_file: Path | None,
                 download_workers: int, dtype: str, chunks: int, batch_size: int, selection: Selection,
                 cluster: ClusterConfig) -> None:
     """Download (or copy from --source), preprocess and delete raw files in a stream, keeping at
@@ -49,12 +50,12 @@ def run_command(hub: HubRepo, source: Path | None, source_kind: str | None, mask
 
     work = Path(work) if work else Path(store).with_name(Path(store).name + ".raw")
     work.mkdir(parents=True, exist_ok=True)
-    if lock_file is not None and selection != Selection():
-        raise click.UsageError("--lock replays a fixed file list; drop the selection options")
+    if pin_file is not None and selection != Selection():
+        raise click.UsageError("--pin replays a fixed file list; drop the selection options")
     if source is None and (source_kind or mask_pattern):
         raise click.UsageError("--source-kind and --mask-pattern apply to --source")
-    if source is not None and lock_file is not None:
-        raise click.UsageError("--lock applies to the hub, not to --source")
+    if source is not None and pin_file is not None:
+        raise click.UsageError("--pin applies to the hub, not to --source")
     local = open_source_from(Path(source), source_kind, mask_pattern) if source is not None else None
     target = Store.create(store)
     with target.lock("run"):
@@ -64,7 +65,7 @@ def run_command(hub: HubRepo, source: Path | None, source_kind: str | None, mask
         with BackgroundClient(cluster) as client:  # the cluster starts as the hub's selection resolves
             if local is None:
                 try:
-                    items, fetch = hub_items(hub, selection, work, lock_file, download_workers)
+                    items, fetch = hub_items(hub, selection, work, pin_file, download_workers)
                 except (DownloadError, ValueError) as e:
                     raise click.ClickException(str(e)) from e
             options = PreprocessOptions(dtype=dtype, chunks=chunks)

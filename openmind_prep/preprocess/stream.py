@@ -9,7 +9,7 @@ keeps at most ``--max-raw-gb`` of image and mask bytes (complete or partial) in 
                         (unless ``--keep-raw``) → release their bytes → merge the manifest
 
 so downloads of the next batches overlap preprocessing of the current ones. The bound is exact
-because sizes are known before any byte is written (lock / paths-info). A file that cannot be
+because sizes are known before any byte is written (pinned list / paths-info). A file that cannot be
 fetched gives its image a ``failed`` manifest row naming the file. Images already ``ok`` in the
 store are skipped before anything is downloaded, so a killed run resumes. ``--source SRC`` runs
 the same on a local source of any kind (:mod:`openmind_prep.sources.detect`): its files are copied
@@ -51,12 +51,12 @@ class Item:
         return sum(f.size for f in self.files)
 
 
-def plan_batches(items: Sequence[Item], batch_size: int, max_bytes: int) -> list[list[Item]]:
+def batch_groups(items: Sequence[Item], batch_size: int, max_bytes: int) -> list[list[Item]]:
     """Greedy batches in order: at most ``batch_size`` images and ``max_bytes // 2`` bytes each
     (so one batch can download while another is processed); a bigger image goes alone.
 
     >>> its = [Item(None, (RemoteFile(str(i), n, None, ""),)) for i, n in enumerate([4, 4, 9, 1])]
-    >>> [[i.files[0].path for i in b] for b in plan_batches(its, batch_size=8, max_bytes=16)]
+    >>> [[i.files[0].path for i in b] for b in batch_groups(its, batch_size=8, max_bytes=16)]
     [['0', '1'], ['2'], ['3']]
     """
     too_big = [i for i in items if i.bytes > max_bytes]
@@ -209,7 +209,7 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Store | Path,
 
     def downloader() -> None:
         try:
-            for batch in plan_batches(todo, batch_size, budget.limit):
+            for batch in batch_groups(todo, batch_size, budget.limit):
                 if not budget.acquire(sum(i.bytes for i in batch), stop):
                     return
                 failed = fetch([f for i in batch for f in i.files])
@@ -261,19 +261,19 @@ def stream(items: Sequence[Item], fetch: Fetch, work: Path, store: Store | Path,
     return rows
 
 
-def hub_items(repo: HubRepo, selection: Selection, work: Path, lock_file: Path | None,
+def hub_items(repo: HubRepo, selection: Selection, work: Path, pin_file: Path | None,
               workers: int) -> tuple[list[Item], Fetch]:
-    """Resolve (or read) the lock against the hub; the items to process and how to fetch them."""
-    from openmind_prep.sources.pinned import Lock, group_files, missing_reason, open_lock, records_of
+    """Resolve (or read) the pinned list against the hub; the items to process and how to fetch them."""
+    from openmind_prep.sources.pinned import PinnedList, group_files, missing_reason, open_pin, records_of
 
-    lock = Lock.read(lock_file) if lock_file is not None else None
-    repo, lock, full_csv = open_lock(repo, work, selection=selection, lock=lock, progress=True)
+    pin = PinnedList.read(pin_file) if pin_file is not None else None
+    repo, pin, full_csv = open_pin(repo, work, selection=selection, pin=pin, progress=True)
     try:
-        items = [Item(r, tuple(files)) for r, files in group_files(lock, records_of(lock, full_csv))]
+        items = [Item(r, tuple(files)) for r, files in group_files(pin, records_of(pin, full_csv))]
     except ValueError as e:
-        raise ValueError(f"{lock_file or 'the resolved lock'}: {e}") from None
-    missing = {p: missing_reason(lock, p) for p in lock.missing}
-    return items, hub_fetcher(repo, lock.commit, work, workers, missing)
+        raise ValueError(f"{pin_file or 'the resolved pinned list'}: {e}") from None
+    missing = {p: missing_reason(pin, p) for p in pin.missing}
+    return items, hub_fetcher(repo, pin.commit, work, workers, missing)
 
 
 def source_items(source: Source | Path, selection: Selection, work: Path,

@@ -12,7 +12,7 @@ The model is deliberately simple (docs/data.md, "Plan", explains it):
 - wall time = a FIFO simulation of the batches (``--batch-size`` images per Dask task, in CSV
   order) on N single-threaded workers, plus a fixed overhead per task;
 - raw disk = network = the compressed NIfTI bytes of images and masks (+ the metadata CSV), exact
-  with ``--lock`` (the lock holds every file's size); the download time is the largest of the
+  with ``--pin`` (the pinned list holds every file's size); the download time is the largest of the
   Hub's request quota, the bandwidth and the per-request round trips over the download workers
   (:mod:`openmind_prep.sources.transfers`).
 
@@ -150,7 +150,7 @@ class Volumes:
 def volumes_from_records(records: Sequence[ImageRecord], file_bytes: Sequence[float] | None = None,
                          files: Sequence[int] | None = None) -> Volumes:
     """Sizes of each record: its ``synthetic_*`` columns, else its modality's typical volume;
-    ``file_bytes`` / ``files`` (e.g. exact, from a lock file) replace the estimated bytes and counts.
+    ``file_bytes`` / ``files`` (e.g. exact, from a pinned list) replace the estimated bytes and counts.
 
     >>> from openmind_prep.sources.metadata import record_from_row
     >>> v = volumes_from_records([record_from_row({"image_path": "d/s/a.nii.gz", "modality": "FLAIR"})])

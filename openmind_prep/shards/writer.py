@@ -85,11 +85,11 @@ def auto_shard_size(sizes: Sequence[int], min_shards: int = MIN_SHARDS, cap: int
     A small store then still gives ``min(min_shards, samples)`` shards (one sample each when it has
     fewer), so several DataLoader workers can stream it; a large one gets shards of ``cap`` bytes.
 
-    >>> len(plan_shards([100] * 6, auto_shard_size([100] * 6)))        # 6 small samples: 6 shards
+    >>> len(group_shards([100] * 6, auto_shard_size([100] * 6)))        # 6 small samples: 6 shards
     6
-    >>> len(plan_shards([100] * 64, auto_shard_size([100] * 64)))      # 64: 16 shards of 4
+    >>> len(group_shards([100] * 64, auto_shard_size([100] * 64)))      # 64: 16 shards of 4
     16
-    >>> len(plan_shards([10, 10, 900], auto_shard_size([10, 10, 900])))  # uneven, few: one each
+    >>> len(group_shards([10, 10, 900], auto_shard_size([10, 10, 900])))  # uneven, few: one each
     3
     >>> auto_shard_size([4 * 10**8] * 1000)                            # large stores: 1 GB shards
     1000000000
@@ -99,23 +99,23 @@ def auto_shard_size(sizes: Sequence[int], min_shards: int = MIN_SHARDS, cap: int
     return max(1, min(cap, -(-sum(sizes) // max(1, min_shards))))
 
 
-def plan_shards(sizes: Sequence[int], shard_size: int) -> list[range]:
+def group_shards(sizes: Sequence[int], shard_size: int) -> list[range]:
     """Greedy, order-keeping split of samples (by estimated size) into shards of ≤ shard_size.
 
     A sample larger than shard_size gets a shard of its own.
 
-    >>> plan_shards([4, 4, 4, 9, 1], 8)
+    >>> group_shards([4, 4, 4, 9, 1], 8)
     [range(0, 2), range(2, 3), range(3, 4), range(4, 5)]
     """
-    plan, start, total = [], 0, 0
+    groups, start, total = [], 0, 0
     for i, size in enumerate(sizes):
         if i > start and total + size > shard_size:
-            plan.append(range(start, i))
+            groups.append(range(start, i))
             start, total = i, 0
         total += size
     if start < len(sizes):
-        plan.append(range(start, len(sizes)))
-    return plan
+        groups.append(range(start, len(sizes)))
+    return groups
 
 
 class _HashingFile(io.RawIOBase):
@@ -189,10 +189,10 @@ def write_shards(
         wanted = set(keys)
         rows = [r for r in rows if row_key(r) in wanted]
     sizes = [_estimate(store, r) for r in rows]
-    plan = plan_shards(sizes, shard_size if shard_size is not None else auto_shard_size(sizes))
+    groups = group_shards(sizes, shard_size if shard_size is not None else auto_shard_size(sizes))
     done = {s.url: s for s in read_fragment(out, prefix)}
     shards: list[ShardInfo] = []
-    for i, part in enumerate(tqdm(plan, desc=f"shards {prefix}", unit="shard", disable=not progress)):
+    for i, part in enumerate(tqdm(groups, desc=f"shards {prefix}", unit="shard", disable=not progress)):
         url = f"{prefix}-{i:06d}.tar"
         part_keys = tuple(row_key(rows[j]) for j in part)
         old = done.get(url)
@@ -204,7 +204,7 @@ def write_shards(
         write_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]}, indent=1)
     write_json(out / INDEX_DIR / f"{prefix}.json", {"shards": [asdict(s) for s in shards]}, indent=1)
     current = {s.url for s in shards}
-    for stale in out.glob(f"{prefix}-*.tar"):  # shards of an older, longer plan
+    for stale in out.glob(f"{prefix}-*.tar"):  # shards of an older, longer grouping
         if re.fullmatch(rf"{re.escape(prefix)}-\d{{6}}\.tar", stale.name) and stale.name not in current:
             stale.unlink()
     return shards

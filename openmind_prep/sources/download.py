@@ -1,4 +1,4 @@
-"""Download a selection (or replay a lock) into RAW: resolve, optionally write the lock, fetch and
+"""Download a selection (or replay a pinned list) into RAW: resolve, optionally write the list, fetch and
 verify every file (the repo's metadata CSV among them, byte for byte). One download per RAW folder at
 a time (``RAW/.openmind-prep/download.lock``, :mod:`openmind_prep.core.runlock`)."""
 
@@ -11,36 +11,36 @@ from openmind_prep.sources.hub import STATE_DIR, HubRepo, download_files
 from openmind_prep.sources.metadata import METADATA_CSV
 
 
-def download(repo: HubRepo, raw: Path, *, selection=None, lock=None, write_lock: Path | None = None,
-             lock_only: bool = False, workers: int = 4, progress: bool = True, client=None,
+def download(repo: HubRepo, raw: Path, *, selection=None, pin=None, write_pin: Path | None = None,
+             pin_only: bool = False, workers: int = 4, progress: bool = True, client=None,
              verify_all: bool = False):
-    """Resolve ``selection`` (or replay ``lock``), optionally write the lock, download and verify
+    """Resolve ``selection`` (or replay the pinned list ``pin``), optionally write it, download and verify
     every file into ``raw``, holding ``raw``'s download lock (a second download into the same folder
     is a :class:`~openmind_prep.core.runlock.LockHeld` naming the holder).
 
-    A file the CSV lists but the repo lacks (``Lock.missing``) is reported failed, naming it; every
+    A file the CSV lists but the repo lacks (``PinnedList.missing``) is reported failed, naming it; every
     other file is still fetched. ``verify_all`` re-hashes files already recorded as verified.
-    Returns ``(lock, DownloadReport | None)``: the data files (the metadata CSV in its
+    Returns ``(pin, DownloadReport | None)``: the data files (the metadata CSV in its
     ``metadata_transferred``) and the missing ones, as failed.
     """
     from openmind_prep.core.runlock import run_lock
-    from openmind_prep.sources.pinned import missing_reason, open_lock
+    from openmind_prep.sources.pinned import missing_reason, open_pin
 
     raw = Path(raw)
     (raw / STATE_DIR).mkdir(parents=True, exist_ok=True)
     with run_lock(raw / STATE_DIR / "download.lock", "openmind-prep download", what="RAW folder"):
         before = _identity(raw / METADATA_CSV)
-        repo, lock, csv_path = open_lock(repo, raw, selection=selection, lock=lock, progress=progress,
+        repo, pin, csv_path = open_pin(repo, raw, selection=selection, pin=pin, progress=progress,
                                          rehash=verify_all)
-        if write_lock is not None:
-            lock.write(write_lock)
-        if lock_only:
-            return lock, None
-        report = download_files(repo, lock.commit, lock.data_files, raw, workers=workers, progress=progress,
+        if write_pin is not None:
+            pin.write(write_pin)
+        if pin_only:
+            return pin, None
+        report = download_files(repo, pin.commit, pin.data_files, raw, workers=workers, progress=progress,
                                 client=client, verify_all=verify_all)
-    missing = tuple((p, missing_reason(lock, p)) for p in lock.missing)
+    missing = tuple((p, missing_reason(pin, p)) for p in pin.missing)
     fetched = before != _identity(csv_path)  # replaced by this run's verified copy
-    return lock, dataclasses.replace(report, failed=report.failed + missing, metadata_transferred=fetched)
+    return pin, dataclasses.replace(report, failed=report.failed + missing, metadata_transferred=fetched)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

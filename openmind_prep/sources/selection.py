@@ -78,7 +78,7 @@ class Selection:
         return kept[: self.limit] if self.limit else kept
 
     def to_dict(self) -> dict:
-        """Plain dict (lists instead of tuples), as written into lock files and manifests."""
+        """Plain dict (lists instead of tuples), as written into pinned lists and manifests."""
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
