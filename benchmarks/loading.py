@@ -66,13 +66,13 @@ def build_stores(work: Path) -> tuple[Path, Path]:
     from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
     from openmind_prep.preprocess.job import PreprocessOptions, process_batch
     from openmind_prep.sources.embedded import build_sample_tree
-    from openmind_prep.store.store import create_store
+    from openmind_prep.store.store import Store
 
     src = build_sample_tree(work / "src")
     records = read_metadata(src / METADATA_CSV)
     stores = []
     for dtype in ("float16", "float32"):
-        store = create_store(work / f"store_{dtype}")
+        store = Store.create(work / f"store_{dtype}").root
         process_batch(records, src, store, PreprocessOptions(dtype=dtype))
         merge_manifest(store)
         stores.append(store)
@@ -82,13 +82,13 @@ def build_stores(work: Path) -> tuple[Path, Path]:
 def write_reference(store32: Path, rows: list[dict], out: Path) -> list[Path]:
     import blosc2
 
-    from openmind_prep.store.store import image_array
+    from openmind_prep.store.store import Store
 
     blosc2.set_nthreads(1)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, row in enumerate(rows):
-        data = np.ascontiguousarray(image_array(store32, row["zarr_path"])[...][None], dtype=np.float32)
+        data = np.ascontiguousarray(Store(store32).array(row["zarr_path"])[...][None], dtype=np.float32)
         blocks, chunks = nnssl_blocks_chunks(data.shape, (PATCH,) * 3, data.itemsize)
         path = out / f"case{i}.b2nd"
         blosc2.asarray(data, urlpath=str(path), chunks=chunks, blocks=blocks, mode="w",

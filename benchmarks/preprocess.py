@@ -94,10 +94,10 @@ def reference_bytes(array: np.ndarray) -> int:
 
 
 def our_bytes(array: np.ndarray, store_dir: Path, key: str) -> int:
-    from openmind_prep.store.store import create_store, write_case
+    from openmind_prep.store.store import Store
 
-    store = create_store(store_dir)
-    return write_case(store, key, {"image": array.astype(np.float16)}, {}).nbytes
+    store = Store.create(store_dir).root
+    return Store(store).write_case(key, {"image": array.astype(np.float16)}, {}).nbytes
 
 
 def main() -> None:

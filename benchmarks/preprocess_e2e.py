@@ -119,7 +119,7 @@ def per_image(src: Path, work: Path, rounds: int) -> None:
     from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
     from openmind_prep.preprocess.onemmiso import preprocess_case
     from openmind_prep.preprocess.job import PreprocessOptions, process_image
-    from openmind_prep.store.store import create_store, image_array
+    from openmind_prep.store.store import Store
 
     _setup_threads()
     records = read_metadata(src / METADATA_CSV)
@@ -129,7 +129,7 @@ def per_image(src: Path, work: Path, rounds: int) -> None:
     options = PreprocessOptions(clevel=store_module.CODEC["clevel"])  # --codec may have swapped it
     times = {r.image_path: ([], []) for r in records}
     for rnd in range(rounds + 1):  # round 0 warms imports and caches, not counted
-        store = create_store(work / f"store{rnd}")  # a fresh store: no old group to replace
+        store = Store.create(work / f"store{rnd}").root  # a fresh store: no old group to replace
         for i, record in enumerate(records):
             t0 = time.process_time()
             row = process_image(record, src, store, options)
@@ -145,15 +145,15 @@ def per_image(src: Path, work: Path, rounds: int) -> None:
               f"{'max|d| f16':>10} {'f32':>8} {'mask≠':>6} {'ours B':>10} {'peer B':>10}")
     print(header + "\n" + "-" * len(header))
     tot = np.zeros(4)
-    store = create_store(work / "store_check")
+    store = Store.create(work / "store_check").root
     for i, record in enumerate(records):
         ours_t, peer_t = (float(np.median(t)) for t in times[record.image_path])
         row = process_image(record, src, store, options)
-        stored = image_array(store, row["zarr_path"])[...]
+        stored = Store(store).array(row["zarr_path"])[...]
         ref, ref_masks, ref_bytes = peer_case(src / IMAGES_DIR / record.image_path, _mask_paths(src, record),
                                               work / "peer" / f"case{i}")
         f32 = preprocess_case(src / IMAGES_DIR / record.image_path, dtype=np.float32).image
-        mask_diff = sum(int((image_array(store, row[f"{n}_zarr_path"])[...] != m).sum()) for n, m in ref_masks.items())
+        mask_diff = sum(int((Store(store).array(row[f"{n}_zarr_path"])[...] != m).sum()) for n, m in ref_masks.items())
         tot += (ours_t, peer_t, row["bytes"], ref_bytes)
         name = record.image_path.split("/")[0] + "/…/" + Path(record.image_path).name
         print(f"{name[-44:]:<44} {'x'.join(map(str, stored.shape)):>13} {ours_t:10.3f} {peer_t:10.3f} "

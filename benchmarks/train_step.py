@@ -36,10 +36,10 @@ def build_store(dest: Path) -> Path:
     from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
     from openmind_prep.preprocess.job import PreprocessOptions, process_batch
     from openmind_prep.sources.embedded import build_sample_tree
-    from openmind_prep.store.store import create_store
+    from openmind_prep.store.store import Store
 
     tree = build_sample_tree(dest / "tree")
-    store = create_store(dest / "store")
+    store = Store.create(dest / "store").root
     rows = process_batch(read_metadata(tree / METADATA_CSV), tree, store, PreprocessOptions())
     merge_manifest(store)
     print(f"store: {sum(r['status'] == 'ok' for r in rows)} images preprocessed into {store}", flush=True)

@@ -12,7 +12,7 @@ functions that use them (``pip install torchio`` / ``monai``).
 Usage (``ds`` a ``ZarrVolumeDataset``; docs/loaders.md "MONAI and TorchIO" runs it on a real store)::
 
     from loaders.adapters import to_torchio, to_monai
-    subject = to_torchio(ds[0])       # tio.Subject: image (+ anon_mask / anat_mask LabelMaps)
+    subject = to_torchio(ds[0])       # tio.Subject: image (+ anon_mask / anat_mask / label LabelMaps)
     item = to_monai(ds[0])            # {"image": MetaTensor, ...masks, "key": ...}
 """
 
@@ -26,7 +26,10 @@ import torch
 from torch import Tensor
 
 from openmind_prep.store.affine import ijk_affine
-from openmind_prep.store.schema import MASK_NAMES
+from openmind_prep.store.schema import LABEL, MASK_NAMES
+
+#: The label volumes handed over as TorchIO ``LabelMap`` / MONAI label tensors.
+_LABELS = (*MASK_NAMES, LABEL)
 
 
 def ijk(tensor: Tensor) -> Tensor:
@@ -52,8 +55,8 @@ def sample_affine(sample: Mapping[str, Any]) -> np.ndarray:
 
 
 def to_torchio(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32):
-    """A ``torchio.Subject``: ``image`` (``ScalarImage``, ``dtype``) and each stored mask as a
-    ``LabelMap`` (absent masks are not keys), plus ``key`` and ``meta`` as plain attributes.
+    """A ``torchio.Subject``: ``image`` (``ScalarImage``, ``dtype``) and each stored mask and label map
+    as a ``LabelMap`` (absent ones are not keys), plus ``key`` and ``meta`` as plain attributes.
 
     >>> import torchio as tio                                   # doctest: +SKIP
     >>> to_torchio(ds[0]).image.spacing                         # doctest: +SKIP
@@ -63,15 +66,15 @@ def to_torchio(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32)
 
     affine = sample_affine(sample)
     images = {"image": tio.ScalarImage(tensor=ijk(sample["image"]).to(dtype), affine=affine)}
-    for name in MASK_NAMES:
+    for name in _LABELS:
         if sample.get(name) is not None:
             images[name] = tio.LabelMap(tensor=ijk(sample[name]), affine=affine)
     return tio.Subject(**images, key=sample["key"], meta=dict(sample["meta"]))
 
 
 def to_monai(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """A MONAI dictionary: ``image`` and each stored mask as ``monai.data.MetaTensor`` with the RAS
-    ``affine`` (absent masks are not keys), plus ``key``; ready for ``monai.transforms`` ``*d``
+    """A MONAI dictionary: ``image`` and each stored mask and label map as ``monai.data.MetaTensor``
+    with the RAS ``affine`` (absent ones are not keys), plus ``key``; ready for ``monai.transforms`` ``*d``
     transforms and ``list_data_collate``.
 
     >>> to_monai(ds[0])["image"].affine                         # doctest: +SKIP
@@ -81,7 +84,7 @@ def to_monai(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32) -
     affine = torch.as_tensor(sample_affine(sample))
     meta = {"filename_or_obj": sample["key"], "space": "RAS"}
     out: dict[str, Any] = {"image": MetaTensor(ijk(sample["image"]).to(dtype), affine=affine, meta=dict(meta))}
-    for name in MASK_NAMES:
+    for name in _LABELS:
         if sample.get(name) is not None:
             out[name] = MetaTensor(ijk(sample[name]), affine=affine.clone(), meta=dict(meta))
     out["key"] = sample["key"]
@@ -145,8 +148,9 @@ def torchio_subjects(dataset: Any, transform: Callable | None = None):
     for key, row in zip(dataset.keys, dataset.rows):
         affine = _StoredArray(tuple(map(tuple, ijk_affine(stored_affine(row)).tolist())))
         images = {"image": tio.ScalarImage(dataset.store / row["zarr_path"], reader=affine)}
-        for name in MASK_NAMES:
-            if dataset.masks and row.get(ARRAY_COLUMNS[name]):
+        for name in _LABELS:
+            wanted = getattr(dataset, "labels", True) if name == LABEL else dataset.masks
+            if wanted and row.get(ARRAY_COLUMNS[name]):
                 images[name] = tio.LabelMap(dataset.store / row[ARRAY_COLUMNS[name]], reader=affine)
         subjects.append(tio.Subject(**images, key=key))
     return tio.SubjectsDataset(subjects, transform=transform)

@@ -113,23 +113,28 @@ def batch_source(*, store: str | Path | None = None, shards: str | None = None, 
                  pin_memory: bool = False) -> BatchSource:
     """A :class:`BatchSource` over exactly one of ``store`` (Zarr, exact replay) or ``shards`` (stream).
 
-    Each sample is a random region of ``region_size`` voxels (zyx) of one volume, masks not read.
+    Each sample is a random region of ``region_size`` voxels (zyx) of one volume, masks and labels not read.
 
     >>> import tempfile
     >>> batch_source(store=Path(tempfile.mkdtemp()) / "none", batch_size=2, region_size=[8, 8, 8])
     Traceback (most recent call last):
     ...
-    ValueError: ...none: not a preprocessed store (no zarr.json or manifest.parquet)
+    ValueError: ...none: not a preprocessed store (manifest.parquet missing ...)
     """
     if (store is None) == (shards is None):
         raise ValueError("give exactly one of store / shards")
     region = [int(r) for r in region_size]
     if store is not None:
+        from openmind_prep.store.store import Store, StoreError
+
         store = Path(store)
-        if not any((store / name).is_file() for name in ("zarr.json", "manifest.parquet")):
-            raise ValueError(f"{store}: not a preprocessed store (no zarr.json or manifest.parquet)")
         try:
-            dataset = ZarrVolumeDataset(store, masks=False)
+            opened = Store.open(store)
+        except StoreError as err:  # no manifest (nor fragments): nothing preprocessed here
+            reason = str(err).removeprefix(f"{store / 'manifest.parquet'}: ")
+            raise ValueError(f"{store}: not a preprocessed store (manifest.parquet {reason})") from None
+        try:
+            dataset = ZarrVolumeDataset(opened, masks=False, labels=False)
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"{store}: cannot read its manifest ({type(err).__name__}: {err})") from None
         if len(dataset) == 0:
@@ -141,7 +146,8 @@ def batch_source(*, store: str | Path | None = None, shards: str | None = None, 
         volumes, name = len(dataset), str(store)
     else:
         try:
-            dataset = WebDatasetStream(shards, seed=seed, region_size=region, resampled=True, masks=False)
+            dataset = WebDatasetStream(shards, seed=seed, region_size=region, resampled=True, masks=False,
+                                       labels=False)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{shards}: cannot read the shard index ({type(err).__name__}: {err})") from None
         if not dataset.urls:

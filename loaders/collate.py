@@ -14,10 +14,14 @@ from typing import Any, Sequence
 import torch
 
 from openmind_prep.store.schema import ARRAYS as VOLUMES
+from openmind_prep.store.schema import IMAGE
+
+OPTIONAL = tuple(name for name in VOLUMES if name != IMAGE)
 
 
 def collate_volumes(samples: Sequence[dict[str, Any]]) -> dict[str, list]:
-    """List of sample dicts → dict of lists (``key``, ``image``, ``anon_mask``, ``anat_mask``, ``meta``).
+    """List of sample dicts → dict of lists (``key``, ``image``, ``anon_mask``, ``anat_mask``, ``label``,
+    ``meta``; an optional array a sample lacks is ``None`` in its list).
 
     >>> a = {"key": "a", "image": torch.zeros(1, 2, 3, 4), "anon_mask": None, "anat_mask": None, "meta": {}}
     >>> b = {**a, "key": "b", "image": torch.zeros(1, 5, 5, 5)}
@@ -27,12 +31,13 @@ def collate_volumes(samples: Sequence[dict[str, Any]]) -> dict[str, list]:
     """
     if not samples:
         raise ValueError("collate_volumes: empty batch")
-    return {name: [s[name] for s in samples] for name in ("key", *VOLUMES, "meta")}
+    return {name: [s.get(name) if name in OPTIONAL else s[name] for s in samples]
+            for name in ("key", *VOLUMES, "meta")}
 
 
 def to_device(batch: dict[str, list], device: str | torch.device, *, dtype: torch.dtype = torch.float32,
               non_blocking: bool = True) -> dict[str, list]:
-    """Move a collated batch to ``device``; images become ``dtype`` there, masks stay uint8.
+    """Move a collated batch to ``device``; images become ``dtype`` there, masks and labels keep theirs.
 
     Pin host memory first (``DataLoader(pin_memory=True)``) for truly asynchronous copies.
 
@@ -44,6 +49,8 @@ def to_device(batch: dict[str, list], device: str | torch.device, *, dtype: torc
     device = torch.device(device)
     out: dict[str, list] = {k: v for k, v in batch.items() if k not in VOLUMES}
     for name in VOLUMES:
+        if name not in batch:
+            continue
         moved = []
         for t in batch[name]:
             if t is None:

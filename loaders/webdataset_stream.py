@@ -44,7 +44,7 @@ from webdataset.utils import make_seed
 
 from loaders.ranks import node_rank, worker_rank
 from loaders.regions import random_region, read_sample
-from openmind_prep.store.schema import ARRAYS
+from openmind_prep.store.schema import IMAGE, LABEL, MASK_NAMES
 from openmind_prep.shards.zshard import EXTENSION, check_member_name, decode_array, untar_key
 
 _TAR_BUFSIZE = 1 << 20  # tarfile's stream default (10 KiB) splits a volume into hundreds of reads + a join
@@ -211,14 +211,15 @@ def _map_file(stream: Any) -> memoryview | None:
 
 def decode_samples(raw: Iterable[dict[str, Any]], *, region_size: int | Sequence[int] | None = None,
                    rng: np.random.Generator | None = None, skip_corrupt: bool = False,
-                   masks: bool = True) -> Iterator[dict]:
+                   masks: bool = True, labels: bool = True) -> Iterator[dict]:
     """Grouped samples → sample dicts (see :mod:`loaders.zarr_dataset`), optionally a random region.
 
     Only the chunks inside the region are decompressed (:mod:`openmind_prep.store.region_read`, straight
-    from the member's bytes); ``masks=False`` leaves the masks undecoded (``None`` in the dict).
+    from the member's bytes); ``masks=False`` / ``labels=False`` leave the masks / the label map
+    undecoded (``None`` in the dict).
     """
     rng = rng if rng is not None else np.random.default_rng(0)
-    names = ARRAYS if masks else ARRAYS[:1]
+    names = [IMAGE, *(MASK_NAMES if masks else ()), *((LABEL,) if labels else ())]
     for sample in raw:
         url, key = sample["__url__"], sample["__key__"]
         try:
@@ -253,6 +254,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
         skip_corrupt: warn and skip a damaged shard / sample instead of raising.
         verify: check each shard's sha256 against the index before use (buffers one shard).
         masks: also decode ``anon_mask`` / ``anat_mask`` where a sample has them.
+        labels: also decode the ``label`` map where a sample has one.
 
     >>> stream = WebDatasetStream(["a.tar", "b.tar"], rank=0, world_size=1)
     >>> stream.shards(worker=1, num_workers=2)
@@ -263,7 +265,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
                  region_size: int | Sequence[int] | None = None, resampled: bool = False,
                  samples_per_worker: int | None = None, rank: int | None = None, world_size: int | None = None,
                  worker: int | None = None, num_workers: int | None = None, skip_corrupt: bool = False,
-                 verify: bool = False, masks: bool = True) -> None:
+                 verify: bool = False, masks: bool = True, labels: bool = True) -> None:
         if isinstance(source, str):
             self.urls, self.records = read_index(source)
         else:
@@ -271,7 +273,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
         self.seed, self.shuffle_buffer, self.region_size = seed, shuffle_buffer, region_size
         self.resampled, self.samples_per_worker = resampled, samples_per_worker
         self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
-        self.skip_corrupt, self.verify, self.masks = skip_corrupt, verify, masks
+        self.skip_corrupt, self.verify, self.masks, self.labels = skip_corrupt, verify, masks, labels
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -312,7 +314,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
             partial(tar_members, records=self.records, skip_corrupt=self.skip_corrupt),
             group_by_keys, shuffle,
             partial(decode_samples, region_size=self.region_size, rng=rng, skip_corrupt=self.skip_corrupt,
-                    masks=self.masks))
+                    masks=self.masks, labels=self.labels))
 
     def __iter__(self) -> Iterator[dict]:
         return islice(self.pipeline(), self.samples_per_worker)

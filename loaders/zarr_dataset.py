@@ -5,6 +5,7 @@ Both loaders (this one and :mod:`loaders.webdataset_stream`) yield the same samp
     {"key": "<image group key>",
      "image": Tensor[1, z, y, x]  (stored dtype, float16 or float32, zyx as on disk),
      "anon_mask": Tensor[1, z, y, x] uint8 or None, "anat_mask": same or None,
+     "label": Tensor[1, z, y, x] (the stored integer dtype) or None,
      "meta": manifest row + {"region": [[z0, z1], [y0, y1], [x0, x1]], "volume_shape": [z, y, x]}}
 
 A region is a tuple of three ``slice`` objects in zyx voxels (half-open, clipped to the volume);
@@ -20,14 +21,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from loaders.ranks import node_rank
 from loaders.regions import Region, random_region, read_sample
-from openmind_prep.store.schema import ARRAY_COLUMNS, ARRAYS, row_key
+from openmind_prep.store.schema import ARRAY_COLUMNS, IMAGE, LABEL, MASK_NAMES, row_key
+
+if TYPE_CHECKING:
+    from openmind_prep.store.store import Store
 
 _CACHE_SIZE = 256
 
@@ -36,15 +40,16 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
     """Random access to the ``ok`` images of a store; ``ds[i]`` or ``ds[i, region]``.
 
     Args:
-        store: the store folder (``manifest.parquet`` + one group per image); an array path of the
-            manifest that leads out of it raises :class:`~openmind_prep.store.store.StoreError` when read.
+        store: the store (a :class:`~openmind_prep.store.store.Store` or its folder); an array path of
+            the manifest that leads out of it raises :class:`~openmind_prep.store.store.StoreError` when read.
         keys: only these image group keys (default: all ``ok`` rows, manifest order).
         masks: also read ``anon_mask`` / ``anat_mask`` where the image has them.
+        labels: also read the ``label`` map where the image has one.
 
     >>> import tempfile
-    >>> from openmind_prep.store import manifest; from openmind_prep.store import store as st
-    >>> s = st.create_store(Path(tempfile.mkdtemp()) / "s")
-    >>> c = st.write_case(s, "ds1/a", {"image": np.arange(1000, dtype=np.float16).reshape(10, 10, 10)}, {})
+    >>> from openmind_prep.store import manifest; from openmind_prep.store.store import Store
+    >>> s = Store.create(Path(tempfile.mkdtemp()) / "s").root
+    >>> c = Store(s).write_case("ds1/a", {"image": np.arange(1000, dtype=np.float16).reshape(10, 10, 10)}, {})
     >>> _ = manifest.write_fragment(s, [{**manifest.empty_row("ds1/a.nii.gz"), "status": "ok",
     ...     "zarr_path": "ds1/a/image", "shape": [10, 10, 10]}])
     >>> ds = ZarrVolumeDataset(s)
@@ -52,7 +57,8 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
     (1, torch.Size([1, 10, 10, 10]), torch.Size([1, 2, 2, 2]))
     """
 
-    def __init__(self, store: str | Path, keys: Sequence[str] | None = None, *, masks: bool = True) -> None:
+    def __init__(self, store: str | Path | Store, keys: Sequence[str] | None = None, *, masks: bool = True,
+                 labels: bool = True) -> None:
         from openmind_prep.store.store import Store
 
         self._store = Store.open(store)
@@ -65,7 +71,8 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
                 raise KeyError(f"{self.store}: no 'ok' image with key(s) {missing[:5]}")
         self.keys = list(by_key) if keys is None else list(keys)
         self.rows = [by_key[k] for k in self.keys]
-        self.masks = masks
+        self.masks, self.labels = masks, labels
+        self._names = [IMAGE, *(MASK_NAMES if masks else ()), *((LABEL,) if labels else ())]
         self._pid: int | None = None
         self._open: dict[int, dict[str, Any]] = {}
 
@@ -88,7 +95,7 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
             if len(self._open) >= _CACHE_SIZE:
                 self._open.pop(next(iter(self._open)))
             row, arrays = self.rows[index], {}
-            for name in ARRAYS if self.masks else ARRAYS[:1]:
+            for name in self._names:
                 if row.get(ARRAY_COLUMNS[name]):
                     arrays[name] = open_array(self._store.path(row[ARRAY_COLUMNS[name]]))  # confined
             self._open[index] = arrays

@@ -12,7 +12,7 @@ import numpy as np
 
 from openmind_prep.store import manifest
 from openmind_prep.sources.embedded import source_files
-from openmind_prep.store.store import create_store, write_case
+from openmind_prep.store.store import Store
 
 
 def _zscore(a: np.ndarray) -> np.ndarray:
@@ -42,7 +42,7 @@ def real_volumes() -> dict[str, np.ndarray]:
 
 def build_store(dest: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
     """Write the volumes into a store with manifest; returns (store, key → arrays written)."""
-    store = create_store(Path(dest))
+    store = Store.create(Path(dest)).root
     written, rows = {}, []
     for i, (name, vol) in enumerate(real_volumes().items()):
         key = f"ds00{i % 2}/sub-{i:02d}/anat/sub-{i:02d}_{name}_T1w"
@@ -50,7 +50,7 @@ def build_store(dest: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
         if i < 2:
             arrays["anat_mask"] = (vol > 0.5).astype(np.uint8)
             arrays["anon_mask"] = (vol < -0.5).astype(np.uint8)
-        case = write_case(store, key, arrays, {"image_path": key + ".nii.gz"})
+        case = Store(store).write_case(key, arrays, {"image_path": key + ".nii.gz"})
         written[key] = arrays
         rows.append({**manifest.empty_row(key + ".nii.gz"), "status": manifest.OK,
                      "zarr_path": f"{key}/image",

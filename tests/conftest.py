@@ -34,9 +34,9 @@ def train_store(sample_tree, tmp_path_factory) -> Path:
     from openmind_prep.store.manifest import merge_manifest
     from openmind_prep.sources.metadata import METADATA_CSV, read_metadata
     from openmind_prep.preprocess.job import PreprocessOptions, process_batch
-    from openmind_prep.store.store import create_store
+    from openmind_prep.store.store import Store
 
-    s = create_store(tmp_path_factory.mktemp("cva") / "store")
+    s = Store.create(tmp_path_factory.mktemp("cva") / "store").root
     rows = process_batch(read_metadata(sample_tree / METADATA_CSV), sample_tree, s, PreprocessOptions())
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     merge_manifest(s)

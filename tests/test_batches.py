@@ -90,10 +90,10 @@ def test_shard_source_is_seeded_by_its_position(data):
 
 def test_bad_sources_raise_one_line_naming_the_path(data, tmp_path):
     from openmind_prep.store.manifest import merge_manifest
-    from openmind_prep.store.store import create_store
+    from openmind_prep.store.store import Store
 
     store, _, _ = data
-    empty = create_store(tmp_path / "empty")
+    empty = Store.create(tmp_path / "empty").root
     merge_manifest(empty)
     cases = [(dict(store=empty), f"{empty}: no 'ok' images to train on"),
              (dict(store=tmp_path / "none"), f"{tmp_path / 'none'}: not a preprocessed store"),

@@ -235,9 +235,9 @@ def test_a_large_architecture_on_a_cpu_asks_for_force_with_an_estimate(store, tm
 
 def test_an_empty_or_missing_store_gives_one_line(tmp_path, capsys):
     from openmind_prep.store.manifest import merge_manifest
-    from openmind_prep.store.store import create_store
+    from openmind_prep.store.store import Store
 
-    empty = create_store(tmp_path / "empty")
+    empty = Store.create(tmp_path / "empty").root
     merge_manifest(empty)
     for source, reason in ((empty, "no 'ok' images to train on"), (tmp_path / "nothing", "not a preprocessed store")):
         with pytest.raises(SystemExit) as exit_:

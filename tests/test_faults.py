@@ -22,7 +22,7 @@ from openmind_prep.store.manifest import MANIFEST_DIR, OK, RUN_COLUMNS, read_man
 from openmind_prep.preprocess.job import PreprocessOptions, preprocess
 from openmind_prep.sources.embedded import replicate_tree
 from openmind_prep.sources.selection import Selection
-from openmind_prep.store.store import TMP_DIR, array_checksum, image_array
+from openmind_prep.store.store import TMP_DIR, Store, array_checksum
 
 COPIES = 2  # the small sample (3 real MRI) × 2 datasets = 6 images: long enough to kill mid-run
 CLI = [sys.executable, "-c", "from openmind_prep.cli import main; main()"]
@@ -46,7 +46,7 @@ def _stored_checksums(store: Path) -> dict[str, str]:
         rel = meta.parent.relative_to(store).as_posix()
         if rel.startswith((TMP_DIR, MANIFEST_DIR)) or json.loads(meta.read_text())["node_type"] != "array":
             continue
-        sums[rel] = array_checksum(image_array(store, rel)[...])
+        sums[rel] = array_checksum(Store(store).array(rel)[...])
     return sums
 
 
@@ -219,7 +219,7 @@ def test_disk_full_stops_with_a_clear_error_and_a_rerun_completes(tree, referenc
     assert "No space left on device" in result.output
     rows = read_manifest(store).to_pylist()
     assert [r["status"] for r in rows] == [OK]  # the first image, finished before the disk filled
-    assert array_checksum(image_array(store, rows[0]["zarr_path"])[...]) == rows[0]["checksum"]
+    assert array_checksum(Store(store).array(rows[0]["zarr_path"])[...]) == rows[0]["checksum"]
     second = "ds100003/sub-01/anat/sub-01_T1w"
     assert (store / second / "image").exists() == (where == "manifest")  # complete arrays, but no row: not ok
     assert runner.invoke(main, ["verify", str(store)]).exit_code == 0

@@ -25,7 +25,7 @@ from openmind_prep.sources.metadata import IMAGES_DIR, record_from_row
 from openmind_prep.preprocess.onemmiso import read_image
 from openmind_prep.core.paths import InputError
 from openmind_prep.preprocess.job import PreprocessOptions, process_image
-from openmind_prep.store.store import image_array
+from openmind_prep.store.store import Store
 
 LIMIT = 64 * 2**20  # per-image decoded-size limit given to the workers in these tests
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
@@ -52,7 +52,7 @@ def _process(root: Path, image_path: str, options: PreprocessOptions | None = No
         assert row["error"].strip() and row["zarr_path"] == "" and row["checksum"] == ""
         assert Path(image_path).name in row["error"], row["error"]  # the reason names the file
     else:
-        stored = image_array(root / "store", row["zarr_path"])[...]
+        stored = Store(root / "store").array(row["zarr_path"])[...]
         assert stored.size > 0 and np.isfinite(stored).all()
         assert list(stored.shape) == row["shape"]
     return row

@@ -23,7 +23,7 @@ from openmind_prep.core.dask_cluster import ClusterConfig, dask_client
 from openmind_prep.store.manifest import FAILED, MANIFEST_DIR, OK, RUN_COLUMNS, read_manifest
 from openmind_prep.sources.metadata import IMAGES_DIR, METADATA_CSV, read_metadata
 from openmind_prep.sources.embedded import BROKEN_DATASET, build_sample_tree
-from openmind_prep.store.store import image_array
+from openmind_prep.store.store import Store
 from openmind_prep.reports.verify import verify_store
 
 FAST = ["--workers", "1", "--threads-only"]
@@ -68,7 +68,7 @@ def test_good_images_equal_preprocess_case(src, full_run):
         masks = {"anon_mask": images / record.anon_mask_path if record.anon_mask_path else None,
                  "anat_mask": images / record.anat_mask_path if record.anat_mask_path else None}
         expected = preprocess_case(images / record.image_path, masks=masks, dtype=np.float32)
-        stored = image_array(store, row["zarr_path"])
+        stored = Store(store).array(row["zarr_path"])
         np.testing.assert_array_equal(stored[...], expected.image)
         assert row["shape"] == list(expected.image.shape) and row["dtype"] == "float32"
         assert row["crop_bbox"] == [[int(a), int(b)] for a, b in expected.crop_bbox]
@@ -79,7 +79,7 @@ def test_good_images_equal_preprocess_case(src, full_run):
             assert bool(row[f"{name}_zarr_path"]) == (path is not None)
             if path is None:
                 continue
-            mask = image_array(store, row[f"{name}_zarr_path"])[...]
+            mask = Store(store).array(row[f"{name}_zarr_path"])[...]
             assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
             np.testing.assert_array_equal(mask, expected.masks[name])
             # Right name, checked against the source file: the resampled mask keeps the
@@ -94,8 +94,8 @@ def test_float16_is_within_1e2_of_float32(src, tmp_path):
     rows = [pp.process_image(record, src, tmp_path / s, pp.PreprocessOptions(dtype=d))
             for s, d in (("a", "float16"), ("b", "float32"))]
     assert [r["status"] for r in rows] == [OK, OK] and rows[0]["dtype"] == "float16"
-    half = image_array(tmp_path / "a", rows[0]["zarr_path"])[...]
-    full = image_array(tmp_path / "b", rows[1]["zarr_path"])[...]
+    half = Store(tmp_path / "a").array(rows[0]["zarr_path"])[...]
+    full = Store(tmp_path / "b").array(rows[1]["zarr_path"])[...]
     assert half.dtype == np.float16
     assert np.abs(half.astype(np.float32) - full).max() <= 1e-2
     assert rows[0]["bytes"] < rows[1]["bytes"]
@@ -207,8 +207,8 @@ def test_killed_process_resumes_to_the_same_store(src, full_run, tmp_path):
     assert resumed.keys() == full.keys()
     for path, row in resumed.items():
         assert _data_columns(row, float_columns) == _data_columns(full[path], float_columns)
-        np.testing.assert_allclose(image_array(store, row["zarr_path"])[...],
-                                   image_array(full_run[0], row["zarr_path"])[...], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(Store(store).array(row["zarr_path"])[...],
+                                   Store(full_run[0]).array(row["zarr_path"])[...], atol=1e-4, rtol=0)
     assert verify_store(store) == []
 
 
@@ -255,4 +255,4 @@ def test_two_rows_with_one_store_key_keep_the_first_and_fail_the_second(tmp_path
     from openmind_prep.preprocess.onemmiso import preprocess_case
 
     again = preprocess_case(src / IMAGES_DIR / first, masks={}, dtype=np.float16).image
-    np.testing.assert_array_equal(image_array(store, rows[first]["zarr_path"])[...], again)
+    np.testing.assert_array_equal(Store(store).array(rows[first]["zarr_path"])[...], again)

@@ -12,18 +12,18 @@ from zarr.codecs import BloscCodec
 import openmind_prep.store.region_read as rr
 from _store_builder import real_volumes
 from openmind_prep.shards.zshard import decode_array, encode_array
-from openmind_prep.store.store import create_store, write_case
+from openmind_prep.store.store import Store
 
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
     """A few real volumes written by the store writer (small chunks: many chunks, edge chunks)."""
-    store = create_store(tmp_path_factory.mktemp("rr") / "s")
+    store = Store.create(tmp_path_factory.mktemp("rr") / "s").root
     vols = real_volumes()
     arrays = {"f16": vols["mni_half"].astype(np.float16), "f32": vols["aniso"],
               "mask": (vols["mni_third"] > 0.3).astype(np.uint8)}
     for name, data in arrays.items():
-        write_case(store, name, {"image": data}, {}, chunks=24)
+        Store(store).write_case(name, {"image": data}, {}, chunks=24)
     return store, arrays
 
 

@@ -17,7 +17,7 @@ from openmind_prep.cli import main
 from openmind_prep.store.manifest import read_manifest
 from openmind_prep.shards.writer import merge_index, parse_size, write_shards
 from openmind_prep.shards.zshard import decode_array, encode_array, tar_key, untar_key
-from openmind_prep.store.store import image_array
+from openmind_prep.store.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -149,5 +149,5 @@ def test_preprocess_format_webdataset_writes_shards_of_the_store(sample_tree, tm
     for row in ok:
         key = row["zarr_path"].rsplit("/", 1)[0]
         decoded = decode_array(samples[key]["image.zshard"])[...]
-        np.testing.assert_array_equal(decoded, image_array(store, row["zarr_path"])[...])
+        np.testing.assert_array_equal(decoded, Store(store).array(row["zarr_path"])[...])
         assert "sha256:" + hashlib.sha256(decoded.tobytes()).hexdigest() == row["checksum"]

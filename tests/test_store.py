@@ -14,6 +14,7 @@ import zarr
 from click.testing import CliRunner
 
 from openmind_prep.store import store as st
+from openmind_prep.store.store import Store
 from openmind_prep.store import zarr_write
 from openmind_prep.store.manifest import (MANIFEST_DIR, MANIFEST_FILE, OK, empty_row, merge_manifest,
                                     read_manifest, write_fragment)
@@ -36,13 +37,13 @@ def _shard_files(folder: Path) -> list[Path]:
 
 def _write(store: Path, key: str, mri: np.ndarray, dtype=np.float32, chunks: int = 16):
     mask = (mri > 0).astype(np.uint8)
-    return st.write_case(store, key, {"image": mri.astype(dtype), "anat_mask": mask},
+    return Store(store).write_case(key, {"image": mri.astype(dtype), "anat_mask": mask},
                          {"spacing": (1.0, 2.0, 3.0), "modality": "T1w"}, chunks=chunks)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_round_trip_one_shard_file_per_array(tmp_path, mri, dtype):
-    store = st.create_store(tmp_path / "s")
+    store = Store.create(tmp_path / "s").root
     out = _write(store, "ds1/sub-1/anat/sub-1_T1w", mri, dtype)
     image = zarr.open_group(str(store), mode="r")["ds1/sub-1/anat/sub-1_T1w/image"]
     assert image.dtype == np.dtype(dtype)
@@ -67,11 +68,11 @@ def test_round_trip_one_shard_file_per_array(tmp_path, mri, dtype):
     assert st.MASK_CODEC == {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"}
     assert out.nbytes == sum(f.stat().st_size for f in (store / out.key).rglob("*") if f.is_file())
     # parent groups are real v3 groups, so the hierarchy can be walked from the root
-    assert st.open_store(store)["ds1"]["sub-1"]["anat"]["sub-1_T1w"]["anat_mask"].dtype == np.uint8
+    assert Store(store).group()["ds1"]["sub-1"]["anat"]["sub-1_T1w"]["anat_mask"].dtype == np.uint8
 
 
 def test_failed_write_leaves_nothing_at_the_final_key(tmp_path, mri, monkeypatch):
-    store = st.create_store(tmp_path / "s")
+    store = Store.create(tmp_path / "s").root
     calls = []
 
     def die_on_second_array(data, *args):
@@ -86,23 +87,23 @@ def test_failed_write_leaves_nothing_at_the_final_key(tmp_path, mri, monkeypatch
         _write(store, "ds1/sub-1/a", mri)
     monkeypatch.setattr(zarr_write, "encode_shard", original)
     assert not (store / "ds1/sub-1/a").exists()
-    assert not st.case_exists(store, "ds1/sub-1/a/image")
+    assert not Store(store).has("ds1/sub-1/a/image")
     assert any((store / st.TMP_DIR).iterdir())  # the debris stays out of sight ...
-    st.clear_tmp(store)
+    Store(store).clear_tmp()
     assert not any((store / st.TMP_DIR).iterdir())  # ... until the next run clears it
 
 
 def test_rewrite_replaces_the_old_group(tmp_path, mri):
-    store = st.create_store(tmp_path / "s")
+    store = Store.create(tmp_path / "s").root
     _write(store, "ds1/sub-1/a", mri)
-    out = st.write_case(store, "ds1/sub-1/a", {"image": mri[:5].astype(np.float16)}, {})
-    assert st.image_array(store, "ds1/sub-1/a/image").shape == mri[:5].shape
+    out = Store(store).write_case("ds1/sub-1/a", {"image": mri[:5].astype(np.float16)}, {})
+    assert Store(store).array("ds1/sub-1/a/image").shape == mri[:5].shape
     assert not (store / "ds1/sub-1/a/anat_mask").exists()  # nothing left over from the old group
     assert out.zarr_paths == {"image": "ds1/sub-1/a/image"}
 
 
 def test_manifest_newest_row_wins_and_merge_is_repeatable(tmp_path):
-    store = st.create_store(tmp_path / "s")
+    store = Store.create(tmp_path / "s").root
     write_fragment(store, [{**empty_row("a.nii.gz"), "error": "bad"}, {**empty_row("b.nii.gz"), "status": OK}])
     write_fragment(store, [{**empty_row("a.nii.gz"), "status": OK, "shape": [1, 2, 3]}])
     merged = merge_manifest(store).to_pylist()
@@ -119,7 +120,7 @@ def test_manifest_newest_row_wins_and_merge_is_repeatable(tmp_path):
 
 
 def _store_with_manifest(tmp_path: Path, mri: np.ndarray) -> Path:
-    store = st.create_store(tmp_path / "s")
+    store = Store.create(tmp_path / "s").root
     out = _write(store, "ds1/sub-1/a", mri, np.float16)
     write_fragment(store, [{**empty_row("ds1/sub-1/a.nii.gz"), "status": OK, "zarr_path": out.zarr_paths["image"],
                             "checksum": out.checksums["image"], "anat_mask_zarr_path": out.zarr_paths["anat_mask"],

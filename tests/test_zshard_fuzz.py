@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from loaders.webdataset_stream import CorruptShardError, WebDatasetStream
-from openmind_prep.store.store import create_store, write_case
+from openmind_prep.store.store import Store
 from openmind_prep.shards.zshard import FREE_BYTES, MAX_EXPANSION, MAGIC, decode_array, encode_array, tar_key
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
@@ -36,8 +36,8 @@ def _real_blob(tmp: Path) -> bytes:
     import nibabel as nib
 
     data = np.asarray(nib.load(Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii").dataobj)
-    store = create_store(tmp / "s")
-    write_case(store, "a", {"image": data.T.astype(np.float16)}, {}, chunks=16)
+    store = Store.create(tmp / "s").root
+    Store(store).write_case("a", {"image": data.T.astype(np.float16)}, {}, chunks=16)
     return encode_array(store / "a" / "image")
 
 

@@ -16,6 +16,7 @@ only the image that kills a worker is marked failed. Re-running skips every imag
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from openmind_prep.sources.openmind import as_source
 from openmind_prep.sources.metadata import ImageRecord
 from openmind_prep.core.paths import source_path
 from openmind_prep.sources.selection import Selection
+from openmind_prep.store.schema import LABEL
 from openmind_prep.store.store import CODEC, IMAGE, Store, StoreError, as_store, image_key
 
 
@@ -76,7 +78,8 @@ def record_row(record: ImageRecord, error: str = "") -> dict:
     image is written (then the caller sets ``status`` and the array columns)."""
     row = empty_row(record.image_path)
     row.update(modality=record.modality, dataset=record.dataset, subject=record.subject,
-               session=record.session, image_quality_score=record.image_quality_score, error=error)
+               session=record.session, image_quality_score=record.image_quality_score, error=error,
+               metadata=json.dumps(dict(record.extra), sort_keys=True) if record.extra else "")
     return row
 
 
@@ -92,11 +95,14 @@ def process_image(record: ImageRecord, source: Source | Path, store: Store | Pat
     max_bytes = options.max_bytes if options.max_bytes is not None else worker_max_bytes()
     try:
         masks = {name: source_path(images, path) for name, path in record.mask_paths.items()}
+        label = source_path(images, record.label_path) if record.label_path else None
         case = preprocess_case(source_path(images, record.image_path), masks=masks,
-                               dtype=np.dtype(options.dtype), max_bytes=max_bytes)
+                               dtype=np.dtype(options.dtype), max_bytes=max_bytes, label=label)
         image = np.asarray(case.image)  # in options.dtype; float16 overflow refused by preprocess_case
         arrays = {IMAGE: image}
         arrays.update({name: np.asarray(m, dtype=np.uint8) for name, m in case.masks.items() if m is not None})
+        if case.label is not None:
+            arrays[LABEL] = case.label  # its own integer dtype
         props = case.props
         crop_bbox = [[int(a), int(b)] for a, b in case.crop_bbox]
         attributes = {

@@ -4,7 +4,10 @@ The steps and their parity target are in REFERENCE.md §2 (nnssl / nnU-Net v2): 
 SimpleITK (array in on-disk voxel order z, y, x; spacing ``abs(spacing[::-1])``; no
 reorientation), crop to the box of nonzero voxels, z-score the whole box in float32, new shape
 ``round(spacing / target * shape)`` (half to even), cubic resampling with nnU-Net's separate-z
-rule (:mod:`openmind_prep.preprocess.resample`). Masks follow the order-1 per-label path and stay uint8.
+rule (:mod:`openmind_prep.preprocess.resample`). Masks follow the order-1 per-label path and stay uint8;
+a label map (an nnU-Net raw dataset's ``labelsTr/`` file) must have its image's geometry, is cropped
+with the image's box and resampled on the same path as nnU-Net v2 resamples segmentations, in the
+smallest integer dtype that holds its labels (:func:`read_label`, :func:`preprocess_label`).
 
 Bad input raises :class:`InputError` naming the file and the reason; the raw NIfTI bytes are
 checked first (:mod:`openmind_prep.preprocess.nifti_check`) because SimpleITK silently zero-fills truncated
@@ -27,8 +30,8 @@ from openmind_prep.core.paths import InputError
 from openmind_prep.preprocess.resample import resample_image, resample_mask
 
 __all__ = ["InputError", "ImageProps", "CropBox", "PreprocessedCase", "MASK_NAMES",
-           "read_image", "read_mask", "nonzero_box", "new_shape_for", "preprocess_array",
-           "preprocess_mask", "preprocess_case", "to_dtype"]
+           "read_image", "read_mask", "read_label", "nonzero_box", "new_shape_for", "preprocess_array",
+           "preprocess_mask", "preprocess_label", "preprocess_case", "to_dtype"]
 
 # Mask name -> CSV column and file name inside `<image stem>__Data/` (the reference swaps these).
 
@@ -71,7 +74,8 @@ class CropBox:
 @dataclass(frozen=True)
 class PreprocessedCase:
     """One preprocessed image: ``image`` (z-scored, 1 mm, zyx), ``masks`` {name: uint8 array}
-    for the masks that exist, and the geometry needed to map back to the original file."""
+    for the masks that exist, its ``label`` map (integers, same shape; ``None`` without one) and the
+    geometry needed to map back to the original file."""
 
     image: np.ndarray
     masks: dict[str, np.ndarray]
@@ -79,6 +83,7 @@ class PreprocessedCase:
     crop_bbox: CropBox
     shape_before_crop: tuple[int, int, int]
     new_shape: tuple[int, int, int]
+    label: np.ndarray | None = None
 
 
 def _read_checked(path: Path, max_bytes: int | None) -> tuple[np.ndarray, ImageProps]:
@@ -151,15 +156,68 @@ def read_mask(path: str | Path, *, max_bytes: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     data, _ = _read_checked(path, max_bytes)
-    if data.dtype == np.uint8:  # the common case: nothing to check, nothing to convert
+    return _integer_labels(data, path, np.uint8, "mask")
+
+
+#: Label map dtypes, smallest first: the first that holds a file's labels is stored.
+LABEL_STORE_DTYPES = (np.uint8, np.int16, np.int32)
+
+
+def _integer_labels(data: np.ndarray, path: Path, dtype: type, what: str) -> np.ndarray:
+    """``data`` as ``dtype`` when every value is an integer in its range, else :class:`InputError`."""
+    if data.dtype == dtype:  # the common case: nothing to check, nothing to convert
         return data
-    bad = (data < 0) | (data > 255)
+    info = np.iinfo(dtype)
+    bad = (data < info.min) | (data > info.max)
     if data.dtype.kind == "f":
         bad |= data != np.round(data)
     if bad.any():
         found = [float(v) for v in np.unique(data[bad])[:3]]  # only the offending values are sorted
-        raise InputError(path, f"mask values must be integer labels in 0..255, found {found}")
-    return data.astype(np.uint8)
+        raise InputError(path, f"{what} values must be integer labels in {info.min}..{info.max}, found {found}")
+    return data.astype(dtype)
+
+
+def read_label(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageProps]:
+    """Read a label map (segmentation) in the smallest of :data:`LABEL_STORE_DTYPES` that holds its
+    values, with its geometry; non-integer values or labels beyond int32 raise :class:`InputError`.
+
+    >>> read_label("missing_label.nii.gz")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    openmind_prep.core.paths.InputError: missing_label.nii.gz: file not found
+    """
+    path = Path(path)
+    data, props = _read_checked(path, max_bytes)
+    if data.dtype.kind == "u" and data.itemsize == 1:
+        return data, props
+    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    dtype = next((d for d in LABEL_STORE_DTYPES if np.iinfo(d).min <= low and high <= np.iinfo(d).max), np.int32)
+    return _integer_labels(data, path, dtype, "label"), props
+
+
+def preprocess_label(label: np.ndarray, label_props: ImageProps, image_props: ImageProps, crop: CropBox,
+                     new_shape: tuple[int, int, int], *, source: str | Path = "<label>",
+                     target_spacing: float = 1.0) -> np.ndarray:
+    """Check a label map against its image (shape, spacing and direction must match, else
+    :class:`InputError` naming ``source``), crop it with the image's box and resample it as nnU-Net v2
+    resamples segmentations (:func:`~openmind_prep.preprocess.resample.resample_mask` on the image's
+    spacing); the dtype is kept.
+
+    nnU-Net also writes -1 into the label outside the image's nonzero region before resampling and maps
+    it back to 0 for training; labels >= 0 come out the same either way, so we store 0 there.
+
+    >>> p = ImageProps((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (6, 8, 8))
+    >>> m = np.zeros((6, 8, 8), np.int16); m[2:4, 3:5, 3:5] = 300
+    >>> preprocess_label(m, p, p, CropBox(((1, 5), (2, 6), (2, 6))), (8, 4, 4)).max()
+    np.int16(300)
+    """
+    for what, mine, theirs in (("shape", label_props.shape, image_props.shape),
+                               ("spacing", label_props.spacing, image_props.spacing),
+                               ("direction", label_props.direction, image_props.direction)):
+        if len(mine) != len(theirs) or not np.allclose(mine, theirs, rtol=1e-4, atol=1e-4):
+            raise InputError(source, f"label map {what} {tuple(mine)} differs from its image's {tuple(theirs)}")
+    cropped = np.ascontiguousarray(label[crop.slices()])
+    return resample_mask(cropped, new_shape, image_props.spacing, (float(target_spacing),) * 3,
+                         precision=torch.float64)  # nnU-Net's float64: the same labels at near-ties
 
 
 def nonzero_box(data: np.ndarray) -> CropBox:
@@ -269,10 +327,12 @@ def to_dtype(image: np.ndarray, dtype: type | np.dtype, *, source: str | Path = 
 
 def preprocess_case(image_path: str | Path, masks: Mapping[str, str | Path | None] | None = None, *,
                     dtype: type | np.dtype = np.float16, max_bytes: int | None = None,
-                    target_spacing: float = 1.0) -> PreprocessedCase:
-    """Preprocess one image and its masks (``anon_mask`` = deface_mask, ``anat_mask`` = fb_mask).
+                    target_spacing: float = 1.0, label: str | Path | None = None) -> PreprocessedCase:
+    """Preprocess one image, its masks (``anon_mask`` = deface_mask, ``anat_mask`` = fb_mask) and its
+    ``label`` map (:func:`preprocess_label`).
 
-    ``None`` mask paths mean "no mask" and are left out of ``PreprocessedCase.masks``.
+    ``None`` mask paths mean "no mask" and are left out of ``PreprocessedCase.masks``; ``label`` None
+    or "" means no label map.
 
     >>> import nilearn
     >>> mni = Path(nilearn.__file__).parent / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -297,6 +357,11 @@ def preprocess_case(image_path: str | Path, masks: Mapping[str, str | Path | Non
         mask = read_mask(mask_path, max_bytes=max_bytes)
         out_masks[name] = preprocess_mask(mask, box, props.spacing, image.shape, image_shape=data.shape,
                                           source=mask_path, target_spacing=target_spacing)
+    out_label = None
+    if label is not None and str(label) != "":
+        label_data, label_props = read_label(label, max_bytes=max_bytes)
+        out_label = preprocess_label(label_data, label_props, props, box, image.shape, source=label,
+                                     target_spacing=target_spacing)
     return PreprocessedCase(image=to_dtype(image, dtype, source=image_path), masks=out_masks, props=props,
                             crop_bbox=box, shape_before_crop=props.shape,
-                            new_shape=tuple(image.shape))  # type: ignore[arg-type]
+                            new_shape=tuple(image.shape), label=out_label)  # type: ignore[arg-type]

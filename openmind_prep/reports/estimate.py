@@ -240,7 +240,7 @@ def calibrate(source: "Source | Path", work_dir: Path, dtype: str = "float16",
     from openmind_prep.sources.openmind import as_source
     from openmind_prep.core.dask_cluster import set_sitk_threads
     from openmind_prep.preprocess.job import PreprocessOptions, process_image
-    from openmind_prep.store.store import create_store
+    from openmind_prep.store.store import Store
 
     import nibabel as nib
 
@@ -250,7 +250,7 @@ def calibrate(source: "Source | Path", work_dir: Path, dtype: str = "float16",
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     source = as_source(source)
-    store = create_store(Path(work_dir) / "calibration.zarr")
+    store = Store.create(Path(work_dir) / "calibration.zarr").root
     rows, peaks = [], []
     try:
         records = source.records()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from openmind_prep.store.store import CHECKSUM_COLUMNS, IMAGE, Store, StoreError, array_checksum, as_store
-from openmind_prep.store.schema import ARRAY_COLUMNS
+from openmind_prep.store.schema import ARRAY_COLUMNS, CHECKSUM_COLUMNS, IMAGE
+from openmind_prep.store.store import Store, StoreError, array_checksum, as_store
 
 
 def verify_store(store, *, progress: bool = False) -> list[str]:

@@ -14,6 +14,7 @@ WebDataset's "extension starts at the first dot" rule holds, always relative:
     <key>.anat_mask.zshard   only when the image has a foreground mask
     <key>.anon_mask.zshard   only when the image has a defacing mask
     <key>.image.zshard       the image array (encoding: :mod:`openmind_prep.shards.zshard`)
+    <key>.label.zshard       only when the image has a label map
     <key>.json               its manifest row (``checksum`` = sha256 of the decoded image bytes)
 
 Every file is written to a temporary name and renamed; a shard is skipped on a re-run when the
@@ -166,9 +167,9 @@ def write_shards(
     that leads out of the store raises :class:`~openmind_prep.store.store.StoreError` (nothing of it is packed).
 
     >>> import tempfile, numpy as np
-    >>> from openmind_prep.store import manifest; from openmind_prep.store import store as st
-    >>> s = st.create_store(Path(tempfile.mkdtemp()) / "s")
-    >>> c = st.write_case(s, "ds1/a", {"image": np.ones((4, 4, 4), np.float16)}, {})
+    >>> from openmind_prep.store import manifest
+    >>> s = Store.create(Path(tempfile.mkdtemp()) / "s").root
+    >>> c = Store(s).write_case("ds1/a", {"image": np.ones((4, 4, 4), np.float16)}, {})
     >>> _ = manifest.write_fragment(s, [{**manifest.empty_row("ds1/a.nii.gz"), "status": "ok",
     ...     "zarr_path": "ds1/a/image", "checksum": c.checksums["image"]}])
     >>> [i.samples for i in write_shards(s, s.parent / "wds", progress=False)]

@@ -74,10 +74,10 @@ def encode_array(folder: Path) -> bytes:
     """A stored Zarr array folder (``zarr.json`` + shard files) → one ``zshard`` blob.
 
     >>> import tempfile
-    >>> from openmind_prep.store.store import create_store, write_case
-    >>> s = create_store(Path(tempfile.mkdtemp()) / "s")
-    >>> _ = write_case(s, "a", {"image": np.arange(24, dtype=np.float32).reshape(2, 3, 4)}, {})
-    >>> float(decode_array(encode_array(s / "a" / "image"))[1, 2, 3])
+    >>> from openmind_prep.store.store import Store
+    >>> s = Store.create(Path(tempfile.mkdtemp()) / "s")
+    >>> _ = s.write_case("a", {"image": np.arange(24, dtype=np.float32).reshape(2, 3, 4)}, {})
+    >>> float(decode_array(encode_array(s.root / "a" / "image"))[1, 2, 3])
     23.0
     """
     folder = Path(folder)
@@ -156,10 +156,10 @@ def decode_zshard(key: str, data: bytes) -> np.ndarray | None:
     """A WebDataset decoder handler: ``*.zshard`` members → NumPy arrays, anything else untouched.
 
     >>> import tempfile
-    >>> from openmind_prep.store.store import create_store, write_case
-    >>> s = create_store(Path(tempfile.mkdtemp()) / "s")
-    >>> _ = write_case(s, "a", {"image": np.ones((2, 3, 4), np.float16)}, {})
-    >>> decode_zshard("image.zshard", encode_array(s / "a" / "image")).shape
+    >>> from openmind_prep.store.store import Store
+    >>> s = Store.create(Path(tempfile.mkdtemp()) / "s")
+    >>> _ = s.write_case("a", {"image": np.ones((2, 3, 4), np.float16)}, {})
+    >>> decode_zshard("image.zshard", encode_array(s.root / "a" / "image")).shape
     (2, 3, 4)
     """
     if key.rsplit(".", 1)[-1].lower() != EXTENSION:

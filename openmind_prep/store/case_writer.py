@@ -16,9 +16,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from openmind_prep.store import zarr_write
+from openmind_prep.store.schema import IMAGE
 from openmind_prep.store.zarr_write import array_checksum  # noqa: F401  (re-exported: the store's checksum)
 
-IMAGE = "image"
 #: The chunk codec (blosc): name, level, shuffle. Readers need nothing from it (blosc chunks say
 #: their own codec), so changing it never invalidates a store.
 CODEC = {"cname": "lz4hc", "clevel": 2, "shuffle": "shuffle",

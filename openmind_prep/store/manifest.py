@@ -18,54 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from openmind_prep.core.atomic import write_parquet
+from openmind_prep.store.schema import RUN_COLUMNS, arrow_schema, complete_row, empty_row  # noqa: F401  (re-exported)
 
 MANIFEST_DIR = "_manifest"
 MANIFEST_FILE = "manifest.parquet"
 OK, FAILED = "ok", "failed"
 
-_ints = pa.list_(pa.int64())
-_floats = pa.list_(pa.float64())
-
-#: Columns and types of ``manifest.parquet``. Shapes/spacings are zyx (on-disk order).
-SCHEMA = pa.schema([
-    ("image_path", pa.string()),            # as in the CSV, relative to OpenMind/
-    ("status", pa.string()),                # "ok" | "failed"
-    ("error", pa.string()),                 # reason when failed, else ""
-    ("zarr_path", pa.string()),             # image array inside the store, e.g. <key>/image
-    ("anon_mask_zarr_path", pa.string()),   # "" when the image has no defacing mask
-    ("anat_mask_zarr_path", pa.string()),   # "" when the image has no foreground mask
-    ("shape", _ints),                       # stored (cropped, resampled) shape
-    ("spacing", _floats),                   # original spacing in mm
-    ("crop_bbox", pa.list_(_ints)),         # [[z0, z1], [y0, y1], [x0, x1]], half-open, original voxels
-    ("origin", _floats),                    # SimpleITK's origin of the original image (LPS, x-y-z, mm)
-    ("direction", _floats),                 # SimpleITK's direction (row-major 3x3, LPS); see affine.py
-    ("modality", pa.string()),
-    ("dataset", pa.string()),
-    ("subject", pa.string()),
-    ("session", pa.string()),
-    ("image_quality_score", pa.float64()),
-    ("checksum", pa.string()),              # sha256:<hex> of the image array's decoded bytes
-    ("anon_mask_checksum", pa.string()),
-    ("anat_mask_checksum", pa.string()),
-    ("dtype", pa.string()),
-    ("bytes", pa.int64()),                  # bytes on disk of the image's group (all arrays)
-    ("seconds", pa.float64()),              # wall time spent on this image
-])
-
-#: Columns that depend on the run, not on the data (ignored when comparing two stores).
-RUN_COLUMNS = ("seconds",)
-
-
-def empty_row(image_path: str) -> dict:
-    """A row with every column at its empty value.
-
-    >>> empty_row("a.nii.gz")["status"], empty_row("a.nii.gz")["shape"]
-    ('failed', [])
-    """
-    row = {name: "" for name in SCHEMA.names}
-    row.update(image_path=image_path, status=FAILED, shape=[], spacing=[], crop_bbox=[], origin=[], direction=[],
-               image_quality_score=None, bytes=0, seconds=0.0)
-    return row
+#: Columns and types of ``manifest.parquet`` (defined in :mod:`openmind_prep.store.schema`).
+SCHEMA = arrow_schema()
 
 
 def _table(rows: Iterable[dict]) -> pa.Table:
@@ -95,7 +55,7 @@ def current_rows(store: Path) -> dict[str, dict]:
     merged = Path(store) / MANIFEST_FILE
     for path in ([merged] if merged.is_file() else []) + fragments(store):
         for row in _read_parquet(path).to_pylist():
-            rows[row["image_path"]] = row
+            rows[row["image_path"]] = complete_row(row)  # a store written before a column existed
     return rows
 
 
@@ -122,7 +82,10 @@ def merge_manifest(store: Path) -> pa.Table:
     """
     done = fragments(store)
     if not done and (Path(store) / MANIFEST_FILE).is_file():
-        return _read_parquet(Path(store) / MANIFEST_FILE)  # nothing new (a no-op re-run): as it is
+        table = _read_parquet(Path(store) / MANIFEST_FILE)  # nothing new (a no-op re-run): as it is
+        if table.schema.equals(SCHEMA):
+            return table
+        return _table(complete_row(row) for row in table.to_pylist())  # written before a column existed
     rows = current_rows(store)
     table = _table(rows[k] for k in sorted(rows))
     _atomic_parquet(table, Path(store) / MANIFEST_FILE)

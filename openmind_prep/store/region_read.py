@@ -314,10 +314,10 @@ def open_array(folder: str | Path) -> ShardedArray:
     """Open a stored array folder (``zarr.json`` + ``c/...`` shard files) for region reads.
 
     >>> import tempfile
-    >>> from openmind_prep.store.store import create_store, write_case
-    >>> s = create_store(Path(tempfile.mkdtemp()) / "s")
-    >>> _ = write_case(s, "a", {"image": np.arange(1000, dtype=np.float16).reshape(10, 10, 10)}, {}, chunks=4)
-    >>> open_array(s / "a" / "image")[2:3, 5:6, 7:9]
+    >>> from openmind_prep.store.store import Store
+    >>> s = Store.create(Path(tempfile.mkdtemp()) / "s")
+    >>> _ = s.write_case("a", {"image": np.arange(1000, dtype=np.float16).reshape(10, 10, 10)}, {}, chunks=4)
+    >>> open_array(s.root / "a" / "image")[2:3, 5:6, 7:9]
     array([[[257., 258.]]], dtype=float16)
     """
     folder = Path(folder)

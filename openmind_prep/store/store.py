@@ -9,6 +9,7 @@ Layout (``STORE`` is a Zarr v3 group on a local or shared POSIX file system)::
         image/      float16|float32, zyx as on disk, z-scored, 1 mm
         anon_mask/  uint8 (defacing mask), only if the image has one
         anat_mask/  uint8 (foreground mask), only if the image has one
+        label/      uint8|int16|int32 label map (segmentation), only if the source has one
     STORE/_manifest/*.parquet                    per-batch manifest fragments
     STORE/manifest.parquet                       merged manifest (one row per input image)
     STORE/_tmp/                                  groups being written (never read)
@@ -44,8 +45,8 @@ import numpy as np
 
 from openmind_prep.store import manifest
 from openmind_prep.core.atomic import replace_dir, write_json
-from openmind_prep.store.case_writer import CODEC, IMAGE, MASK_CODEC, array_checksum, write_group  # noqa: F401  (re-exported)
-from openmind_prep.store.schema import ARRAY_COLUMNS, row_key
+from openmind_prep.store.case_writer import CODEC, MASK_CODEC, array_checksum, write_group  # noqa: F401  (re-exported)
+from openmind_prep.store.schema import ARRAY_COLUMNS, CHECKSUM_COLUMNS, IMAGE, row_key  # noqa: F401  (IMAGE re-exported)
 from openmind_prep.core.paths import leaves_root
 from openmind_prep.store.namespace import ancestors, claim, image_key, key_problem  # noqa: F401  (image_key re-exported)
 from openmind_prep.core.runlock import LockHeld, run_lock
@@ -53,8 +54,6 @@ from openmind_prep.core.runlock import LockHeld, run_lock
 TMP_DIR = "_tmp"
 LOCK_FILE = "_lock"
 DTYPES = ("float16", "float32")
-#: The manifest column holding each array's checksum.
-CHECKSUM_COLUMNS = {name: column.replace("zarr_path", "checksum") for name, column in ARRAY_COLUMNS.items()}
 _GROUP_META = {"zarr_format": 3, "node_type": "group", "attributes": {}}
 
 
@@ -191,7 +190,7 @@ class Store:
     # -- arrays ----------------------------------------------------------------------------
     def write_case(self, key: str, arrays: Mapping[str, np.ndarray], attributes: Mapping[str, Any], *,
                    chunks: int = 64, clevel: int = CODEC["clevel"]) -> StoredCase:
-        """Write one image group (``image`` plus masks) atomically at ``key``; replaces that image's
+        """Write one image group (``image`` plus masks and label map) atomically at ``key``; replaces that image's
         old group. ``arrays`` are already in the dtype to store; ``attributes`` go on ``image``;
         every array gets its checksum. :class:`StoreError` if ``key`` is not the store's to give."""
         problem = key_problem(key) or self._occupied(key)
@@ -324,34 +323,3 @@ def as_store(store: "Store | str | os.PathLike") -> Store:
     """
     return store if isinstance(store, Store) else Store(store)
 
-
-# The functions earlier code and tests call with a store path; each asks the Store.
-def create_store(path: str | os.PathLike) -> Path:
-    """Create (or reuse) a store folder (:meth:`Store.create`); returns its path."""
-    return Store.create(path).root
-
-
-def write_case(store, key: str, arrays: Mapping[str, np.ndarray], attributes: Mapping[str, Any], *,
-               chunks: int = 64, clevel: int = CODEC["clevel"]) -> StoredCase:
-    """:meth:`Store.write_case` on the store at ``store``."""
-    return as_store(store).write_case(key, arrays, attributes, chunks=chunks, clevel=clevel)
-
-
-def clear_tmp(store) -> None:
-    """:meth:`Store.clear_tmp` on the store at ``store``."""
-    as_store(store).clear_tmp()
-
-
-def case_exists(store, zarr_path: str) -> bool:
-    """:meth:`Store.has` on the store at ``store``."""
-    return as_store(store).has(zarr_path)
-
-
-def open_store(path):
-    """The store at ``path`` read-only as a ``zarr.Group`` (:meth:`Store.group`)."""
-    return as_store(path).group()
-
-
-def image_array(store, zarr_path: str):
-    """:meth:`Store.array` on the store at ``store``."""
-    return as_store(store).array(zarr_path)

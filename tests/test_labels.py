@@ -1,0 +1,223 @@
+"""Label maps into the store (issue 21 item 2): an nnU-Net raw dataset built from real MRI
+(``tests/_nnunet_raw.py``) preprocesses into a store whose ``label`` arrays equal nnU-Net v2's own
+preprocessing of the same files, re-typed below from nnunetv2 (``preprocessing/cropping/cropping.py``
+``crop_to_nonzero``; ``preprocessing/resampling/default_resampling.py`` ``determine_do_sep_z_and_axis``,
+``resample_data_or_seg`` with the plans' ``is_seg=True, order=1, order_z=0``; batchgenerators'
+``resize_segmentation``). The labels are checksummed, verified, sharded and read back by both loaders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy.ndimage import binary_fill_holes, map_coordinates
+from skimage.transform import resize
+
+from _nnunet_raw import CASES, build_nnunet_raw, labelled_records
+from openmind_prep.preprocess.job import PreprocessOptions, process_batch
+from openmind_prep.preprocess.resample import resample_mask
+from openmind_prep.reports.verify import verify_store
+from openmind_prep.sources.metadata import IMAGES_DIR
+from openmind_prep.store.manifest import OK
+from openmind_prep.store.store import Store
+
+# -- nnU-Net v2, re-typed (the independent reference) -----------------------------------------
+
+
+def nn_resize_segmentation(segmentation, new_shape, order=3, margin=None):
+    """batchgenerators' ``resize_segmentation``; ``margin`` (an array of ``new_shape``), when given, gets
+    the smallest ``|indicator - 0.5|`` over the labels: a tie where it is ~0 (float64 rounding decides)."""
+    tpe = segmentation.dtype
+    if order == 0:
+        return resize(segmentation.astype(float), new_shape, order, mode="edge", clip=True,
+                      anti_aliasing=False).astype(tpe)
+    unique_labels = np.sort(np.unique(segmentation.ravel()))
+    reshaped = np.zeros(new_shape, dtype=segmentation.dtype)
+    for c in unique_labels:
+        mask = segmentation == c
+        reshaped_multihot = resize(mask.astype(float), new_shape, order, mode="edge", clip=True, anti_aliasing=False)
+        reshaped[reshaped_multihot >= 0.5] = c
+        if margin is not None:
+            np.minimum(margin, np.abs(reshaped_multihot - 0.5), out=margin)
+    return reshaped
+
+
+def nn_sep_z_and_axis(current_spacing, new_spacing, threshold=3):
+    axis = None
+    for spacing in (current_spacing, new_spacing):
+        if np.max(spacing) / np.min(spacing) > threshold:
+            axis = np.where(max(spacing) / np.array(spacing) == 1)[0]
+            break
+    if axis is None or len(axis) in (2, 3):
+        return False, None
+    return True, int(axis[0])
+
+
+def nn_resample_seg(data, new_shape, current_spacing, new_spacing, order=1, order_z=0):
+    """``resample_data_or_seg_to_shape(data, new_shape, ..., is_seg=True, order=1, order_z=0,
+    force_separate_z=None)``; ``data`` is (c, z, y, x). Returns it and the tie margin of channel 0."""
+    do_separate_z, axis = nn_sep_z_and_axis(current_spacing, new_spacing)
+    shape, new_shape = np.array(data[0].shape), np.array(new_shape)
+    out = np.zeros((data.shape[0], *new_shape), dtype=data.dtype)
+    if not np.any(shape != new_shape):
+        return data, np.full(shape, np.inf)
+    data = data.astype(float)
+    if not do_separate_z:
+        margin = np.full(new_shape, np.inf)
+        for c in range(data.shape[0]):
+            out[c] = nn_resize_segmentation(data[c], new_shape, order, margin if c == 0 else None)
+        return out, margin
+    new_shape_2d = np.delete(new_shape, axis)
+    for c in range(data.shape[0]):
+        tmp = new_shape.copy()
+        tmp[axis] = shape[axis]
+        here, margin = np.zeros(tmp), np.full(tmp, np.inf)
+        for i in range(shape[axis]):
+            index = [slice(None)] * 3
+            index[axis] = i
+            index = tuple(index)
+            here[index] = nn_resize_segmentation(data[c][index], new_shape_2d, order, margin[index])
+        if shape[axis] != new_shape[axis]:
+            grids = np.mgrid[:new_shape[0], :new_shape[1], :new_shape[2]].astype(float)
+            coords = np.array([here.shape[d] / new_shape[d] * (grids[d] + 0.5) - 0.5 for d in range(3)])
+            out[c] = map_coordinates(here, coords, order=order_z, mode="nearest")
+            margin = map_coordinates(margin, coords, order=0, mode="nearest")
+        else:
+            out[c] = here
+    return out, margin
+
+
+def assert_equal_but_ties(ours, theirs, margin, tie=1e-9):
+    """``ours == theirs`` except where a label's interpolated indicator is 0.5 up to float64 rounding (there
+    the order of nnU-Net's sums decides; either label is as right)."""
+    differ = ours != theirs
+    assert not (differ & (margin > tie)).any(), f"{int((differ & (margin > tie)).sum())} voxels differ off ties"
+    assert differ.sum() <= max(2, 1e-3 * differ.size)
+    return int(differ.sum())
+
+
+def nn_preprocess_seg(image_file, label_file):
+    """nnU-Net v2's DefaultPreprocessor on one case (SimpleITKIO read, crop_to_nonzero with -1 outside
+    the nonzero mask, resampling to 1 mm), then the training loader's -1 -> 0."""
+    image, seg = sitk.ReadImage(str(image_file)), sitk.ReadImage(str(label_file))
+    data = sitk.GetArrayFromImage(image)[None].astype(np.float32)
+    seg = sitk.GetArrayFromImage(seg)[None].astype(np.int16)
+    spacing = list(image.GetSpacing())[::-1]
+    nonzero = binary_fill_holes(data[0] != 0)
+    where = np.where(nonzero)
+    bbox = [[int(w.min()), int(w.max()) + 1] for w in where]
+    slicer = tuple(slice(a, b) for a, b in bbox)
+    seg = seg[(slice(None), *slicer)]
+    seg[(seg == 0) & (~nonzero[slicer][None])] = -1
+    new_shape = [int(round(s / 1.0 * n)) for s, n in zip(spacing, seg.shape[1:])]
+    out, margin = nn_resample_seg(seg, new_shape, spacing, [1.0, 1.0, 1.0])
+    out = out[0]
+    out[out < 0] = 0
+    return out, bbox, margin
+
+
+# -- the dataset and its store ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """(source root, its records, the store they were preprocessed into, the rows)."""
+    root = tmp_path_factory.mktemp("nnraw")
+    folder = build_nnunet_raw(root / IMAGES_DIR)
+    records = labelled_records(folder)
+    store = Store.create(root / "store")
+    rows = process_batch(records, root, store, PreprocessOptions())
+    store.merge()
+    return root, records, store, rows
+
+
+def test_labelled_cases_preprocess_into_the_store_with_labels(labelled):
+    root, records, store, rows = labelled
+    assert [r["status"] for r in rows] == [OK] * len(CASES), [r["error"] for r in rows]
+    for record, row in zip(records, rows):
+        label = store.array(row["label_zarr_path"])
+        assert row["label_zarr_path"] == row["zarr_path"].rsplit("/", 1)[0] + "/label"
+        assert label.shape == tuple(row["shape"]) == store.array(row["zarr_path"]).shape
+        assert label.dtype == (np.int16 if record.subject == "mni_flip" else np.uint8)
+        assert row["label_checksum"].startswith("sha256:")
+        assert json.loads(row["metadata"])["sex"] in ("M", "F")
+        present = set(np.unique(label[...]).tolist())
+        assert present == {0, 1, 300 if record.subject == "mni_flip" else 2}
+    assert verify_store(store) == []
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_stored_labels_equal_nnunets_preprocessing(labelled, case):
+    root, records, store, rows = labelled
+    row = next(r for r in rows if f"/{case}_0000" in r["image_path"])
+    record = next(r for r in records if r.subject == case)
+    expected, bbox, margin = nn_preprocess_seg(root / IMAGES_DIR / record.image_path, root / IMAGES_DIR / record.label_path)
+    assert row["crop_bbox"] == bbox
+    stored = store.array(row["label_zarr_path"])[...]
+    assert stored.shape == expected.shape
+    assert_equal_but_ties(stored, expected.astype(stored.dtype), margin)
+
+
+@pytest.mark.parametrize("spacing, new_shape", [((1.0, 1.0, 1.0), (5, 7, 6)), ((2.0, 1.0, 1.0), (9, 7, 6)),
+                                               ((0.5, 0.5, 2.5), (3, 3, 14)), ((5.0, 1.0, 1.2), (16, 9, 8)),
+                                               ((1.5, 1.5, 1.5), (15, 12, 9))])
+def test_label_resampling_equals_nnunets_on_random_label_maps(spacing, new_shape):
+    """Many labels (negative, 0, large), every separate-z case, up- and down-sampling."""
+    rng = np.random.default_rng(sum(new_shape))
+    for dtype, labels in ((np.uint8, [0, 1, 2, 7]), (np.int16, [-1, 0, 3, 300]), (np.int32, [0, 5, 70000])):
+        blobs = rng.choice(labels, size=(4, 4, 3))
+        seg = np.kron(blobs, np.ones((3, 2, 2), int))[:10, :7, :5].astype(dtype)  # blocky: real boundaries
+        ours = resample_mask(seg, new_shape, spacing, (1.0, 1.0, 1.0), precision=torch.float64)
+        theirs, margin = nn_resample_seg(seg[None], new_shape, spacing, [1.0, 1.0, 1.0])
+        assert ours.dtype == seg.dtype
+        assert_equal_but_ties(ours, theirs[0], margin)
+
+
+def test_a_label_map_that_does_not_fit_its_image_fails_its_row(labelled, tmp_path):
+    import nibabel as nib
+
+    root, records, _, _ = labelled
+    record = records[1]
+    label = nib.load(root / IMAGES_DIR / record.label_path)
+    bad = {"spacing": nib.Nifti1Image(np.asarray(label.dataobj), np.diag([2.0, 2.0, 2.0, 1.0])),
+           "shape": nib.Nifti1Image(np.asarray(label.dataobj)[:-1], label.affine),
+           "fraction": nib.Nifti1Image(np.asarray(label.dataobj).astype(np.float32) * 0.5, label.affine)}
+    out = []
+    for name, img in bad.items():
+        path = root / IMAGES_DIR / f"bad_{name}.nii.gz"
+        nib.save(img, path)
+        out.append(dataclasses.replace(record, label_path=path.name))
+    rows = process_batch(out, root, Store.create(tmp_path / "s"), PreprocessOptions())
+    errors = [r["error"] for r in rows]
+    assert [r["status"] for r in rows] == ["failed"] * 3
+    assert errors[0].startswith(f"{root / IMAGES_DIR / 'bad_spacing.nii.gz'}: label map spacing")
+    assert errors[1].startswith(f"{root / IMAGES_DIR / 'bad_shape.nii.gz'}: label map shape")
+    assert errors[2].startswith(f"{root / IMAGES_DIR / 'bad_fraction.nii.gz'}: label values must be integer")
+    assert all("\n" not in e for e in errors)
+
+
+def test_labels_reach_the_shards_and_both_loaders(labelled, tmp_path):
+    from loaders.webdataset_stream import WebDatasetStream
+    from loaders.zarr_dataset import ZarrVolumeDataset
+    from openmind_prep.shards.writer import merge_index, write_shards
+
+    _, _, store, rows = labelled
+    write_shards(store.root, tmp_path / "wds", progress=False)
+    merge_index(tmp_path / "wds")
+    zarr_ds = ZarrVolumeDataset(store)
+    by_key = {s["key"]: s for s in WebDatasetStream(str(tmp_path / "wds"), shuffle_buffer=0, rank=0, world_size=1,
+                                                      worker=0, num_workers=1)}
+    assert sorted(by_key) == sorted(zarr_ds.keys)
+    for i, key in enumerate(zarr_ds.keys):
+        region = (slice(3, 20), slice(5, 40), slice(0, 30))
+        ours = zarr_ds[i, region]
+        whole = store.array(zarr_ds.rows[i]["label_zarr_path"])[...]
+        np.testing.assert_array_equal(ours["label"][0].numpy(), whole[region])
+        np.testing.assert_array_equal(by_key[key]["label"][0].numpy(), whole)
+        assert ours["label"].shape == ours["image"].shape
+    assert ZarrVolumeDataset(store, labels=False)[0]["label"] is None
