@@ -221,3 +221,32 @@ def test_labels_reach_the_shards_and_both_loaders(labelled, tmp_path):
         np.testing.assert_array_equal(by_key[key]["label"][0].numpy(), whole)
         assert ours["label"].shape == ours["image"].shape
     assert ZarrVolumeDataset(store, labels=False)[0]["label"] is None
+
+
+def test_a_store_written_before_labels_still_opens(labelled, tmp_path):
+    """A manifest without the label / metadata columns (older stores): rows read with them empty,
+    verify passes, the loader gives ``label`` None, and the next merge writes the full schema."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loaders.zarr_dataset import ZarrVolumeDataset
+    from openmind_prep.store.manifest import MANIFEST_FILE, SCHEMA, write_fragment
+    from openmind_prep.store.schema import empty_row
+
+    _, _, store, _ = labelled
+    old = tmp_path / "old"
+    shutil.copytree(store.root, old)
+    new_columns = ("label_zarr_path", "label_checksum", "metadata")
+    table = pq.read_table(old / MANIFEST_FILE).drop_columns(list(new_columns))
+    for row in table.to_pylist():
+        shutil.rmtree(old / row["zarr_path"].rsplit("/", 1)[0] / "label")
+    pq.write_table(table, old / MANIFEST_FILE)
+    rows = Store.open(old).ok_rows()
+    assert len(rows) == len(CASES) and all(r[c] == "" for r in rows for c in new_columns)
+    assert verify_store(old) == []
+    assert ZarrVolumeDataset(old)[0]["label"] is None
+    write_fragment(old, [empty_row("another.nii.gz")])
+    assert Store(old).merge().schema.equals(SCHEMA)
+    assert pa.types.is_string(pq.read_schema(old / MANIFEST_FILE).field("label_zarr_path").type)
