@@ -77,13 +77,3 @@ def build_nnunet_raw(root: Path, cases: dict = CASES) -> Path:
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return folder
 
-
-def labelled_records(folder: Path, cases=CASES) -> list:
-    """One :class:`ImageRecord` per case, paths relative to ``folder.parent`` (the source's root)."""
-    from openmind_prep.sources.metadata import ImageRecord
-
-    return [ImageRecord(image_path=f"{folder.name}/imagesTr/{case}_0000.nii.gz", dataset=folder.name,
-                        subject=case, session="", modality="T1",
-                        label_path=f"{folder.name}/labelsTr/{case}.nii.gz",
-                        extra=(("age", str(20 + 7 * i)), ("sex", "MF"[i % 2])))
-            for i, case in enumerate(cases)]

@@ -9,7 +9,6 @@ preprocessing of the same files, re-typed below from nnunetv2 (``preprocessing/c
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -18,11 +17,11 @@ import torch
 from scipy.ndimage import binary_fill_holes, map_coordinates
 from skimage.transform import resize
 
-from _nnunet_raw import CASES, build_nnunet_raw, labelled_records
+from _nnunet_raw import CASES, build_nnunet_raw
 from openmind_prep.preprocess.job import PreprocessOptions, process_batch
 from openmind_prep.preprocess.resample import resample_mask
 from openmind_prep.reports.verify import verify_store
-from openmind_prep.sources.metadata import IMAGES_DIR
+from openmind_prep.sources.nnunet import NnunetSource
 from openmind_prep.store.manifest import OK
 from openmind_prep.store.store import Store
 
@@ -126,18 +125,19 @@ def nn_preprocess_seg(image_file, label_file):
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
-    """(source root, its records, the store they were preprocessed into, the rows)."""
+    """(the nnU-Net raw source, its records, the store they were preprocessed into, the rows)."""
     root = tmp_path_factory.mktemp("nnraw")
-    folder = build_nnunet_raw(root / IMAGES_DIR)
-    records = labelled_records(folder)
+    source = NnunetSource(build_nnunet_raw(root))
+    records = source.records()
     store = Store.create(root / "store")
-    rows = process_batch(records, root, store, PreprocessOptions())
+    rows = process_batch(records, source, store, PreprocessOptions())
     store.merge()
-    return root, records, store, rows
+    return source, records, store, rows
 
 
 def test_labelled_cases_preprocess_into_the_store_with_labels(labelled):
-    root, records, store, rows = labelled
+    source, records, store, rows = labelled
+    assert [r.label_path for r in records] == [f"labelsTr/{case}.nii.gz" for case in sorted(CASES)]
     assert [r["status"] for r in rows] == [OK] * len(CASES), [r["error"] for r in rows]
     for record, row in zip(records, rows):
         label = store.array(row["label_zarr_path"])
@@ -145,7 +145,6 @@ def test_labelled_cases_preprocess_into_the_store_with_labels(labelled):
         assert label.shape == tuple(row["shape"]) == store.array(row["zarr_path"]).shape
         assert label.dtype == (np.int16 if record.subject == "mni_flip" else np.uint8)
         assert row["label_checksum"].startswith("sha256:")
-        assert json.loads(row["metadata"])["sex"] in ("M", "F")
         present = set(np.unique(label[...]).tolist())
         assert present == {0, 1, 300 if record.subject == "mni_flip" else 2}
     assert verify_store(store) == []
@@ -153,10 +152,10 @@ def test_labelled_cases_preprocess_into_the_store_with_labels(labelled):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_stored_labels_equal_nnunets_preprocessing(labelled, case):
-    root, records, store, rows = labelled
+    source, records, store, rows = labelled
     row = next(r for r in rows if f"/{case}_0000" in r["image_path"])
     record = next(r for r in records if r.subject == case)
-    expected, bbox, margin = nn_preprocess_seg(root / IMAGES_DIR / record.image_path, root / IMAGES_DIR / record.label_path)
+    expected, bbox, margin = nn_preprocess_seg(source.root / record.image_path, source.root / record.label_path)
     assert row["crop_bbox"] == bbox
     stored = store.array(row["label_zarr_path"])[...]
     assert stored.shape == expected.shape
@@ -181,23 +180,23 @@ def test_label_resampling_equals_nnunets_on_random_label_maps(spacing, new_shape
 def test_a_label_map_that_does_not_fit_its_image_fails_its_row(labelled, tmp_path):
     import nibabel as nib
 
-    root, records, _, _ = labelled
-    record = records[1]
-    label = nib.load(root / IMAGES_DIR / record.label_path)
+    source, records, _, _ = labelled
+    record = next(r for r in records if r.subject == "mni_15mm")
+    label = nib.load(source.root / record.label_path)
     bad = {"spacing": nib.Nifti1Image(np.asarray(label.dataobj), np.diag([2.0, 2.0, 2.0, 1.0])),
            "shape": nib.Nifti1Image(np.asarray(label.dataobj)[:-1], label.affine),
            "fraction": nib.Nifti1Image(np.asarray(label.dataobj).astype(np.float32) * 0.5, label.affine)}
     out = []
     for name, img in bad.items():
-        path = root / IMAGES_DIR / f"bad_{name}.nii.gz"
+        path = source.root / f"bad_{name}.nii.gz"
         nib.save(img, path)
         out.append(dataclasses.replace(record, label_path=path.name))
-    rows = process_batch(out, root, Store.create(tmp_path / "s"), PreprocessOptions())
+    rows = process_batch(out, source, Store.create(tmp_path / "s"), PreprocessOptions())
     errors = [r["error"] for r in rows]
     assert [r["status"] for r in rows] == ["failed"] * 3
-    assert errors[0].startswith(f"{root / IMAGES_DIR / 'bad_spacing.nii.gz'}: label map spacing")
-    assert errors[1].startswith(f"{root / IMAGES_DIR / 'bad_shape.nii.gz'}: label map shape")
-    assert errors[2].startswith(f"{root / IMAGES_DIR / 'bad_fraction.nii.gz'}: label values must be integer")
+    assert errors[0].startswith(f"{source.root / 'bad_spacing.nii.gz'}: label map spacing")
+    assert errors[1].startswith(f"{source.root / 'bad_shape.nii.gz'}: label map shape")
+    assert errors[2].startswith(f"{source.root / 'bad_fraction.nii.gz'}: label values must be integer")
     assert all("\n" not in e for e in errors)
 
 
