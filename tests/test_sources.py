@@ -96,7 +96,7 @@ def build_inputs(sample_tree: Path, work: Path) -> None:
 
     toy = work / "Dataset002_Toy"
     _copy(om / T1, toy / "imagesTr/case01_0000.nii.gz")
-    _copy(om / T2, toy / "imagesTr/case01_0001.nii.gz")
+    _copy(om / T1, toy / "imagesTr/case01_0001.nii.gz")  # a case's channels (and its label map) share one grid
     _copy(om / FB_MASK, toy / "labelsTr/case01.nii.gz")
     _copy(om / NII, toy / "imagesTs/case02_0000.nii.gz", gz=True)
     (toy / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "T2"}, "labels": {
@@ -200,7 +200,9 @@ def test_an_nnunet_raw_dataset_gives_one_record_per_channel_with_its_label(ran, 
         "imagesTs/case02_0000.nii.gz": ("T1", "case02", "")}
     rows, ref = _rows(work / "toy.zarr"), _rows(train_store)
     assert sorted(rows) == sorted(records) and all(r["status"] == "ok" for r in rows.values())
-    assert rows["imagesTr/case01_0001.nii.gz"]["checksum"] == ref[T2]["checksum"]
+    assert rows["imagesTr/case01_0001.nii.gz"]["checksum"] == ref[T1]["checksum"]
+    assert rows["imagesTr/case01_0000.nii.gz"]["label_checksum"] == ref[T1]["anat_mask_checksum"]  # fb mask as labels
+    assert rows["imagesTs/case02_0000.nii.gz"]["label_zarr_path"] == ""
     assert rows["imagesTr/case01_0000.nii.gz"]["dataset"] == "Dataset002_Toy"
     _verify(work / "toy.zarr")
 
