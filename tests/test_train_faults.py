@@ -4,7 +4,6 @@ fit names its tensor. Each input is built here; each answer is one line and an e
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import subprocess
@@ -211,7 +210,7 @@ def test_resume_with_a_wrong_shaped_tensor_names_the_key(train_store, one_step, 
         state = ckpt["optimizer"]["state"][0]
         key = "exp_avg"
         state[key] = torch.zeros(5)
-        says = f"(optimizer: exp_avg of backbone."
+        says = "(optimizer: exp_avg of backbone."
     torch.save(ckpt, out / "checkpoint.pt")
     code, err = _main_exit(_flags(train_store, out, "--steps", "2"), capsys)
     assert code == 1 and len(err) == 1 and says in err[0] and "use another --out or --no-resume" in err[0], err
