@@ -150,3 +150,28 @@ def test_raw_is_the_hub_byte_for_byte_and_the_summary_counts_every_file(hub, sam
     assert (raw / METADATA_CSV).read_bytes() == (sample_tree / METADATA_CSV).read_bytes()
     again = _invoke(["download", "--endpoint", hub.endpoint, "--out", str(raw)])
     assert f"{n} files; 0 downloaded (0.0 MB), {n - 1} already verified, 1 failed" in again.output
+
+
+def test_the_documented_answers(tmp_path, monkeypatch):
+    """docs/faults.md "Network and inputs": every command gives the exit code and line written under it."""
+    import re
+    import shlex
+
+    section = (Path(__file__).resolve().parents[1] / "docs" / "faults.md").read_text()
+    section = section.split("## Network and inputs (issue 23)")[1].split("\n## ")[0]
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]
+    assert len(lines) == 8
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(retry, "UNREACHED_BUDGET_S", 2.5)  # the default 25 s, scaled down
+    dead = f"http://127.0.0.1:{_dead_port()}"  # port 9 in the docs: nothing listens there either
+    for command, answer in zip(lines[::2], lines[1::2]):
+        code, said = re.fullmatch(r"# exit (\d): (.*)", answer).groups()
+        words = shlex.split(command.replace("http://127.0.0.1:9", dead))
+        env = dict(w.split("=", 1) for w in words if "=" in w and w.split("=")[0].isupper())
+        argv = words[len(env) + 1:]
+        assert words[len(env)] == "openmind-prep"
+        retry.ANSWERED.clear()
+        result = _invoke(argv, env=env)
+        said = said.replace("http://127.0.0.1:9", dead).split("…")[0]
+        assert result.exit_code == int(code) and result.output.splitlines()[-1].startswith(said), (
+            command, result.output)
