@@ -170,8 +170,16 @@ def test_a_folder_of_nifti_files_gives_one_ok_row_per_readable_image_and_a_faile
         {"kind": "folder", "root": str(work / "scans"), "path": str(work / "scans")}]
 
 
-def test_pretrain_data_json_as_nnssl_writes_it_gives_the_openmind_trees_store(ran, train_store):
+def test_pretrain_data_json_as_nnssl_writes_it_gives_the_openmind_trees_store(ran, train_store, monkeypatch):
+    import pickle
+
+    from openmind_prep.sources.nnssl import NnsslSource
+
     work = ran[0]
+    monkeypatch.setenv("nnssl_raw", str(work / "nnssl_raw"))
+    source = NnsslSource(work / "nnssl_raw/Dataset745_OpenMind/pretrain_data.json")
+    again = pickle.loads(pickle.dumps(source))  # as a Dask worker gets it: without the listing, read again
+    assert again == source and again.records() == source.records() and len(source.records()) == 3
     code, lines = _result(ran, "preprocess", "nnssl_raw/Dataset745_OpenMind/pretrain_data.json")
     assert code == 0, lines
     assert lines[0] == "source: nnssl nnssl_raw/Dataset745_OpenMind/pretrain_data.json (3 images)"

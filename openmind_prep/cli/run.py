@@ -68,6 +68,7 @@ def run_command(hub: HubRepo, source: Path | None, source_kind: str | None, mask
                     items, fetch = hub_items(hub, selection, work, pin_file, download_workers)
                 except (DownloadError, ValueError) as e:
                     raise click.ClickException(str(e)) from e
+                target.note_source("openmind", f"hf://datasets/{_hub_name(hub, pin_file)}/OpenMind")
             options = PreprocessOptions(dtype=dtype, chunks=chunks)
             try:
                 rows = stream(items, fetch, work, target, client, options, max_raw_bytes=int(max_raw_gb * 1e9),
@@ -77,3 +78,13 @@ def run_command(hub: HubRepo, source: Path | None, source_kind: str | None, mask
                 raise click.UsageError(str(e)) from e
         table = target.merge()
     report([i.record for i in items], rows, table, store)
+
+
+def _hub_name(hub: "HubRepo", pin_file: Path | None) -> str:
+    """``repo@revision`` the images came from: the pinned list's commit when one is replayed."""
+    from openmind_prep.sources.pinned import PinnedList
+
+    if pin_file is None:
+        return f"{hub.repo_id}@{hub.revision}"
+    pin = PinnedList.read(pin_file)
+    return f"{pin.repo}@{pin.commit}"

@@ -45,7 +45,7 @@ class Source:
         return f"{type(self).__name__}({str(self.origin)!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
+        return type(other) is type(self) and (other.kind, other.root, other.origin) == (self.kind, self.root, self.origin)
 
     def __hash__(self) -> int:
         return hash((type(self), self.root))

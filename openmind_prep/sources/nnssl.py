@@ -112,6 +112,8 @@ class NnsslSource(Source):
 
     def _entries(self):
         """``(raw entry, (image, anon mask, anat mask) as absolute paths)``."""
+        if self._raw is None:  # unpickled on a worker: read again when asked
+            self._raw = self._read()
         for entry in self._raw:
             image = entry[5]
             if not isinstance(image.get("image_path"), str) or not image["image_path"]:
@@ -123,7 +125,7 @@ class NnsslSource(Source):
         return {k: v for k, v in vars(self).items() if k != "_raw"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _raw=[])
+        self.__dict__.update(state, _raw=None)
 
     def records(self) -> list[ImageRecord]:
         records = []

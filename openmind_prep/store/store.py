@@ -141,15 +141,18 @@ class Store:
     def note_source(self, kind: str, root: str | os.PathLike, path: str | os.PathLike | None = None) -> None:
         """Record in the root group's attributes that images came from a source of ``kind`` whose
         image paths (the manifest's ``image_path``) are relative to ``root``; ``path`` is what the user
-        named (default ``root``). A store filled from several sources lists each once, in order.
+        named (default ``root``); local paths are kept absolute, URLs (``hf://...``) as they are. A
+        store filled from several sources lists each once, in order.
 
         >>> import tempfile
         >>> s = Store.create(Path(tempfile.mkdtemp()) / "s")
         >>> s.note_source("folder", "/data/scans"); s.note_source("folder", "/data/scans"); s.sources()
         [{'kind': 'folder', 'root': '/data/scans', 'path': '/data/scans'}]
+        >>> s.note_source("openmind", "hf://datasets/a/b@main/OpenMind"); s.sources()[-1]["root"]
+        'hf://datasets/a/b@main/OpenMind'
         """
-        entry = {"kind": str(kind), "root": str(Path(root).absolute()),
-                 "path": str(Path(path if path is not None else root).absolute())}
+        where = [str(p) if "://" in str(p) else str(Path(p).absolute()) for p in (root, root if path is None else path)]
+        entry = {"kind": str(kind), "root": where[0], "path": where[1]}
         meta = json.loads((self.root / "zarr.json").read_text())
         attributes = meta.setdefault("attributes", {})
         known = attributes.setdefault("sources", [])
