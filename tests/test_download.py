@@ -259,7 +259,8 @@ def test_digests_match_sha256sum_and_git_hash_object(sample_tree):
 def test_a_path_leaving_raw_is_a_per_file_failure_and_writes_nothing_outside(tmp_path):
     """A hostile CSV/lock path (``..``) must not make the downloader write outside RAW; the fetch is
     refused before any request (the endpoint here does not even exist)."""
-    from openmind_prep.sources.hub import RemoteFile, download_files
+    from openmind_prep.sources.download import download_files
+    from openmind_prep.sources.hub import RemoteFile
 
     raw = tmp_path / "raw"
     evil = RemoteFile(path="OpenMind/../../escaped.nii.gz", size=10, sha256="0" * 64, blob_id=None)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-from openmind_prep.sources.hub import HubRepo, RemoteFile, VerifiedState, download_files
+from openmind_prep.sources.download import download_files
+from openmind_prep.sources.hub import HubRepo, RemoteFile, VerifiedState
 from openmind_prep.sources.base import Source, select
 from openmind_prep.sources.openmind import as_source
 from openmind_prep.sources.metadata import ImageRecord

@@ -38,7 +38,7 @@ class ShortTransfer(OSError):
 
 class Stalled(DownloadError):
     """A transfer ran below the minimum rate for a whole window (a slow drip); its ``.part`` is kept.
-    Not retried in place: :func:`openmind_prep.sources.hub.fetch_batch` retries it after the other
+    Not retried in place: :func:`openmind_prep.sources.download.fetch_batch` retries it after the other
     files of its batch, so one dripping file does not hold them back."""
 
 
