@@ -52,6 +52,8 @@ def resolve_nnssl_path(path: str, where: Path) -> str:
             raise InputError(where, f"{path!r} starts with {first} but the environment variable {first[1:]} is "
                                     "not set (nnssl resolves it from the environment)")
         path = value.rstrip("/") + path[len(first):]
+    if path.startswith("/") and "/." not in path and "//" not in path and not path.endswith("/"):
+        return path  # already normal (the common case: 114k paths, ~3x faster)
     return os.path.normpath(os.path.abspath(path))
 
 
@@ -87,52 +89,52 @@ class NnsslSource(Source):
 
     def __init__(self, json_path: Path) -> None:
         self.json_path = Path(json_path)
-        self._raw = self._read()
-        paths = [p for _, files in self._entries() for p in files if p]
-        root = Path(os.path.commonpath([os.path.dirname(p) for p in paths])) if paths else self.json_path.parent
-        super().__init__(root, origin=self.json_path)
+        self._listing: list[tuple] | None = self._read()
+        paths = [p for *_, files in self._listing for p in files if p]
+        root = os.path.commonpath({os.path.dirname(p) for p in paths}) if paths else str(self.json_path.parent)
+        super().__init__(Path(root), origin=self.json_path)
 
     def _read(self) -> list[tuple]:
+        """``(dataset id, subject, session, IQS table, subject_info, image dict, (image, anon mask,
+        anat mask) as absolute paths)`` per image, in file order."""
         try:
             collection = json.loads(self.json_path.read_text(encoding="utf-8"))
         except OSError as e:
             raise InputError(self.json_path, f"cannot read: {e.strerror or e}") from None
         except ValueError as e:
             raise InputError(self.json_path, f"not JSON ({e})") from None
+        listing, tables = [], {}
         try:
-            raw = []
             for dataset_id, subject, session, dataset_info, subject_info, image in _images(collection):
+                if not isinstance(image.get("image_path"), str) or not image["image_path"]:
+                    raise InputError(self.json_path, f"an image without image_path ({str(image)[:80]})")
+                if dataset_id not in tables:
+                    tables[dataset_id] = _iqs_table(dataset_info)
                 masks = image.get("associated_masks") or {}
-                raw.append((dataset_id, subject, session, _iqs_table(dataset_info), subject_info or {}, image,
-                            masks.get("anonymization_mask"), masks.get("anatomy_mask")))
-            return raw
+                files = tuple(resolve_nnssl_path(p, self.json_path) if isinstance(p, str) and p else ""
+                              for p in (image["image_path"], masks.get("anonymization_mask"),
+                                        masks.get("anatomy_mask")))
+                listing.append((dataset_id, subject, session, tables[dataset_id], subject_info or {}, image, files))
         except (KeyError, TypeError, AttributeError) as e:
             raise InputError(self.json_path, f"not an nnssl pretrain_data.json (collections → datasets → "
                                              f"subjects → sessions → images; {type(e).__name__}: {e})") from None
-
-    def _entries(self):
-        """``(raw entry, (image, anon mask, anat mask) as absolute paths)``."""
-        if self._raw is None:  # unpickled on a worker: read again when asked
-            self._raw = self._read()
-        for entry in self._raw:
-            image = entry[5]
-            if not isinstance(image.get("image_path"), str) or not image["image_path"]:
-                raise InputError(self.json_path, f"an image without image_path ({str(image)[:80]})")
-            yield entry, tuple(resolve_nnssl_path(p, self.json_path) if isinstance(p, str) and p else ""
-                               for p in (image["image_path"], entry[6], entry[7]))
+        return listing
 
     def __getstate__(self) -> dict:  # Dask tasks need the root, not the listing
-        return {k: v for k, v in vars(self).items() if k != "_raw"}
+        return {k: v for k, v in vars(self).items() if k != "_listing"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _raw=None)
+        self.__dict__.update(state, _listing=None)  # read again if a worker asks for the records
 
     def records(self) -> list[ImageRecord]:
+        if self._listing is None:
+            self._listing = self._read()
+        cut = len(str(self.root).rstrip("/")) + 1  # every path lies under root (their common folder)
         records = []
-        for (dataset_id, subject, session, iqs, subject_info, image, _, _), paths in self._entries():
+        for dataset_id, subject, session, iqs, subject_info, image, files in self._listing:
             image_info = image.get("image_info") or {}
             modality, derived = _text(image.get("modality")), _text(image_info.get("derived_from"))
-            rel = [Path(p).relative_to(self.root).as_posix() if p else "" for p in paths]
+            rel = [p[cut:] if p else "" for p in files]
             extra = {**{k: _text(v) for k, v in subject_info.items()},
                      **{k: _text(v) for k, v in image_info.items() if k != "derived_from"}}
             records.append(ImageRecord(
