@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy.ndimage import binary_fill_holes
 
 from openmind_prep.store.schema import MASK_NAMES
 from openmind_prep.preprocess.nifti_check import itk_pixels, read_voxels
 from openmind_prep.core.paths import InputError
-from openmind_prep.preprocess.resample import resample_image, resample_mask
+from openmind_prep.preprocess.resample import resample_image, resample_labels, resample_mask
 
 __all__ = ["InputError", "ImageProps", "CropBox", "PreprocessedCase", "MASK_NAMES",
            "read_image", "read_mask", "read_label", "nonzero_box", "new_shape_for", "preprocess_array",
@@ -195,15 +196,16 @@ def read_label(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.nd
 
 
 def preprocess_label(label: np.ndarray, label_props: ImageProps, image_props: ImageProps, crop: CropBox,
-                     new_shape: tuple[int, int, int], *, source: str | Path = "<label>",
-                     target_spacing: float = 1.0) -> np.ndarray:
+                     new_shape: tuple[int, int, int], *, inside: np.ndarray | None = None,
+                     source: str | Path = "<label>", target_spacing: float = 1.0) -> np.ndarray:
     """Check a label map against its image (shape, spacing and direction must match, else
     :class:`InputError` naming ``source``), crop it with the image's box and resample it as nnU-Net v2
-    resamples segmentations (:func:`~openmind_prep.preprocess.resample.resample_mask` on the image's
+    resamples segmentations (:func:`~openmind_prep.preprocess.resample.resample_labels` on the image's
     spacing); the dtype is kept.
 
-    nnU-Net also writes -1 into the label outside the image's nonzero region before resampling and maps
-    it back to 0 for training; labels >= 0 come out the same either way, so we store 0 there.
+    ``inside``: the image's nonzero region inside the crop, holes filled (nnU-Net's ``crop_to_nonzero``).
+    As nnU-Net, background outside it is the label -1 while resampling (so the background there and the
+    background inside compete as two labels) and 0 afterwards, as nnU-Net's training reads it.
 
     >>> p = ImageProps((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (6, 8, 8))
     >>> m = np.zeros((6, 8, 8), np.int16); m[2:4, 3:5, 3:5] = 300
@@ -216,8 +218,17 @@ def preprocess_label(label: np.ndarray, label_props: ImageProps, image_props: Im
         if len(mine) != len(theirs) or not np.allclose(mine, theirs, rtol=1e-4, atol=1e-4):
             raise InputError(source, f"label map {what} {tuple(mine)} differs from its image's {tuple(theirs)}")
     cropped = np.ascontiguousarray(label[crop.slices()])
-    return resample_mask(cropped, new_shape, image_props.spacing, (float(target_spacing),) * 3,
-                         precision=torch.float64)  # nnU-Net's float64: the same labels at near-ties
+    if inside is not None:
+        outside = (cropped == 0) & ~inside
+        if outside.any():
+            cropped = cropped.astype(np.int16 if cropped.dtype == np.uint8 else cropped.dtype)
+            cropped[outside] = -1
+    out = resample_labels(cropped, new_shape, image_props.spacing, (float(target_spacing),) * 3)
+    if out.dtype != label.dtype:
+        out = np.maximum(out, 0).astype(label.dtype)
+    elif inside is not None:
+        out[out < 0] = 0
+    return out
 
 
 def nonzero_box(data: np.ndarray) -> CropBox:
@@ -360,8 +371,9 @@ def preprocess_case(image_path: str | Path, masks: Mapping[str, str | Path | Non
     out_label = None
     if label is not None and str(label) != "":
         label_data, label_props = read_label(label, max_bytes=max_bytes)
-        out_label = preprocess_label(label_data, label_props, props, box, image.shape, source=label,
-                                     target_spacing=target_spacing)
+        inside = binary_fill_holes(data[box.slices()] != 0)  # nnU-Net's nonzero mask (the box's crop of it)
+        out_label = preprocess_label(label_data, label_props, props, box, image.shape, inside=inside,
+                                     source=label, target_spacing=target_spacing)
     return PreprocessedCase(image=to_dtype(image, dtype, source=image_path), masks=out_masks, props=props,
                             crop_bbox=box, shape_before_crop=props.shape,
                             new_shape=tuple(image.shape), label=out_label)  # type: ignore[arg-type]

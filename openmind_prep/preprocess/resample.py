@@ -4,8 +4,11 @@ nnU-Net v2 resamples an image with ``resample_data_or_seg_to_shape(..., is_seg=F
 order_z=0, force_separate_z=None)``: skimage ``resize`` (cubic B-spline, ``grid_mode``, edge mode,
 no anti-aliasing, output clipped to the input's range), or, for anisotropic volumes, a per-slice
 in-plane resize followed by nearest-neighbour along the low-resolution axis ("separate z").
-Masks and label maps take the same route with order 1 per label (``resize_segmentation``: label
-``c`` wherever the resampled indicator of ``c`` is >= 0.5, in ascending label order).
+Masks take the same route with order 1 per label as nnssl's nnU-Net did (label ``c`` wherever the
+resampled indicator of ``c`` is >= 0.5, in ascending label order: :func:`resample_mask`). Label maps
+(segmentations) follow today's nnU-Net v2 (batchgenerators >= 0.25.5 ``resize_segmentation``): the
+label with the largest resampled indicator, exact ties to the nearest neighbour's label
+(:func:`resample_labels`).
 
 A spline resize of a regular grid is linear and separable: it equals ``M_z ⊗ M_y ⊗ M_x`` with one
 small ``n_out × n_in`` matrix per axis. We build each matrix exactly, by pushing the identity's
@@ -30,7 +33,7 @@ _TOL = 1e-10  # matrix entries below this (relative to 1) are treated as zero
 _BLOCK = {1: 16, 3: 48}
 
 __all__ = ["ANISO_THRESHOLD", "axis_matrix", "nearest_indices", "separate_z_axis",
-           "resample_image", "resample_mask", "LABEL_DTYPES"]
+           "resample_image", "resample_mask", "resample_labels", "LABEL_DTYPES"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -145,60 +148,100 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], spacing: Sequence
     return y.contiguous().numpy()
 
 
-#: Label dtypes :func:`resample_mask` takes (the integer dtypes torch holds).
-LABEL_DTYPES = (np.uint8, np.int8, np.int16, np.int32, np.int64)
-
-
 def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[float],
-                  new_spacing: Sequence[float], *, precision: torch.dtype = torch.float32) -> np.ndarray:
-    """Resample a label volume (a uint8 mask or an integer label map) as nnU-Net v2 does for
-    segmentations (``is_seg=True``, order 1, order_z 0); the output keeps ``mask``'s dtype.
+                  new_spacing: Sequence[float]) -> np.ndarray:
+    """Resample a uint8 label volume as nnU-Net v2 does for segmentations (order 1 per label).
 
-    In ascending label order each label ``c`` is written where the order-1 resampled indicator
-    ``mask == c`` is >= 0.5 (later labels win; the smallest label is the output's initial value when it
-    is 0, so it is not resampled); with a unique low-res axis (separate z) in-plane first, then
-    nearest-neighbour along that axis.
-
-    ``precision``: the dtype the indicators are resampled in. nnU-Net resamples in float64; float32
-    (the masks': half the memory traffic) differs from it only where an indicator lies within ~1e-7
-    of 0.5 (a few voxels in 10^5), float64 (the label maps') only at exact ties.
+    Each label ``c > 0`` (ascending, later labels win) is set where the order-1 resampled
+    indicator ``mask == c`` is >= 0.5; with a unique low-res axis (separate z) in-plane first,
+    then nearest-neighbour along that axis.
 
     >>> m = np.zeros((4, 4, 4), np.uint8); m[1:3, 1:3, 1:3] = 1
     >>> int(resample_mask(m, (8, 8, 8), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0)).sum())  # corners: 0.75**3 < 0.5
     56
-    >>> resample_mask(m.astype(np.int16) * 300, (8, 8, 8), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0)).max()
-    np.int16(300)
     """
     new_shape = tuple(int(n) for n in new_shape)
     if mask.ndim != 3 or len(new_shape) != 3:
         raise ValueError(f"expected a 3-D mask and a 3-D shape, got {mask.shape} -> {new_shape}")
-    if mask.dtype not in LABEL_DTYPES:
-        raise ValueError(f"mask must be an integer label volume ({', '.join(np.dtype(d).name for d in LABEL_DTYPES)}), "
-                         f"got {mask.dtype}")
+    if mask.dtype != np.uint8:
+        raise ValueError(f"mask must be uint8, got {mask.dtype}")
     if tuple(mask.shape) == new_shape:
         return mask
     z, in_plane = _plan(spacing, new_spacing)
     mid_shape = tuple(mask.shape[ax] if ax == z else new_shape[ax] for ax in range(3))
     src = torch.from_numpy(np.ascontiguousarray(mask))
-    if mask.dtype == np.uint8:  # labels present, without a sort: 0 is the output's initial value
-        counts = torch.bincount(src.reshape(-1), minlength=256)
-        labels = torch.nonzero(counts[1:]).flatten().add(1).tolist()
-    else:
-        labels = torch.unique(src).tolist()  # sorted
-        labels = labels[1:] if labels and labels[0] == 0 else labels
+    counts = torch.bincount(src.reshape(-1), minlength=256)  # labels present, without np.unique's sort
+    labels = torch.nonzero(counts[1:]).flatten().add(1).tolist()  # 0: the output's initial value
     out = None
     for label in labels:
         # a 0/1 mask is its own indicator: one cast instead of a comparison and a cast
-        hot = src.to(precision) if labels == [1] else (src == label).to(precision)
+        hot = src.to(torch.float32) if labels == [1] else (src == label).to(torch.float32)
         keep = _resize(hot, new_shape, in_plane, order=1) >= 0.5
-        if out is None and mask.dtype == np.uint8:  # the first label: the bool result is the 0/1 output
+        if out is None:  # the first label: the bool result is the uint8 0/1 output, no zero fill
             out = keep.view(torch.uint8) if label == 1 else keep.view(torch.uint8).mul_(label)
-            continue
-        if out is None:
-            out = torch.zeros(mid_shape, dtype=src.dtype)
-        out.masked_fill_(keep, label)
+        else:
+            out.masked_fill_(keep, label)
     if out is None:
-        out = torch.zeros(mid_shape, dtype=src.dtype)
+        out = torch.zeros(mid_shape, dtype=torch.uint8)
     if z is not None and mask.shape[z] != new_shape[z]:
         out = out.index_select(z, torch.from_numpy(nearest_indices(mask.shape[z], new_shape[z])))
+    return out.contiguous().numpy()
+
+
+#: Label dtypes :func:`resample_labels` takes (the integer dtypes torch holds).
+LABEL_DTYPES = (np.uint8, np.int8, np.int16, np.int32, np.int64)
+#: Scores this close are a tie (nnU-Net compares float64 sums for equality; ours are summed in
+#: another order, so an exact tie there may differ here by a few ulp).
+TIE = 1e-9
+
+
+def resample_labels(labels: np.ndarray, new_shape: Sequence[int], spacing: Sequence[float],
+                    new_spacing: Sequence[float]) -> np.ndarray:
+    """Resample a label map as nnU-Net v2 resamples segmentations (``is_seg=True``, order 1, order_z 0;
+    batchgenerators' ``resize_segmentation`` with ``seg_tiebreak='nearest'``); the dtype is kept.
+
+    Every label's indicator is resampled linearly in float64; each voxel takes the label with the largest
+    value. Where the largest is shared (within :data:`TIE`: a point midway between two labels), the
+    nearest neighbour's label wins if it is among the tied ones, else the smallest of them. With a
+    unique low-res axis (separate z) in-plane first, then nearest-neighbour along that axis.
+
+    >>> m = np.zeros((4, 4, 4), np.int16); m[1:3, 1:3, 1:3] = 300
+    >>> out = resample_labels(m, (8, 8, 8), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0))
+    >>> out.dtype, int((out == 300).sum())  # corners: 0.75**3 of 300 against 0.58 of 0
+    (dtype('int16'), 56)
+    >>> resample_labels(np.array([[[0, 0, 1, 1, 2, 2]]], np.uint8), (1, 1, 3), (1, 1, 1), (1, 1, 2)).tolist()
+    [[[0, 1, 2]]]
+    """
+    new_shape = tuple(int(n) for n in new_shape)
+    if labels.ndim != 3 or len(new_shape) != 3:
+        raise ValueError(f"expected a 3-D label map and a 3-D shape, got {labels.shape} -> {new_shape}")
+    if labels.dtype not in LABEL_DTYPES:
+        raise ValueError(f"labels must be integers ({', '.join(np.dtype(d).name for d in LABEL_DTYPES)}), "
+                         f"got {labels.dtype}")
+    if tuple(labels.shape) == new_shape:
+        return labels
+    z, in_plane = _plan(spacing, new_spacing)
+    src = torch.from_numpy(np.ascontiguousarray(labels))
+    values = torch.unique(src)  # sorted: ties without the nearest label go to the smallest
+    near = src  # the nearest neighbour (order 0) on the in-plane grid, as an index into values
+    for ax in in_plane:
+        if src.shape[ax] != new_shape[ax]:
+            near = near.index_select(ax, torch.from_numpy(nearest_indices(src.shape[ax], new_shape[ax])))
+    near = torch.searchsorted(values, near.contiguous())
+    win = torch.zeros_like(near)
+    best = nn_top = None
+    for i, value in enumerate(values.tolist()):
+        score = _resize((src == value).to(torch.float64), new_shape, in_plane, order=1)
+        is_nn = near == i
+        if best is None:  # the first label leads everywhere until another beats it
+            best, nn_top = score, is_nn & (score > 0)
+            continue
+        nn_top |= is_nn & ((score - best).abs() <= TIE) & (score > 0)  # the nearest label draws level
+        better = score > best + TIE
+        nn_top = torch.where(better, is_nn, nn_top)  # a new leader: the nearest label leads iff it is it
+        win.masked_fill_(better, i)
+        best = torch.maximum(best, score)
+    out = values[torch.where(nn_top, near, win)] if nn_top is not None else values[near]
+    if z is not None and labels.shape[z] != new_shape[z]:
+        out = out.index_select(z, torch.from_numpy(nearest_indices(labels.shape[z], new_shape[z])))
     return out.contiguous().numpy()
