@@ -17,6 +17,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -209,7 +210,8 @@ def test_an_nnunet_raw_dataset_gives_one_record_per_channel_with_its_label(ran, 
     rows, ref = _rows(work / "toy.zarr"), _rows(train_store)
     assert sorted(rows) == sorted(records) and all(r["status"] == "ok" for r in rows.values())
     assert rows["imagesTr/case01_0001.nii.gz"]["checksum"] == ref[T1]["checksum"]
-    assert rows["imagesTr/case01_0000.nii.gz"]["label_checksum"] == ref[T1]["anat_mask_checksum"]  # fb mask as labels
+    label = Store(work / "toy.zarr").array(rows["imagesTr/case01_0000.nii.gz"]["label_zarr_path"])[...]
+    assert sorted(np.unique(label).tolist()) == [0, 1]  # the fb mask as a label map, beside its image
     assert rows["imagesTs/case02_0000.nii.gz"]["label_zarr_path"] == ""
     assert rows["imagesTr/case01_0000.nii.gz"]["dataset"] == "Dataset002_Toy"
     _verify(work / "toy.zarr")
