@@ -73,6 +73,21 @@ def test_a_refused_endpoint_is_one_line_naming_it_and_hf_endpoint(tmp_path, monk
                                                    "and the network")
 
 
+def test_a_name_that_does_not_resolve_is_one_line(tmp_path, monkeypatch):  # DNS failure, without a network
+    import socket
+
+    def no_such_name(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    retry.ANSWERED.clear()
+    monkeypatch.setattr(retry, "UNREACHED_BUDGET_S", 2.5)
+    result = _invoke(["download", "--endpoint", "http://hub.invalid", "--out", str(tmp_path / "raw")])
+    assert result.exit_code == 1 and result.output.splitlines()[-1].startswith(
+        "Error: AnonRes/OpenMind@main: cannot reach the hub at http://hub.invalid (ConnectError: "), result.output
+    assert "Name or service not known" in result.output.splitlines()[-1]
+
+
 def test_a_silent_endpoint_gives_up_within_the_first_contact_budget(hub, tmp_path, monkeypatch):
     hub.faults.hang["info"] = -1  # accepts, never answers
     retry.ANSWERED.clear()
