@@ -257,3 +257,37 @@ def test_a_store_written_before_labels_still_opens(labelled, tmp_path):
     write_fragment(old, [empty_row("another.nii.gz")])
     assert Store(old).merge().schema.equals(SCHEMA)
     assert pa.types.is_string(pq.read_schema(old / MANIFEST_FILE).field("label_zarr_path").type)
+
+
+def test_the_labelled_data_commands_in_the_docs_run(tmp_path, monkeypatch, capsys):
+    """docs/finetune.md "Labelled data": its commands on the dataset they name, then its Python."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from openmind_prep.cli import main
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "finetune.md").read_text()
+    section = text.split("\n## Labelled data\n", 1)[1].split("\n## ", 1)[0]
+    blocks = {lang: [] for lang in ("bash", "text", "python")}
+    for lang, code in re.findall(r"```(\w+)\n(.*?)```", section, re.S):
+        blocks[lang].append(code)
+    build_nnunet_raw(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    commands = [line for line in blocks["bash"][0].splitlines() if line.strip()]
+    assert [shlex.split(c)[:2] for c in commands] == [["openmind-prep", w] for w in ("preprocess", "verify", "shard")]
+    for command in commands:
+        args = shlex.split(command)[1:]
+        args += ["--workers", "1", "--threads-only"] if args[0] == "preprocess" else []
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, (command, result.output)
+    (tmp_path / "grades.csv").write_text(blocks["text"][0])
+    exec(compile(blocks["python"][0], "finetune.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2].startswith("imagesTr/mni_15mm_0000 (1, ") and printed[-2].endswith(") torch.uint8")
+    assert printed[-1] == "{'imagesTr/mni_15mm_0000': 0, 'imagesTr/mni_flip_0000': 1, 'imagesTr/mni_iso_0000': 1} " \
+                          "['high', 'low']"
+    assert Store.open(tmp_path / "labelled.zarr").ok_rows()[0]["label_zarr_path"]
+    assert (tmp_path / "labelled-wds" / "index.json").is_file()
