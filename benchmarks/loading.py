@@ -4,7 +4,11 @@ The same real volumes (the embedded default, preprocessed by ``openmind_prep.pre
 stored three ways:
 
 * ours, Zarr: float16, 64³ chunks in one shard per array, as ``openmind_prep.store.store`` writes it
-  (codec printed at the start); ``ZarrVolumeDataset`` re-opens the array for every read;
+  (codec printed at the start); ``ZarrVolumeDataset`` re-opens the array for every read. It checks
+  an image's checksum the first time the process reads it (the whole image decoded and hashed once,
+  the region cut from that decode); three rows measure that: the default (``verify=True``, checks
+  amortised over the run's reads as in training), ``verify=False`` (no checksum), and every read a
+  first read (the worst case: a fresh process per read);
 * ours, WebDataset: the same arrays inside tar shards (``zshard``); ``WebDatasetStream`` reads
   each sample from the tar and decodes only the region's chunks;
 * reference (nnssl): the float32 store of the same preprocessing, written like nnssl's
@@ -152,17 +156,20 @@ def main() -> None:
           "the volume")
 
     rng = np.random.default_rng(0)
-    ds = ZarrVolumeDataset(store16, masks=False)
+    ds = ZarrVolumeDataset(store16, masks=False)  # verify=True: the default
+    unverified = ZarrVolumeDataset(store16, masks=False, verify=False)
 
     def region(shape, size):
         starts = [int(rng.integers(0, max(n - size, 0) + 1)) for n in shape]
         return tuple(slice(a, min(a + size, n)) for a, n in zip(starts, shape))
 
-    def ours_zarr(size):
+    def ours_zarr(size, dataset=ds, first_reads=False):
         def read(i):
-            ds._open.clear()  # cold: open the array per read, like the reference opens its file
-            k = i % len(ds)
-            return ds[k, region(ds.shape(k), size)]
+            dataset._open.clear()  # cold: open the array per read, like the reference opens its file
+            if first_reads:
+                dataset._verified.clear()  # as in a fresh process: check the checksum again
+            k = i % len(dataset)
+            return dataset[k, region(dataset.shape(k), size)]
         return read
 
     def zarr_library(i):  # the same store read through the zarr library itself (for comparison)
@@ -190,6 +197,8 @@ def main() -> None:
     ref_name = f"reference (blosc2 f32, {REF_REGION}³)"
     results = timed({ref_name: reference,
                      f"ours Zarr ({CVA_REGION}³ pair region)": ours_zarr(CVA_REGION),
+                     f"ours Zarr ({CVA_REGION}³) verify=False": ours_zarr(CVA_REGION, unverified),
+                     f"ours Zarr ({CVA_REGION}³) every read a first": ours_zarr(CVA_REGION, ds, True),
                      f"ours WebDataset ({CVA_REGION}³ pair region)": ours_wds(CVA_REGION),
                      f"ours Zarr ({PATCH}³ one view)": ours_zarr(PATCH),
                      f"ours WebDataset ({PATCH}³ one view)": ours_wds(PATCH),
@@ -213,9 +222,9 @@ def main() -> None:
     wds_bytes = index["bytes"] / index["samples"]  # whole tar incl. masks and json
     wds_image = zarr_each + 512  # the zshard member: the same files plus a small header
     ref_cpu = results[ref_name][0]
-    print(f"\n{'method':42s} {'samples/CPU-s':>14s} {'samples/s':>10s} {'vs ref/core':>12s}")
+    print(f"\n{'method':44s} {'samples/CPU-s':>14s} {'samples/s':>10s} {'vs ref/core':>12s}")
     for name, (per_cpu, per_wall) in results.items():
-        print(f"{name:42s} {per_cpu:14.1f} {per_wall:10.1f} {per_cpu / ref_cpu:11.2f}x")
+        print(f"{name:44s} {per_cpu:14.1f} {per_wall:10.1f} {per_cpu / ref_cpu:11.2f}x")
     print(f"\nbytes per volume (image): reference {ref_each.mean() / 1e6:.2f} MB, ours Zarr {zarr_each.mean() / 1e6:.2f} MB "
           f"({zarr_each.mean() / ref_each.mean():.2f}x; per volume {(zarr_each / ref_each).min():.2f}-"
           f"{(zarr_each / ref_each).max():.2f}x), WebDataset image member ≈ {wds_image.mean() / 1e6:.2f} MB "

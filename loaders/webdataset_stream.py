@@ -45,6 +45,7 @@ from webdataset.utils import make_seed
 from loaders.ranks import node_rank, worker_rank
 from loaders.regions import random_region, read_sample
 from openmind_prep.store.schema import IMAGE, LABEL, MASK_NAMES
+from openmind_prep.store.zarr_write import array_checksum
 from openmind_prep.shards.zshard import EXTENSION, check_member_name, decode_array, untar_key
 
 _TAR_BUFSIZE = 1 << 20  # tarfile's stream default (10 KiB) splits a volume into hundreds of reads + a join
@@ -209,14 +210,42 @@ def _map_file(stream: Any) -> memoryview | None:
         return None
 
 
+def _index_checksums(records: dict[str, dict] | None, url: str) -> dict[str, dict]:
+    """``key → {array: checksum}`` of one shard from the index (empty when the index has none)."""
+    record = (records or {}).get(url) or {}
+    keys, sums = record.get("keys") or [], record.get("checksums") or []
+    return {k: c for k, c in zip(keys, sums) if isinstance(c, dict)} if len(keys) == len(sums) else {}
+
+
+def _checked(arrays: dict[str, Any], meta: dict, expected: dict[str, str] | None, what: str) -> dict[str, Any]:
+    """``arrays`` after the sample's checks: each shape as its manifest row says; with ``expected`` (the
+    index's checksums, ``verify``), each array decoded whole and equal to its checksum (the decoded
+    arrays are returned, to cut the region from)."""
+    shape = tuple(int(n) for n in meta.get("shape") or ())
+    for name, array in arrays.items():
+        if shape and tuple(array.shape) != shape:
+            raise ValueError(f"{what}.{name}: shape {tuple(array.shape)}, its manifest row says {shape}")
+    if expected is None:
+        return arrays
+    decoded = {name: array[...] for name, array in arrays.items()}
+    for name, values in decoded.items():
+        actual = array_checksum(values)
+        if actual != expected.get(name):
+            raise ValueError(f"{what}.{name}: checksum {actual} != index {expected.get(name)}")
+    return decoded
+
+
 def decode_samples(raw: Iterable[dict[str, Any]], *, region_size: int | Sequence[int] | None = None,
                    rng: np.random.Generator | None = None, skip_corrupt: bool = False,
-                   masks: bool = True, labels: bool = True) -> Iterator[dict]:
+                   masks: bool = True, labels: bool = True, records: dict[str, dict] | None = None,
+                   verify: bool = False) -> Iterator[dict]:
     """Grouped samples → sample dicts (see :mod:`loaders.zarr_dataset`), optionally a random region.
 
     Only the chunks inside the region are decompressed (:mod:`openmind_prep.store.region_read`, straight
     from the member's bytes); ``masks=False`` / ``labels=False`` leave the masks / the label map
-    undecoded (``None`` in the dict).
+    undecoded (``None`` in the dict). Each array's shape must be its manifest row's; with ``verify``,
+    each array is decoded whole and compared with the checksum the index (``records``) holds for that
+    sample (a sample the index has no checksum for is refused).
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     names = [IMAGE, *(MASK_NAMES if masks else ()), *((LABEL,) if labels else ())]
@@ -230,6 +259,13 @@ def decode_samples(raw: Iterable[dict[str, Any]], *, region_size: int | Sequence
             meta = json.loads(sample["json"])
             arrays = {name: decode_array(sample[f"{name}.{EXTENSION}"], f"{url}:{key}.{name}.{EXTENSION}")
                       for name in names if f"{name}.{EXTENSION}" in sample}
+            expected = None
+            if verify:
+                expected = _index_checksums(records, url).get(key)
+                if expected is None:
+                    raise ValueError("the index records no checksum for it (shards written before shards knew "
+                                     "their store: run openmind-prep shard again)")
+            arrays = _checked(arrays, meta, expected, f"{url}:{key}")
             region = None if region_size is None else random_region(arrays["image"].shape, region_size, rng)
             yield read_sample(key, arrays, region, meta)
         except Exception as err:  # damaged blob or chunk: name shard and sample
@@ -252,7 +288,8 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
             ``samples_per_worker`` to end an epoch.
         rank, world_size, worker, num_workers: explicit split (default: webdataset's lookup).
         skip_corrupt: warn and skip a damaged shard / sample instead of raising.
-        verify: check each shard's sha256 against the index before use (buffers one shard).
+        verify: check each shard's sha256 and each sample's checksums against the index before use
+            (buffers one shard, decodes every sample whole).
         masks: also decode ``anon_mask`` / ``anat_mask`` where a sample has them.
         labels: also decode the ``label`` map where a sample has one.
 
@@ -314,7 +351,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
             partial(tar_members, records=self.records, skip_corrupt=self.skip_corrupt),
             group_by_keys, shuffle,
             partial(decode_samples, region_size=self.region_size, rng=rng, skip_corrupt=self.skip_corrupt,
-                    masks=self.masks, labels=self.labels))
+                    masks=self.masks, labels=self.labels, records=self.records, verify=self.verify))
 
     def __iter__(self) -> Iterator[dict]:
         return islice(self.pipeline(), self.samples_per_worker)

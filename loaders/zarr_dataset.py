@@ -15,6 +15,15 @@ one blosc thread, no event loop). The dataset is fork-safe: the parent process o
 manifest (pyarrow); arrays are opened lazily inside each worker process and re-opened after a
 fork, and the reader starts no threads. Tensors leave DataLoader workers through shared memory,
 not pickled NumPy arrays.
+
+Damaged images are never returned (:mod:`openmind_prep.store.integrity`): rows without an array path
+or checksum are refused when the dataset is built; an array whose folder holds a FIFO or a device,
+whose path is not the image's own or whose ``zarr.json`` shape differs from the manifest's is refused
+when it is opened; and (``verify=True``, the default) the first time a process reads an image, the
+whole image is decoded and compared with its manifest checksum (the region is then cut from that
+decode). Each raises :class:`~openmind_prep.store.integrity.DamagedImage` (a ``ValueError``, one line
+naming the array and the image): training stops with that line (``python -m trainers.cva``, exit 1).
+``verify=False`` skips only the checksum (for a store verified just before, or to measure the reader).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import torch
 
 from loaders.ranks import node_rank
 from loaders.regions import Region, random_region, read_sample
-from openmind_prep.store.schema import ARRAY_COLUMNS, IMAGE, LABEL, MASK_NAMES, row_key
+from openmind_prep.store.schema import IMAGE, LABEL, MASK_NAMES, row_key
 
 if TYPE_CHECKING:
     from openmind_prep.store.store import Store
@@ -45,25 +54,30 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
         keys: only these image group keys (default: all ``ok`` rows, manifest order).
         masks: also read ``anon_mask`` / ``anat_mask`` where the image has them.
         labels: also read the ``label`` map where the image has one.
+        verify: check each image's checksum the first time this process reads it (see above).
 
     >>> import tempfile
     >>> from openmind_prep.store import manifest; from openmind_prep.store.store import Store
     >>> s = Store.create(Path(tempfile.mkdtemp()) / "s").root
     >>> c = Store(s).write_case("ds1/a", {"image": np.arange(1000, dtype=np.float16).reshape(10, 10, 10)}, {})
     >>> _ = manifest.write_fragment(s, [{**manifest.empty_row("ds1/a.nii.gz"), "status": "ok",
-    ...     "zarr_path": "ds1/a/image", "shape": [10, 10, 10]}])
+    ...     "shape": [10, 10, 10], **c.columns()}])
     >>> ds = ZarrVolumeDataset(s)
     >>> len(ds), ds[0]["image"].shape, ds[0, (slice(2, 4),) * 3]["image"].shape
     (1, torch.Size([1, 10, 10, 10]), torch.Size([1, 2, 2, 2]))
     """
 
     def __init__(self, store: str | Path | Store, keys: Sequence[str] | None = None, *, masks: bool = True,
-                 labels: bool = True) -> None:
+                 labels: bool = True, verify: bool = True) -> None:
+        from openmind_prep.store.integrity import DamagedImage, usable_rows
         from openmind_prep.store.store import Store
 
         self._store = Store.open(store)
         self.store = self._store.root
-        rows = self._store.ok_rows()
+        rows, problems = usable_rows(self._store.ok_rows())
+        if problems:
+            more = f" (and {len(problems) - 1} more rows)" if len(problems) > 1 else ""
+            raise DamagedImage(f"{self._store.root / 'manifest.parquet'}: {problems[0]}{more}")
         by_key = {row_key(r): r for r in rows}
         if keys is not None:
             missing = [k for k in keys if k not in by_key]
@@ -71,10 +85,11 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
                 raise KeyError(f"{self.store}: no 'ok' image with key(s) {missing[:5]}")
         self.keys = list(by_key) if keys is None else list(keys)
         self.rows = [by_key[k] for k in self.keys]
-        self.masks, self.labels = masks, labels
+        self.masks, self.labels, self.verify = masks, labels, verify
         self._names = [IMAGE, *(MASK_NAMES if masks else ()), *((LABEL,) if labels else ())]
         self._pid: int | None = None
         self._open: dict[int, dict[str, Any]] = {}
+        self._verified: set[int] = set()  # images whose checksum this process has checked
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -84,21 +99,22 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
         return tuple(int(n) for n in self.rows[index]["shape"])
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pid": None, "_open": {}}  # never ship open arrays to workers
+        # never ship open arrays to workers; each process checks the images it reads itself
+        return {**self.__dict__, "_pid": None, "_open": {}, "_verified": set()}
 
     def _arrays(self, index: int) -> dict[str, Any]:
-        from openmind_prep.store.region_read import open_array
+        from openmind_prep.store.integrity import check_checksums, open_image
 
         if self._pid != os.getpid():  # first use in this process (or after a fork)
-            self._pid, self._open = os.getpid(), {}
+            self._pid, self._open, self._verified = os.getpid(), {}, set()
         if index not in self._open:
             if len(self._open) >= _CACHE_SIZE:
                 self._open.pop(next(iter(self._open)))
-            row, arrays = self.rows[index], {}
-            for name in self._names:
-                if row.get(ARRAY_COLUMNS[name]):
-                    arrays[name] = open_array(self._store.path(row[ARRAY_COLUMNS[name]]))  # confined
-            self._open[index] = arrays
+            self._open[index] = open_image(self._store, self.rows[index], self._names)  # confined, shapes checked
+        if self.verify and index not in self._verified:  # the first read here: whole arrays, checksummed
+            decoded = check_checksums(self._store, self.rows[index], self._open[index])
+            self._verified.add(index)
+            return decoded
         return self._open[index]
 
     def read(self, index: int, region: Region | None = None) -> dict:

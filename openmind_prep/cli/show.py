@@ -7,15 +7,17 @@ from pathlib import Path
 import click
 
 
-def _find_image(store, image: str) -> str:
-    """The group key of IMAGE among the ``ok`` images of ``store`` (a :class:`~openmind_prep.store.store.Store`;
+def _find_image(store, image: str) -> dict:
+    """The manifest row of IMAGE among the ``ok`` images of ``store`` (a :class:`~openmind_prep.store.store.Store`;
     IMAGE: a key, a CSV image_path or a raw-tree path)."""
+    from openmind_prep.store.integrity import usable_rows
     from openmind_prep.store.schema import row_key
     from openmind_prep.reports.show import find_image_key
 
-    keys = [row_key(r) for r in store.ok_rows()]
+    rows, _ = usable_rows(store.ok_rows())  # a row without its paths is not an image to show
+    by_key = {row_key(r): r for r in rows}
     try:
-        return find_image_key(keys, image)
+        return by_key[find_image_key(list(by_key), image)]
     except ValueError as e:
         raise click.BadParameter(f"{store.root}: {e}", param_hint="IMAGE") from e
 
@@ -32,13 +34,14 @@ def show_command(store: Path, image: str, out: Path, masks: bool) -> None:
     path copied from the raw tree (``RAW/OpenMind/ds.../x.nii.gz``); a miss lists close names.
     """
     from openmind_prep.reports.show import render_volume
-    from openmind_prep.store.schema import MASK_NAMES
+    from openmind_prep.store.integrity import read_verified
+    from openmind_prep.store.schema import ARRAYS, row_key
     from openmind_prep.store.store import Store
 
     store = Store(store)
-    key = _find_image(store, image)
-    arr = store.array(f"{key}/image")
-    mask_arrays = {m: store.array(f"{key}/{m}")[...] for m in MASK_NAMES if masks and store.has(f"{key}/{m}")}
-    title = f"{key}  shape {tuple(arr.shape)}  {arr.dtype}"
-    render_volume(arr[...], out, title=title, masks=mask_arrays)
+    row = _find_image(store, image)
+    arrays = read_verified(store, row, ARRAYS if masks else ARRAYS[:1])  # a damaged image is refused, not drawn
+    volume, key = arrays.pop("image"), row_key(row)
+    title = f"{key}  shape {tuple(volume.shape)}  {volume.dtype}"
+    render_volume(volume, out, title=title, masks=arrays)
     click.echo(f"wrote {out}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -22,6 +23,28 @@ from typing import Any, Callable, Iterator
 
 def _temp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # unique: concurrent writers
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def remove_temps(folder: Path, pattern: str = "*") -> list[Path]:
+    """Remove the temp files a killed writer left in ``folder`` (SIGKILL or power loss skip
+    :func:`writing`'s clean-up), for targets whose name matches the glob ``pattern``; returns them.
+    Call it only where no other writer can be writing: under the folder's run lock
+    (:mod:`openmind_prep.core.runlock`), or alone. Links and folders are never removed.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / ".a.tar.0123abcd.tmp").write_text("half"); _ = (d / "b.tar").write_text("")
+    >>> [p.name for p in remove_temps(d, "*.tar")], sorted(p.name for p in d.iterdir())
+    (['.a.tar.0123abcd.tmp'], ['b.tar'])
+    """
+    removed = []
+    for tmp in Path(folder).glob(f".{pattern}.*.tmp"):
+        if _TEMP_NAME.fullmatch(tmp.name) and not tmp.is_symlink() and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _fsync(path: Path) -> None:

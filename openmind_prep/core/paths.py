@@ -6,6 +6,8 @@ checked here before it is opened: it must stay under the folder it is taken from
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 
@@ -65,3 +67,31 @@ def source_path(images: Path, rel: str) -> Path:
     if not real.is_relative_to(Path(images).resolve()):
         raise InputError(path, f"resolves outside the source tree (symlink to {real}); refused")
     return path
+
+
+def special_file(mode: int) -> str:
+    """What a ``stat`` mode is when it is neither a regular file nor a folder ('' when it is one of those):
+    the one test for "never open it" (a FIFO blocks a reader forever, a device may have side effects).
+
+    >>> special_file(os.stat("/").st_mode), special_file(stat.S_IFIFO | 0o644), special_file(stat.S_IFCHR)
+    ('', 'a FIFO', 'a device')
+    """
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
+        "a special file"
+
+
+def not_a_regular_file(path: Path) -> str:
+    """Why ``path`` is not a regular file to read ('' when it is; ``FileNotFoundError`` when it is missing),
+    found with ``stat`` alone, so a FIFO or a device is never opened.
+
+    >>> not_a_regular_file(Path("/"))
+    'not a regular file (a directory)'
+    """
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return ""
+    return f"not a regular file ({special_file(mode) or 'a directory'})"

@@ -156,18 +156,14 @@ def _not_a_file(path: Path, listed_in: str = "the source") -> str:
     >>> _not_a_file(Path("/no/such/file.nii.gz"), "list.csv"), _not_a_file(Path("/"))
     ('listed in list.csv but not found', 'not a regular file (a directory)')
     """
-    import stat
+    from openmind_prep.core.paths import not_a_regular_file
 
     try:
-        mode = path.stat().st_mode
+        return not_a_regular_file(path)
     except FileNotFoundError:
         return f"listed in {listed_in} but not found"
     except OSError as e:
         return f"cannot read it: {e.strerror or e}"
-    if stat.S_ISREG(mode):
-        return ""
-    kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a special file"
-    return f"not a regular file ({kind})"
 
 
 def _delete_raw(work: Path, item: Item) -> None:

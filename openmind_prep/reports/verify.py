@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from openmind_prep.store.schema import ARRAY_COLUMNS, CHECKSUM_COLUMNS, IMAGE
-from openmind_prep.store.store import Store, StoreError, array_checksum, as_store
+from openmind_prep.store.integrity import read_verified
+from openmind_prep.store.store import Store, StoreError, as_store
 
 
 def verify_store(store, *, progress: bool = False) -> list[str]:
-    """Problems found in ``store`` (a :class:`~openmind_prep.store.store.Store` or its path): empty when
-    every ``ok`` row's arrays lie inside the store and decode to their checksums.
+    """Problems found in ``store`` (a :class:`~openmind_prep.store.store.Store` or its path), one line per
+    damaged image: empty when every ``ok`` row passes :mod:`openmind_prep.store.integrity`'s checks (paths
+    in the store and the image's own, regular files, shapes as in the manifest, checksums).
     :class:`~openmind_prep.store.store.StoreError` when it has no manifest to verify against.
 
     >>> import tempfile
@@ -23,23 +24,8 @@ def verify_store(store, *, progress: bool = False) -> list[str]:
     store = Store.open(as_store(store).root)
     problems = []
     for row in tqdm(store.ok_rows(), unit="img", desc="verify", disable=not progress):
-        for name, column in ARRAY_COLUMNS.items():
-            zarr_path, expected = row[column], row[CHECKSUM_COLUMNS[name]]
-            if name != IMAGE and not zarr_path:
-                continue
-            try:
-                folder = store.path(zarr_path)
-            except StoreError as e:
-                problems.append(f"{e} (manifest row {row['image_path']})")
-                continue
-            if not (folder / "zarr.json").is_file():
-                problems.append(f"{folder}: missing (manifest row {row['image_path']} is ok)")
-                continue
-            try:
-                actual = array_checksum(store.array(zarr_path)[...])
-            except Exception as e:  # noqa: BLE001 - undecodable data is damage too
-                problems.append(f"{folder}: cannot be decoded ({type(e).__name__}: {e})")
-                continue
-            if actual != expected:
-                problems.append(f"{folder}: checksum {actual} != manifest {expected}")
+        try:
+            read_verified(store, row)
+        except StoreError as e:
+            problems.append(str(e) if row["image_path"] in str(e) else f"{e} (manifest row {row['image_path']})")
     return problems

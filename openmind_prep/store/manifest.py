@@ -27,6 +27,9 @@ OK, FAILED = "ok", "failed"
 #: Columns and types of ``manifest.parquet`` (defined in :mod:`openmind_prep.store.schema`).
 SCHEMA = arrow_schema()
 
+#: Columns every manifest file must have (stores written before others were added may lack those).
+NEEDED_COLUMNS = ("image_path", "status", "zarr_path", "checksum")
+
 
 def _table(rows: Iterable[dict]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=SCHEMA)
@@ -65,9 +68,14 @@ def _read_parquet(path: Path) -> pa.Table:
     returns the file itself when there is nothing to fold in)."""
     try:
         with pq.ParquetFile(path) as f:
-            return f.read()
+            table = f.read()
     except pa.ArrowException as e:  # a damaged file: the message names it, as read_table's did
         raise pa.ArrowInvalid(f"{path}: {e}") from None
+    missing = [name for name in NEEDED_COLUMNS if name not in table.column_names]
+    if missing:  # rows without them would read as None everywhere
+        raise pa.ArrowInvalid(f"{path}: lacks the manifest column(s) {', '.join(missing)}; not a manifest "
+                              "openmind-prep wrote (damaged or edited)")
+    return table
 
 
 def merge_manifest(store: Path) -> pa.Table:

@@ -25,6 +25,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,14 +299,21 @@ def _decompress(data: Any, dest: np.ndarray, what: str) -> None:
 
 
 def _map_shard(folder: Path) -> OpenShard:
+    from openmind_prep.core.paths import special_file
+
     def open_shard(key: str) -> memoryview | None:
-        try:
-            with open(folder / key, "rb") as f:
-                if os.fstat(f.fileno()).st_size == 0:
-                    return memoryview(b"")
-                return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        try:  # O_NONBLOCK: a FIFO put in place of a shard must not block the reader (it is refused below)
+            fd = os.open(folder / key, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
+        with open(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{folder / key}: not a regular file ({special_file(info.st_mode) or 'a directory'}); "
+                                 "refused")
+            if info.st_size == 0:
+                return memoryview(b"")
+            return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
     return open_shard
 
@@ -320,9 +328,14 @@ def open_array(folder: str | Path) -> ShardedArray:
     >>> open_array(s.root / "a" / "image")[2:3, 5:6, 7:9]
     array([[[257., 258.]]], dtype=float16)
     """
+    from openmind_prep.core.paths import not_a_regular_file
+
     folder = Path(folder)
     try:
-        meta = json.loads((folder / "zarr.json").read_bytes())
+        problem = not_a_regular_file(folder / "zarr.json")  # stat first: a FIFO is never opened
+        meta = None if problem else json.loads((folder / "zarr.json").read_bytes())
     except FileNotFoundError:
         raise FileNotFoundError(f"{folder}: not a stored array (no zarr.json)") from None
+    if problem:
+        raise ValueError(f"{folder / 'zarr.json'}: {problem}; refused")
     return ShardedArray(parse_layout(meta, str(folder)), _map_shard(folder))

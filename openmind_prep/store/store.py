@@ -32,11 +32,12 @@ One run writes at a time (:meth:`Store.lock`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -47,7 +48,7 @@ from openmind_prep.store import manifest
 from openmind_prep.core.atomic import replace_dir, write_json
 from openmind_prep.store.case_writer import CODEC, MASK_CODEC, array_checksum, write_group  # noqa: F401  (re-exported)
 from openmind_prep.store.schema import ARRAY_COLUMNS, CHECKSUM_COLUMNS, IMAGE, row_key  # noqa: F401  (IMAGE re-exported)
-from openmind_prep.core.paths import leaves_root
+from openmind_prep.core.paths import leaves_root, special_file
 from openmind_prep.store.namespace import ancestors, claim, image_key, key_problem  # noqa: F401  (image_key re-exported)
 from openmind_prep.core.runlock import LockHeld, run_lock
 
@@ -218,7 +219,8 @@ class Store:
 
     def path(self, zarr_path: str) -> Path:
         """The folder of a stored array (``zarr_path`` as in the manifest), refused with
-        :class:`StoreError` when it or anything in it leads out of the store.
+        :class:`StoreError` when it or anything in it leads out of the store or is neither a file
+        nor a folder (a FIFO, a device: never opened).
 
         >>> Store("/data/s").path("../x")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -232,6 +234,12 @@ class Store:
             real = entry.resolve()
             if not real.is_relative_to(root):
                 raise StoreError(f"{entry}: resolves outside the store {root} (to {real}); refused")
+            try:
+                kind = special_file(os.stat(real).st_mode)
+            except FileNotFoundError:  # a missing array or a dangling link: the reader says "missing"
+                kind = ""
+            if kind:  # a FIFO would block every reader; a device is never ours
+                raise StoreError(f"{entry}: not a regular file ({kind}); refused")
         return folder
 
     def _inside(self, zarr_path: str) -> Path:
@@ -316,6 +324,23 @@ class Store:
                 yield me
         except LockHeld as e:
             raise StoreError(str(e)) from None
+
+    @contextmanager
+    def reading(self, command: str = "") -> Iterator[None]:
+        """Hold the run lock while reading the whole store (``shard``), so no ``preprocess`` or ``run``
+        changes it meanwhile (:class:`StoreError` naming the holder when one is running). A store this
+        process cannot write (a read-only mount) is read without the lock: no run can write it here."""
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self.lock(command))
+            except OSError as e:
+                if not _read_only(e):
+                    raise
+            yield
+
+
+def _read_only(error: OSError) -> bool:
+    return error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def as_store(store: "Store | str | os.PathLike") -> Store:
