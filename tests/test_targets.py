@@ -73,3 +73,5 @@ def test_bad_targets_are_one_line_naming_file_and_line(openmind, tmp_path):
         load_targets(store, "grade")
     with pytest.raises(TargetError, match=f"^targets: {key}: 'old' is not a number$"):
         as_numbers({key: "old"})
+    with pytest.raises(TargetError, match=f"^targets: {key}: 'nan' is not a finite number$"):
+        as_numbers({key: "nan"})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -135,7 +136,7 @@ def load_targets(store, column: str, labels: str | Path | None = None) -> dict[s
 
 
 def as_numbers(targets: Mapping[str, str], where: str = "targets") -> dict[str, float]:
-    """Regression targets as floats; a value that is not a number is a :class:`TargetError`.
+    """Regression targets as floats; a value that is not a finite number is a :class:`TargetError`.
 
     >>> as_numbers({"a": "31", "b": "4.5"})
     {'a': 31.0, 'b': 4.5}
@@ -146,6 +147,8 @@ def as_numbers(targets: Mapping[str, str], where: str = "targets") -> dict[str, 
             out[key] = float(value)
         except ValueError:
             raise TargetError(f"{where}: {key}: {value[:40]!r} is not a number") from None
+        if not math.isfinite(out[key]):
+            raise TargetError(f"{where}: {key}: {value[:40]!r} is not a finite number")
     return out
 
 
