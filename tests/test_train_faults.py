@@ -242,3 +242,21 @@ def test_the_documented_answers(train_store, tmp_path, capsys, monkeypatch):
         argv = [str(train_store) if a == "STORE" else a for a in argv]
         got, err = _main_exit([*argv, "--threads", "1"], capsys)
         assert (got, len(err)) == (code, 1) and err[0].startswith(said), (argv, err)
+
+
+# ------------------------------------------------------------------ P15: a killed write's temp files
+
+def test_temp_files_of_a_killed_checkpoint_write_are_removed_by_the_next_run(train_store, one_step, tmp_path, capsys):
+    """What SIGKILL during torch.save leaves (atomic's `.NAME.<8 hex>.tmp` beside the target); before, never removed."""
+    out = tmp_path / "run"
+    shutil.copytree(one_step, out)
+    left = [out / ".checkpoint.pt.0123abcd.tmp", out / ".log.jsonl.89abcdef.tmp"]
+    for path in left:
+        path.write_bytes(b"\0" * 4096)
+    mine = [out / "notes.tmp", out / ".checkpoint.pt.tmp"]  # not atomic's names: not ours to remove
+    for path in mine:
+        path.write_text("keep")
+    cva.main(_flags(train_store, out, "--steps", "1"))  # already at step 1: resumes, nothing to train
+    said = capsys.readouterr().out
+    assert f"{out}: removed 2 temporary file(s) an interrupted run left: .checkpoint.pt.0123abcd.tmp, " in said
+    assert not any(p.exists() for p in left) and all(p.exists() for p in mine)

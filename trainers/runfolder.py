@@ -55,7 +55,8 @@ def say(message: str) -> None:
 @contextmanager
 def hold(out: Path) -> Iterator[None]:
     """One trainer per run folder: rank 0 of the job (as the launcher set it) holds ``OUT/_lock`` (:mod:`openmind_prep.core.runlock`: pid, host, freed
-    by the kernel when the process dies) for the run; a second trainer on the folder is a ``RunError``.
+    by the kernel when the process dies) for the run; a second trainer on the folder is a ``RunError``. The temp
+    files of an interrupted write in ``OUT`` (a SIGKILL skips their clean-up) are removed once the lock is held.
 
     >>> import tempfile
     >>> out = Path(tempfile.mkdtemp()) / "run"
@@ -86,6 +87,10 @@ def hold(out: Path) -> Iterator[None]:
                 raise RunError(str(err)) from None
             except OSError as err:
                 raise RunError(f"--out {out}: cannot write in the run folder ({err.strerror or err})") from None
+            left = atomic.remove_temps(out)  # a killed run's half-written checkpoint (GBs for ResEnc-L), log, config
+            if left:
+                say(f"{out}: removed {len(left)} temporary file(s) an interrupted run left: "
+                    f"{', '.join(sorted(p.name for p in left))}")
             yield
     finally:
         if new and not any(out.iterdir()):  # a run refused before writing leaves no folder behind
