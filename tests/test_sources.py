@@ -263,3 +263,19 @@ def test_detection_and_bad_sources_are_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "--mask-pattern applies to folder sources" in result.output
     with pytest.raises(InputError, match="no .nii or .nii.gz file"):
         open_source(tmp_path / "tree", "folder")
+
+
+def test_shard_and_the_loaders_take_a_folder_store_as_any_other(ran, tmp_path):
+    from itertools import islice
+
+    from loaders.batches import batch_source
+
+    store, wds = ran[0] / "scans.zarr", tmp_path / "wds"
+    result = CliRunner().invoke(main, ["shard", str(store), "--out", str(wds)])
+    assert result.exit_code == 0, result.output
+    ok = {r["zarr_path"].rsplit("/", 1)[0] for r in _rows(store).values() if r["status"] == "ok"}
+    for source in (batch_source(store=store, batch_size=3, region_size=[16, 16, 16], seed=0),
+                   batch_source(shards=str(wds), batch_size=3, region_size=[16, 16, 16], seed=0)):
+        batches = list(islice(iter(source), 3))
+        assert set().union(*(b["key"] for b in batches)) <= ok and len(batches) == 3
+        assert all(tuple(i.shape[-3:]) == (16, 16, 16) for b in batches for i in b["image"])
