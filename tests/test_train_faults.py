@@ -55,6 +55,38 @@ def test_a_nan_loss_stops_the_run_with_one_line_keeping_the_last_good_checkpoint
     assert not list(out.glob(".*.tmp"))
 
 
+def test_a_nan_loss_under_ddp_stops_every_rank_after_the_same_step(train_store, tmp_path):
+    """Two ranks started as a batch system starts them: both exit 1 with one line naming the same step, none
+    waits in a collective, and the checkpoint they agreed on is the last good one."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ddp"
+    procs = [subprocess.Popen([sys.executable, "-m", "trainers.cva", *_flags(train_store, out, "--lr", "1e30",
+                                                                             "--steps", "4", "--ckpt-every", "1",
+                                                                             "--batch-size", "1")],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(2)]
+    try:
+        errs = [_errors(p.communicate(timeout=240)[1]) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [1, 1] and all(len(e) == 1 for e in errs), errs
+    import re
+
+    said = [re.fullmatch(r"trainers\.cva: error: (?:step (\d+): the loss is not finite \(.*|another process met a "
+                         r"non-finite loss or gradient at step (\d+); stopping)", e[0]) for e in errs]
+    assert all(said) and "the loss is not finite" in errs[0][0] + errs[1][0], errs
+    steps = {int(m.group(1) or m.group(2)) for m in said}
+    assert len(steps) == 1, errs  # the same step on both ranks
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == steps.pop() - 1 and _all_finite(ckpt["student"]) and len(ckpt["rng"]) == 2
+
+
 def test_weights_holding_nan_are_never_written(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
