@@ -100,3 +100,53 @@ def test_torchio_queue_over_lazy_subjects(dataset):
     patches = [queue[i] for i in range(4)]
     assert all(p["image"].shape == (1, 16, 16, 16) for p in patches)
     assert all(p["image"].orientation == ("R", "A", "S") for p in patches)
+
+
+def _thin(dataset) -> int:
+    """The index of a volume thinner than 64 voxels along some axis (nibabel's anatomical.nii: 50)."""
+    thin = [i for i, r in enumerate(dataset.rows) if min(r["shape"]) < 64]
+    assert thin, [r["shape"] for r in dataset.rows]
+    return thin[0]
+
+
+def test_thin_volume_is_padded_to_the_patch_keeping_world_positions(dataset):
+    i = _thin(dataset)
+    sample = dataset[i]
+    plain, padded = to_torchio(sample)["image"], to_torchio(sample, min_shape=64)["image"]
+    shape = np.asarray(plain.shape[1:])
+    assert tuple(padded.shape[1:]) == tuple(np.maximum(shape, 64))
+    before = (np.maximum(shape, 64) - shape) // 2
+    # the stored voxels, unchanged, where they were in the world
+    inner = padded.data[0][tuple(slice(b, b + n) for b, n in zip(before, shape))]
+    assert torch.equal(inner, plain.data[0])
+    for q in (np.zeros(3), shape - 1):
+        np.testing.assert_allclose(padded.affine @ [*(q + before), 1], plain.affine @ [*q, 1], atol=1e-9)
+    # the margin is the volume's minimum (the z-scored background), masks 0
+    margin = torch.ones(padded.shape[1:], dtype=torch.bool)
+    margin[tuple(slice(b, b + n) for b, n in zip(before, shape))] = False
+    assert margin.any() and bool((padded.data[0][margin] == plain.data.min()).all())
+    item = to_monai(sample, min_shape=64)
+    np.testing.assert_allclose(item["image"].affine.numpy(), padded.affine, atol=1e-9)
+    for name in (m for m in ("anon_mask", "anat_mask") if m in item):
+        assert item[name].shape == item["image"].shape and int(item[name].sum()) == int(sample[name].sum())
+
+
+def test_adapters_iterate_a_batch_with_a_thin_volume(dataset):
+    """A MONAI DataLoader batch of 64³ random crops and a TorchIO queue of 64³ patches, over a store
+    holding a volume thinner than 64 (without min_shape TorchIO refuses it, MONAI cannot stack it)."""
+    from monai.transforms import RandSpatialCropd
+
+    thin = _thin(dataset)
+    pair = torch.utils.data.Subset(monai_dataset(dataset, RandSpatialCropd(["image"], (64, 64, 64)), min_shape=64),
+                                   [thin, (thin + 1) % len(dataset)])
+    batch = next(iter(monai.data.DataLoader(pair, batch_size=2)))
+    assert tuple(batch["image"].shape) == (2, 1, 64, 64, 64)
+
+    subjects = torchio_subjects(dataset, min_shape=64)
+    queue = tio.Queue(tio.SubjectsDataset([subjects.dry_iter()[thin]]), max_length=2, samples_per_volume=2,
+                      sampler=tio.UniformSampler(64), num_workers=0)
+    patches = next(iter(tio.SubjectsLoader(queue, batch_size=2)))
+    assert tuple(patches["image"][tio.DATA].shape) == (2, 1, 64, 64, 64)
+    with pytest.raises(Exception, match="cannot be larger"):  # what the padding is for
+        next(iter(tio.Queue(tio.SubjectsDataset([torchio_subjects(dataset).dry_iter()[thin]]), 2, 2,
+                            tio.UniformSampler(64), num_workers=0)))

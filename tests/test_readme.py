@@ -1,5 +1,6 @@
 """The README's "Your first hour" walk-through, run as written: its fenced blocks, in order, in a
-temporary folder outside the clone, against the local hub fixture (HF_ENDPOINT). ``bash`` blocks run
+temporary folder outside the clone, with the network out of reach (``HF_ENDPOINT`` and the proxies
+point at a closed port: the walk-through serves its own repo folder). ``bash`` blocks run
 with ``set -euo pipefail``; a ``python`` block whose first line is ``# NAME.py`` is saved as NAME.py
 (the text says to). Then the TorchIO and MONAI examples of docs/loaders.md run against the store it made."""
 
@@ -13,8 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from hf_server import HubFixture
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LOADERS_DOC = README.parent / "docs" / "loaders.md"
@@ -34,9 +33,20 @@ def section_blocks(text: str, heading: str, language: str) -> list[str]:
     return [code for lang, code in FENCE.findall(text[start:end]) if lang == language]
 
 
-def _env(hub: HubFixture) -> dict:
+def _closed_port() -> str:
+    """A local URL nothing listens on: any request to it is refused at once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _env() -> dict:
     env = dict(os.environ)
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
+    nowhere = _closed_port()
+    env.update(HF_ENDPOINT=nowhere, HTTP_PROXY=nowhere, HTTPS_PROXY=nowhere, ALL_PROXY=nowhere,
+               NO_PROXY="127.0.0.1,localhost", HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
                MPLBACKEND="Agg", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     root = str(README.parent)  # the clone itself is not on the path: only what `pip install` gives
     env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root)
@@ -46,31 +56,28 @@ def _env(hub: HubFixture) -> dict:
 
 
 @pytest.mark.slow
-def test_first_hour_runs_as_written(sample_tree, tmp_path):
+def test_first_hour_runs_as_written(tmp_path):
     text = README.read_text()
     blocks = first_hour_blocks(text)
     assert [lang for lang, _ in blocks] == ["bash", "bash", "python", "bash", "bash", "bash"]
     work = tmp_path / "first-hour"
     work.mkdir()
-    hub = HubFixture(sample_tree, lfs_threshold=1000)
     outputs = []
-    try:
-        env = _env(hub)
-        for lang, code in blocks:
-            if lang == "python":
-                name = code.splitlines()[0].removeprefix("# ").strip()
-                assert name.endswith(".py"), "a python block starts with '# NAME.py'"
-                (work / name).write_text(code)
-                continue
-            done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + code], cwd=work, env=env,
-                                  capture_output=True, text=True, timeout=900)
-            outputs.append(done.stdout + done.stderr)
-            assert done.returncode == 0, f"block failed:\n{code}\n--- output ---\n{outputs[-1][-4000:]}"
-    finally:
-        hub.close()
+    env = _env()
+    for lang, code in blocks:
+        if lang == "python":
+            name = code.splitlines()[0].removeprefix("# ").strip()
+            assert name.endswith(".py"), "a python block starts with '# NAME.py'"
+            (work / name).write_text(code)
+            continue
+        done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + code], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=900)
+        outputs.append(done.stdout + done.stderr)
+        assert done.returncode == 0, f"block failed:\n{code}\n--- output ---\n{outputs[-1][-4000:]}"
 
     # 1. two T1w images, pinned in a pinned list; plan read it
     assert json.loads((work / "t1w.pin.json").read_text())["n_images"] == 2
+    assert "local/hub@" in outputs[0]  # served from the folder, no network
     assert "exact, from the pinned list" in outputs[0] and "next:      openmind-prep run" in outputs[0]
     # 2. both preprocessed, sharded, one rendered
     import pyarrow.parquet as pq
@@ -97,6 +104,7 @@ def test_first_hour_runs_as_written(sample_tree, tmp_path):
 
     # The TorchIO and MONAI examples, on the store just made (STORE -> store, nothing else changed).
     for code in section_blocks(LOADERS_DOC.read_text(), "MONAI and TorchIO", "python"):
-        done = subprocess.run([sys.executable, "-c", code.replace('"STORE"', '"store"')], cwd=work, env=_env(hub),
+        done = subprocess.run([sys.executable, "-c", code.replace('"STORE"', '"store"')], cwd=work, env=env,
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"example failed:\n{code}\n{done.stdout}{done.stderr[-4000:]}"
+        assert "(2, 1, 64, 64, 64)" in done.stdout, done.stdout  # a real batch, the thin volume padded

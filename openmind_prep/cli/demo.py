@@ -48,8 +48,10 @@ def _source(run: Path, repo: str | None, revision: str, endpoint: str | None, se
         return raw, selection
     from openmind_prep.sources.download import download
     from openmind_prep.sources.hub import HubRepo
+    from openmind_prep.sources.local_hub import served
 
-    download(HubRepo(repo, revision, endpoint), raw, selection=selection)
+    with served(repo, endpoint) as (repo, endpoint):  # a local folder: a hub on 127.0.0.1
+        download(HubRepo(repo, revision, endpoint), raw, selection=selection)
     return raw, Selection()  # RAW's CSV lists exactly what was downloaded
 
 
@@ -70,7 +72,7 @@ def _views(shards: Path, run: Path, patch: int, device: str, seed: int) -> dict:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    save_views_png(pair, run / "views.png", n=min(3, len(volumes)), volumes=volumes)
+    save_views_png(pair, run / "views.png", n=len(volumes), volumes=volumes, names=[s["key"] for s in samples])
     return {"pairs": len(volumes), "patch": patch, "sampler_seconds": round(seconds, 4),
             "overlaps": [round(float(o), 3) for o in pair.overlaps],
             "keys": [s["key"] for s in samples]}
@@ -133,8 +135,8 @@ def _probe(run: Path, seed: int) -> tuple[dict, list[str]]:
 @click.command("demo")
 @click.option("--out", "run", type=click.Path(path_type=Path, file_okay=False), default=Path("runs/demo"),
               show_default=True, help="Run folder (re-running resumes every stage).")
-@click.option("--repo", default=None, help="Hugging Face dataset repo (e.g. AnonRes/OpenMind); "
-              "default: the embedded real-MRI sample.")
+@click.option("--repo", default=None, help="Hugging Face dataset repo (e.g. AnonRes/OpenMind), or a local folder "
+              "laid out as it; default: the embedded real-MRI sample.")
 @click.option("--revision", default="main", show_default=True, help="Repo revision (with --repo).")
 @click.option("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
 @selection_options

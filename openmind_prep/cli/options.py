@@ -54,7 +54,8 @@ def repo_options(command: Callable) -> Callable:
     and ``--deadline``; the command receives ``hub=HubRepo`` (the deadline counted from now)."""
     options = [
         click.option("--repo", default="AnonRes/OpenMind", show_default=True,
-                     help="Hugging Face dataset repo."),
+                     help="Hugging Face dataset repo, or a local folder (or file://PATH) laid out as "
+                          "the repo, e.g. from `openmind-prep sample`: served on 127.0.0.1, no network."),
         click.option("--revision", default="main", show_default=True,
                      help="Branch, tag or commit; resolved once to a commit sha that pins every request."),
         click.option("--endpoint", envvar="HF_ENDPOINT", default=None, show_envvar=True,
@@ -72,15 +73,21 @@ def repo_options(command: Callable) -> Callable:
         import time
 
         from openmind_prep.sources.hub import HubRepo
+        from openmind_prep.sources.local_hub import local_folder, served
         from openmind_prep.sources.retry import RetryPolicy, parse_duration
 
         try:
             until = None if deadline is None else time.time() + parse_duration(deadline)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--deadline") from e
-        hub = HubRepo(repo, revision, endpoint, policy=RetryPolicy(deadline=until),
-                      connect_timeout_s=min(10.0, timeout), read_timeout_s=timeout)
-        return command(hub=hub, **kwargs)
+        try:
+            local_folder(repo)
+        except FileNotFoundError as e:
+            raise click.BadParameter("no such folder", param_hint="--repo") from e
+        with served(repo, endpoint) as (repo, endpoint):  # a local folder: a hub on 127.0.0.1
+            hub = HubRepo(repo, revision, endpoint, policy=RetryPolicy(deadline=until),
+                          connect_timeout_s=min(10.0, timeout), read_timeout_s=timeout)
+            return command(hub=hub, **kwargs)
 
     return _with(options, wrapper)
 
