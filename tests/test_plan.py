@@ -140,3 +140,26 @@ def test_calibration_runs_the_real_path_on_real_mri(sample_tree, tmp_path):
     # at least the float32 copy of the input and the SimpleITK buffer; not absurdly more
     assert 4 <= cost.peak_bytes_per_voxel < 200
     assert list((tmp_path / "calibration.zarr").rglob("image/zarr.json"))  # the scratch store was written
+
+
+def _hours_or_minutes(text: str) -> float:
+    """'7.1 h' / '33.0 min' / '2.0 s' → seconds."""
+    value, unit = text.split()
+    return float(value) * {"h": 3600, "min": 60, "s": 1}[unit]
+
+
+@pytest.mark.parametrize("workers, bound", [(64, "network"), (1, "compute")])
+def test_plan_gives_runs_end_to_end_time_as_the_larger_part(workers, bound):
+    """One figure for `run` (it downloads while it preprocesses): the larger of the network time and
+    the compute wall time, each read back from the same report; worker counts singular when one."""
+    result = CliRunner().invoke(main, ["plan", "--seconds-per-volume", "1", "--workers", str(workers),
+                                       "--download-workers", "1"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    run = _hours_or_minutes(out.split("run:       ")[1].split(" end to end")[0])
+    network = _hours_or_minutes(out.split("network:   ")[1].split("): ")[1].split(",")[0])
+    compute = _hours_or_minutes(out.split("wall time: ")[1].split(" on ")[0])
+    assert run == max(network, compute) and run == (network if bound == "network" else compute)
+    worker_word = "1 worker\n" if workers == 1 else f"{workers} workers\n"
+    assert worker_word in out.split("\n", 1)[0] + "\n"
+    assert "1 download worker (--download-workers)" in out and "1 workers" not in out

@@ -151,3 +151,11 @@ def test_preprocess_format_webdataset_writes_shards_of_the_store(sample_tree, tm
         decoded = decode_array(samples[key]["image.zshard"])[...]
         np.testing.assert_array_equal(decoded, Store(store).array(row["zarr_path"])[...])
         assert "sha256:" + hashlib.sha256(decoded.tobytes()).hexdigest() == row["checksum"]
+
+
+def test_progress_bar_names_the_shard_files(store, tmp_path, capsys):
+    """The bar says what it writes ("writing shard-*.tar ... shard/s"), not "shards shard:"."""
+    root, _ = store
+    write_shards(root, tmp_path / "wds", shard_size=300_000, progress=True)
+    err = capsys.readouterr().err
+    assert "writing shard-*.tar:" in err and "shards shard" not in err

@@ -362,6 +362,30 @@ def _duration(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.1f} min" if s >= 90 else f"{s:.1f} s"
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 worker``, ``64 workers``.
+
+    >>> _count(1, "worker"), _count(64, "download worker")
+    ('1 worker', '64 download workers')
+    """
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+def end_to_end_seconds(plan: Plan) -> float:
+    """What ``run`` takes end to end: it downloads while it preprocesses, so the larger of the network
+    time (the request quota, bandwidth and round trips) and the compute wall time.
+
+    >>> v = Volumes(np.full(10, 1e7), np.full(10, 1e7), np.full(10, 1e9))
+    >>> fast = estimate(v, CostModel(seconds_per_volume=2.0), workers=2, batch_size=5)
+    >>> end_to_end_seconds(fast) == fast.download_seconds > fast.wall_seconds   # 10 GB at 100 MB/s
+    True
+    >>> slow = estimate(v, CostModel(seconds_per_volume=200.0), workers=1, batch_size=5)
+    >>> end_to_end_seconds(slow) == slow.wall_seconds > slow.download_seconds
+    True
+    """
+    return max(plan.wall_seconds, plan.download_seconds)
+
+
 def render(plan: Plan, metadata_note: str, memory_limit: str | None, *, raw_note: str = "estimated",
            max_raw_gb: int | None = None, next_command: str = "") -> str:
     """The human-readable report printed by ``openmind-prep plan``."""
@@ -370,14 +394,17 @@ def render(plan: Plan, metadata_note: str, memory_limit: str | None, *, raw_note
              f"(float32 input or 1 mm output above limit/{IMAGE_MEMORY_FRACTION}), {p.over_memory_limit:,} whose "
              "estimated peak exceeds the limit" if memory_limit else "")
     return "\n".join([
-        f"plan:      {p.volumes:,} volumes ({metadata_note}) on {p.workers} workers",
+        f"plan:      {p.volumes:,} volumes ({metadata_note}) on {_count(p.workers, 'worker')}",
+        f"run:       {_duration(end_to_end_seconds(p))} end to end with `openmind-prep run` (it downloads while it "
+        f"preprocesses: the larger of network {_duration(p.download_seconds)} and compute "
+        f"{_duration(p.wall_seconds)}, below)",
         f"costs:     {p.cost_source}",
         f"model:     {p.cost_model}",
         f"batching:  {p.batch_size} images per Dask task -> {p.tasks:,} tasks, at most "
         f"{2 * p.workers} in flight (2 per worker); a failed task is retried image by image",
         f"compute:   {_duration(p.cpu_seconds)} CPU in total; {p.mean_seconds:.2f} s per volume on "
         f"average, {p.max_seconds:.1f} s for the largest",
-        f"wall time: {_duration(p.wall_seconds)} on {p.workers} workers "
+        f"wall time: {_duration(p.wall_seconds)} on {_count(p.workers, 'worker')} "
         f"(ideal {_duration(p.cpu_seconds / max(p.workers, 1))}; FIFO batches, {TASK_OVERHEAD_S} s per task)",
         f"memory:    peak {_size(p.peak_worker_bytes)} per worker (largest volume), 95th percentile "
         f"{_size(p.p95_worker_bytes)}{limit}",
@@ -389,7 +416,7 @@ def render(plan: Plan, metadata_note: str, memory_limit: str | None, *, raw_note
         f"{_duration(p.download_seconds)}, set by the {p.download_bound}",
         f"           quota: {p.quota_per_5min:,} requests per 5 min (--requests-per-5min) -> "
         f"{_duration(p.quota_seconds)}; bandwidth (--bandwidth) -> {_duration(p.bandwidth_seconds)}",
-        f"           concurrency: {p.download_workers} download workers (--download-workers) x "
+        f"           concurrency: {_count(p.download_workers, 'download worker')} (--download-workers) x "
         f"{REQUEST_SECONDS} s per request -> {_duration(p.concurrency_seconds)}",
     ] + ([f"next:      {next_command}"] if next_command else []))
 

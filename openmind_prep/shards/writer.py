@@ -290,7 +290,8 @@ def _write_planned(store: Store, out: Path, rows: list[dict], shard_size: int | 
         write_json(out / INDEX_DIR / f"{prefix}.json", {"store": digest, "shards": [asdict(s) for s in shards]},
                    indent=1)
 
-    for i, part in enumerate(tqdm(groups, desc=f"shards {prefix}", unit="shard", disable=not progress)):
+    bar_label = f"writing {prefix}-*.tar"  # the bar counts shards; its label names the files
+    for i, part in enumerate(tqdm(groups, desc=bar_label, unit="shard", disable=not progress)):
         url = f"{prefix}-{i:06d}.tar"
         part_keys = tuple(row_key(rows[j]) for j in part)
         part_sums = tuple(checksums(rows[j]) for j in part)
