@@ -34,9 +34,10 @@ def _footprint(affine: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def save_views_png(result: ViewPair, path: Path | str, n: int = 2, *, volumes: Sequence[Tensor] | Tensor | None = None,
-                   dpi: int = 100, panel_inches: float = 1.9) -> Path:
+                   names: Sequence[str] | None = None, dpi: int = 100, panel_inches: float = 1.9) -> Path:
     """Write ``n`` pairs as rows of 6 panels (view 1, view 2, each in three planes), plus a 7th with
-    both views' outlines on the source when ``volumes`` (what the sampler was given) are passed.
+    both views' outlines on the source when ``volumes`` (what the sampler was given) are passed;
+    ``names`` (one per volume, e.g. the store keys) label the rows.
 
     >>> import tempfile
     >>> from loaders import OverlapViewSampler
@@ -45,7 +46,7 @@ def save_views_png(result: ViewPair, path: Path | str, n: int = 2, *, volumes: S
     >>> save_views_png(pair, Path(tempfile.mkdtemp()) / "views.png", n=1, volumes=vol).suffix
     '.png'
     """
-    fig = views_figure(result, n, volumes=volumes, dpi=dpi, panel_inches=panel_inches)
+    fig = views_figure(result, n, volumes=volumes, names=names, dpi=dpi, panel_inches=panel_inches)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi, format="png", facecolor="white")
@@ -53,7 +54,7 @@ def save_views_png(result: ViewPair, path: Path | str, n: int = 2, *, volumes: S
 
 
 def views_figure(result: ViewPair, n: int = 2, *, volumes: Sequence[Tensor] | Tensor | None = None,
-                 dpi: int = 100, panel_inches: float = 1.9):
+                 names: Sequence[str] | None = None, dpi: int = 100, panel_inches: float = 1.9):
     """The ``matplotlib.figure.Figure`` that :func:`save_views_png` writes (Agg, no pyplot)."""
     from matplotlib.figure import Figure  # no pyplot: renders with Agg, leaves the backend alone
     from matplotlib.lines import Line2D
@@ -68,7 +69,8 @@ def views_figure(result: ViewPair, n: int = 2, *, volumes: Sequence[Tensor] | Te
     boxes = result.boxes.detach().float().cpu()
     affines = result.affines.detach().cpu()
     cols = 6 + (sources is not None)
-    head, left, gap = 0.75, 0.35, 0.08  # inches: legend + column titles, row labels, between panels
+    # inches: legend + column titles, row labels (two lines with names), between panels
+    head, left, gap = 0.75, 0.35 if names is None else 0.55, 0.08
     width = left + cols * panel_inches + (cols - 1) * gap + 0.1
     height = head + n * panel_inches + (n - 1) * gap + 0.1
     fig = Figure(figsize=(width, height), dpi=dpi)
@@ -105,7 +107,10 @@ def views_figure(result: ViewPair, n: int = 2, *, volumes: Sequence[Tensor] | Te
             if i == 0:
                 ax.set_title("source · z through view 1", fontsize=9)
         overlap = float(result.overlaps[i])
-        axes[i, 0].set_ylabel(f"pair {i + 1} · overlap {overlap:.0%}", fontsize=9)
+        label = f"pair {i + 1} · overlap {overlap:.0%}"
+        if names is not None:
+            label = f"{_short(names[i])}\n{label}"
+        axes[i, 0].set_ylabel(label, fontsize=9)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -115,6 +120,16 @@ def views_figure(result: ViewPair, n: int = 2, *, volumes: Sequence[Tensor] | Te
     fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 1 - 0.04 / height))
     return fig
+
+
+def _short(name: str, width: int = 26) -> str:
+    """A row label's volume name: the key's last part, cut to ``width`` characters.
+
+    >>> _short("ds000001/sub-01/anat/sub-01_T1w"), _short("x" * 40, 10)
+    ('sub-01_T1w', 'xxxxxxxxx…')
+    """
+    last = name.rstrip("/").rsplit("/", 1)[-1]
+    return last if len(last) <= width else last[: width - 1] + "…"
 
 
 __all__ = ["save_views_png", "views_figure"]

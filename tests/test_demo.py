@@ -48,9 +48,12 @@ def test_shard_index_matches_files_and_manifest(demo_run):
 
 def test_pngs_decode_with_expected_sizes(demo_run):
     views = Image.open(demo_run / "views.png")
-    # 3 pairs as rows of 7 panels (view 1 and view 2 in three planes + the source with both outlines),
-    # 1.9-inch panels at 100 dpi, 0.08-inch gaps, a 0.75-inch header (legend) and 0.35-inch row labels
-    width, height = 0.35 + 7 * 1.9 + 6 * 0.08 + 0.1, 0.75 + 3 * 1.9 + 2 * 0.08 + 0.1
+    # as many pairs as the summary says, as rows of 7 panels (view 1 and view 2 in three planes + the
+    # source with both outlines), 1.9-inch panels at 100 dpi, 0.08-inch gaps, a 0.75-inch header
+    # (legend) and 0.55-inch row labels (the volume's name, the pair and its overlap)
+    pairs = json.loads((demo_run / "summary.json").read_text())["views"]["pairs"]
+    assert pairs == 3  # the small sample's three volumes
+    width, height = 0.55 + 7 * 1.9 + 6 * 0.08 + 0.1, 0.75 + pairs * 1.9 + (pairs - 1) * 0.08 + 0.1
     assert abs(views.size[0] - width * 100) <= 1 and abs(views.size[1] - height * 100) <= 1
     clusters = Image.open(demo_run / "clusters.png")
     assert clusters.size == (int(4 * 2.2 * 80), int(4.6 * 80))

@@ -19,7 +19,8 @@ from openmind_prep.cli import main
 def test_views_figure_titles_inside_and_legend_explains(n, tmp_path):
     vols = torch.randn(4, 1, 40, 36, 44, generator=torch.Generator().manual_seed(0))
     pair = OverlapViewSampler((16, 20, 24))(vols, generator=torch.Generator().manual_seed(1))
-    fig = views_figure(pair, n, volumes=vols)
+    names = [f"ds00000{i}/sub-0{i}/anat/sub-0{i}_T1w" for i in range(4)]
+    fig = views_figure(pair, n, volumes=vols, names=names)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig).draw()
@@ -34,6 +35,8 @@ def test_views_figure_titles_inside_and_legend_explains(n, tmp_path):
     for t in texts:  # titles never run into the legend, and are at least 8 pt
         assert not t.get_window_extent(renderer).overlaps(legend.get_window_extent(renderer))
         assert t.get_fontsize() >= 8
+    rows = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]  # each row names its volume
+    assert [r.split("\n")[0] for r in rows] == [f"sub-0{i}_T1w" for i in range(n)]
     labels = [t.get_text() for t in legend.get_texts()]
     assert any("view 1" in s for s in labels) and any("view 2" in s for s in labels)
     assert any("dashed" in s and "mirrored" in s for s in labels)
@@ -41,9 +44,10 @@ def test_views_figure_titles_inside_and_legend_explains(n, tmp_path):
                for h in legend.legend_handles[:2]}
     assert colours == {"red", "cyan"}
     # Pixels: the figure is a fixed size per panel, so one pair is as readable as four.
-    out = save_views_png(pair, tmp_path / "v.png", n=n, volumes=vols)
+    out = save_views_png(pair, tmp_path / "v.png", n=n, volumes=vols, names=names)
     w, h = Image.open(out).size
     assert (w, h) == (round(fig.get_figwidth() * 100), round(fig.get_figheight() * 100))
+    assert w == round((0.55 + 7 * 1.9 + 6 * 0.08 + 0.1) * 100)
     assert h == round((0.75 + n * 1.9 + (n - 1) * 0.08 + 0.1) * 100)
 
 
