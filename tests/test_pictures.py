@@ -92,3 +92,44 @@ def test_show_accepts_raw_paths_lists_close_names_and_explains_masks(store, tmp_
     assert bad.exit_code == 2
     assert f"no stored image '{typo}.nii.gz'; close: " in bad.output and key in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_loss_png_names_weights_keeps_legend_off_curves_and_marks_resumes(tmp_path):
+    """loss.png: the terms are drawn unweighted and the legend says so with each weight (read from
+    config.json), the title writes the weighted sum out, the legend sits beside the axes (inside the
+    figure, over no curve), and a resume recorded by the run folder is a labelled vertical line."""
+    import json
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from trainers.loss_plot import loss_figure, record_resume, resumes, save_loss_png
+    from trainers.runfolder import start_log
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = {"recon_weight": 5.0, "consistency_weight": 1.0, "contrastive_weight": 0.1, "consistency": "cva"}
+    (out / "config.json").write_text(json.dumps(config))
+    rows = [{"step": s, "loss": 6 - s / 10, "recon": 1 - s / 100, "consistency": 1.5, "ntxent": 2.0}
+            for s in range(1, 21)]
+    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    start_log(out, 12)  # the run was stopped at step 12 and resumed there
+    assert resumes(out) == [12]
+    fig = loss_figure(rows, config, resumes(out), "CVA pretraining (run)")
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert "total (weighted sum)" in labels
+    assert "recon: reconstruction, unweighted (weight 5)" in labels
+    assert "ntxent: contrastive NT-Xent, unweighted (weight 0.1)" in labels
+    assert "resumed here" in labels
+    assert "total = 5·recon + 1·consistency + 0.1·ntxent" in ax.get_title()
+    box, axes_box, frame = legend.get_window_extent(renderer), ax.get_window_extent(renderer), fig.bbox
+    assert not box.overlaps(axes_box)  # beside the axes: it covers no curve
+    for b in (box, ax.yaxis.label.get_window_extent(renderer), ax.title.get_window_extent(renderer)):
+        assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1, b
+    assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"] == [12]
+    assert save_loss_png(out).stat().st_size > 10_000
+    record_resume(out, 0)  # a fresh start forgets earlier resumes
+    assert resumes(out) == []

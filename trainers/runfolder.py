@@ -105,6 +105,9 @@ def write_config(out: Path, config: dict) -> None:
 
 def start_log(out: Path, step: int) -> str | None:
     """Cut ``OUT/log.jsonl`` to the rows of steps ≤ ``step``; a message when an earlier run's rows were dropped."""
+    from trainers.loss_plot import record_resume
+
+    record_resume(out, step)  # loss.png marks where the run was resumed
     path = out / LOG
     if not path.exists():
         return None
@@ -385,24 +388,7 @@ def _max_over_ranks(value: int, device: torch.device | None, world: int) -> int:
     return int(flag.item())
 
 def plot_losses(out: Path) -> None:
-    """Draw every loss term of ``OUT/log.jsonl`` against the step into ``OUT/loss.png``."""
-    import matplotlib
+    """Draw ``OUT/log.jsonl`` into ``OUT/loss.png`` (:mod:`trainers.loss_plot`: weights named, resumes marked)."""
+    from trainers.loss_plot import save_loss_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = out / LOG
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "recon", "consistency", "ntxent", "probe_loss"):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), label="loss on a fixed batch" if key == "probe_loss" else key,
-                    lw=2 if key == "probe_loss" else 1, marker="o" if key == "probe_loss" else None, ms=3)
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title=f"CVA pretraining ({out.name})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / PLOT, dpi=100)
-    plt.close(fig)
+    save_loss_png(out, PLOT)
