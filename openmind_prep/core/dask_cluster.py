@@ -3,10 +3,15 @@
 Every worker is single-threaded (one image at a time) and sets SimpleITK's global thread count
 to 1 when it starts (:class:`SitkThreads`); otherwise each SimpleITK call would try to use all
 cores of the node and N workers would oversubscribe it N-fold.
+
+One local worker needs no cluster: :class:`InProcess` runs the tasks on one thread of this
+process (same task functions, same bounded submission, same per-image memory budget), so a small
+job starts at once instead of after Dask's scheduler and worker processes (seconds).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import sys
 import threading
@@ -149,16 +154,93 @@ def dask_client(config: ClusterConfig) -> Iterator["distributed.Client"]:  # noq
         stack.close()
 
 
+def in_process(config: ClusterConfig) -> bool:
+    """Whether ``config`` asks for one local worker: run in this process, no cluster.
+
+    >>> in_process(ClusterConfig(workers=1)), in_process(ClusterConfig(workers=2))
+    (True, False)
+    >>> in_process(ClusterConfig(workers=1, scheduler="tcp://h:8786"))
+    False
+    """
+    return config.kind == "local" and config.scheduler is None and config.n_workers == 1
+
+
+_budget = threading.local()
+
+
+def in_process_memory_limit() -> int | None:
+    """The memory limit (bytes) of the :class:`InProcess` worker running the calling task, or None."""
+    return getattr(_budget, "limit", None)
+
+
+def _memory_bytes(limit: str | int | float | None) -> int | None:
+    """``--memory-limit`` in bytes for the one in-process worker: ``auto`` = the machine's memory
+    (what Dask gives a single local worker), ``0`` / None = no limit.
+
+    >>> _memory_bytes("2GiB"), _memory_bytes(0), _memory_bytes("auto") > 0
+    (2147483648, None, True)
+    """
+    if limit in (None, 0, "0"):
+        return None
+    if isinstance(limit, str) and limit.strip().lower() == "auto":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if isinstance(limit, str):
+        from dask.utils import parse_bytes
+
+        return int(parse_bytes(limit))
+    return int(limit)
+
+
+class InProcess:
+    """The one local worker, as a thread of this process: ``submit(fn, *args)`` returns a
+    ``concurrent.futures.Future``; tasks run one at a time with SimpleITK on one thread and the
+    worker's memory budget (:func:`in_process_memory_limit`). A task that raises fails its future,
+    as a Dask task would; a crash of the process ends the run (re-run the command to resume).
+
+    >>> with InProcess() as worker:
+    ...     worker.submit(sum, [1, 2]).result(), worker.nthreads()
+    (3, {'in-process': 1})
+    """
+
+    def __init__(self, memory_limit: str | int | None = "auto") -> None:
+        self.memory_limit = _memory_bytes(memory_limit)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="openmind-prep-worker",
+                                                           initializer=self._setup)
+
+    def _setup(self) -> None:
+        _budget.limit = self.memory_limit
+        set_sitk_threads(1)
+
+    def submit(self, fn: Callable, *args: Any, pure: bool = True, **kwargs: Any) -> concurrent.futures.Future:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def nthreads(self) -> dict[str, int]:
+        return {"in-process": 1}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "InProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def describe(config: ClusterConfig) -> str:
     """What :func:`dask_client` will start or join, for the status line.
 
     >>> describe(ClusterConfig(workers=2)), describe(ClusterConfig(scheduler="tcp://h:8786"))
     ('2 local Dask workers', 'the Dask scheduler at tcp://h:8786')
+    >>> describe(ClusterConfig(workers=1))
+    '1 local worker in this process (no Dask cluster)'
     """
     if config.scheduler:
         return f"the Dask scheduler at {config.scheduler}"
     if config.kind == "slurm":
         return f"{config.jobs} SLURM job(s) of {config.cores} Dask workers"
+    if in_process(config):
+        return "1 local worker in this process (no Dask cluster)"
     return f"{config.n_workers} local Dask worker{'s' if config.n_workers != 1 else ''}"
 
 
@@ -177,13 +259,16 @@ class BackgroundClient:
         self._stack = ExitStack()
         self._client = None
         self._error: BaseException | None = None
-        self._status(f"starting {describe(config)} ...")
+        self._status(f"running on {describe(config)}" if in_process(config) else f"starting {describe(config)} ...")
         self._thread = threading.Thread(target=self._start, args=(config,), name="openmind-prep-dask", daemon=True)
         self._thread.start()
 
     def _start(self, config: ClusterConfig) -> None:
         start = time.perf_counter()
         try:
+            if in_process(config):
+                self._client = self._stack.enter_context(InProcess(config.memory_limit))
+                return
             self._client = self._stack.enter_context(dask_client(config))
             self._status(f"Dask ready ({describe(config)}) after {time.perf_counter() - start:.1f} s")
         except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by get()
@@ -216,16 +301,33 @@ def bounded_submit(submit: Callable[[Any], Any], queue: deque, in_flight: int) -
     """Submit each item of ``queue`` (taken from the left) with ``submit(item) -> Future``, at most
     ``in_flight`` at a time, so the scheduler never holds the whole list; yields ``(item, future)``
     as tasks finish. Items the caller adds to ``queue`` while handling a result (e.g. a failed
-    batch split up) are submitted too. The one bounded-submit loop of the project.
+    batch split up) are submitted too. Dask futures or an :class:`InProcess` worker's. The one
+    bounded-submit loop of the project.
 
     >>> with dask_client(ClusterConfig(workers=1, processes=False)) as client:
     ...     done = bounded_submit(lambda n: client.submit(pow, n, 2), deque([1, 2, 3]), in_flight=2)
     ...     sorted((n, f.result()) for n, f in done)
     [(1, 1), (2, 4), (3, 9)]
+    >>> with InProcess() as worker:
+    ...     sorted((n, f.result()) for n, f in bounded_submit(lambda n: worker.submit(pow, n, 2), deque([1, 2]), 1))
+    [(1, 1), (2, 4)]
     """
+    owner: dict = {}
+    if queue:  # the first future says whose it is: an InProcess worker's, or a Dask client's
+        item = queue.popleft()
+        owner[submit(item)] = item
+    if owner and isinstance(next(iter(owner)), concurrent.futures.Future):
+        while owner:
+            done, _ = concurrent.futures.wait(list(owner), return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                yield owner.pop(future), future
+                while queue and len(owner) < in_flight:
+                    item = queue.popleft()
+                    owner[submit(item)] = item
+        return
     from distributed import as_completed
 
-    running, owner = as_completed(), {}
+    running = as_completed(list(owner))
 
     def fill() -> None:
         while queue and len(owner) < in_flight:

@@ -17,6 +17,7 @@ only the image that kills a worker is marked failed. Re-running skips every imag
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -64,12 +65,16 @@ def worker_max_bytes(fraction: int = IMAGE_MEMORY_FRACTION) -> int | None:
     >>> worker_max_bytes() is None  # not inside a Dask worker
     True
     """
-    try:
-        from distributed import get_worker
+    from openmind_prep.core.dask_cluster import in_process_memory_limit
 
-        limit = get_worker().memory_manager.memory_limit
-    except (ImportError, ValueError, AttributeError):
-        return None
+    limit = in_process_memory_limit()  # the one in-process worker's (no Dask loaded for it)
+    if limit is None and "distributed" in sys.modules:  # a Dask worker has imported distributed
+        try:
+            from distributed import get_worker
+
+            limit = get_worker().memory_manager.memory_limit
+        except (ImportError, ValueError, AttributeError):
+            return None
     return int(limit) // fraction if limit else None
 
 
