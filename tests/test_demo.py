@@ -25,7 +25,17 @@ def demo_run(tmp_path_factory) -> Path:
     result = CliRunner().invoke(main, ["demo", "--out", str(run), "--small", "--steps", str(STEPS),
                                        "--patch", "32", "--workers", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output + repr(result.exception)
+    OUTPUT["demo"] = result.output
     return run
+
+
+OUTPUT: dict[str, str] = {}
+
+
+def test_demo_says_what_it_will_take_before_it_starts(demo_run):
+    first, second = OUTPUT["demo"].splitlines()[:2]
+    assert first.startswith("estimate: about ") and "(3 volumes, 48 CVA steps at 32^3" in first
+    assert second.startswith("==> sample")
 
 
 def test_manifest_has_one_ok_row_per_sample_image(demo_run):
@@ -82,7 +92,7 @@ def test_summary_numbers_match_the_artefacts(demo_run):
     log = [json.loads(line) for line in (demo_run / "cva" / "log.jsonl").read_text().splitlines()]
     assert summary["images"] == len(rows) and summary["ok"] == len(rows) and summary["failed"] == 0
     assert summary["shard_samples"] == index["samples"] and summary["shards"] == len(index["shards"])
-    assert summary["cva"]["steps"] == STEPS
+    assert summary["cva"]["steps"] == STEPS and summary["cva"]["patch"] == 32  # --patch 32: what CVA trained on
     probes = [r["probe_loss"] for r in log if "probe_loss" in r]
     assert (summary["cva"]["probe_loss_first"], summary["cva"]["probe_loss_last"]) == (
         pytest.approx(probes[0], abs=1e-4), pytest.approx(probes[-1], abs=1e-4))

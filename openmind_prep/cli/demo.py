@@ -26,6 +26,40 @@ from openmind_prep.core.dask_cluster import ClusterConfig
 from openmind_prep.sources.selection import Selection
 
 
+#: Seconds per stage of the demo on an idle 2-core CPU (measured: 6 embedded volumes, 60 CVA steps at
+#: 32³, batch 2): start-up and imports, per volume (sample + preprocess), views, per CVA step at 32³,
+#: k-means + tissue probe. The estimate is printed before the demo starts.
+DEMO_COST = {"start": 4.0, "volume": 1.3, "views": 1.0, "step_32": 0.28, "clusters_probe": 13.2}
+
+
+def demo_estimate(volumes: int, steps: int, cva_patch: int, cores: int, load: float) -> tuple[float, float]:
+    """(seconds on an idle machine, seconds at ``load`` on ``cores`` cores) for the demo: the stages of
+    :data:`DEMO_COST`, a CVA step scaling with the view's voxels; a busy machine stretches every stage
+    by ``load / cores`` (when above 1).
+
+    >>> idle, busy = demo_estimate(6, 60, 32, cores=2, load=6.0)
+    >>> round(idle, 1), round(busy / idle, 1)
+    (42.8, 3.0)
+    """
+    c = DEMO_COST
+    idle = (c["start"] + volumes * c["volume"] + c["views"] + steps * c["step_32"] * (cva_patch / 32) ** 3
+            + c["clusters_probe"])
+    return idle, idle * max(1.0, load / max(cores, 1))
+
+
+def _say_estimate(volumes: int | None, steps: int, cva_patch: int, downloading: bool) -> None:
+    import os
+
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    idle, busy = demo_estimate(volumes or 6, steps, cva_patch, cores, load)
+    what = f"{volumes} volumes" if volumes else "per 6 volumes"
+    line = f"estimate: about {idle / 60:.1f} min on an idle {cores}-core CPU ({what}, {steps} CVA steps at {cva_patch}^3)"
+    if busy > idle * 1.2:
+        line += f"; the load is {load:.1f} on {cores} cores, so expect about {busy / 60:.1f} min"
+    click.echo(line + ("; plus the download" if downloading else ""))
+
+
 @contextmanager
 def _stage(name: str, timings: dict):
     click.secho(f"==> {name}", bold=True)
@@ -98,7 +132,7 @@ def _cva(store: Path, run: Path, steps: int, patch: int, device: str, seed: int)
     first, last = log[: max(1, len(log) // 4)], log[-max(1, len(log) // 4):]
     mean = lambda rows: sum(r["loss"] for r in rows) / len(rows)  # noqa: E731
     probes = [r["probe_loss"] for r in log if "probe_loss" in r]
-    return {"steps": result["step"], "loss_first_quarter": round(mean(first), 4),
+    return {"steps": result["step"], "patch": patch, "loss_first_quarter": round(mean(first), 4),
             "loss_last_quarter": round(mean(last), 4),
             "probe_loss_first": round(probes[0], 4), "probe_loss_last": round(probes[-1], 4),
             "samples_per_s": round(sum(r.get("samples_per_s", 0) for r in log) / len(log), 2),
@@ -142,7 +176,9 @@ def _probe(run: Path, seed: int) -> tuple[dict, list[str]]:
 @selection_options
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Dask workers [default: all cores].")
 @click.option("--steps", type=click.IntRange(min=2), default=60, show_default=True, help="CVA optimiser steps.")
-@click.option("--patch", type=click.IntRange(min=16), default=48, show_default=True, help="View edge in voxels.")
+@click.option("--patch", type=click.IntRange(min=16), default=48, show_default=True,
+              help="View edge in voxels of views.png; the CVA step trains the tiny net on min(patch, 32) "
+                   "rounded down to a multiple of 8 (summary: cva.patch).")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda if present), cpu or cuda.")
 @click.option("--small", is_flag=True, help="Use the 3-volume small sample (quicker).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -155,6 +191,8 @@ def demo_command(run: Path, repo: str | None, revision: str, endpoint: str | Non
     from openmind_prep.shards.writer import merge_index, write_shards
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    cva_patch = min(patch, 32) // 8 * 8  # the tiny net: multiples of 8, small enough for a CPU
+    _say_estimate(selection.limit or None if repo else (3 if small else 6), steps, cva_patch, bool(repo))
     run.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -173,7 +211,7 @@ def demo_command(run: Path, repo: str | None, revision: str, endpoint: str | Non
     with _stage("views", timings):
         views = _views(run / "shards", run, patch, device, seed)
     with _stage("cva", timings):
-        cva = _cva(run / "store", run, steps, min(patch, 32) // 8 * 8, device, seed)  # the tiny net: multiples of 8
+        cva = _cva(run / "store", run, steps, cva_patch, device, seed)
     with _stage("clusters", timings):
         clusters = _clusters(run / "store", run, cva.pop("student"), views["keys"][0], 6, seed)
     with _stage("probe", timings):
@@ -192,7 +230,7 @@ def demo_command(run: Path, repo: str | None, revision: str, endpoint: str | Non
              f"images: {len(records)} selected, {len(ok)} ok, {summary['failed']} failed",
              f"shards: {summary['shards']} with {summary['shard_samples']} samples",
              f"views: {views['pairs']} pairs of {patch}^3, overlaps {views['overlaps']}",
-             f"cva: {cva['steps']} steps, loss on a fixed batch {cva['probe_loss_first']} -> {cva['probe_loss_last']}, "
+             f"cva: {cva['steps']} steps at {cva['patch']}^3, loss on a fixed batch {cva['probe_loss_first']} -> {cva['probe_loss_last']}, "
              f"training loss {cva['loss_first_quarter']} -> {cva['loss_last_quarter']} (mean of first/last quarter), "
              f"{cva['samples_per_s']} samples/s",
              "tissue probe (MNI152 T1, 64^3 crop; k-means k=4, linear probe left -> right hemisphere):",
