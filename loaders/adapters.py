@@ -60,11 +60,6 @@ def sample_affine(sample: Mapping[str, Any]) -> np.ndarray:
     return ijk_affine(np.asarray(affine, dtype=np.float64))
 
 
-<<<<<<< HEAD
-def to_torchio(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32):
-    """A ``torchio.Subject``: ``image`` (``ScalarImage``, ``dtype``) and each stored mask and label map
-    as a ``LabelMap`` (absent ones are not keys), plus ``key`` and ``meta`` as plain attributes.
-=======
 MinShape = int | tuple[int, int, int] | None
 
 
@@ -92,10 +87,9 @@ def pad_to(tensor: Tensor, affine: np.ndarray, min_shape: MinShape, value: float
 
 
 def to_torchio(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32, min_shape: MinShape = None):
-    """A ``torchio.Subject``: ``image`` (``ScalarImage``, ``dtype``) and each stored mask as a
-    ``LabelMap`` (absent masks are not keys), plus ``key`` and ``meta`` as plain attributes;
+    """A ``torchio.Subject``: ``image`` (``ScalarImage``, ``dtype``) and each stored mask and label map
+    as a ``LabelMap`` (absent ones are not keys), plus ``key`` and ``meta`` as plain attributes;
     padded to ``min_shape`` (see :func:`pad_to`).
->>>>>>> 0755286 (A first hour without network, and adapters that iterate. --repo takes a local folder or file:// path laid out as the Hub repo (openmind-prep sample DEST writes one), served to the real client by openmind_prep.sources.local_hub on 127.0.0.1 (the serving part of the tests' hub moved into the package; tests/hf_server.py keeps only the injected faults, through hooks); the README's first hour starts from the sample and tests/test_readme.py runs it with HF_ENDPOINT and the proxies on a closed port. Adapters: min_shape pads volumes thinner than the patch (image with its minimum, masks 0, affine moved) in to_torchio / to_monai / monai_dataset / torchio_subjects; docs/loaders.md's TorchIO and MONAI examples iterate a real 64³ batch on the first hour's store (a 50-voxel-thin volume); tests check the padding keeps world positions and both iterate. demo: views.png gets one row per pair, named)
 
     >>> import torchio as tio                                   # doctest: +SKIP
     >>> to_torchio(ds[0]).image.spacing                         # doctest: +SKIP
@@ -103,33 +97,20 @@ def to_torchio(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32,
     """
     import torchio as tio
 
-<<<<<<< HEAD
-    affine = sample_affine(sample)
-    images = {"image": tio.ScalarImage(tensor=ijk(sample["image"]).to(dtype), affine=affine)}
-    for name in _LABELS:
-=======
     stored = sample_affine(sample)
     image, affine = pad_to(ijk(sample["image"]).to(dtype), stored, min_shape)
     images = {"image": tio.ScalarImage(tensor=image, affine=affine)}
-    for name in MASK_NAMES:
->>>>>>> 0755286 (A first hour without network, and adapters that iterate. --repo takes a local folder or file:// path laid out as the Hub repo (openmind-prep sample DEST writes one), served to the real client by openmind_prep.sources.local_hub on 127.0.0.1 (the serving part of the tests' hub moved into the package; tests/hf_server.py keeps only the injected faults, through hooks); the README's first hour starts from the sample and tests/test_readme.py runs it with HF_ENDPOINT and the proxies on a closed port. Adapters: min_shape pads volumes thinner than the patch (image with its minimum, masks 0, affine moved) in to_torchio / to_monai / monai_dataset / torchio_subjects; docs/loaders.md's TorchIO and MONAI examples iterate a real 64³ batch on the first hour's store (a 50-voxel-thin volume); tests check the padding keeps world positions and both iterate. demo: views.png gets one row per pair, named)
+    for name in _LABELS:
         if sample.get(name) is not None:
             images[name] = tio.LabelMap(tensor=pad_to(ijk(sample[name]), stored, min_shape, 0)[0], affine=affine)
     return tio.Subject(**images, key=sample["key"], meta=dict(sample["meta"]))
 
 
-<<<<<<< HEAD
-def to_monai(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """A MONAI dictionary: ``image`` and each stored mask and label map as ``monai.data.MetaTensor``
-    with the RAS ``affine`` (absent ones are not keys), plus ``key``; ready for ``monai.transforms`` ``*d``
-    transforms and ``list_data_collate``.
-=======
 def to_monai(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32,
              min_shape: MinShape = None) -> dict[str, Any]:
-    """A MONAI dictionary: ``image`` and each stored mask as ``monai.data.MetaTensor`` with the RAS
-    ``affine`` (absent masks are not keys), plus ``key``; ready for ``monai.transforms`` ``*d``
+    """A MONAI dictionary: ``image`` and each stored mask and label map as ``monai.data.MetaTensor``
+    with the RAS ``affine`` (absent ones are not keys), plus ``key``; ready for ``monai.transforms`` ``*d``
     transforms and ``list_data_collate``; padded to ``min_shape`` (see :func:`pad_to`).
->>>>>>> 0755286 (A first hour without network, and adapters that iterate. --repo takes a local folder or file:// path laid out as the Hub repo (openmind-prep sample DEST writes one), served to the real client by openmind_prep.sources.local_hub on 127.0.0.1 (the serving part of the tests' hub moved into the package; tests/hf_server.py keeps only the injected faults, through hooks); the README's first hour starts from the sample and tests/test_readme.py runs it with HF_ENDPOINT and the proxies on a closed port. Adapters: min_shape pads volumes thinner than the patch (image with its minimum, masks 0, affine moved) in to_torchio / to_monai / monai_dataset / torchio_subjects; docs/loaders.md's TorchIO and MONAI examples iterate a real 64³ batch on the first hour's store (a 50-voxel-thin volume); tests check the padding keeps world positions and both iterate. demo: views.png gets one row per pair, named)
 
     >>> to_monai(ds[0])["image"].affine                         # doctest: +SKIP
     """
@@ -139,13 +120,8 @@ def to_monai(sample: Mapping[str, Any], *, dtype: torch.dtype = torch.float32,
     image, padded = pad_to(ijk(sample["image"]).to(dtype), stored, min_shape)
     affine = torch.as_tensor(padded)
     meta = {"filename_or_obj": sample["key"], "space": "RAS"}
-<<<<<<< HEAD
-    out: dict[str, Any] = {"image": MetaTensor(ijk(sample["image"]).to(dtype), affine=affine, meta=dict(meta))}
-    for name in _LABELS:
-=======
     out: dict[str, Any] = {"image": MetaTensor(image, affine=affine, meta=dict(meta))}
-    for name in MASK_NAMES:
->>>>>>> 0755286 (A first hour without network, and adapters that iterate. --repo takes a local folder or file:// path laid out as the Hub repo (openmind-prep sample DEST writes one), served to the real client by openmind_prep.sources.local_hub on 127.0.0.1 (the serving part of the tests' hub moved into the package; tests/hf_server.py keeps only the injected faults, through hooks); the README's first hour starts from the sample and tests/test_readme.py runs it with HF_ENDPOINT and the proxies on a closed port. Adapters: min_shape pads volumes thinner than the patch (image with its minimum, masks 0, affine moved) in to_torchio / to_monai / monai_dataset / torchio_subjects; docs/loaders.md's TorchIO and MONAI examples iterate a real 64³ batch on the first hour's store (a 50-voxel-thin volume); tests check the padding keeps world positions and both iterate. demo: views.png gets one row per pair, named)
+    for name in _LABELS:
         if sample.get(name) is not None:
             mask = pad_to(ijk(sample[name]), stored, min_shape, 0)[0]
             out[name] = MetaTensor(mask, affine=affine.clone(), meta=dict(meta))
@@ -215,21 +191,13 @@ def torchio_subjects(dataset: Any, transform: Callable | None = None, *, min_sha
 
     subjects = []
     for key, row in zip(dataset.keys, dataset.rows):
-<<<<<<< HEAD
-        affine = _StoredArray(tuple(map(tuple, ijk_affine(stored_affine(row)).tolist())))
-        images = {"image": tio.ScalarImage(dataset.store / row["zarr_path"], reader=affine)}
+        affine = tuple(map(tuple, ijk_affine(stored_affine(row)).tolist()))
+        images = {"image": tio.ScalarImage(dataset.store / row["zarr_path"], reader=_StoredArray(affine, min_shape))}
         for name in _LABELS:
             wanted = getattr(dataset, "labels", True) if name == LABEL else dataset.masks
             if wanted and row.get(ARRAY_COLUMNS[name]):
-                images[name] = tio.LabelMap(dataset.store / row[ARRAY_COLUMNS[name]], reader=affine)
-=======
-        affine = tuple(map(tuple, ijk_affine(stored_affine(row)).tolist()))
-        images = {"image": tio.ScalarImage(dataset.store / row["zarr_path"], reader=_StoredArray(affine, min_shape))}
-        for name in MASK_NAMES:
-            if dataset.masks and row.get(ARRAY_COLUMNS[name]):
                 images[name] = tio.LabelMap(dataset.store / row[ARRAY_COLUMNS[name]],
                                             reader=_StoredArray(affine, min_shape, label=True))
->>>>>>> 0755286 (A first hour without network, and adapters that iterate. --repo takes a local folder or file:// path laid out as the Hub repo (openmind-prep sample DEST writes one), served to the real client by openmind_prep.sources.local_hub on 127.0.0.1 (the serving part of the tests' hub moved into the package; tests/hf_server.py keeps only the injected faults, through hooks); the README's first hour starts from the sample and tests/test_readme.py runs it with HF_ENDPOINT and the proxies on a closed port. Adapters: min_shape pads volumes thinner than the patch (image with its minimum, masks 0, affine moved) in to_torchio / to_monai / monai_dataset / torchio_subjects; docs/loaders.md's TorchIO and MONAI examples iterate a real 64³ batch on the first hour's store (a 50-voxel-thin volume); tests check the padding keeps world positions and both iterate. demo: views.png gets one row per pair, named)
         subjects.append(tio.Subject(**images, key=key))
     return tio.SubjectsDataset(subjects, transform=transform)
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from trainers.primus_mae import PrimusMAE
 from trainers.resources import ARCHITECTURES  # a light module: --help lists them without torch
 
-__all__ = ["ARCHITECTURES", "resenc_l", "primus_m", "primus_m_mae", "tiny", "TINY_KWARGS", "RESENC_L_KWARGS", "build_backbone", "stage_features", "CVANet"]
+__all__ = ["ARCHITECTURES", "resenc_l", "primus_m", "primus_m_mae", "tiny", "TINY_KWARGS", "RESENC_L_KWARGS",
+           "build_backbone", "stage_features", "CVANet"]
 
 
 def resenc_l(in_channels: int = 1, out_channels: int = 1) -> nn.Module:
