@@ -78,9 +78,10 @@ def _lines(output: str, prefix: str) -> list[str]:
 
 
 def _errors(output: str) -> list[str]:
-    """Output lines less the progress bars'."""
-    return [line for line in output.replace("\r", "\n").splitlines()
-            if line.strip() and not line.startswith(("shards ", "verify"))]
+    """Output lines less the progress bars (whose last update may share its line with what follows)."""
+    lines = [line.rsplit("]", 1)[-1] if line.startswith(("shards ", "verify:")) else line
+             for line in output.replace("\r", "\n").splitlines()]
+    return [line for line in lines if line.strip()]
 
 
 @contextmanager
@@ -380,3 +381,25 @@ def test_a_killed_shard_writer_s_temporary_files_are_removed_by_the_next_run(sto
     result = CliRunner().invoke(main, ["shard", str(store.root), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert not list(out.rglob("*.tmp")) and len(list(out.glob("shard-*.tar"))) == 3
+
+
+# -- docs/faults.md, run as written ------------------------------------------------------------------
+
+def test_the_documented_answers(tmp_path, monkeypatch):
+    """docs/faults.md "Data integrity": every command gives the exit code and the line written under it."""
+    import re
+    import shlex
+
+    section = (ROOT / "docs" / "faults.md").read_text().split("## Data integrity (issue 23)")[1].split("\n## ")[0]
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]
+    assert len(lines) == 10
+    monkeypatch.chdir(tmp_path)
+    _damage(_build(tmp_path / "STORE"), KEYS[1], "flipped byte")
+    _build(tmp_path / "OTHER", seed=10)
+    for command, answer in zip(lines[::2], lines[1::2]):
+        code, said = re.fullmatch(r"# exit (\d): (.*)", answer).groups()
+        words = shlex.split(command)
+        assert words[0] == "openmind-prep"
+        result = CliRunner().invoke(main, words[1:])
+        last = _errors(result.output)[-1]
+        assert result.exit_code == int(code) and last.startswith(said), (command, result.output)
