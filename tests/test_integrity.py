@@ -403,3 +403,21 @@ def test_the_documented_answers(tmp_path, monkeypatch):
         result = CliRunner().invoke(main, words[1:])
         last = _errors(result.output)[-1]
         assert result.exit_code == int(code) and last.startswith(said), (command, result.output)
+
+
+def test_a_fifo_in_place_of_a_source_listing_is_refused_without_reading_it(tmp_path):
+    """The OpenMind CSV, an nnU-Net dataset.json, an nnssl pretrain_data.json: one line each, no hang."""
+    from openmind_prep.core.paths import InputError
+    from openmind_prep.sources.metadata import METADATA_CSV, MetadataError, read_metadata
+    from openmind_prep.sources.nnunet import DATASET_JSON, read_dataset_json
+
+    os.mkfifo(tmp_path / METADATA_CSV)
+    os.mkfifo(tmp_path / DATASET_JSON)
+    with _deadline(30):
+        with pytest.raises(MetadataError, match="not a regular file \\(a FIFO\\); refused"):
+            read_metadata(tmp_path / METADATA_CSV)
+        with pytest.raises(InputError, match="not a regular file \\(a FIFO\\); refused"):
+            read_dataset_json(tmp_path)
+        result = CliRunner().invoke(main, ["plan", "--metadata", str(tmp_path / METADATA_CSV)])
+    assert result.exit_code == 1 and _errors(result.output)[-1] == \
+        f"Error: {tmp_path / METADATA_CSV}: not a regular file (a FIFO); refused"

@@ -95,3 +95,21 @@ def not_a_regular_file(path: Path) -> str:
     if stat.S_ISREG(mode):
         return ""
     return f"not a regular file ({special_file(mode) or 'a directory'})"
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of the file ``path`` (a CSV, a JSON or TOML listing of a source), refusing anything
+    but a regular file with :class:`InputError` before reading: a FIFO put in its place is opened
+    without blocking and never read. ``OSError`` (missing, unreadable) as ``open`` raises it.
+
+    >>> read_regular(Path("/"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    openmind_prep.core.paths.InputError: /: not a regular file (a directory); refused
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise InputError(path, f"not a regular file ({special_file(mode) or 'a directory'}); refused")
+    with open(fd, "rb") as f:
+        return f.read()

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from openmind_prep.core.paths import strip_nifti_suffix
+from openmind_prep.core.paths import InputError, read_regular, strip_nifti_suffix
 from openmind_prep.store.schema import MASK_NAMES
 
 log = logging.getLogger("openmind_prep")
@@ -166,9 +166,11 @@ def read_metadata(csv_path: Path) -> list[ImageRecord]:
     """
     csv_path = Path(csv_path)
     try:
-        data = csv_path.read_bytes()
+        data = read_regular(csv_path)  # a FIFO is refused, never read
     except OSError as e:
         raise MetadataError(f"{csv_path}: cannot read: {e.strerror or e}") from None
+    except InputError as e:
+        raise MetadataError(str(e)) from None
     rows = _rows(csv.reader(io.StringIO(_decode(data, csv_path), newline="")), csv_path)
     header_line, header = next(rows, (1, []))
     twice = sorted({c for c in header if header.count(c) > 1})

@@ -30,7 +30,7 @@ import math
 import os
 from pathlib import Path
 
-from openmind_prep.core.paths import InputError
+from openmind_prep.core.paths import InputError, read_regular
 from openmind_prep.sources.base import Source
 from openmind_prep.sources.metadata import ImageRecord
 
@@ -98,7 +98,7 @@ class NnsslSource(Source):
         """``(dataset id, subject, session, IQS table, subject_info, image dict, (image, anon mask,
         anat mask) as absolute paths)`` per image, in file order."""
         try:
-            collection = json.loads(self.json_path.read_text(encoding="utf-8"))
+            collection = json.loads(read_regular(self.json_path).decode("utf-8"))  # never a FIFO
         except OSError as e:
             raise InputError(self.json_path, f"cannot read: {e.strerror or e}") from None
         except ValueError as e:

@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from openmind_prep.core.paths import InputError
+from openmind_prep.core.paths import InputError, read_regular
 from openmind_prep.sources.base import Source
 from openmind_prep.sources.metadata import ImageRecord
 
@@ -33,7 +33,7 @@ def read_dataset_json(folder: Path) -> dict:
     """``folder/dataset.json`` as a dict; unreadable, not JSON or not an object: :class:`InputError`."""
     path = Path(folder) / DATASET_JSON
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path).decode("utf-8"))  # never a FIFO
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
     except ValueError as e:
