@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,8 +80,8 @@ def _lines(output: str, prefix: str) -> list[str]:
 
 def _errors(output: str) -> list[str]:
     """Output lines less the progress bars (whose last update may share its line with what follows)."""
-    lines = [line.rsplit("]", 1)[-1] if line.startswith(("shards ", "verify:")) else line
-             for line in output.replace("\r", "\n").splitlines()]
+    bar = re.compile(r"^[^|]*\|[^|]*\| *\d+/\d+ \[[^\]]*\]")  # "desc: 100%|███| 3/3 [00:00<00:00, …]"
+    lines = [bar.sub("", line) for line in output.replace("\r", "\n").splitlines()]
     return [line for line in lines if line.strip()]
 
 
@@ -387,7 +388,6 @@ def test_a_killed_shard_writer_s_temporary_files_are_removed_by_the_next_run(sto
 
 def test_the_documented_answers(tmp_path, monkeypatch):
     """docs/faults.md "Data integrity": every command gives the exit code and the line written under it."""
-    import re
     import shlex
 
     section = (ROOT / "docs" / "faults.md").read_text().split("## Data integrity (issue 23)")[1].split("\n## ")[0]
