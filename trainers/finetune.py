@@ -266,10 +266,16 @@ def _finished(folder: Path) -> list[dict]:
 
 
 def read_targets(args: argparse.Namespace) -> dict[str, float]:
-    """``{store key: target}`` from ``--labels`` or, without it, the manifest column ``--target``."""
-    from trainers.finetune_data import targets_for
+    """``{store key: target}`` from ``--labels`` or, without it, the manifest column ``--target``: class
+    indices for cls (sorted class names, :func:`openmind_prep.sources.targets.as_classes`), numbers for reg."""
+    from openmind_prep.sources.targets import as_classes, as_numbers, load_targets
 
-    return targets_for(args.store, args.labels, args.target)
+    raw = load_targets(args.store, args.target, args.labels)
+    if args.task == "cls":
+        indices, names = as_classes(raw)
+        say(f"classes of {args.target}: {', '.join(f'{i}={n}' for i, n in enumerate(names))}")
+        return {k: float(v) for k, v in indices.items()}
+    return as_numbers(raw, str(args.labels or args.store))
 
 
 def main(argv: list[str] | None = None) -> None:

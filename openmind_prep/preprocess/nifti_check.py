@@ -165,7 +165,7 @@ def read_voxels(path: str | Path, *, max_bytes: int | None = None) -> tuple[np.n
 
     >>> read_voxels("no/such/file.nii.gz")
     Traceback (most recent call last):
-    openmind_prep.preprocess.nifti_check.InputError: no/such/file.nii.gz: file not found
+    openmind_prep.core.paths.InputError: no/such/file.nii.gz: file not found
     >>> import nilearn
     >>> mni = Path(nilearn.__file__).parent / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
     >>> data, layout = read_voxels(mni)
@@ -248,6 +248,6 @@ def check_nifti(path: str | Path, *, max_bytes: int | None = None) -> None:
 
     >>> check_nifti("no/such/file.nii.gz")
     Traceback (most recent call last):
-    openmind_prep.preprocess.nifti_check.InputError: no/such/file.nii.gz: file not found
+    openmind_prep.core.paths.InputError: no/such/file.nii.gz: file not found
     """
     read_voxels(path, max_bytes=max_bytes)

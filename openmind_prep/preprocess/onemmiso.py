@@ -153,7 +153,7 @@ def read_mask(path: str | Path, *, max_bytes: int | None = None) -> np.ndarray:
 
     >>> read_mask("missing_mask.nii.gz")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
-    openmind_prep.preprocess.nifti_check.InputError: missing_mask.nii.gz: file not found
+    openmind_prep.core.paths.InputError: missing_mask.nii.gz: file not found
     """
     path = Path(path)
     data, _ = _read_checked(path, max_bytes)
