@@ -122,7 +122,7 @@ def init_weights(args: argparse.Namespace) -> tuple[dict | None, str]:
 
 
 # --------------------------------------------------------------------------------------- one fold
-def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, outputs: int, stop) -> dict | None:
+def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, values: list, stop) -> dict | None:
     """Train one fold (resuming from its checkpoint), score its held-out cases; ``None`` when stopped early."""
     import numpy as np
     import torch
@@ -137,6 +137,7 @@ def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, outp
     out.mkdir(parents=True, exist_ok=True)
     # ---- network and initial weights
     torch.manual_seed(args.seed * 1000 + fold)
+    outputs = len(values)  # seg: label values; cls: classes; reg: one output
     model = build_model(args.arch, args.task, args.patch_size, outputs)
     if weights is not None and run == "pretrained":
         try:
@@ -149,7 +150,7 @@ def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, outp
     accumulation = args.accumulation or r.accumulation
     optimizer = build_optimizer(model.parameters(), r)
     total = args.epochs * args.iterations
-    patches = Patches(args.store, train_cases, args.task, args.patch_size)
+    patches = Patches(args.store, train_cases, args.task, args.patch_size, values)
     rng = np.random.default_rng([args.seed, fold])
     # ---- resume
     step = 0
@@ -198,7 +199,7 @@ def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, outp
     from trainers.finetune_score import score_cases
 
     result = {"fold": fold, "run": run, "train": [c.key for c in train_cases], "held_out": [c.key for c in held_cases],
-              **score_cases(model, args, held_cases, outputs)}
+              **score_cases(model, args, held_cases, values, out)}
     from openmind_prep.core import atomic
 
     atomic.write_text(result_path, json.dumps(result, indent=1) + "\n")
@@ -224,7 +225,7 @@ def _config(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------- all folds
 def run_all(args: argparse.Namespace) -> dict:
     """Every fold of every run (pretrained, scratch) that is asked for, then the report when all are done."""
-    from trainers.finetune_data import class_count, labelled_cases
+    from trainers.finetune_data import class_count, label_values, labelled_cases
     from trainers.finetune_report import write_report
     from trainers.folds import kfold, split, subject_of
     from trainers.resources import setup_processes
@@ -234,7 +235,7 @@ def run_all(args: argparse.Namespace) -> dict:
         targets = read_targets(args) if args.task != "seg" else None
         cases = labelled_cases(args.store, args.task, targets)
         folds = kfold([c.key for c in cases], {c.key: subject_of(c.row) for c in cases}, args.folds, seed=args.seed)
-        outputs = class_count(cases, args.store, args.task)
+        values = label_values(cases, args.store) if args.task == "seg" else list(range(class_count(cases, args.store, args.task)))
     except (ValueError, KeyError, OSError) as err:
         raise RunError(str(err).strip("'\"")) from None
     weights, digest = init_weights(args)
@@ -248,7 +249,7 @@ def run_all(args: argparse.Namespace) -> dict:
             for run in runs:
                 say(f"{run} fold {fold}: {len(train_keys)} training, {len(held_keys)} held-out images")
                 result = train_fold(args, run, fold, [by_key[k] for k in train_keys], [by_key[k] for k in held_keys],
-                                    weights, outputs, stop)
+                                    weights, values, stop)
                 if result is None:
                     return {"interrupted": stop.name}
                 results[run].append(result)

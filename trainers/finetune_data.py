@@ -54,14 +54,34 @@ def labelled_cases(store: Path, task: str, targets: dict[str, float] | None = No
     return cases
 
 
+def label_values(cases: Sequence[Case], store: Path) -> list[int]:
+    """The label values of the cases' maps, sorted, 0 (background) first: output channel i predicts the
+    i-th value (a dataset may label white matter 300; the network still has 3 outputs, not 301)."""
+    ds = ZarrVolumeDataset(store, [c.key for c in cases])
+    values = sorted({0, *(int(v) for i in range(len(ds)) for v in np.unique(ds[i]["label"].numpy()))})
+    if values[0] < 0:
+        raise ValueError(f"{store}: negative label value {values[0]} (labels are 0 = background, 1, 2, …)")
+    return values
+
+
 def class_count(cases: Sequence[Case], store: Path, task: str) -> int:
-    """Output channels: label values + 1 (seg, read from the arrays' maxima), classes (cls), 1 (reg)."""
+    """Output channels: label values (seg), classes (cls), 1 (reg)."""
     if task == "reg":
         return 1
     if task == "cls":
         return int(max(c.target for c in cases)) + 1
-    ds = ZarrVolumeDataset(store, [c.key for c in cases])
-    return int(max(int(ds[i]["label"].max()) for i in range(len(ds)))) + 1
+    return len(label_values(cases, store))
+
+
+def to_indices(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """A label map's values as output-channel indices (``values`` from :func:`label_values`).
+
+    >>> to_indices(np.array([0, 300, 1, 300]), [0, 1, 300]).tolist()
+    [0, 2, 1, 2]
+    """
+    lut = np.zeros(max(values) + 1, np.int64)
+    lut[list(values)] = np.arange(len(values))
+    return lut[label]
 
 
 def _pad(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -84,8 +104,9 @@ def patch_start(shape: Sequence[int], size: Sequence[int], rng: np.random.Genera
 class Patches:
     """Random training patches of the cases, drawn from a seeded generator (exact replay on resume)."""
 
-    def __init__(self, store: Path, cases: Sequence[Case], task: str, patch: Sequence[int]) -> None:
-        self.cases, self.task, self.patch = list(cases), task, tuple(int(p) for p in patch)
+    def __init__(self, store: Path, cases: Sequence[Case], task: str, patch: Sequence[int],
+                 values: Sequence[int] = (0, 1)) -> None:
+        self.cases, self.task, self.patch, self.values = list(cases), task, tuple(int(p) for p in patch), list(values)
         self.ds = ZarrVolumeDataset(store, [c.key for c in self.cases])
         self._foreground: dict[int, np.ndarray] = {}
 
@@ -112,7 +133,7 @@ class Patches:
             sample = self.ds.read(index, region)
             images.append(_pad(sample["image"][0].float().numpy(), self.patch))
             if self.task == "seg":
-                labels.append(_pad(sample["label"][0].numpy().astype(np.int64), self.patch))
+                labels.append(_pad(to_indices(sample["label"][0].numpy(), self.values), self.patch))
             else:
                 labels.append(self.cases[index].target)
         x = torch.from_numpy(np.stack(images)[:, None])

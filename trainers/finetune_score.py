@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from trainers.finetune_data import centre_patch, gaussian_weights, sliding_windows, whole_case
+from trainers.finetune_data import centre_patch, gaussian_weights, sliding_windows, to_indices, whole_case
 from trainers.metrics import classification_scores, regression_scores, segmentation_scores
 
 
@@ -28,19 +28,31 @@ def segment(model: torch.nn.Module, image: np.ndarray, patch, outputs: int) -> n
     return labels[tuple(slice(0, n) for n in shape)]
 
 
-def score_cases(model: torch.nn.Module, args, cases, outputs: int) -> dict:
-    """``{"metrics": {...}, "cases": [...]}`` of one fold: each case's prediction summary and the fold's metrics."""
+def prediction_file(folder, key: str):
+    """Where a held-out case's predicted label map is kept (``<fold>/predictions/<key with / as __>.npz``)."""
+    return folder / "predictions" / (key.replace("/", "__") + ".npz")
+
+
+def score_cases(model: torch.nn.Module, args, cases, values: list, folder=None) -> dict:
+    """``{"metrics": {...}, "cases": [...]}`` of one fold: each case's prediction summary and the fold's
+    metrics (seg: per class under the label value it has in the store)."""
     model.eval()
+    outputs = len(values)
     patch = tuple(args.patch_size)
     rows = []
     if args.task == "seg":
         for case in cases:
             image, label = whole_case(args.store, case)
             pred = segment(model, image, patch, outputs)
-            s = segmentation_scores(label, pred, classes=range(1, outputs), spacing=(1.0, 1.0, 1.0),
+            if folder is not None:  # the label values of the store, as the label map it is scored against
+                path = prediction_file(folder, case.key)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(path, label=np.asarray(values)[pred].astype(label.dtype))
+            s = segmentation_scores(to_indices(label, values), pred, classes=range(1, outputs), spacing=(1.0, 1.0, 1.0),
                                     tolerance_mm=args.tolerance_mm)
             rows.append({"key": case.key, **{m: _clean(v) for m, v in s["mean"].items()},
-                         "per_class": {str(c): {m: _clean(v) for m, v in d.items()} for c, d in s["per_class"].items()}})
+                         "per_class": {str(values[c]): {m: _clean(v) for m, v in d.items()}
+                                       for c, d in s["per_class"].items()}})
         metrics = {m: _clean(_nanmean([r[m] for r in rows])) for m in ("dsc", "nsd")}
         return {"metrics": metrics, "cases": rows}
     outs = []
