@@ -19,9 +19,10 @@ not pickled NumPy arrays.
 Damaged images are never returned (:mod:`openmind_prep.store.integrity`): rows without an array path
 or checksum are refused when the dataset is built; an array whose folder holds a FIFO or a device,
 whose path is not the image's own or whose ``zarr.json`` shape differs from the manifest's is refused
-when it is opened; and (``verify=True``, the default) the first time a process reads an image, the
+when it is opened; and (``verify=True``, the default) the first time an image is read, the
 whole image is decoded and compared with its manifest checksum (the region is then cut from that
-decode). Each raises :class:`~openmind_prep.store.integrity.DamagedImage` (a ``ValueError``, one line
+decode); the flags of checked images live in shared memory, so the DataLoader workers of one
+dataset check each image once between them (a plain pickle copies them). Each raises :class:`~openmind_prep.store.integrity.DamagedImage` (a ``ValueError``, one line
 naming the array and the image): training stops with that line (``python -m trainers.cva``, exit 1).
 ``verify=False`` skips only the checksum (for a store verified just before, or to measure the reader).
 """
@@ -54,7 +55,7 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
         keys: only these image group keys (default: all ``ok`` rows, manifest order).
         masks: also read ``anon_mask`` / ``anat_mask`` where the image has them.
         labels: also read the ``label`` map where the image has one.
-        verify: check each image's checksum the first time this process reads it (see above).
+        verify: check each image's checksum the first time it is read (see above).
 
     >>> import tempfile
     >>> from openmind_prep.store import manifest; from openmind_prep.store.store import Store
@@ -89,7 +90,9 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
         self._names = [IMAGE, *(MASK_NAMES if masks else ()), *((LABEL,) if labels else ())]
         self._pid: int | None = None
         self._open: dict[int, dict[str, Any]] = {}
-        self._verified: set[int] = set()  # images whose checksum this process has checked
+        # images whose checksum has been checked, in shared memory: DataLoader workers (spawned with
+        # this dataset) mark and see the same flags, so a run checks each image once, not once per worker
+        self._verified = torch.zeros(len(self.rows), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,21 +102,21 @@ class ZarrVolumeDataset(torch.utils.data.Dataset):
         return tuple(int(n) for n in self.rows[index]["shape"])
 
     def __getstate__(self) -> dict:
-        # never ship open arrays to workers; each process checks the images it reads itself
-        return {**self.__dict__, "_pid": None, "_open": {}, "_verified": set()}
+        # never ship open arrays to workers (the shared checked flags go as they are)
+        return {**self.__dict__, "_pid": None, "_open": {}}
 
     def _arrays(self, index: int) -> dict[str, Any]:
         from openmind_prep.store.integrity import check_checksums, open_image
 
         if self._pid != os.getpid():  # first use in this process (or after a fork)
-            self._pid, self._open, self._verified = os.getpid(), {}, set()
+            self._pid, self._open = os.getpid(), {}
         if index not in self._open:
             if len(self._open) >= _CACHE_SIZE:
                 self._open.pop(next(iter(self._open)))
             self._open[index] = open_image(self._store, self.rows[index], self._names)  # confined, shapes checked
-        if self.verify and index not in self._verified:  # the first read here: whole arrays, checksummed
+        if self.verify and not self._verified[index]:  # the first read: whole arrays, checksummed
             decoded = check_checksums(self._store, self.rows[index], self._open[index])
-            self._verified.add(index)
+            self._verified[index] = True
             return decoded
         return self._open[index]
 

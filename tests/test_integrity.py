@@ -154,6 +154,18 @@ def test_the_checksum_is_checked_once_per_process_and_verify_false_skips_it(stor
     assert not ZarrVolumeDataset(store.root, verify=False)[0]["image"].any()
 
 
+def test_dataloader_workers_share_what_they_have_checked(store):
+    """Spawned workers mark the dataset's shared flags: the parent sees every image checked."""
+    import torch
+
+    from loaders import ZarrVolumeDataset
+
+    ds = ZarrVolumeDataset(store.root, masks=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+    assert sorted(s["key"] for s in loader) == sorted(KEYS)
+    assert ds._verified.tolist() == [True] * len(KEYS)
+
+
 def test_show_refuses_a_damaged_image(store, tmp_path):
     out = tmp_path / "x.png"
     assert CliRunner().invoke(main, ["show", str(store.root), KEYS[0], "--out", str(out)]).exit_code == 0
