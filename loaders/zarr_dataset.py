@@ -22,8 +22,9 @@ whose path is not the image's own or whose ``zarr.json`` shape differs from the 
 when it is opened; and (``verify=True``, the default) the first time an image is read, the
 whole image is decoded and compared with its manifest checksum (the region is then cut from that
 decode); the flags of checked images live in shared memory, so the DataLoader workers of one
-dataset check each image once between them (a plain pickle copies them). Each raises :class:`~openmind_prep.store.integrity.DamagedImage` (a ``ValueError``, one line
-naming the array and the image): training stops with that line (``python -m trainers.cva``, exit 1).
+dataset check each image once between them (a plain pickle copies them). Each raises
+:class:`~openmind_prep.store.integrity.DamagedImage` (a ``ValueError``, one line naming the array and
+the image): training stops with that line (``python -m trainers.cva``, exit 1).
 ``verify=False`` skips only the checksum (for a store verified just before, or to measure the reader).
 """
 
