@@ -238,7 +238,7 @@ def _store_dtype(store: Path | None, input_path: Path) -> str:
             store = Path(json.loads(config.read_text()).get("store") or "")
         except (OSError, ValueError, AttributeError):
             return "float16"
-        if not (store / "manifest.parquet").is_file():
+        if not Store(store).has_manifest():
             return "float16"
     try:
         rows = [r for r in Store.open(store).ok_rows() if r.get("dtype")]
