@@ -291,3 +291,35 @@ def test_the_labelled_data_commands_in_the_docs_run(tmp_path, monkeypatch, capsy
                           "['high', 'low']"
     assert Store.open(tmp_path / "labelled.zarr").ok_rows()[0]["label_zarr_path"]
     assert (tmp_path / "labelled-wds" / "index.json").is_file()
+
+
+def test_verify_names_a_damaged_label_map(labelled, tmp_path):
+    import shutil
+
+    _, _, store, rows = labelled
+    copy = tmp_path / "copy"
+    shutil.copytree(store.root, copy)
+    row = rows[1]
+    shard = next(p for p in (copy / row["label_zarr_path"]).rglob("*") if p.is_file() and p.name != "zarr.json")
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = verify_store(copy)
+    assert len(problems) == 1 and problems[0].startswith(str(copy / row["label_zarr_path"])), problems
+
+
+def test_the_adapters_hand_the_label_map_over_on_the_images_grid(labelled):
+    pytest.importorskip("torchio")
+    pytest.importorskip("monai")
+    from loaders.adapters import to_monai, to_torchio
+    from loaders.zarr_dataset import ZarrVolumeDataset
+
+    _, _, store, _ = labelled
+    sample = ZarrVolumeDataset(store)[2]
+    subject, item = to_torchio(sample), to_monai(sample)
+    assert type(subject["label"]).__name__ == "LabelMap"
+    assert subject["label"].shape == subject["image"].shape
+    np.testing.assert_array_equal(subject["label"].data.numpy(), sample["label"].permute(0, 3, 2, 1).numpy())
+    np.testing.assert_array_equal(subject["label"].affine, subject["image"].affine)
+    np.testing.assert_array_equal(item["label"].numpy(), sample["label"].permute(0, 3, 2, 1).numpy())
+    np.testing.assert_array_equal(item["label"].affine.numpy(), item["image"].affine.numpy())
