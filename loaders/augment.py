@@ -1,7 +1,8 @@
 """Per-view intensity augmentation on the device the views live on.
 
 The list and probabilities follow the CVA fork's crop augmentations (batchgenerators): low-res
-simulation (p=0.1, zoom 0.5-1, p per channel 0.5), Rician or Gaussian noise (one of them, p=0.1,
+simulation (p=0.1, zoom 0.5-1, p per channel 0.5; with the fork's shared views once on the region both views
+are cut from, :func:`shared_lowres`), Rician or Gaussian noise (one of them, p=0.1,
 std 0-0.1), Gaussian blur (p=0.2, sigma 0.5-1, p per channel 0.5), multiplicative brightness
 (p=0.15, 0.75-1.25), contrast (p=0.15, 0.75-1.25, range preserved), gamma on the inverted image
 (p=0.1) and gamma (p=0.3), both 0.7-1.5 with mean and std retained.
@@ -13,6 +14,7 @@ so applying the same ``IntensityParams`` again gives the same views.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +121,36 @@ def _gamma_(x: Tensor, gamma: float, invert: bool) -> Tensor:
     return x
 
 
+def simulate_lowres_(volume: Tensor, zooms: Tensor) -> Tensor:
+    """Low-resolution simulation in place on ``volume`` ``[C, Z, Y, X]``: channel ``c`` with ``zooms[c] < 1`` is
+    downsampled (nearest) to that fraction and upsampled back (trilinear). Returns ``volume``.
+
+    >>> v = torch.arange(8.0).view(1, 2, 2, 2)
+    >>> simulate_lowres_(v.clone(), torch.tensor([0.5])).unique().numel(), simulate_lowres_(v.clone(), torch.ones(1)).equal(v)
+    (1, True)
+    """
+    size = volume.shape[1:]
+    for ch in range(volume.shape[0]):
+        z = float(zooms[ch])
+        if z < 1:
+            small = [max(1, round(s * z)) for s in size]
+            low = F.interpolate(volume[ch][None, None], size=small, mode="nearest")
+            volume[ch] = F.interpolate(low, size=tuple(size), mode="trilinear", align_corners=False)[0, 0]
+    return volume
+
+
+def shared_lowres(params: IntensityParams) -> IntensityParams:
+    """``params`` with each pair's low-res zoom the first view's for both views (rows ``i`` and ``i + B``), as
+    the fork simulates low resolution once on the region both views are cut from.
+
+    >>> p = shared_lowres(draw_intensity(4, 1, torch.Generator().manual_seed(3)))
+    >>> torch.equal(p.lowres[:2], p.lowres[2:])
+    True
+    """
+    b = params.lowres.shape[0] // 2
+    return dataclasses.replace(params, lowres=torch.cat([params.lowres[:b], params.lowres[:b]]))
+
+
 def apply_intensity(views: Tensor, params: IntensityParams, *, inplace: bool = False) -> Tensor:
     """Apply drawn intensity augmentation to ``views`` ``[N, C, Z, Y, X]`` (a copy unless ``inplace``).
 
@@ -130,12 +162,7 @@ def apply_intensity(views: Tensor, params: IntensityParams, *, inplace: bool = F
     out = views if inplace else views.clone()
     n, c, *size = out.shape
     for i in range(n):
-        for ch in range(c):
-            z = float(params.lowres[i, ch])
-            if z < 1:
-                small = [max(1, round(s * z)) for s in size]
-                lowv = F.interpolate(out[i, ch][None, None], size=small, mode="nearest")
-                out[i, ch] = F.interpolate(lowv, size=size, mode="trilinear", align_corners=False)[0, 0]
+        simulate_lowres_(out[i], params.lowres[i])
         kind = int(params.noise[i])
         if kind:
             gen = torch.Generator(device=out.device).manual_seed(int(params.seeds[i]))

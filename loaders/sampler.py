@@ -13,6 +13,7 @@ volume's background value (its per-channel minimum: the z-scored value of zero),
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from loaders.augment import IntensityParams, apply_intensity, draw_intensity
+from loaders.augment import IntensityParams, apply_intensity, draw_intensity, shared_lowres, simulate_lowres_
 from loaders.geometry import PairGeometry, Shape3, _fresh_generator, draw_pair_geometry
 from openmind_prep.core.hugepages import empty
 from loaders.masking import block_mask
@@ -180,8 +181,9 @@ class OverlapViewSampler:
     augmentation (``loaders.augment``); ``mask_ratio`` (None = no masks) and ``mask_block`` set
     the MAE masks. ``pad_value`` None pads with each volume's per-channel minimum.
     ``shared_spatial`` draws one mirror and one zoom per pair (the reference fork's views, which then
-    differ by translation only; with ``max_rotation_deg=180`` its full rotation range); intensity
-    augmentation stays per view.
+    differ by translation only; with ``max_rotation_deg=180`` its full rotation range) and simulates low
+    resolution once on the region both views are cut from (before, not after, the pair's mirror/zoom/rotation);
+    the other intensity augmentation stays per view.
 
     >>> vol = torch.randn(2, 1, 40, 44, 48)
     >>> pair = OverlapViewSampler((16, 20, 24))(vol, generator=torch.Generator().manual_seed(0))
@@ -229,6 +231,8 @@ class OverlapViewSampler:
         )
         n = 2 * len(shapes)
         intensity = draw_intensity(n, channels, generator) if self.intensity else None
+        if intensity is not None and self.shared_spatial:  # the fork: low-res once on the pair's shared region
+            intensity = shared_lowres(intensity)
         masks = None
         if self.mask_ratio is not None:
             masks = block_mask(n, self.patch_size, self.mask_ratio, self.mask_block, generator=generator,
@@ -249,6 +253,11 @@ class OverlapViewSampler:
             raise ValueError(f"volumes of shapes {[tuple(v.shape) for v in vols]} do not match the "
                              f"geometry drawn for {geometry.source_shapes}")
         b = len(vols)
+        if intensity is not None and self.shared_spatial and bool((intensity.lowres < 1).any()):
+            # the fork's SimulateLowResolutionTransform runs on the region before the crops: both views share it
+            vols = [simulate_lowres_(v.clone(), intensity.lowres[i]) if bool((intensity.lowres[i] < 1).any()) else v
+                    for i, v in enumerate(vols)]
+            intensity = dataclasses.replace(intensity, lowres=torch.ones_like(intensity.lowres))
         pads = [functools.cache(functools.partial(self._pad, v)) for v in vols]  # computed only if needed
         grid = None
         out = empty((2 * b, vols[0].shape[0], *self.patch_size), vols[0].dtype, vols[0].device)

@@ -165,7 +165,7 @@ def test_config_files_merge_in_order_flags_win_and_names_work_anywhere(tmp_path,
     monkeypatch.chdir(tmp_path)  # shipped configs by name, from a folder outside the clone
     shipped = cva.parse_args([*base, "--config", "resenc_l_cva", "--config", "mae_only"])
     assert (shipped.arch, shipped.patch_size, shipped.consistency, shipped.contrastive) == (
-        "resenc-l", [128] * 3, "none", False)
+        "resenc-l", (128,) * 3, "none", False)
     b.write_text('steps = "many"\n')
     with pytest.raises(SystemExit):
         cva.parse_args([*base, "--config", str(b)])

@@ -143,8 +143,11 @@ def test_every_ablation_row_gives_its_terms_and_gradients(recon, consistency, co
     terms = cva.cva_losses(out_s, out_t, views, boxes, masks, args)
     want = {"loss", "recon"} | ({"consistency"} if consistency != "none" else set()) | ({"ntxent"} if contrastive else set())
     assert set(terms) == want
-    weight = {"none": 0.0, "cva": 1.0, "c-cva": 0.5, "gram": 2.0}[consistency]  # the fork's weights
-    expected = 5.0 * terms["recon"] + weight * terms.get("consistency", 0) + 0.1 * terms.get("ntxent", 0)
+    # the fork's from-scratch weights (AlignedMAETrainer, AlignedConConMAETrainer; AE: AlignedAETrainer's 0.5)
+    weight = {"none": 0.0, "cva": 0.5, "c-cva": 0.5, "gram": 2.0 if recon == "mae" else 0.5}[consistency]
+    plain_mae = recon == "mae" and consistency == "none" and not contrastive  # nnssl's BaseMAETrainer: MSE ×1
+    recon_weight = 1.0 if plain_mae else 5.0
+    expected = recon_weight * terms["recon"] + weight * terms.get("consistency", 0) + 0.1 * terms.get("ntxent", 0)
     torch.testing.assert_close(terms["loss"], expected)
     terms["loss"].backward()
     assert net.backbone.encoder.stem.convs[0].conv.weight.grad.abs().sum() > 0
@@ -154,7 +157,7 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("arch = 'primus-m'\npatch_size = [160]\nlr = 1e-4\n")
     args = cva.parse_args(["--store", "s", "--out", "o", "--config", str(cfg), "--lr", "5e-4"])
-    assert (args.arch, args.patch_size, args.lr) == ("primus-m", [160, 160, 160], 5e-4)
+    assert (args.arch, args.patch_size, args.lr) == ("primus-m", (160, 160, 160), 5e-4)
     cfg.write_text("learning_rate = 1\n")
     with pytest.raises(SystemExit):
         cva.parse_args(["--store", "s", "--out", "o", "--config", str(cfg)])

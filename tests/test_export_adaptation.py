@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainers import export, networks
+from trainers import architectures, export, networks
 
 
 def _fork_load_pretrained_weights(network: nn.Module, path, downstream_channels: int, downstream_patch) -> None:
@@ -214,7 +214,7 @@ def test_fork_like_nnssl_and_pretrained_trainer_load_every_architecture(exported
     plans = _fork_like_nnssl(path, downstream)
     info, config = plans["pretrain_info"], plans["configurations"]["3d_fullres"]
     assert config["patch_size"] == list(PATCH[arch]) and config["spacing"] == [1.0, 1.0, 1.0]
-    assert config["architecture"]["network_class_name"] == export._ARCH_CLASS[arch]
+    assert config["architecture"]["network_class_name"] == architectures.get(arch).export_class
     assert "Architecture used" in _fork_print_citations(info["citations"])
     net = _fork_build_network(config, 4, 3)
     downstream_patch = info["pt_recommended_downstream_patchsize"]

@@ -73,7 +73,7 @@ def test_stage2_starts_from_exactly_the_stage1_backbone(store, stage1, tmp_path,
                     "optimizer_state": {}, "current_epoch": 1000}, path)
     out = tmp_path / "cva"
     result = cva.train(cva.parse_args(["--store", str(store), "--out", str(out), *TINY, "--init-from", str(path),
-                                       "--steps", "1", "--lr", "0", "--warmup-steps", "0"]))
+                                       "--init-recon-head", "--steps", "1", "--lr", "0", "--warmup-steps", "0"]))
     student, teacher = result["student"], result["teacher"]
     assert student.projector is not None  # the CVA heads exist although stage 1 had none
     for k, v in want.items():
@@ -82,6 +82,22 @@ def test_stage2_starts_from_exactly_the_stage1_backbone(store, stage1, tmp_path,
         torch.testing.assert_close(teacher.backbone.state_dict()[k], v, rtol=1e-6, atol=1e-7)
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 1  # schedules restart at step 0
+
+
+def test_init_from_leaves_the_reconstruction_head_fresh_as_the_fork(store, stage1, tmp_path):
+    """The fork's load_pretrained_weights skips ``.seg_layers.``: without --init-recon-head the head keeps this
+    run's initialisation, every other backbone tensor is stage 1's."""
+    want = _backbone_of(stage1 / "checkpoint.pt")
+    result = cva.train(cva.parse_args(["--store", str(store), "--out", str(tmp_path / "cva"), *TINY, "--init-from",
+                                       str(stage1), "--steps", "1", "--lr", "0", "--warmup-steps", "0"]))
+    got = result["student"].backbone.state_dict()
+    head = [k for k in want if ".seg_layers." in f".{k}"]
+    assert len(head) == 6  # the tiny net's output convolutions, one per decoder stage: weights and biases
+    for k in want:
+        if k not in head:
+            assert torch.equal(got[k], want[k]), k
+    # the head stage 1 trained (the last; without deep supervision the others keep the seed's draw in both runs)
+    assert not torch.equal(got["decoder.seg_layers.2.weight"], want["decoder.seg_layers.2.weight"])
 
 
 def test_two_stage_pair_runs_and_stage2_moves_off_the_stage1_weights(store, stage1, tmp_path):
@@ -127,7 +143,7 @@ def test_init_from_a_hugging_face_model_repo_is_fetched_and_verified(store, stag
         out = tmp_path / "cva"
         result = cva.train(cva.parse_args(["--store", str(store), "--out", str(out), *TINY, "--steps", "1",
                                            "--lr", "0", "--warmup-steps", "0", "--hub-endpoint", hub.endpoint,
-                                           "--init-from", "hf://AnonRes/Tiny-OpenMind-MAE"]))
+                                           "--init-from", "hf://AnonRes/Tiny-OpenMind-MAE", "--init-recon-head"]))
         for k, v in _backbone_of(stage1 / "checkpoint.pt").items():
             assert torch.equal(result["student"].backbone.state_dict()[k], v), k
         fetched = out / "init" / "AnonRes--Tiny-OpenMind-MAE" / "checkpoints" / "mae.pth"
@@ -163,7 +179,8 @@ def test_flags_left_out_take_the_reference_per_architecture():
     assert (sgd.optimizer, sgd.lr, sgd.weight_decay, sgd.warmup_steps, sgd.clip_grad) == ("sgd", 1e-2, 3e-5, 0, 12.0)
     adamw = cva.parse_args(["--store", "s", "--out", "o", "--arch", "primus-m"])
     assert (adamw.optimizer, adamw.lr, adamw.weight_decay, adamw.clip_grad) == ("adamw", 3e-4, 5e-2, 1.0)
-    for rung, weight in (("cva", 1.0), ("c-cva", 0.5), ("gram", 2.0)):
+    # from scratch (no --init-from): AlignedMAETrainer's 0.5, AlignedConConMAETrainer's 0.5 (tests/test_ladder_table.py)
+    for rung, weight in (("cva", 0.5), ("c-cva", 0.5), ("gram", 2.0)):
         assert cva.parse_args(["--store", "s", "--out", "o", "--consistency", rung]).consistency_weight == weight
     for recon, momentum in (("mae", 0.995), ("ae", 0.0)):  # the fork's AlignedAETrainer: teacher = student
         assert cva.parse_args(["--store", "s", "--out", "o", "--recon", recon]).ema_momentum == momentum

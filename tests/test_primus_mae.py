@@ -79,6 +79,7 @@ def test_keep_indices_from_the_samplers_block_masks():
 def test_primus_rungs_use_the_forks_features_and_give_gradients(consistency, contrastive):
     torch.manual_seed(0)
     args = argparse.Namespace(consistency=consistency, contrastive=contrastive, voxel_head=True, recon_weight=5.0,
+                              recon_loss="huber",
                               consistency_weight=1.0, contrastive_weight=0.1, temperature=0.5, align_size=2)
     heads = method.uses_heads(args)
     student = networks.CVANet(primus_m_mae(patch_size=(16, 16, 16)), pool_size=2, proj_dim=32, heads=heads)
@@ -97,3 +98,25 @@ def test_primus_rungs_use_the_forks_features_and_give_gradients(consistency, con
     if heads:
         assert student.feature_decoder.blocks[0].norm1.weight.grad is not None  # the student's features are decoded
         assert teacher.feature_decoder.blocks[0].norm1.weight.grad is None
+
+
+def test_feature_decoder_equals_the_forks_consis_eva_mae_decoder():
+    """The fork's ``ConsisEvaMAE.feature_decoder`` re-typed (consis_arch.py at 267c976, with BaseEvaMAETrainer's
+    ``scale_attn_inner=True`` and ``drop_path_rate=0.2``): same parameter count, the same features on the
+    same weights and input, drop path rising 0 → 0.2 over its two blocks."""
+    from dynamic_network_architectures.building_blocks.eva import Eva
+
+    torch.manual_seed(0)
+    patch = (32, 32, 32)
+    ours = networks.CVANet(primus_m_mae(patch_size=patch, drop_path_rate=0.2), pool_size=2, proj_dim=32).feature_decoder
+    fork = Eva(embed_dim=864, depth=2, num_heads=16, ref_feat_shape=tuple(i // ds for i, ds in zip(patch, (8, 8, 8))),
+               num_reg_tokens=0, use_rot_pos_emb=True, use_abs_pos_emb=True, mlp_ratio=4 * 2 / 3, drop_path_rate=0.2,
+               patch_drop_rate=0, proj_drop_rate=0.0, attn_drop_rate=0.0, init_values=0.1, scale_attn_inner=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) == count(fork)
+    fork.load_state_dict(ours.state_dict())  # strict: every key and shape the same
+    x = torch.randn(2, 64, 864)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x)[0], fork.eval()(x)[0])
+    rates = [float(getattr(b.drop_path1, "drop_prob", 0.0)) for b in ours.blocks]
+    assert rates == pytest.approx([0.0, 0.2])

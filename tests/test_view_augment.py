@@ -60,3 +60,30 @@ def test_trainer_flag_defaults_to_the_reference_recipe():
     per = cva.view_sampler(cva.parse_args(["--store", "s", "--out", "o", "--arch", "tiny", "--patch-size", "32",
                                            "--view-augment", "per-view"]), True)
     assert not per.shared_spatial and math.isclose(per.max_rotation, math.radians(30))
+
+
+def test_reference_low_resolution_is_simulated_on_the_shared_region():
+    """The fork's SimulateLowResolutionTransform runs on the region before the crops: with low-res drawn for a
+    pair, both views still agree over their boxes (per-view simulation on each crop would not)."""
+    from loaders.augment import draw_intensity
+
+    vol = torch.randn(4, 1, 40, 44, 48, generator=torch.Generator().manual_seed(1))
+    sampler = OverlapViewSampler((16, 20, 24), flip=False, scale=False, rotate=False, intensity=True,
+                                 mask_ratio=None, shared_spatial=True)
+    geometry, intensity, _ = sampler.draw([tuple(v.shape[1:]) for v in vol], 1, torch.Generator().manual_seed(2))
+    assert torch.equal(intensity.lowres[:4], intensity.lowres[4:])  # one zoom per pair
+    off = draw_intensity(8, 1, torch.Generator().manual_seed(0))
+    ones = torch.ones(8, 1)
+    only_lowres = type(off)(lowres=torch.tensor([[0.5]] * 8), noise=torch.zeros(8, dtype=torch.long),
+                            noise_std=torch.zeros(8), seeds=off.seeds, blur=torch.zeros(8, 1), brightness=ones,
+                            contrast=ones, gamma_inv=ones, gamma=ones)
+    views = sampler.apply(vol, geometry, only_lowres)
+    plain = sampler.apply(vol, geometry, None)
+    assert not torch.allclose(views, plain)  # the low-res simulation changed the views
+    boxes = geometry.boxes.double()
+    a = losses.align_views(views.double(), boxes, 4, 1)
+    torch.testing.assert_close(a[:4], a[4:], rtol=0, atol=1e-5)
+    per_view = OverlapViewSampler((16, 20, 24), flip=False, scale=False, rotate=False, intensity=True,
+                                  mask_ratio=None, shared_spatial=False).apply(vol, geometry, only_lowres)
+    b = losses.align_views(per_view.double(), boxes, 4, 1)
+    assert not torch.allclose(b[:4], b[4:], rtol=0, atol=1e-3)

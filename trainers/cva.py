@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import resource
@@ -29,133 +30,148 @@ from typing import TYPE_CHECKING
 from openmind_prep import __version__
 from openmind_prep.core.atomic import disk_full
 from openmind_prep.sources.retry import parse_duration
-from trainers import configs, runfolder, sanity
-from trainers.method import (cva_losses, forward_pair, init_stage2, resolve_rung_defaults,  # noqa: F401
-                             rung_problem, uses_heads)
-from trainers.optim import OPTIMIZERS, resolve_optimizer_defaults
-from trainers.resources import ARCHITECTURES, cpu_refusal, gpu_refusal, invalid_settings, setup_processes
+from trainers import architectures, cli_args, configs, runfolder, sanity
+from trainers.checks import inputs_problem, problems
+from trainers.method import cva_losses, forward_pair, init_stage2, uses_heads
+from trainers.optim import OPTIMIZERS
+from trainers.resources import cpu_refusal, gpu_refusal, setup_processes
 from trainers.runfolder import RunError, say
+from trainers.settings import Settings, defaults, resolve
 
 if TYPE_CHECKING:  # numpy and torch load when a run starts, not for --help
     import numpy as np
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    """The trainer's flags, each with its default and when to change it (``--help`` imports no torch)."""
-    p = argparse.ArgumentParser("trainers.cva", description=__doc__.split("\n\n")[0], formatter_class=configs.HelpFormatter)
+def get_args_parser() -> cli_args.ArgumentParser:
+    """The trainer's flags, each with when to change it; defaults are :class:`~trainers.settings.Settings`'
+    (``--help`` shows them and imports no torch)."""
+    p = cli_args.ArgumentParser("trainers.cva", defaults=defaults(), description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"%(prog)s (openmind-prep {__version__})")
-    p.add_argument("--config", action="append", default=[], metavar="NAME_OR_FILE",
+    p.add_argument("--config", action="append", metavar="NAME_OR_FILE",
                    help=f"TOML file of `name = value` settings, or a shipped one by name ({', '.join(configs.names())}). "
                         "Repeat to merge in order (a later file wins); flags given here win over all files.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Print every resolved setting (weights, losses, optimiser values) as JSON and exit; builds nothing.")
     g = p.add_argument_group("data")
-    g.add_argument("--store", type=Path, default=None,
+    g.add_argument("--store", type=Path,
                    help="Preprocessed Zarr store (openmind-prep preprocess): random region reads, exact data replay on resume.")
-    g.add_argument("--shards", default=None,
+    g.add_argument("--shards",
                    help="WebDataset shard index (index.json, its folder or an fsspec URL) instead of --store: "
                         "streaming for object storage / many nodes; a resumed run continues with a fresh seeded stream.")
-    g.add_argument("--out", type=Path, default=None, help="Run folder: config, log, loss curve, checkpoint.")
-    g.add_argument("--patch-size", type=int, nargs="+", default=[128],
+    g.add_argument("--out", type=Path, help="Run folder: config, log, loss curve, checkpoint.")
+    g.add_argument("--patch-size", type=int, nargs="+",
                    help="View size, 1 or 3 ints (ResEnc-L 128 as in the CVA paper, Primus-M 160; 32 on CPU).")
-    g.add_argument("--batch-size", type=int, default=4,
-                   help="Volumes per process per step (each gives 2 views). Lower it if the GPU runs out of memory.")
-    g.add_argument("--region-scale", type=float, default=2.0,
+    g.add_argument("--batch-size", type=int,
+                   help="Volumes per process per step (each gives 2 views); default --global-batch-size / processes, "
+                        "else 4. Lower it if the GPU runs out of memory.")
+    g.add_argument("--global-batch-size", type=int,
+                   help="Volumes per step over all processes (nnssl's batch size), split evenly across torchrun's "
+                        "ranks (refused when not divisible); the shipped configs state the reference's.")
+    g.add_argument("--region-scale", type=float,
                    help="Read regions of this × patch size per axis (room for both views); raise with large zooms.")
-    g.add_argument("--min-overlap", type=float, default=0.4, help="Smallest shared fraction of the patch volume.")
-    g.add_argument("--max-overlap", type=float, default=0.8, help="Largest shared fraction of the patch volume.")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--min-overlap", type=float, help="Smallest shared fraction of the patch volume.")
+    g.add_argument("--max-overlap", type=float, help="Largest shared fraction of the patch volume.")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="Flip/zoom/rotate/intensity augmentation of the views (off only for debugging).")
-    g.add_argument("--view-augment", choices=["reference", "per-view"], default="reference",
+    g.add_argument("--view-augment", choices=["reference", "per-view"],
                    help="reference: the fork's views, one mirror/zoom (p 0.2, 0.7-1.4)/rotation (p 0.2, 0-2π) per pair, "
                         "so views differ by translation only; per-view: mirror and zoom drawn per view, rotation ±30°.")
-    g.add_argument("--num-workers", type=int, default=4, help="DataLoader processes reading the store.")
+    g.add_argument("--num-workers", type=int, help="DataLoader processes reading the store.")
     g = p.add_argument_group("method (the ablation ladder)")
-    g.add_argument("--recon", choices=["ae", "mae"], default="mae", help="Reconstruct plain views (ae) or masked (mae).")
-    g.add_argument("--consistency", choices=["none", "cva", "c-cva", "gram"], default="cva",
+    g.add_argument("--recon", choices=["ae", "mae"], help="Reconstruct plain views (ae) or masked (mae).")
+    g.add_argument("--consistency", choices=["none", "cva", "c-cva", "gram"],
                    help="Loss between RoI-aligned student and teacher feature volumes of the two views.")
-    g.add_argument("--contrastive", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--contrastive", action=argparse.BooleanOptionalAction,
                    help="NT-Xent between student and teacher pooled vectors (projector/predictor heads).")
-    g.add_argument("--mask-ratio", type=float, default=0.75, help="MAE: fraction of blocks hidden from the student.")
-    g.add_argument("--mask-block", type=int, default=16, help="MAE: block edge in voxels (nnssl: 16).")
-    g.add_argument("--recon-weight", type=float, default=5.0, help="Weight of the Huber reconstruction.")
-    g.add_argument("--consistency-weight", type=float, default=None,
-                   help="Weight of the consistency term (default: the fork's, cva 1.0, c-cva 0.5, gram 2.0).")
-    g.add_argument("--gram-norm", choices=["fork", "cosine"], default="fork",
+    g.add_argument("--mask-ratio", type=float, help="MAE: fraction of blocks hidden from the student.")
+    g.add_argument("--mask-block", type=int, help="MAE: block edge in voxels (nnssl: 16).")
+    g.add_argument("--stage", type=int, choices=[1, 2],
+                   help="Ladder stage for the rung's defaults (default: 2 with --init-from, else 1; stage-2 configs say 2).")
+    g.add_argument("--recon-loss", choices=["huber", "mse"],
+                   help="Reconstruction on hidden voxels (default: nnssl's mse for the plain MAE from scratch, else the "
+                        "fork's huber).")
+    g.add_argument("--recon-weight", type=float, help="Weight of the reconstruction (default: mse 1, huber 5).")
+    g.add_argument("--consistency-weight", type=float,
+                   help="Weight of the consistency term (default: the fork's for the rung and stage: cva 1.0 in stage 2, "
+                        "0.5 from scratch; c-cva 0.2 in stage 2, 0.5 from scratch; gram 2.0; ae 0.5).")
+    g.add_argument("--gram-norm", choices=["fork", "cosine"],
                    help="gram: the fork's mean (G_s - G_t)² (a term ~V/C², two orders below the cosine's) or "
                         "cosine: 2 - 2 cos(G_s, G_t), the CVA cosine's form and scale on the Gram matrices.")
-    g.add_argument("--voxel-head", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--voxel-head", action=argparse.BooleanOptionalAction,
                    help="Every pooled voxel through the projector (both nets) and predictor (student) before the "
                         "consistency term, as the fork's use_projector=True; --no-voxel-head compares raw features.")
-    g.add_argument("--contrastive-weight", type=float, default=0.1, help="Weight of NT-Xent.")
-    g.add_argument("--temperature", type=float, default=0.5, help="NT-Xent / C-CVA temperature.")
-    g.add_argument("--align-size", type=int, default=7, help="Edge of the RoI-aligned feature grid.")
-    g.add_argument("--pool-size", type=int, default=16, help="Edge of the pooled per-stage feature volume.")
-    g.add_argument("--proj-dim", type=int, default=2048, help="Projector output width (smaller for tiny runs).")
+    g.add_argument("--contrastive-weight", type=float, help="Weight of NT-Xent.")
+    g.add_argument("--temperature", type=float, help="NT-Xent / C-CVA temperature.")
+    g.add_argument("--align-size", type=int, help="Edge of the RoI-aligned feature grid.")
+    g.add_argument("--pool-size", type=int, help="Edge of the pooled per-stage feature volume.")
+    g.add_argument("--proj-dim", type=int, help="Projector output width (smaller for tiny runs).")
     g = p.add_argument_group("networks")
-    g.add_argument("--arch", choices=ARCHITECTURES, default="resenc-l", help="Backbone; 'tiny' for CPU runs and tests.")
+    g.add_argument("--arch", help=f"Backbone ({', '.join(architectures.names())}); 'tiny' for CPU runs and tests.")
     g.add_argument("--force", action="store_true",
                    help="Train resenc-l / primus-m on a CPU anyway (refused by default, with a memory estimate).")
-    g.add_argument("--drop-path", type=float, default=0.0, help="Primus stochastic depth (nnssl's Primus MAE: 0.2).")
-    g.add_argument("--init-from", default=None,
+    g.add_argument("--drop-path", type=float, help="Primus stochastic depth (nnssl's Primus MAE: 0.2).")
+    g.add_argument("--init-from",
                    help="Stage 2: start from a stage-1 run folder, its checkpoint.pt, an nnssl-format export (ours or "
                         "nnssl's) or hf://owner/repo[/file] (e.g. hf://AnonRes/ResEncL-OpenMind-MAE): backbone loaded "
                         "strictly, heads fresh, teacher = student, schedules from step 0. Ignored when resuming.")
-    g.add_argument("--hub-endpoint", default=None, help="Hugging Face endpoint for hf:// (default: HF_ENDPOINT or the hub).")
-    g.add_argument("--hub-deadline", type=parse_duration, default=None, metavar="DURATION",
+    g.add_argument("--init-recon-head", action=argparse.BooleanOptionalAction,
+                   help="With --init-from, load the reconstruction head (.seg_layers.) too; the fork leaves it fresh.")
+    g.add_argument("--hub-endpoint", help="Hugging Face endpoint for hf:// (default: HF_ENDPOINT or the hub).")
+    g.add_argument("--hub-deadline", type=parse_duration, metavar="DURATION",
                    help="Give up fetching --init-from hf:// after this long, retries included (e.g. 90s, 10m).")
-    g.add_argument("--ema-momentum", type=float, default=None,
+    g.add_argument("--ema-momentum", type=float,
                    help="Teacher EMA momentum (start). Default the fork's: 0.995, 0 (teacher = student) with --recon ae.")
-    g.add_argument("--ema-momentum-end", type=float, default=None, help="Cosine-ramp momentum to this (default: constant).")
+    g.add_argument("--ema-momentum-end", type=float, help="Cosine-ramp momentum to this (default: constant).")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=1000, help="Total optimiser steps of the run (schedules span these).")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+    g.add_argument("--steps", type=int, help="Total optimiser steps of the run (schedules span these).")
+    g.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="sgd (nnssl's for residual U-Nets: momentum 0.99 Nesterov) or adamw (nnssl's for Primus); "
                         "default: the reference's for --arch (resenc-l sgd, primus-m adamw, tiny adamw).")
-    g.add_argument("--lr", type=float, default=None,
-                   help="Peak learning rate per step, not scaled by batch (default: sgd 1e-2, adamw 3e-4).")
-    g.add_argument("--min-lr", type=float, default=0.0, help="Final learning rate.")
-    g.add_argument("--weight-decay", type=float, default=None, help="Weight decay (default: sgd 3e-5, adamw 5e-2).")
-    g.add_argument("--momentum", type=float, default=0.99, help="SGD (Nesterov) momentum.")
-    g.add_argument("--warmup-steps", type=int, default=None,
+    g.add_argument("--lr", type=float,
+                   help="Peak learning rate per step, not scaled by batch (default: sgd 1e-2, 5e-3 for the ae and "
+                        "from-scratch c-cva rungs as the fork; adamw 3e-4).")
+    g.add_argument("--min-lr", type=float, help="Final learning rate.")
+    g.add_argument("--weight-decay", type=float, help="Weight decay (default: sgd 3e-5, adamw 5e-2).")
+    g.add_argument("--momentum", type=float, help="SGD (Nesterov) momentum.")
+    g.add_argument("--warmup-steps", type=int,
                    help="Linear warm-up steps from 0 to --lr (default: sgd 0, adamw 2500 = the fork's 10 epochs).")
-    g.add_argument("--schedule", choices=["poly", "cosine"], default="poly", help="Decay after warm-up (poly 0.9 as nnssl).")
-    g.add_argument("--clip-grad", type=float, default=None,
+    g.add_argument("--schedule", choices=["poly", "cosine"], help="Decay after warm-up (poly 0.9 as nnssl).")
+    g.add_argument("--clip-grad", type=float,
                    help="Gradient-norm clip, 0: off (default: the reference's, resenc-l/tiny 12, primus-m 1).")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="Seeds weights, data order, views and masks.")
-    g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda.")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default).")
-    g.add_argument("--ckpt-every", type=int, default=100, help="Steps between checkpoints (and loss-curve redraws).")
-    g.add_argument("--log-every", type=int, default=1, help="Steps between log lines.")
-    g.add_argument("--probe-every", type=int, default=0,
+    g.add_argument("--seed", type=int, help="Seeds weights, data order, views and masks.")
+    g.add_argument("--device", help="auto (cuda if present), cpu or cuda.")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (0: torch's default).")
+    g.add_argument("--ckpt-every", type=int, help="Steps between checkpoints (and loss-curve redraws).")
+    g.add_argument("--log-every", type=int, help="Steps between log lines.")
+    g.add_argument("--probe-every", type=int,
                    help="Steps between evaluations of the loss on one fixed, un-augmented batch (0: off). The per-step "
                         "loss is noisy (new views and masks each step); the probe loss is the steadier progress signal.")
-    g.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--checkpoint", action=argparse.BooleanOptionalAction,
                    help="Write checkpoints (--no-checkpoint for benchmarks and throw-away smoke runs).")
-    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction,
                    help="Continue from OUT/checkpoint.pt (or checkpoint.prev.pt if the latest is damaged) when it exists.")
-    g.add_argument("--stop-at-step", type=int, default=None,
+    g.add_argument("--stop-at-step", type=int,
                    help="Checkpoint and exit after this step (a planned preemption; schedules keep --steps).")
-    g.add_argument("--export", type=Path, default=None, help="At the end, write the backbone as an nnssl checkpoint here.")
-    g.add_argument("--export-weights", choices=["student", "teacher"], default="student", help="Which backbone to export.")
+    g.add_argument("--export", type=Path, help="At the end, write the backbone as an nnssl checkpoint here.")
+    g.add_argument("--export-weights", choices=["student", "teacher"], help="Which backbone to export.")
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Flags over the merged ``--config`` files over the defaults; bad values exit 2 with one line."""
+def parse_args(argv: list[str] | None = None, *, dry_run: bool = False) -> Settings:
+    """Flags over the merged ``--config`` files, resolved (:func:`trainers.settings.resolve`) and checked; a bad
+    value exits 2 with one line. A run needs ``--out`` and its data; a ``dry_run`` does not."""
     parser = get_args_parser()
-    args = configs.parse(parser, argv)
-    if len(args.patch_size) == 1:
-        args.patch_size = list(args.patch_size) * 3
-    problem = (invalid_settings(resolve_optimizer_defaults(resolve_rung_defaults(args))) or rung_problem(args)
-               or next(iter(sanity.problems(args)), None))
+    given = cli_args.given_settings(parser, argv)
+    given.pop("dry_run", None)
+    try:
+        settings = resolve(given)
+    except ValueError as err:  # SettingsError, an unknown architecture
+        parser.error(str(err))
+    problem = next(iter(problems(settings)), None) or (None if dry_run else inputs_problem(settings))
     if problem:
         parser.error(problem)
-    return args
-
-
-def resolved_config(args: argparse.Namespace) -> dict:
-    """The run's settings as plain JSON values (stored in config.json and in every checkpoint)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}
+    return settings
 
 
 def warmup_schedule(peak: float, end: float, warmup: int, total: int, kind: str) -> np.ndarray:
@@ -186,7 +202,7 @@ def update_teacher(student, teacher, momentum: float) -> None:
             p_t.mul_(momentum).add_(p_s.detach(), alpha=1.0 - momentum)
 
 
-def view_sampler(args: argparse.Namespace, augment: bool):
+def view_sampler(args: Settings, augment: bool):
     """The overlapping-view sampler of this run (``augment=False``: the fixed probe batch's)."""
     from loaders import OverlapViewSampler
 
@@ -197,8 +213,11 @@ def view_sampler(args: argparse.Namespace, augment: bool):
                               mask_ratio=args.mask_ratio if args.recon == "mae" else None)
 
 
-def train(args: argparse.Namespace) -> dict:
+def train(args: Settings) -> dict:
     """Run (or resume) the training that ``args`` describes; returns the final modules and step.
+
+    ``args`` is a resolved :class:`~trainers.settings.Settings` (:func:`parse_args`, or
+    ``trainers.settings.resolve({...})`` from Python). Raises :class:`~trainers.runfolder.RunError` (one line).
 
     ``result["interrupted"]`` names the signal (``"SIGINT"``) when one stopped the run (checkpoint saved).
     """
@@ -214,6 +233,8 @@ def train(args: argparse.Namespace) -> dict:
         procs = setup_processes(args.device, args.threads)
     except ValueError as err:  # a device this machine does not have
         raise RunError(str(err)) from None
+    if procs.world != args.world:  # the settings split the global batch for this many processes
+        raise RunError(f"the settings were resolved for {args.world} process(es), this run has {procs.world}")
     heads = args.proj_dim if uses_heads(args) else 0
     if procs.cuda:  # weights alone above the GPU's memory: refused even with --force
         refusal = gpu_refusal(args.arch, heads, torch.cuda.get_device_properties(procs.device).total_memory / 2**30)
@@ -223,9 +244,7 @@ def train(args: argparse.Namespace) -> dict:
     if refusal and not args.force:
         raise RunError(refusal)
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    out, config = Path(args.out), resolved_config(args)
-    if procs.rank == 0:
-        runfolder.write_config(out, config)
+    out, config = Path(args.out), args.as_json()  # config.json is written once the inputs have checked out
 
     # ------------------------------------------------------------ data: one batch source, store or shards
     region = [math.ceil(args.region_scale * p) for p in args.patch_size]
@@ -269,13 +288,15 @@ def train(args: argparse.Namespace) -> dict:
         except ValueError as err:
             raise RunError(f"--init-from {err}") from None
         if procs.rank == 0:
-            say(f"initialised {n} backbone tensors from {args.init_from}")
+            fresh = "" if args.init_recon_head else " (the reconstruction head .seg_layers. fresh, as the fork)"
+            say(f"initialised {n} backbone tensors from {args.init_from}{fresh}")
     if procs.rank == 0:
         if ckpt is not None:
             say(f"resumed from {path} at step {step}")
         else:
             say(f"no checkpoint in {out}: starting at step 1" if args.resume else
                 f"--no-resume: starting at step 1 (checkpoints in {out} will be replaced)")
+        runfolder.write_config(out, config)
         message = runfolder.start_log(out, step)
         if message:
             say(message)
@@ -319,7 +340,7 @@ def train(args: argparse.Namespace) -> dict:
     return result
 
 
-def probe_loss(student, teacher, probe, args: argparse.Namespace) -> float:
+def probe_loss(student, teacher, probe, args: Settings) -> float:
     """The loss of the current networks on the fixed probe batch (no RNG drawn: exact resume is kept)."""
     import torch
 
@@ -334,7 +355,7 @@ def probe_loss(student, teacher, probe, args: argparse.Namespace) -> float:
 
 
 def train_one_epoch(model, teacher, batches, sampler, view_rng, optimizer, lr_schedule, ema_schedule,
-                    epoch: int, steps: range, args: argparse.Namespace, procs, log, stop) -> int:
+                    epoch: int, steps: range, args: Settings, procs, log, stop) -> int:
     """The ``steps`` of one epoch (or up to a checkpoint, or until a stop signal); returns the next step."""
     import torch
 
@@ -391,8 +412,13 @@ def train_one_epoch(model, teacher, batches, sampler, view_rng, optimizer, lr_sc
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: bad input gives one line and exit 1; SIGINT / SIGTERM exit 130 / 143 after saving."""
-    args = parse_args(argv)
+    """Command line: bad input gives one line and exit 1 (usage: 2); SIGINT / SIGTERM exit 130 / 143 after saving.
+    ``--dry-run`` prints the resolved settings as JSON and exits 0."""
+    dry_run = "--dry-run" in (sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv, dry_run=dry_run)
+    if dry_run:
+        print(json.dumps(args.as_json(), indent=2))
+        return
     import torch.distributed as dist
 
     try:

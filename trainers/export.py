@@ -19,25 +19,16 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from trainers import architectures
+
 __all__ = ["adaptation_plan", "citations", "nnssl_checkpoint", "save_nnssl_checkpoint"]
 
-_ARCH_CLASS = {"resenc-l": "ResEncL", "primus-m": "PrimusM", "tiny": "ResidualEncoderUNet"}
 
 _OPENMIND = ("Wald, T., Ulrich, C., Suprijadi, J., Ziegler, S., Nohel, M., Peretzke, R., Köhler, G., & "
              "Maier-Hein, K. H. (2024). An OpenMind for 3D medical vision self-supervised learning. "
              "arXiv:2412.17041.")
 _CVA = ("Vaish, P., Meister, F., Heimann, T., Brune, C., & Wolterink, J. M. (2025). Consistent View Alignment "
         "Improves Foundation Models for 3D Medical Image Segmentation. arXiv:2509.13846.")
-_RESENC = ("Isensee, F., Wald, T., Ulrich, C., Baumgartner, M., Roy, S., Maier-Hein, K., & Jäger, P. F. (2024). "
-           "nnU-Net Revisited: A Call for Rigorous Validation in 3D Medical Image Segmentation. MICCAI 2024. "
-           "arXiv:2404.09556.")
-_PRIMUS = ("Wald, T., Roy, S., Isensee, F., Ulrich, C., Ziegler, S., Trofimova, D., Stock, R., Baumgartner, M., "
-           "Köhler, G., & Maier-Hein, K. (2025). Primus: Enforcing Attention Usage for 3D Medical Image "
-           "Segmentation. arXiv:2503.01835.")
-_ARCH_CITATION = {"resenc-l": ("ResEnc-L", _RESENC), "primus-m": ("Primus-M", _PRIMUS),
-                  "tiny": ("ResidualEncoderUNet (openmind-prep tiny)", _RESENC)}
-
-
 def citations(arch: str) -> list[dict]:
     """nnssl's citation records (``type``, ``name``, ``apa_citations``) for an export of ``arch``.
 
@@ -49,10 +40,8 @@ def citations(arch: str) -> list[dict]:
     [('Architecture', 'Primus-M'), ('Pre-training Method', 'Consistent View Alignment (CVA)'), \
 ('Pre-training Dataset', 'OpenMind'), ('Pre-training Framework', 'nnssl')]
     """
-    if arch not in _ARCH_CITATION:
-        raise ValueError(f"cannot export architecture {arch!r}; choose one of {sorted(_ARCH_CLASS)}")
-    name, paper = _ARCH_CITATION[arch]
-    return [{"type": "Architecture", "name": name, "apa_citations": [paper]},
+    record = architectures.get(arch)  # the architecture's name and paper are its record's
+    return [{"type": "Architecture", "name": record.citation_name, "apa_citations": list(record.citations)},
             {"type": "Pre-training Method", "name": "Consistent View Alignment (CVA)", "apa_citations": [_CVA]},
             {"type": "Pre-training Dataset", "name": "OpenMind", "apa_citations": [_OPENMIND]},
             {"type": "Pre-training Framework", "name": "nnssl", "apa_citations": [_OPENMIND]}]
@@ -64,15 +53,13 @@ def _dotted(value: Any) -> Any:
 
 
 def _arch_plans(arch: str) -> dict:
-    if arch not in _ARCH_CLASS:
-        raise ValueError(f"cannot export architecture {arch!r}; choose one of {sorted(_ARCH_CLASS)}")
-    if arch != "tiny":
-        return {"arch_class_name": _ARCH_CLASS[arch], "arch_kwargs": None, "arch_kwargs_requiring_import": None}
-    from trainers.networks import TINY_KWARGS
-
-    kwargs = {k: _dotted(v) for k, v in TINY_KWARGS.items()}
-    return {"arch_class_name": "ResidualEncoderUNet", "arch_kwargs": kwargs,
-            "arch_kwargs_requiring_import": [k for k, v in TINY_KWARGS.items() if isinstance(v, type)]}
+    """nnssl's ``architecture_plans`` of ``arch``'s record: a class nnssl builds by name, or one plus its kwargs."""
+    record = architectures.get(arch)
+    if record.export_kwargs is None:
+        return {"arch_class_name": record.export_class, "arch_kwargs": None, "arch_kwargs_requiring_import": None}
+    raw = record.export_kwargs()
+    return {"arch_class_name": record.export_class, "arch_kwargs": {k: _dotted(v) for k, v in raw.items()},
+            "arch_kwargs_requiring_import": [k for k, v in raw.items() if isinstance(v, type)]}
 
 
 def adaptation_plan(arch: str, patch_size: Sequence[int], *, spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -90,13 +77,7 @@ def adaptation_plan(arch: str, patch_size: Sequence[int], *, spacing: Sequence[f
     >>> adaptation_plan("primus-m", (96, 96, 96))["key_to_lpe"], adaptation_plan("primus-m", (96, 96, 96))["recommended_downstream_patchsize"]
     ('eva.pos_embed', [96, 96, 96])
     """
-    if arch == "primus-m":
-        keys = {"key_to_encoder": "eva", "key_to_stem": "down_projection",
-                "keys_to_in_proj": ["down_projection.proj"], "key_to_lpe": "eva.pos_embed"}
-    else:
-        keys = {"key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
-                "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"],
-                "key_to_lpe": None}
+    keys = dict(architectures.get(arch).plan_keys)
     configuration = {
         "data_identifier": "nnsslPlans_onemmiso", "preprocessor_name": "DefaultPreprocessor",
         "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"] * in_channels,

@@ -13,7 +13,8 @@ Accepted sources, all read with ``torch.load(weights_only=True)``:
 The backbone is loaded strictly: every backbone key must be present with its shape, and no
 unknown key may be left over, except the MAE-only parts of a Primus MAE (its Eva decoder and mask
 token), which an export of the bare encoder does not have. The CVA heads are not loaded (they stay
-freshly initialised); the caller copies the student into the teacher and starts the schedules at 0.
+freshly initialised), nor, unless asked, the reconstruction head
+(``.seg_layers.``, skipped as the fork's ``load_pretrained_weights`` does); the caller copies the student into the teacher and starts the schedules at 0.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = ["HF_PREFIX", "split_hf", "fetch_hf", "read_backbone_weights", "load_b
 
 HF_PREFIX = "hf://"
 OPTIONAL_PREFIXES = ("decoder.", "mask_token")  # a Primus MAE's decoder: absent from a bare encoder export
+RECON_HEAD = ".seg_layers."  # the output convolution nnssl / the fork leave fresh when fine-tuning from weights
 
 
 def split_hf(spec: str) -> tuple[str, str | None]:
@@ -87,8 +89,11 @@ def read_backbone_weights(path: Path) -> dict[str, torch.Tensor]:
     return backbone_weights(*read_checkpoint(path))
 
 
-def load_backbone(backbone: nn.Module, weights: dict[str, torch.Tensor], source: str) -> list[str]:
+def load_backbone(backbone: nn.Module, weights: dict[str, torch.Tensor], source: str,
+                  recon_head: bool = True) -> list[str]:
     """Copy ``weights`` into ``backbone`` strictly (see the module docstring); returns the keys loaded.
+    ``recon_head=False`` leaves the reconstruction head (``.seg_layers.``) as initialised, as the fork's
+    ``load_pretrained_weights`` (its keys must still fit).
 
     >>> from trainers.networks import tiny
     >>> a, b = tiny(), tiny()
@@ -104,13 +109,13 @@ def load_backbone(backbone: nn.Module, weights: dict[str, torch.Tensor], source:
         if keys:
             shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
             raise ValueError(f"{source}: does not fit this backbone, {len(keys)} {what} key(s): {shown}")
-    loaded = [k for k in own if k in weights]
+    loaded = [k for k in own if k in weights and (recon_head or RECON_HEAD not in f".{k}")]
     backbone.load_state_dict({k: weights[k] for k in loaded}, strict=False)
     return loaded
 
 
 def init_backbone(backbone: nn.Module, source: str, *, cache: Path, endpoint: str | None = None,
-                  deadline_s: float | None = None) -> list[str]:
+                  deadline_s: float | None = None, recon_head: bool = True) -> list[str]:
     """Resolve ``source`` (path or ``hf://``, fetched within ``deadline_s``), read its backbone weights and
     load them; returns the keys loaded. A source that cannot be fetched or does not fit: ``ValueError``."""
     from openmind_prep.sources.retry import DownloadError
@@ -120,4 +125,4 @@ def init_backbone(backbone: nn.Module, source: str, *, cache: Path, endpoint: st
             else Path(source)
     except DownloadError as e:
         raise ValueError(str(e)) from e
-    return load_backbone(backbone, read_backbone_weights(path), source)
+    return load_backbone(backbone, read_backbone_weights(path), source, recon_head=recon_head)

@@ -20,6 +20,7 @@ __all__ = [
     "align_views",
     "swap_views",
     "masked_huber",
+    "masked_mse",
     "aligned_cosine",
     "nt_xent",
     "contrastive_vectors",
@@ -80,7 +81,20 @@ def masked_huber(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor 
     >>> masked_huber(p, t, torch.tensor([False, True]).view(1, 1, 2, 1, 1)).item()
     2.5
     """
-    loss = F.huber_loss(pred.float(), target.float(), reduction="none", delta=delta)
+    return _hidden_mean(F.huber_loss(pred.float(), target.float(), reduction="none", delta=delta), masked)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared error averaged over the hidden voxels (nnssl's ``MAEMSELoss``), or over all voxels (AE).
+
+    >>> p, t = torch.zeros(1, 1, 2, 1, 1), torch.tensor([1.0, 3.0]).view(1, 1, 2, 1, 1)
+    >>> masked_mse(p, t, torch.tensor([False, True]).view(1, 1, 2, 1, 1)).item()
+    9.0
+    """
+    return _hidden_mean((pred.float() - target.float()) ** 2, masked)
+
+
+def _hidden_mean(loss: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
     if masked is None:
         return loss.mean()
     w = masked.to(loss.dtype).expand_as(loss)

@@ -8,55 +8,27 @@ fork's ``use_projector=True``); NT-Xent uses the pooled vectors through the same
 
 from __future__ import annotations
 
-import argparse
+from typing import TYPE_CHECKING
 
-__all__ = ["CONSISTENCY_WEIGHTS", "resolve_rung_defaults", "rung_problem", "uses_heads", "forward_pair", "consistency_term",
-           "cva_losses", "init_stage2"]
+if TYPE_CHECKING:
+    from trainers.settings import Settings
 
-# The reference fork's weight of each consistency term (AlignedMAELoss' fg_cos_weight in its ladder's trainers).
-CONSISTENCY_WEIGHTS = {"none": 0.0, "cva": 1.0, "c-cva": 0.5, "gram": 2.0}
-
-
-def resolve_rung_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the settings left out with the fork's value for the rung: the consistency term's weight, and the
-    teacher momentum (its ``AlignedAETrainer`` copies the student every step; the MAE trainers use 0.995).
-
-    >>> a = resolve_rung_defaults(argparse.Namespace(consistency="gram", consistency_weight=None, recon="ae",
-    ...                                              ema_momentum=None))
-    >>> a.consistency_weight, a.ema_momentum
-    (2.0, 0.0)
-    """
-    if args.consistency_weight is None:
-        args.consistency_weight = CONSISTENCY_WEIGHTS[args.consistency]
-    if args.ema_momentum is None:
-        args.ema_momentum = 0.0 if args.recon == "ae" else 0.995
-    return args
+__all__ = ["uses_heads", "forward_pair", "consistency_term", "reconstruction_term", "cva_losses", "init_stage2"]
 
 
-def rung_problem(args: argparse.Namespace) -> str | None:
-    """A setting the rung cannot run with (as a usage message), else None.
-
-    >>> rung_problem(argparse.Namespace(arch="primus-m", recon="mae", mask_block=16))
-    >>> rung_problem(argparse.Namespace(arch="primus-m", recon="mae", mask_block=12))
-    '--mask-block 12: a Primus MAE hides whole 8³ tokens, use a multiple of 8'
-    """
-    if args.arch == "primus-m" and args.recon == "mae" and args.mask_block % 8:
-        return f"--mask-block {args.mask_block}: a Primus MAE hides whole 8³ tokens, use a multiple of 8"
-    return None
-
-
-def uses_heads(args: argparse.Namespace) -> bool:
+def uses_heads(args: Settings) -> bool:
     """Whether the run needs the projector/predictor: NT-Xent on vectors, or voxel heads on a consistency term.
 
-    >>> uses_heads(argparse.Namespace(contrastive=False, voxel_head=True, consistency="none"))
+    >>> from trainers.settings import resolve
+    >>> uses_heads(resolve({"contrastive": False, "consistency": "none"}, world=1))
     False
-    >>> uses_heads(argparse.Namespace(contrastive=False, voxel_head=True, consistency="gram"))
+    >>> uses_heads(resolve({"contrastive": False, "consistency": "gram"}, world=1))
     True
     """
     return bool(args.contrastive or (args.voxel_head and args.consistency != "none"))
 
 
-def forward_pair(student, teacher, views, masks, args: argparse.Namespace) -> tuple[dict, dict | None]:
+def forward_pair(student, teacher, views, masks, args: Settings) -> tuple[dict, dict | None]:
     """Student on masked (MAE) or plain (AE) views; the teacher on plain views, only when a term uses it."""
     import torch
 
@@ -76,7 +48,7 @@ def forward_pair(student, teacher, views, masks, args: argparse.Namespace) -> tu
     return out_s, out_t
 
 
-def consistency_term(a_s, a_t, args: argparse.Namespace):
+def consistency_term(a_s, a_t, args: Settings):
     """The rung's consistency term between the RoI-aligned student and teacher feature volumes."""
     from trainers import losses
 
@@ -87,11 +59,20 @@ def consistency_term(a_s, a_t, args: argparse.Namespace):
     return losses.contrastive_voxels(a_s, a_t, args.temperature)
 
 
-def cva_losses(out_s: dict, out_t: dict | None, views, boxes, masks, args: argparse.Namespace) -> dict:
+def reconstruction_term(pred, target, hidden, kind: str):
+    """nnssl's MSE (``MAEMSELoss``) or the fork's Huber on the hidden voxels (all voxels when ``hidden`` is None)."""
+    from trainers import losses
+
+    if kind == "mse":
+        return losses.masked_mse(pred, target, hidden)
+    return losses.masked_huber(pred, target, hidden)
+
+
+def cva_losses(out_s: dict, out_t: dict | None, views, boxes, masks, args: Settings) -> dict:
     """The loss terms of the selected rung and their weighted sum ``loss``."""
     from trainers import losses
 
-    terms = {"recon": losses.masked_huber(out_s["recon"], views, None if masks is None else ~masks)}
+    terms = {"recon": reconstruction_term(out_s["recon"], views, None if masks is None else ~masks, args.recon_loss)}
     total = args.recon_weight * terms["recon"]
     if args.consistency != "none":
         a_s = losses.align_views(out_s["volume"].float(), boxes, args.align_size)
@@ -104,9 +85,10 @@ def cva_losses(out_s: dict, out_t: dict | None, views, boxes, masks, args: argpa
     return {"loss": total, **terms}
 
 
-def init_stage2(student, teacher, args: argparse.Namespace, out, rank: int, world: int) -> int:
+def init_stage2(student, teacher, args: Settings, out, rank: int, world: int) -> int:
     """``--init-from``: load the backbone into the student (rank 0 fetches ``hf://`` first), copy it to the
-    teacher; returns the number of tensors loaded. Raises ``ValueError`` (one line) for a source that does not fit."""
+    teacher; returns the number of tensors loaded. The reconstruction head (``.seg_layers.``) stays fresh, as the
+    fork's ``load_pretrained_weights``, unless ``--init-recon-head``. Raises ``ValueError`` (one line) for a source that does not fit."""
     import torch.distributed as dist
 
     from trainers.init_from import init_backbone
@@ -115,7 +97,7 @@ def init_stage2(student, teacher, args: argparse.Namespace, out, rank: int, worl
     for first in (True, False):  # the other ranks then find the download verified
         if (rank == 0) == first:
             keys = init_backbone(student.backbone, args.init_from, cache=out / "init", endpoint=args.hub_endpoint,
-                                 deadline_s=getattr(args, "hub_deadline", None))
+                                 deadline_s=args.hub_deadline, recon_head=args.init_recon_head)
         if world > 1:
             dist.barrier()
     teacher.load_state_dict(student.state_dict())

@@ -16,10 +16,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from trainers.primus_mae import PrimusMAE
-from trainers.resources import ARCHITECTURES  # a light module: --help lists them without torch
+from trainers import architectures
 
-__all__ = ["ARCHITECTURES", "resenc_l", "primus_m", "primus_m_mae", "tiny", "TINY_KWARGS", "RESENC_L_KWARGS",
-           "build_backbone", "stage_features", "CVANet"]
+__all__ = ["resenc_l", "primus_m", "primus_m_mae", "tiny", "TINY_KWARGS", "RESENC_L_KWARGS", "build_backbone",
+           "stage_features", "CVANet"]
 
 
 def resenc_l(in_channels: int = 1, out_channels: int = 1) -> nn.Module:
@@ -120,18 +120,12 @@ def tiny(in_channels: int = 1, out_channels: int = 1) -> nn.Module:
 
 
 def build_backbone(arch: str, patch_size: Sequence[int], in_channels: int = 1, out_channels: int = 1, drop_path_rate: float = 0.0) -> nn.Module:
-    """Build ``arch`` (one of :data:`ARCHITECTURES`) for inputs of ``patch_size``.
+    """Build ``arch`` (a name of :mod:`trainers.architectures`) for inputs of ``patch_size``.
 
     >>> type(build_backbone("tiny", (16, 16, 16))).__name__
     'ResidualEncoderUNet'
     """
-    if arch == "resenc-l":
-        return resenc_l(in_channels, out_channels)
-    if arch == "primus-m":  # with nnssl's MAE decoder and mask token (trainers.primus_mae)
-        return primus_m_mae(in_channels, out_channels, patch_size, drop_path_rate)
-    if arch == "tiny":
-        return tiny(in_channels, out_channels)
-    raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+    return architectures.get(arch).build(tuple(patch_size), in_channels, out_channels, drop_path_rate)
 
 
 def stage_features(backbone: nn.Module, x: torch.Tensor, decode: bool = True,
@@ -188,7 +182,8 @@ class CVANet(nn.Module):
     ``vector``: every stage globally pooled, concatenated, projector, predictor when ``predict``.
     The heads exist only when ``heads`` is set (a run that uses them), so DDP sees no dead heads.
     On a Primus MAE, as the fork's ``ConsisEvaMAE``: a view encoded from kept tokens only (``keep``) gets
-    its features from a 2-layer Eva over the restored sequence (``feature_decoder``), a fully encoded view
+    its features from a 2-layer Eva over the restored sequence (``feature_decoder``, with the fork's
+    ``scale_attn_inner=True`` and drop path rising to the backbone's rate), a fully encoded view
     from the encoder; the vector is an attention-weighted mean of the tokens (``attention_pooling``).
 
     >>> net = CVANet(tiny(), pool_size=4, proj_dim=32)
@@ -213,7 +208,8 @@ class CVANet(nn.Module):
             from dynamic_network_architectures.building_blocks.eva import Eva
 
             self.feature_decoder = Eva(embed_dim=channels, depth=2, num_heads=16, ref_feat_shape=backbone.grid,
-                                       patch_drop_rate=0, init_values=0.1)
+                                       patch_drop_rate=0, init_values=0.1, scale_attn_inner=True,
+                                       drop_path_rate=backbone.drop_path_rate)
             self.attention_pooling = nn.Linear(channels, 1)
 
     def head(self, z: torch.Tensor, predict: bool) -> torch.Tensor:

@@ -67,6 +67,7 @@ class PrimusMAE(nn.Module):
         self.embed_dim = primus.embed_dim
         self.key_to_encoder, self.key_to_stem, self.key_to_lpe = "eva", "down_projection", "eva.pos_embed"
         self.grid = tuple(p // TOKEN for p in patch_size)
+        self.drop_path_rate = drop_path_rate  # the feature decoder of a CVA run uses it too (trainers.networks)
         self.decoder = Eva(embed_dim=self.embed_dim, depth=decoder_depth, num_heads=decoder_heads,
                            ref_feat_shape=self.grid, drop_path_rate=drop_path_rate, patch_drop_rate=0,
                            init_values=0.1, scale_attn_inner=True)

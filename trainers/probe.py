@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # numpy loads when a probe runs, so --help stays fast
     import numpy as np
 
+from trainers import architectures
+
 DEMO_K = 6
 __all__ = ["intensity_features", "network_features", "score_features", "probe_backbone", "run_probe", "main"]
 
@@ -260,7 +262,8 @@ def run_probe(args: argparse.Namespace) -> dict:
     loaded = load_backbone(args.input, args.weights)
     dtype = _store_dtype(args.store, args.input)
     stride = args.stride or (2 if args.crop > 64 else 1)
-    window = loaded.patch_size if loaded.arch == "primus-m" else None
+    windowed = loaded.arch in architectures.names() and architectures.get(loaded.arch).windowed
+    window = loaded.patch_size if windowed else None
     multiple = int(np.lcm(grid_multiple(loaded.network), stride))
     if window is None and args.crop < 2 * grid_multiple(loaded.network):  # instance norm needs > 1 voxel
         raise ProbeInputError(f"--crop {args.crop}: {loaded.arch} needs at least {2 * grid_multiple(loaded.network)}"

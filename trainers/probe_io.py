@@ -18,6 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
+from trainers import architectures
 from trainers.weights import read_checkpoint, strip_wrappers
 
 __all__ = ["ProbeInputError", "LoadedBackbone", "load_backbone", "build_like"]
@@ -114,8 +115,6 @@ def build_like(arch: str, patch_size: tuple[int, ...], kwargs: dict) -> nn.Modul
 
 
 def _from_export(ck: dict, path: Path) -> tuple[str, tuple[int, ...], dict, dict]:
-    from trainers.networks import TINY_KWARGS
-
     plan = ck["nnssl_adaptation_plan"]
     weights = strip_wrappers(_state_dict(path, ck["network_weights"], "network_weights"))
     try:
@@ -127,10 +126,12 @@ def _from_export(ck: dict, path: Path) -> tuple[str, tuple[int, ...], dict, dict
     except (KeyError, TypeError, StopIteration, ValueError) as e:
         raise ProbeInputError(f"{path}: nnssl adaptation plan lacks {e} (architecture_plans / pretrain_plan)") from None
     io = {"in_channels": in_channels, "out_channels": _out_channels(weights)}
-    if name in ("ResEncL", "PrimusM"):
-        return {"ResEncL": "resenc-l", "PrimusM": "primus-m"}[name], patch, io, weights
+    records = [architectures.get(n) for n in architectures.names()]
+    by_class = {r.export_class: r.name for r in records if r.export_kwargs is None}
+    if name in by_class:
+        return by_class[name], patch, io, weights
     if name.rsplit(".", 1)[-1] != "ResidualEncoderUNet":
-        raise ProbeInputError(f"{path}: architecture {name!r} is not one of ResEncL, PrimusM, ResidualEncoderUNet")
+        raise ProbeInputError(f"{path}: architecture {name!r} is not one of {', '.join(by_class)}, ResidualEncoderUNet")
     kwargs = arch_plans.get("arch_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ProbeInputError(f"{path}: arch_kwargs is a {type(kwargs).__name__}, not a mapping")
@@ -141,8 +142,9 @@ def _from_export(ck: dict, path: Path) -> tuple[str, tuple[int, ...], dict, dict
             if kwargs[key] not in _LAYERS:
                 raise ProbeInputError(f"{path}: arch_kwargs {key}={kwargs[key]!r} is not an allowed torch.nn layer")
             kwargs[key] = _LAYERS[kwargs[key]]
-    if kwargs == {**TINY_KWARGS}:
-        return "tiny", patch, io, weights
+    for record in records:  # a registered architecture exported with its kwargs (the tiny net, ...)
+        if record.export_kwargs is not None and kwargs == record.export_kwargs():
+            return record.name, patch, io, weights
     kwargs = {**kwargs, "input_channels": in_channels, "num_classes": io["out_channels"], "deep_supervision": False}
     return "ResidualEncoderUNet", patch, kwargs, weights
 

@@ -1,6 +1,6 @@
 """Where a training run executes and what it needs: processes, device, threads, a memory estimate.
 
-Light at import (no torch): the trainer's ``--help`` lists :data:`ARCHITECTURES` from here.
+Light at import (no torch); the numbers per architecture are its record's (:mod:`trainers.architectures`).
 
 >>> round(memory_estimate_gib("resenc-l", [128, 128, 128], 4))
 70
@@ -13,44 +13,33 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-if TYPE_CHECKING:  # torch loads when a run starts
-    import argparse
+from trainers import architectures
 
+if TYPE_CHECKING:  # torch loads when a run starts
     import torch
 
-ARCHITECTURES = ("resenc-l", "primus-m", "tiny")
-
-#: Each patch axis must be a multiple of this (the encoder's total stride: the decoder's skips must match).
-PATCH_MULTIPLE = {"resenc-l": 32, "primus-m": 8, "tiny": 8}
-
-#: Architectures too large for a CPU without ``--force``.
-LARGE = ("resenc-l", "primus-m")
-
-# (backbone parameters, activation bytes per view voxel), from the measured peak RSS of benchmarks/train_step.py
-# (batch 1, 64³, MAE + CVA + NT-Xent: ResEnc-L 4.5 GiB, Primus-M 6.6 GiB on a CPU) less the weights
-# and ~0.5 GiB of runtime; tiny: 770 B per voxel between 64³ and 96³ (tiny_cpu, batch 2: 1.3 and 3.2 GB peak).
-# Weights cost 20 bytes per parameter: student, teacher, gradient, 2 AdamW moments.
-_FOOTPRINT = {"resenc-l": (102_348_965, 4.3e3), "primus-m": (151_786_529, 6.7e3), "tiny": (500_000, 0.8e3)}
-#: Channels of the pooled features the projector takes (all encoder stages; Primus: its token width).
-_FEATURES = {"resenc-l": 1120, "primus-m": 864, "tiny": 120}
 _RUNTIME_BYTES = 0.5 * 2**30
 
 
 def head_parameters(arch: str, proj_dim: int) -> int:
-    """Parameters of the projector (features → P → P → P) and predictor (P → P/4 → P), biases left out.
+    """Parameters of the projector (features → P → P → P) and predictor (P → P/4 → P), biases left out; the
+    features are the record's ``feature_channels`` (:mod:`trainers.architectures`).
 
     >>> head_parameters("resenc-l", 2048)  # the network itself has 12,788,224 (norms and biases added)
     12779520
     """
-    return _FEATURES[arch] * proj_dim + 2 * proj_dim * proj_dim + 2 * proj_dim * (proj_dim // 4)
+    features = architectures.get(arch).feature_channels
+    return features * proj_dim + 2 * proj_dim * proj_dim + 2 * proj_dim * (proj_dim // 4)
 
 
 def memory_estimate_gib(arch: str, patch_size: Sequence[int], batch_size: int, proj_dim: int = 0) -> float:
     """Rough peak memory of one training process: weights (with heads of width ``proj_dim``; 0: none) +
-    optimiser + two views' activations + runtime."""
-    params, per_voxel = _FOOTPRINT[arch]
+    optimiser + two views' activations + runtime. Weights cost 20 bytes per parameter (student, teacher,
+    gradient, 2 AdamW moments); activations the record's bytes per view voxel."""
+    record = architectures.get(arch)
     views = 2 * batch_size * math.prod(int(p) for p in patch_size)
-    return (20 * (params + head_parameters(arch, proj_dim)) + per_voxel * views + _RUNTIME_BYTES) / 2**30
+    return (20 * (record.params + head_parameters(arch, proj_dim)) + record.bytes_per_voxel * views
+            + _RUNTIME_BYTES) / 2**30
 
 
 def machine_memory_gib() -> float:
@@ -81,7 +70,7 @@ def cpu_refusal(arch: str, patch_size: Sequence[int], batch_size: int, proj_dim:
     """
     need, have = memory_estimate_gib(arch, patch_size, batch_size, proj_dim), machine_memory_gib()
     shape = "x".join(str(int(p)) for p in patch_size)
-    if arch in LARGE:
+    if architectures.get(arch).large:
         return (f"{arch} at {shape}, batch {batch_size}, on a CPU needs about {need:.0f} GiB of memory (estimate; "
                 f"this machine has {have:.0f} GiB) and minutes per step: train on a GPU, use --config tiny_cpu, "
                 "or pass --force to run it anyway")
@@ -99,39 +88,11 @@ def gpu_refusal(arch: str, proj_dim: int, gpu_gib: float) -> str | None:
     >>> gpu_refusal("resenc-l", 2048, 80.0) is None
     True
     """
-    need = 20 * (_FOOTPRINT[arch][0] + head_parameters(arch, proj_dim)) / 2**30
+    need = 20 * (architectures.get(arch).params + head_parameters(arch, proj_dim)) / 2**30
     if need <= gpu_gib:
         return None
     return (f"the weights of {arch} with --proj-dim {proj_dim} need about {need:.0f} GiB (20 B per parameter); "
             f"the GPU has {gpu_gib:.0f} GiB")
-
-
-def invalid_settings(args: argparse.Namespace) -> str | None:
-    """The first trainer setting out of its range (as a usage message), else None.
-
-    >>> from argparse import Namespace
-    >>> invalid_settings(Namespace(store="s", shards=None, out="o", arch="resenc-l", patch_size=[96, 96, 80]))
-    '--patch-size [96, 96, 80]: resenc-l needs multiples of 32 per axis'
-    """
-    if (args.store is None) == (args.shards is None) or args.out is None:
-        return "--out and exactly one of --store / --shards are required (on the command line or in --config)"
-    multiple = PATCH_MULTIPLE[args.arch]
-    if len(args.patch_size) != 3:
-        return f"--patch-size {args.patch_size}: 1 or 3 integers"
-    if any(p < multiple or p % multiple for p in args.patch_size):
-        return f"--patch-size {args.patch_size}: {args.arch} needs multiples of {multiple} per axis"
-    for name in ("batch_size", "steps", "ckpt_every", "log_every", "mask_block", "align_size", "pool_size", "proj_dim"):
-        if getattr(args, name) < 1:
-            return f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}"
-    for name in ("num_workers", "warmup_steps", "threads", "probe_every", "lr", "min_lr", "weight_decay", "clip_grad",
-                 "drop_path", "temperature"):
-        if getattr(args, name) < 0:
-            return f"--{name.replace('_', '-')} must not be negative, not {getattr(args, name)}"
-    if not (0 < args.min_overlap <= args.max_overlap <= 1 and 0 <= args.mask_ratio < 1 and args.region_scale >= 1):
-        return "need 0 < --min-overlap <= --max-overlap <= 1, 0 <= --mask-ratio < 1 and --region-scale >= 1"
-    if args.out.exists() and not args.out.is_dir():
-        return f"--out {args.out}: a file, not a run folder"
-    return None
 
 
 @dataclass(frozen=True)

@@ -113,18 +113,20 @@ def _views(shards: Path, run: Path, patch: int, device: str, seed: int) -> dict:
 
 
 def _cva(store: Path, run: Path, steps: int, patch: int, device: str, seed: int) -> dict:
-    from trainers.cva import parse_args, train
+    from trainers.checks import problems
+    from trainers.cva import train
     from trainers.runfolder import RunError
+    from trainers.settings import resolve
 
     out = run / "cva"
-    args = parse_args(["--store", str(store), "--out", str(out), "--arch", "tiny", "--patch-size", str(patch),
-                       "--batch-size", "2", "--steps", str(steps), "--warmup-steps", str(max(1, steps // 10)),
-                       "--lr", "3e-3", "--proj-dim", "128", "--pool-size", "4", "--align-size", "4",
-                       "--num-workers", "0", "--ckpt-every", str(steps), "--device", device,
-                       "--probe-every", str(max(1, steps // 6)),
-                       "--seed", str(seed), "--export", str(out / "export.pth")])
+    settings = resolve({"store": store, "out": out, "arch": "tiny", "patch_size": [patch], "batch_size": 2,
+                        "steps": steps, "warmup_steps": max(1, steps // 10), "lr": 3e-3, "proj_dim": 128,
+                        "pool_size": 4, "align_size": 4, "num_workers": 0, "ckpt_every": steps, "device": device,
+                        "probe_every": max(1, steps // 6), "seed": seed, "export": out / "export.pth"}, world=1)
+    if problems(settings):
+        raise click.ClickException(problems(settings)[0])
     try:
-        result = train(args)
+        result = train(settings)
     except RunError as err:  # the trainer's one-line errors (bad data, a checkpoint it cannot use)
         raise click.ClickException(str(err)) from None
     shutil.copyfile(out / "loss.png", run / "loss.png")

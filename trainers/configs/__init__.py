@@ -8,12 +8,12 @@ A name is a flag's name with ``_`` for ``-`` (``warmup_steps = 2500`` for ``--wa
 
 ``--config`` takes a file path or the name of a file shipped here (``tiny_cpu``, ``tiny_cpu_mae``, the two
 stages of each architecture ``resenc_l_mae`` → ``resenc_l_cva`` and ``primus_m_mae`` → ``primus_m_cva``,
-``mae_only``), from any folder. Repeated ``--config`` files merge in order (a later
+the AE rung ``resenc_l_ae``, ``mae_only``), from any folder. Repeated ``--config`` files merge in order (a later
 file's value wins) and flags given on the command line win over all of them. Unknown names and
 values of the wrong type are refused with a message naming the file.
 
 >>> sorted(names())
-['mae_only', 'primus_m_cva', 'primus_m_mae', 'resenc_l_cva', 'resenc_l_mae', 'tiny_cpu', 'tiny_cpu_mae']
+['mae_only', 'primus_m_cva', 'primus_m_mae', 'resenc_l_ae', 'resenc_l_cva', 'resenc_l_mae', 'tiny_cpu', 'tiny_cpu_mae']
 >>> read(find("tiny_cpu"))["arch"]
 'tiny'
 """
@@ -21,6 +21,7 @@ values of the wrong type are refused with a message naming the file.
 from __future__ import annotations
 
 import argparse
+import difflib
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -56,7 +57,9 @@ def find(spec: str | Path) -> Path:
         return shipped
     if path.suffix == ".py" and path.stem in names():  # the Python config files of earlier versions
         raise ConfigError(f"{spec}: no such file; trainer configs are TOML now: --config {path.stem}")
-    raise ConfigError(f"{spec}: no such config file or shipped config (shipped: {', '.join(names())})")
+    close = difflib.get_close_matches(path.stem, names(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{spec}: no such config file or shipped config{hint} (shipped: {', '.join(names())})")
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -86,7 +89,7 @@ def read(path: Path) -> dict[str, Any]:
 def _coerce(action: argparse.Action, value: Any, path: Path) -> Any:
     """``value`` as the flag behind ``action`` would have given it, or :class:`ConfigError`."""
     name = action.dest
-    if isinstance(action, argparse.BooleanOptionalAction) or isinstance(action.default, bool):
+    if action.nargs == 0:  # a switch: --flag / --no-flag, store_true
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: {name} must be true or false, not {value!r}")
         return value
@@ -120,20 +123,23 @@ def merge(parser: argparse.ArgumentParser, specs: Sequence[str | Path]) -> dict[
     ...
     trainers.configs.ConfigError: ...tiny_cpu.toml: unknown setting(s) ['align_size', ...]
     """
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "version", "config")}
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "version", "config", "dry_run")}
     merged: dict[str, Any] = {}
     for spec in specs:
         path = find(spec)
         data = read(path)
         unknown = sorted(k for k in data if k not in actions)
         if unknown:
-            raise ConfigError(f"{path}: unknown setting(s) {unknown}")
+            close = difflib.get_close_matches(unknown[0], list(actions), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: unknown setting(s) {unknown}{hint}")
         merged.update({k: _coerce(actions[k], v, path) for k, v in data.items()})
     return merged
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` with the merged ``--config`` files as defaults (a bad file: one usage line, exit 2).
+    """Parse ``argv`` with the merged ``--config`` files as defaults (a bad file: one usage line, exit 2); for
+    parsers with defaults (``trainers.finetune``). ``trainers.cli_args.given_settings`` is the trainer's way.
 
     >>> p = argparse.ArgumentParser()
     >>> _ = p.add_argument("--config", action="append", default=[])
@@ -151,8 +157,16 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) ->
     return parser.parse_args(argv)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Help lines end with the default, where there is one (not for None or an empty list)."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help lines end with the default, where there is one (not for None or an empty list): ``defaults[dest]``
+    when the parser sets ``defaults`` (``trainers.cli_args``: flags without argparse defaults), else the flag's."""
+
+    defaults: Any = None
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default in (None, []) else super()._get_help_string(action)
+        value = action.default if self.defaults is None else self.defaults.get(action.dest)
+        if value is None or value == [] or value is argparse.SUPPRESS or not action.help or "%(default)" in action.help:
+            return action.help or ""
+        if isinstance(value, (list, tuple)):
+            value = " ".join(str(v) for v in value)
+        return f"{action.help} (default: {value})"
