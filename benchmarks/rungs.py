@@ -20,7 +20,8 @@ import torch
 from loaders import OverlapViewSampler
 from trainers import cva, losses
 from trainers.method import consistency_term, uses_heads
-from trainers.networks import CVANet, build_backbone
+from trainers.architectures import build_backbone
+from trainers.networks import CVANet
 from trainers.optim import build_optimizer
 from trainers.primus_mae import PrimusMAE, keep_indices
 

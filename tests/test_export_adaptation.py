@@ -184,7 +184,7 @@ def exported(request, tmp_path_factory):
     with its own index (built on the meta device: ResEnc-L and Primus-M initialise in a fraction of a second)."""
     arch = request.param
     with torch.device("meta"):
-        ours = networks.build_backbone(arch, PATCH[arch])
+        ours = architectures.build_backbone(arch, PATCH[arch])
     ours = ours.to_empty(device="cpu")
     with torch.no_grad():
         for i, t in enumerate(ours.state_dict().values()):
@@ -234,7 +234,7 @@ def test_nnssl_load_pretrained_weights_accepts_every_architecture(exported):
     arch, ours, path = exported
     classes = 1 if arch == "primus-m" else 3  # Primus has no seg_layers: its up_projection depends on the classes
     with torch.device("meta"):
-        net = networks.build_backbone(arch, PATCH[arch], 1, classes)
+        net = architectures.build_backbone(arch, PATCH[arch], 1, classes)
     net = net.to_empty(device="cpu")
     _nnssl_load_pretrained_weights(net, path)
     loaded = net.state_dict()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainers import export, networks
+from trainers import architectures, export, networks
 
 
 def _nnssl_resenc_l() -> nn.Module:
@@ -164,4 +164,4 @@ def test_voxel_head_projects_every_pooled_voxel_like_the_forks_rearrange():
 
 def test_unknown_architecture_is_refused():
     with pytest.raises(ValueError, match="unknown architecture"):
-        networks.build_backbone("resenc-xxl", (32, 32, 32))
+        architectures.build_backbone("resenc-xxl", (32, 32, 32))

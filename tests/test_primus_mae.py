@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainers import method, networks
+from trainers import architectures, method, networks
 from trainers.networks import primus_m_mae
 from trainers.primus_mae import PrimusMAE, keep_indices
 
@@ -32,7 +32,7 @@ def _nnssl_eva_mae(patch) -> nn.Module:
 
 def test_parameters_and_keys_equal_nnssl_eva_mae_at_160():
     with torch.device("meta"):
-        ours, ref = networks.build_backbone("primus-m", (160, 160, 160)), _nnssl_eva_mae((160, 160, 160))
+        ours, ref = architectures.build_backbone("primus-m", (160, 160, 160)), _nnssl_eva_mae((160, 160, 160))
     assert isinstance(ours, PrimusMAE)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters()) == 176_656_193
     so, sr = ours.state_dict(), ref.state_dict()

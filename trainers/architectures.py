@@ -26,7 +26,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["Architecture", "register", "get", "names", "RESIDUAL_PLAN_KEYS", "PRIMUS_PLAN_KEYS"]
+__all__ = ["Architecture", "register", "get", "names", "build_backbone", "RESIDUAL_PLAN_KEYS", "PRIMUS_PLAN_KEYS"]
 
 #: Where a residual U-Net's encoder, stem and input projection live in its state dict (nnssl's plan fields).
 RESIDUAL_PLAN_KEYS = {"key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
@@ -92,6 +92,16 @@ def get(name: str) -> Architecture:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown architecture {name!r}{hint}; choose one of {', '.join(names())}")
     return _REGISTRY[name]
+
+
+def build_backbone(arch: str, patch_size: Sequence[int], in_channels: int = 1, out_channels: int = 1,
+                   drop_path_rate: float = 0.0) -> Any:
+    """Build ``arch`` (a registered name) for inputs of ``patch_size``: the record's builder.
+
+    >>> type(build_backbone("tiny", (16, 16, 16))).__name__
+    'ResidualEncoderUNet'
+    """
+    return get(arch).build(tuple(patch_size), in_channels, out_channels, drop_path_rate)
 
 
 def _resenc_l(patch_size: Sequence[int], in_channels: int, out_channels: int, drop_path: float):

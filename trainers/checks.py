@@ -2,8 +2,8 @@
 
 :func:`problems` runs every check of :data:`CHECKS` on a :class:`trainers.settings.Settings`; a check is a
 function ``(settings) -> str | None``; :mod:`trainers.sanity` (non-finite and absurd numbers) runs first.
-Add a check by appending to :data:`CHECKS` (or :func:`register`); :func:`inputs_problem` is the separate check that a run (not a ``--dry-run``) has its data
-and run folder.
+Add a check by appending to :data:`CHECKS` (or :func:`register`). :func:`inputs_problem` is the separate
+check that a run (not a ``--dry-run``) has its data and run folder.
 
 >>> from trainers.settings import resolve
 >>> problems(resolve({"arch": "resenc-l", "patch_size": [96, 96, 80]}, world=1))

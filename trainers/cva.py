@@ -225,7 +225,8 @@ def train(args: Settings) -> dict:
 
     from loaders import to_device
     from loaders.batches import batch_source
-    from trainers.networks import CVANet, build_backbone
+    from trainers.architectures import build_backbone
+    from trainers.networks import CVANet
     from trainers.optim import build_optimizer
 
     # ------------------------------------------------------------ setup: processes, device, seeds, run folder

@@ -47,7 +47,8 @@ class PooledHead(nn.Module):
 
 def build_model(arch: str, task: str, patch: Sequence[int], outputs: int) -> nn.Module:
     """The fine-tuning network of ``arch`` for ``task`` (``outputs``: classes, or 1 for regression)."""
-    from trainers.networks import build_backbone, primus_m
+    from trainers.architectures import build_backbone
+    from trainers.networks import primus_m
 
     if task == "seg":
         if arch == "primus-m":  # the plain Primus (no MAE decoder) the fork's adaptation builds

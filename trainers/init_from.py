@@ -13,8 +13,9 @@ Accepted sources, all read with ``torch.load(weights_only=True)``:
 The backbone is loaded strictly: every backbone key must be present with its shape, and no
 unknown key may be left over, except the MAE-only parts of a Primus MAE (its Eva decoder and mask
 token), which an export of the bare encoder does not have. The CVA heads are not loaded (they stay
-freshly initialised), nor, unless asked, the reconstruction head
-(``.seg_layers.``, skipped as the fork's ``load_pretrained_weights`` does); the caller copies the student into the teacher and starts the schedules at 0.
+freshly initialised), nor, unless asked, the reconstruction head (``.seg_layers.``, skipped as the
+fork's ``load_pretrained_weights`` does); the caller copies the student into the teacher and starts the
+schedules at 0.
 """
 
 from __future__ import annotations

@@ -16,10 +16,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from trainers.primus_mae import PrimusMAE
-from trainers import architectures
 
-__all__ = ["resenc_l", "primus_m", "primus_m_mae", "tiny", "TINY_KWARGS", "RESENC_L_KWARGS", "build_backbone",
-           "stage_features", "CVANet"]
+__all__ = ["resenc_l", "primus_m", "primus_m_mae", "tiny", "TINY_KWARGS", "RESENC_L_KWARGS", "stage_features",
+           "CVANet"]
 
 
 def resenc_l(in_channels: int = 1, out_channels: int = 1) -> nn.Module:
@@ -117,15 +116,6 @@ def tiny(in_channels: int = 1, out_channels: int = 1) -> nn.Module:
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
     return ResidualEncoderUNet(input_channels=in_channels, num_classes=out_channels, deep_supervision=False, **TINY_KWARGS)
-
-
-def build_backbone(arch: str, patch_size: Sequence[int], in_channels: int = 1, out_channels: int = 1, drop_path_rate: float = 0.0) -> nn.Module:
-    """Build ``arch`` (a name of :mod:`trainers.architectures`) for inputs of ``patch_size``.
-
-    >>> type(build_backbone("tiny", (16, 16, 16))).__name__
-    'ResidualEncoderUNet'
-    """
-    return architectures.get(arch).build(tuple(patch_size), in_channels, out_channels, drop_path_rate)
 
 
 def stage_features(backbone: nn.Module, x: torch.Tensor, decode: bool = True,

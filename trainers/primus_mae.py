@@ -51,7 +51,7 @@ def keep_indices(masks: torch.Tensor, token: int = TOKEN) -> torch.Tensor:
 class PrimusMAE(nn.Module):
     """Primus-M encoder + nnssl's MAE decoder. ``forward(x, keep)`` → (token grid, reconstruction).
 
-    Built by ``trainers.networks.primus_m_mae`` (``build_backbone("primus-m", ...)``).
+    Built by ``trainers.networks.primus_m_mae`` (``trainers.architectures.build_backbone("primus-m", ...)``).
 
     Without ``keep`` every token is encoded (the teacher, an AE, fine-tuning) and the grid is the
     encoder's output; with ``keep`` (``[N, K]``) only those tokens are encoded, and the grid is the

@@ -101,7 +101,7 @@ def build_like(arch: str, patch_size: tuple[int, ...], kwargs: dict) -> nn.Modul
     >>> type(build_like("tiny", (32, 32, 32), {"out_channels": 4})).__name__
     'ResidualEncoderUNet'
     """
-    from trainers.networks import build_backbone
+    from trainers.architectures import build_backbone
 
     if arch == "ResidualEncoderUNet":
         from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet

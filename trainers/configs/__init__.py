@@ -12,8 +12,9 @@ the AE rung ``resenc_l_ae``, ``mae_only``), from any folder. Repeated ``--config
 file's value wins) and flags given on the command line win over all of them. Unknown names and
 values of the wrong type are refused with a message naming the file.
 
->>> sorted(names())
-['mae_only', 'primus_m_cva', 'primus_m_mae', 'resenc_l_ae', 'resenc_l_cva', 'resenc_l_mae', 'tiny_cpu', 'tiny_cpu_mae']
+>>> sorted(names())  # doctest: +NORMALIZE_WHITESPACE
+['finetune_primus_m', 'finetune_resenc_l', 'finetune_tiny_cpu', 'mae_only', 'primus_m_cva', 'primus_m_mae', 'resenc_l_ae', 'resenc_l_cva',
+ 'resenc_l_mae', 'tiny_cpu', 'tiny_cpu_mae']
 >>> read(find("tiny_cpu"))["arch"]
 'tiny'
 """
