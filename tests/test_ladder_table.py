@@ -19,7 +19,7 @@ from trainers import cva, settings
 HUBER5, MSE1 = ("huber", 5.0), ("mse", 1.0)
 SGD = dict(optimizer="sgd", lr=1e-2, weight_decay=3e-5, momentum=0.99, warmup_steps=0, clip_grad=12.0)  # AbstractTrainer
 ADAMW = dict(optimizer="adamw", lr=3e-4, weight_decay=5e-2, clip_grad=1.0)  # BaseEvaMAETrainer (betas 0.9, 0.98)
-TINY = dict(optimizer="adamw", lr=1e-3, weight_decay=5e-2, warmup_steps=10, clip_grad=12.0)  # CPU config, no class
+TINY = dict(optimizer="adamw", lr=1e-3, weight_decay=5e-2, warmup_steps=5, clip_grad=12.0)  # CPU config, no class
 
 #: (configs, rung) -> (class, recon (kind, weight), consistency weight, NT-Xent on, optimiser values, extra)
 TABLE = {
@@ -130,3 +130,23 @@ def test_no_shipped_config_pins_a_rung_weight():
     for name in configs.names():
         assert "consistency_weight" not in configs.read(configs.find(name)), name
         assert not {"recon_weight", "recon_loss"} & set(configs.read(configs.find(name))), name
+
+
+def test_the_ladder_docs_dry_runs_say_what_their_comments_say(capsys):
+    """docs/ladder.md's --dry-run block, run as written (in-process: the same argv)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ladder.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "--dry-run" in b)
+    runs = []
+    for line in block.splitlines():
+        argv = shlex.split(line.split("#")[0])
+        assert argv[:3] == ["python", "-m", "trainers.cva"], line
+        cva.main(argv[3:])
+        runs.append(json.loads(capsys.readouterr().out))
+    assert [r["consistency_weight"] for r in runs[:4]] == [0.2, 2.0, 1.0, 0.5]
+    assert (runs[2]["optimizer"], runs[2]["lr"]) == ("adamw", 3e-4)
+    assert (runs[4]["recon_loss"], runs[4]["recon_weight"]) == ("mse", 1.0)
+    assert (runs[5]["lr"], runs[5]["global_batch_size"], runs[5]["patch_size"]) == (5e-3, 2, [160] * 3)
