@@ -1,7 +1,7 @@
 """What a resolved run cannot do: one line per problem, as a usage message (the command line exits 2).
 
 :func:`problems` runs every check of :data:`CHECKS` on a :class:`trainers.settings.Settings`; a check is a
-function ``(settings) -> str | None``; :mod:`trainers.sanity` (non-finite and absurd numbers) runs first.
+function ``(settings) -> str | None``; :mod:`trainers.sanity` (non-finite and absurd numbers) runs after them.
 Add a check by appending to :data:`CHECKS` (or :func:`register`). :func:`inputs_problem` is the separate
 check that a run (not a ``--dry-run``) has its data and run folder.
 
@@ -74,11 +74,11 @@ def register(check: Callable[[Settings], str | None]) -> Callable[[Settings], st
 
 
 def problems(s: Settings) -> list[str]:
-    """Every message for ``s`` (empty: the settings can run): :func:`trainers.sanity.problems` (numbers that are
-    not finite or absurd) first, then each check of :data:`CHECKS`."""
+    """Every message for ``s`` (empty: the settings can run): each check of :data:`CHECKS`, then
+    :func:`trainers.sanity.problems` (numbers that are not finite or absurd)."""
     from trainers import sanity
 
-    return sanity.problems(s) + [m for m in (check(s) for check in CHECKS) if m]
+    return [m for m in (check(s) for check in CHECKS) if m] + sanity.problems(s)
 
 
 def inputs_problem(s: Settings) -> str | None:
