@@ -95,6 +95,7 @@ def main() -> int:
     times["fingerprint"] = run([str(bin_ / "nnUNetv2_extract_fingerprint"), "-d", str(DATASET_ID), "-np", "1"], env, log)
     (pre / DATASET).mkdir(parents=True, exist_ok=True)
     (pre / DATASET / f"{plans}.json").write_text((work / "to_nnunet" / "plans.json").read_text())
+    (pre / DATASET / "dataset.json").write_text((folder / "dataset.json").read_text())
     times["preprocess"] = run([str(bin_ / "nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-plans_name", plans,
                                "-c", "3d_fullres", "-np", "1"], env, log)
     times["train"] = run([str(bin_ / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-p", plans,

@@ -74,6 +74,7 @@ def test_tiny_export_builds_and_loads_in_stock_nnunet_with_two_channels(tmp_path
     assert to_nnunet.main([str(path), "--dataset", str(dataset), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "nnUNetv2_train 042 3d_fullres 0 -p nnUNetPlans_openmind -pretrained_weights" in printed
+    assert f"cp {dataset / 'dataset.json'} $nnUNet_preprocessed/Dataset042_Tiny/" in printed
     plans = json.loads((tmp_path / "out" / "plans.json").read_text())
     config = plans["configurations"]["3d_fullres"]
     assert config["patch_size"] == [32, 32, 32] and config["spacing"] == [1.0, 1.0, 1.0]
@@ -144,7 +145,8 @@ def test_docs_nnunet_route_names_the_commands_the_tool_prints():
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     commands = " ".join(blocks)
     for needle in ("nnUNetv2_preprocess_like_nnssl", "nnUNetv2_train_pretrained", "python -m trainers.to_nnunet",
-                   "nnUNetv2_extract_fingerprint", "nnUNetv2_preprocess -d", "-pretrained_weights"):
+                   "nnUNetv2_extract_fingerprint", "dataset.json $nnUNet_preprocessed", "nnUNetv2_preprocess -d",
+                   "-pretrained_weights"):
         assert needle in commands, needle
     line = next(ln for b in blocks for ln in b.replace("\\\n", " ").splitlines() if "python -m trainers.to_nnunet" in ln)
     argv = line.split("python -m trainers.to_nnunet", 1)[1].split()

@@ -4,7 +4,7 @@ its ``-pretrained_weights`` accepts.
     python -m trainers.to_nnunet runs/cva/export.pth --dataset $nnUNet_raw/Dataset042_Stroke --out to_nnunet
 
 writes ``OUT/plans.json`` (copy it into ``$nnUNet_preprocessed/Dataset042_Stroke/`` under its
-``plans_name``) and ``OUT/pretrained_weights.pth``; the commands to run next are printed (and in
+``plans_name``, with the raw ``dataset.json`` beside it) and ``OUT/pretrained_weights.pth``; the commands to run next are printed (and in
 ``docs/finetune.md``, "The nnU-Net route").
 
 * **Plans.** One ``3d_fullres`` configuration as our pretraining saw the data (nnssl's ``onemmiso``:
@@ -163,11 +163,12 @@ def pretrained_weights(ck: dict, channels: int, path: Path) -> dict:
     return {"network_weights": weights}
 
 
-def _next_steps(out: Path, plans: dict) -> list[str]:
+def _next_steps(out: Path, plans: dict, raw: Path) -> list[str]:
     name, ds = plans["plans_name"], plans["dataset_name"]
     return [f"wrote {out / 'plans.json'} (plans {name}) and {out / 'pretrained_weights.pth'}; next:",
             f"  nnUNetv2_extract_fingerprint -d {ds[7:10]}",
             f"  cp {out / 'plans.json'} $nnUNet_preprocessed/{ds}/{name}.json",
+            f"  cp {raw / 'dataset.json'} $nnUNet_preprocessed/{ds}/",
             f"  nnUNetv2_preprocess -d {ds[7:10]} -plans_name {name} -c 3d_fullres",
             f"  nnUNetv2_train {ds[7:10]} 3d_fullres 0 -p {name} -pretrained_weights {out / 'pretrained_weights.pth'}"]
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(args.out / "plans.json", json.dumps(plans, indent=2) + "\n")
     atomic.write_with(args.out / "pretrained_weights.pth", lambda tmp: torch.save(weights, tmp))
-    print("\n".join(_next_steps(args.out, plans)))
+    print("\n".join(_next_steps(args.out, plans, args.dataset)))
     return 0
 
 
