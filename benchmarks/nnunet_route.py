@@ -25,8 +25,8 @@ DATASET_ID, DATASET = 990, "Dataset990_MNITissueTiny"
 
 
 def build_raw(root: Path) -> Path:
-    """``root/Dataset990_MNITissueTiny``: four 2 mm subjects of the MNI152 T1 (as stored, mirrored, intensities
-    remapped, anisotropic 2 × 2 × 3 mm) with background / CSF-ish / grey / white labels from its tissue maps."""
+    """``root/Dataset990_MNITissueTiny``: six 2 mm subjects of the MNI152 T1 (as stored, mirrored, intensities
+    inverted, noisy, dimmed, anisotropic 2 × 2 × 3 mm; nnU-Net's 5 folds need 5) with background / CSF-ish / grey / white labels from its tissue maps."""
     import nibabel as nib
 
     from openmind_prep.sources.embedded import _zoom, source_files
@@ -46,6 +46,9 @@ def build_raw(root: Path) -> Path:
     cases = {"mni": (t1, labels, aff), "mni_mirrored": (t1[::-1].copy(), labels[::-1].copy(), aff),
              "mni_remapped": (np.where(t1 > 0, 300 - t1, 0), labels, aff)}
     aniso, aff3 = _zoom(t1, aff, (2.0, 2.0, 3.0))
+    noise = np.random.default_rng(0).normal(0, 5, t1.shape).astype(np.float32)
+    cases["mni_noisy"] = (np.where(t1 > 0, t1 + noise, 0), labels, aff)
+    cases["mni_dim"] = (0.5 * t1, labels, aff)
     cases["mni_aniso"] = (aniso, _zoom(labels, aff, (2.0, 2.0, 3.0), order=0)[0].astype(np.uint8), aff3)
     for case, (image, lab, a) in cases.items():
         nib.save(nib.Nifti1Image(image.astype(np.float32), a), folder / "imagesTr" / f"{case}_0000.nii.gz")

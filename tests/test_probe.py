@@ -26,7 +26,7 @@ def volume():
 
 
 def _train_tissue_net(volume, steps: int = 200, patch: int = 16) -> torch.nn.Module:
-    """The tiny net trained briefly (cross-entropy, 16³ crops of the LEFT half only) to predict the labels."""
+    """The tiny net trained briefly (cross-entropy, 16³ crops of the left half of the fit volume) on the labels."""
     torch.manual_seed(0)
     net = tiny(out_channels=len(CLASSES))
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
@@ -64,11 +64,15 @@ def _mean_dice(entry: dict) -> float:
 
 
 def test_probe_tells_a_tissue_trained_net_from_random_init(trained):
+    """Fitted on the 1 mm file, scored on the 2 mm one: the trained net beats its random twin (measured 0.866 vs
+    0.796 balanced accuracy, ARI 0.35 vs 0.13), but only reaches the intensity floor (0.863); on the remapped
+    contrast nothing beats the floors (0.37 vs 0.44 / 0.38): docs/training.md says so."""
     _, report = trained
     model, random = report["model"], report["random"]
-    assert model["balanced_accuracy"] > random["balanced_accuracy"] + 0.1
+    assert model["balanced_accuracy"] > random["balanced_accuracy"] + 0.04
     assert model["ari"] > random["ari"] + 0.1 and model["nmi"] > random["nmi"] + 0.1
-    assert _mean_dice(model) > _mean_dice(random) + 0.1
+    assert _mean_dice(model) > _mean_dice(random) + 0.04
+    assert set(model["remapped"]) == {"balanced_accuracy", "dice"}
     assert set(report) == {"model", "random", "intensity", "meta"}
     assert report["meta"]["arch"] == "tiny" and report["meta"]["grid"] == [CROP] * 3
 
@@ -79,32 +83,50 @@ def _windows(x: np.ndarray, size: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, (size,) * 3)  # [*x.shape, size, size, size]
 
 
+def _intensity(img: np.ndarray) -> np.ndarray:
+    w = _windows(img, 5)
+    return np.stack([img, w.mean(axis=(-3, -2, -1)), w.std(axis=(-3, -2, -1))]).reshape(3, -1).T
+
+
 def test_intensity_baseline_equals_an_independent_sklearn_fit(trained, volume):
+    """Fit on the fit volume, score on the other template file and on its remapped contrast, re-typed."""
     from sklearn.cluster import KMeans
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score
 
     _, report = trained
-    img = volume.image
-    w = _windows(img, 5)
-    feats = np.stack([img, w.mean(axis=(-3, -2, -1)), w.std(axis=(-3, -2, -1))]).reshape(3, -1).T
-    feats = ((feats - feats.mean(0)) / feats.std(0)).astype(np.float32)
+    raw = _intensity(volume.image)
+    mean, sd = raw.mean(0), raw.std(0)
+    feats = ((raw - mean) / sd).astype(np.float32)
     y = volume.labels.ravel().astype(int)
-    left = (np.arange(CROP)[None, None, :] < CROP // 2).repeat(CROP, 0).repeat(CROP, 1).ravel()
-    rng = np.random.default_rng(0)
-    fit = np.sort(rng.choice(np.flatnonzero(left), 20000, replace=False))
+    fit = np.sort(np.random.default_rng(0).choice(len(y), 20000, replace=False))
     clf = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit(feats[fit], y[fit])
-    pred = clf.predict(feats[~left])
     ours = report["intensity"]
-    assert ours["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y[~left], pred), abs=2e-3)
-    truth = y[~left]
-    for c, name in enumerate(CLASSES):
-        dice = 2 * np.sum((truth == c) & (pred == c)) / (np.sum(truth == c) + np.sum(pred == c))
-        assert ours["dice"][name] == pytest.approx(dice, abs=2e-3)
+    for name, contrast in (("another_volume", "t1"), ("remapped", "remapped")):
+        other = mni_tissue(1, CROP, multiple=8, source_resolution=2, contrast=contrast)
+        truth = other.labels.ravel().astype(int)
+        pred = clf.predict(((_intensity(other.image) - mean) / sd).astype(np.float32))
+        assert ours[name]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, pred), abs=2e-3)
+        for c, cls in enumerate(CLASSES):
+            dice = 2 * np.sum((truth == c) & (pred == c)) / (np.sum(truth == c) + np.sum(pred == c))
+            assert ours[name]["dice"][cls] == pytest.approx(dice, abs=2e-3)
+    assert ours["balanced_accuracy"] == ours["another_volume"]["balanced_accuracy"]
     sub = np.random.default_rng(0).choice(len(feats), 20000, replace=False)
     km = KMeans(n_clusters=4, n_init=4, random_state=0).fit(feats[sub])
     assert ours["ari"] == pytest.approx(adjusted_rand_score(y, km.predict(feats)), abs=2e-3)
-    assert ours["balanced_accuracy"] > 0.8  # intensity separates tissue on a T1 template: the floor is high
+    # the floors: intensity separates tissue on another T1 volume, and cannot on the remapped contrast
+    assert ours["balanced_accuracy"] > 0.8 and ours["remapped"]["balanced_accuracy"] < 0.5
+
+
+def test_scored_volumes_are_other_volumes_than_the_fit_one(volume):
+    """Never halves of one volume: the scored volume comes from the other template file (its own sampling and
+    crop), and its remapped contrast puts grey matter darkest and CSF brightest."""
+    other = mni_tissue(1, CROP, multiple=8, source_resolution=2)
+    remapped = mni_tissue(1, CROP, multiple=8, source_resolution=2, contrast="remapped")
+    assert other.image.shape == volume.image.shape and not np.allclose(other.image, volume.image, atol=0.1)
+    assert 0.5 < float((other.labels == volume.labels).mean()) < 0.99  # same anatomy, resampled: not the same voxels
+    means = [float(remapped.image[remapped.labels == c].mean()) for c in (1, 2, 3)]
+    assert means[1] < means[2] < means[0]  # grey < white < CSF
 
 
 def test_labels_follow_t1_contrast(volume):
@@ -210,3 +232,34 @@ def test_bad_input_is_one_line_exit_1(tmp_path, capsys, make):
     assert err.count("\n") == 1 and named in err and "Traceback" not in err
     assert make not in HOSTILE_EXPORTS or HOSTILE_EXPORTS[make][1] in err, err
     assert not (tmp_path / "probe.json").exists() and not (tmp_path / "probe.png").exists()
+
+
+def test_command_line_prints_what_it_scored_and_where_it_wrote(tmp_path, capsys):
+    path = save_nnssl_checkpoint(tmp_path / "m.pth", tiny(), "tiny", (32, 32, 32))
+    assert probe.main([str(path), "--crop", "32", "--fit-voxels", "3000", "--threads", "1", "--out", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    report = json.loads((tmp_path / "p" / "probe.json").read_text())
+    box = report["meta"]["crop_box_zyx"]
+    assert out[0].startswith("scored nilearn MNI152") and "crop 32×32×32 voxels" in out[0]
+    assert f"z {box[0][0]}:{box[0][1]}" in out[0]
+    assert "fitted on the 1 mm template file, scored on the 2 mm template file" in out[1]
+    for name in ("model", "random", "intensity"):
+        line = next(ln for ln in out if ln.startswith(name))
+        assert f"probe balanced accuracy {report[name]['balanced_accuracy']:.3f}" in line
+        assert f"remapped contrast {report[name]['remapped']['balanced_accuracy']:.3f}" in line
+        assert "k-means ARI" in line
+    assert out[-1] == f"wrote {tmp_path / 'p' / 'probe.json'} and {tmp_path / 'p' / 'probe.png'}"
+
+
+@pytest.mark.parametrize("argv", [["m.pth", "--crop", "x"], ["m.pth", "--fit", "10"], ["m.pth", "--cro", "32"], []])
+def test_usage_errors_are_one_line_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        probe.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("trainers.probe: error:") and "usage:" not in err
+
+
+def test_help_shows_defaults():
+    text = probe.get_args_parser().format_help()
+    assert "(default: 128)" in text and "(default: 20000)" in text and "(default: student)" in text

@@ -35,10 +35,18 @@ def voxel_features(backbone: torch.nn.Module, volume: torch.Tensor, *, multiple:
     if min(shape) == 0:
         raise ValueError(f"volume {tuple(volume.shape)} is smaller than {multiple} voxels along an axis")
     x = volume[None, :, : shape[0], : shape[1], : shape[2]].float()
+    # Convolutions pad with zeros, and a stride-2 one only at the low edge: its features there differ
+    # from the rest (a one-voxel band in clusters.png). Replicate the edges by half the multiple each side
+    # (the total stays a multiple), encode, cut the margin off. A ViT (Primus: fixed input size) needs none.
+    pad = 0 if hasattr(backbone, "eva") or (multiple // 2) % stride else multiple // 2
+    if pad:
+        x = F.pad(x, [pad] * 6, mode="replicate")
     feats, _ = stage_features(backbone, x, decode=False)
-    grid = [s // stride for s in shape]
+    grid = [(s + 2 * pad) // stride for s in shape]
     up = [F.normalize(F.interpolate(f.float(), size=grid, mode="trilinear", align_corners=False), dim=1) for f in feats]
-    return torch.cat(up, dim=1)[0]
+    out = torch.cat(up, dim=1)[0]
+    m = pad // stride
+    return out[:, m: m + shape[0] // stride, m: m + shape[1] // stride, m: m + shape[2] // stride]
 
 
 def kmeans_labels(features: torch.Tensor, k: int, *, seed: int = 0, fit_voxels: int = 20000) -> np.ndarray:
@@ -59,24 +67,43 @@ def kmeans_labels(features: torch.Tensor, k: int, *, seed: int = 0, fit_voxels: 
     return km.predict(flat).reshape(features.shape[1:])
 
 
-def save_clusters_png(volume: torch.Tensor, labels: np.ndarray, path: Path, *, title: str = "",
-                      n_slices: int = 4, dpi: int = 80) -> Path:
-    """Rows: image slices, then the same slices coloured by cluster (slices along the first axis)."""
+def clusters_figure(volume: torch.Tensor, labels: np.ndarray, *, title: str = "", n_slices: int = 4):
+    """Rows: image slices across the first stored axis (z), then the same slices coloured by cluster, with a
+    colour legend (one entry per cluster) inside the figure. Tests read its text and layout."""
+    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
+    k = int(labels.max()) + 1
+    colours = [f"C{i}" for i in range(max(k, 1))]
     stride = max(1, volume.shape[1] // labels.shape[0])
     vol = volume[0, ::stride, ::stride, ::stride][: labels.shape[0], : labels.shape[1], : labels.shape[2]].float().cpu().numpy()
     idx = np.linspace(0.25, 0.75, n_slices) * (labels.shape[0] - 1)
-    fig = Figure(figsize=(2.2 * n_slices, 4.6), dpi=dpi)
+    fig = Figure(figsize=(2.2 * n_slices + 0.5, 5.6))
+    fig.subplots_adjust(left=0.07, right=0.99, top=0.88, bottom=0.15, wspace=0.05, hspace=0.08)
     axes = fig.subplots(2, n_slices, squeeze=False)
     lo, hi = np.percentile(vol, [1, 99])
     for j, i in enumerate(idx.round().astype(int)):
         axes[0, j].imshow(vol[i], cmap="gray", vmin=lo, vmax=hi, origin="lower")
-        axes[1, j].imshow(labels[i], cmap="tab10", vmin=0, vmax=9, origin="lower", interpolation="nearest")
-        axes[0, j].set_title(f"slice {i}", fontsize=8)
+        axes[1, j].imshow(labels[i], cmap=ListedColormap(colours), vmin=-0.5, vmax=len(colours) - 0.5,
+                          origin="lower", interpolation="nearest")
+        axes[0, j].set_title(f"z = {i * stride} of {volume.shape[1]}", fontsize=9)
         for ax in axes[:, j]:
-            ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("image", fontsize=9)
+    axes[1, 0].set_ylabel("k-means cluster", fontsize=9)
+    fig.legend(handles=[Patch(facecolor=c, edgecolor="k", label=f"cluster {n}") for n, c in enumerate(colours)],
+               loc="lower center", ncol=min(k, 8), fontsize=9, frameon=False,
+               title="colour = cluster of the voxel's features (numbers are arbitrary)", title_fontsize=9)
+    fig.suptitle(f"{title}\nslices across the first stored axis (z); each panel shows y (up) × x (right)", fontsize=10)
+    return fig
+
+
+def save_clusters_png(volume: torch.Tensor, labels: np.ndarray, path: Path, *, title: str = "",
+                      n_slices: int = 4, dpi: int = 80) -> Path:
+    """Write :func:`clusters_figure` as a PNG to ``path``; returns it."""
+    fig = clusters_figure(volume, labels, title=title, n_slices=n_slices)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi, format="png")

@@ -3,18 +3,26 @@
     python -m trainers.probe runs/tiny                 # a trainers.cva run folder (or its checkpoint.pt)
     python -m trainers.probe model.pth --out probes/   # an nnssl-format export (ours or nnssl's)
 
-The labelled volume is nilearn's MNI152 T1 with background / CSF / grey / white labels
-(:mod:`trainers.tissue`: our onemmiso preprocessing, centre crop ≤ ``--crop``). Three feature
-sources are scored in the same run: the frozen backbone (``model``: every encoder stage upsampled
-to the voxel grid and L2-normalised per stage, :func:`trainers.kmeans.voxel_features`), a
-randomly initialised network of the same architecture (``random``) and the raw intensity with its
-local 5³ mean and standard deviation (``intensity``). Each source's channels are standardised over
-the volume's voxels, then
+The labelled volumes are nilearn's MNI152 template with background / CSF / grey / white labels
+(:mod:`trainers.tissue`: our onemmiso preprocessing, centre crop ≤ ``--crop``). The probe is fitted on
+one volume and scored on two others, never on halves of one (mirrored hemispheres share most labels):
 
-* k-means (k = 4 classes and the demo's 6) → adjusted Rand index and NMI against the labels (all voxels);
-* a linear probe (logistic regression, balanced class weights, ≤ ``--fit-voxels`` random voxels of the
-  left hemisphere = lower half of the last stored axis) scored on the right hemisphere → balanced
-  accuracy and per-class Dice.
+* **fit**: the T1 template file at ``--resolution``;
+* **another volume** (``balanced_accuracy``, ``dice``): the template's other file (2 mm for a 1 mm probe
+  and vice versa) resampled by onemmiso to the same spacing: the same anatomy, sampled and cropped anew;
+* **remapped contrast** (``remapped``): that volume with its intensities remapped non-monotonically
+  (grey matter darkest, CSF brightest: :func:`trainers.tissue.remap_contrast`), a target that intensity
+  alone cannot solve.
+
+Three feature sources are scored in the same run: the frozen backbone (``model``: every encoder stage
+upsampled to the voxel grid and L2-normalised per stage, :func:`trainers.kmeans.voxel_features`), a
+randomly initialised network of the same architecture (``random``, a floor) and the raw intensity with
+its local 5³ mean and standard deviation (``intensity``, a floor). Each source's channels are
+standardised with the fit volume's statistics (the probe is one fixed function), then
+
+* k-means (k = 4 classes and the demo's 6) on the fit volume → adjusted Rand index and NMI against its labels;
+* a linear probe (logistic regression, balanced class weights, ≤ ``--fit-voxels`` random voxels of the fit
+  volume) scored on every voxel of each scored volume → balanced accuracy and per-class Dice.
 
 ``probe.json`` (one entry per source) and ``probe.png`` (mid-slices: image, labels, k-means,
 probe predictions) go to ``--out`` (default: beside the input). Primus sees the volume in tiles of
@@ -41,7 +49,10 @@ __all__ = ["intensity_features", "network_features", "score_features", "probe_ba
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("trainers.probe", description=__doc__.split("\n\n")[0])
+    from trainers.configs import HelpFormatter
+
+    p = argparse.ArgumentParser("trainers.probe", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                formatter_class=HelpFormatter)
     p.add_argument("input", type=Path, help="trainers.cva run folder, its checkpoint.pt, or an nnssl-format export.")
     p.add_argument("--store", type=Path, default=None,
                    help="Store the run trained on: the probe volume is cast to its dtype (default: the run "
@@ -119,14 +130,17 @@ def network_features(backbone, image: np.ndarray, *, stride: int = 1, window=Non
     return out.numpy()
 
 
-def standardise(features: np.ndarray) -> np.ndarray:
-    """``[voxels, D]`` float32: each channel to zero mean, unit variance over the voxels (constant: 0)."""
+def standardise(features: np.ndarray, stats: tuple | None = None) -> tuple[np.ndarray, tuple]:
+    """``[voxels, D]`` float32: each channel to zero mean, unit variance over the voxels (constant: 0), with
+    ``stats`` (mean, sd) when given (another volume scored by a probe fitted here); returns them too."""
     import numpy as np
 
     flat = features.reshape(features.shape[0], -1).T.astype(np.float32)
-    flat -= flat.mean(axis=0)
-    flat /= np.maximum(flat.std(axis=0), 1e-6)
-    return flat
+    if stats is None:
+        stats = (flat.mean(axis=0), np.maximum(flat.std(axis=0), 1e-6))
+    flat -= stats[0]
+    flat /= stats[1]
+    return flat, stats
 
 
 def dice_per_class(truth: np.ndarray, pred: np.ndarray, names) -> dict:
@@ -144,17 +158,22 @@ def dice_per_class(truth: np.ndarray, pred: np.ndarray, names) -> dict:
     return out
 
 
-def score_features(features: np.ndarray, labels: np.ndarray, *, ks=(4, DEMO_K), seed: int = 0,
-                   fit_voxels: int = 20000) -> tuple[dict, dict]:
-    """k-means ARI/NMI and the hemisphere-split linear probe for ``features`` ``[D, *labels.shape]``.
+def score_features(features: np.ndarray, labels: np.ndarray, *, scored: dict | None = None, ks=(4, DEMO_K),
+                   seed: int = 0, fit_voxels: int = 20000) -> tuple[dict, dict]:
+    """k-means ARI/NMI on the fit volume (``features`` ``[D, *labels.shape]``) and a linear probe fitted there,
+    scored on each of ``scored`` (``{name: (features, labels)}`` of other volumes; default: the fit volume).
 
-    Returns the metrics and the label maps (``kmeans`` for ``ks[0]``, ``probe`` over the whole volume).
+    The first scored volume gives ``balanced_accuracy`` and ``dice``; every one its entry under its name.
+    Returns the metrics and the label maps (``kmeans`` for ``ks[0]``, ``probe`` on the first scored volume).
 
     >>> import numpy as np
     >>> lab = np.zeros((8, 8, 8), np.uint8); lab[:, 4:] = 1
     >>> m, _ = score_features(lab[None].astype(np.float32), lab, ks=(2,))
     >>> m["ari"], m["balanced_accuracy"], m["dice"]["grey"]
     (1.0, 1.0, None)
+    >>> m, _ = score_features(lab[None].astype(np.float32), lab, ks=(2,), scored={"flipped": (1 - lab[None], lab)})
+    >>> m["balanced_accuracy"], m["flipped"]["balanced_accuracy"]
+    (0.0, 0.0)
     """
     import numpy as np
 
@@ -164,9 +183,9 @@ def score_features(features: np.ndarray, labels: np.ndarray, *, ks=(4, DEMO_K), 
     from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score, normalized_mutual_info_score
 
     from trainers.kmeans import kmeans_labels
-    from trainers.tissue import CLASSES, LR_AXIS
+    from trainers.tissue import CLASSES
 
-    flat, y, grid = standardise(features), labels.ravel().astype(np.int64), labels.shape
+    (flat, stats), y, grid = standardise(features), labels.ravel().astype(np.int64), labels.shape
     metrics: dict = {"features": int(features.shape[0]), "kmeans": {}}
     maps = {}
     for k in ks:
@@ -176,18 +195,22 @@ def score_features(features: np.ndarray, labels: np.ndarray, *, ks=(4, DEMO_K), 
                                      "nmi": round(float(normalized_mutual_info_score(y, clusters.ravel())), 4)}
         maps.setdefault("kmeans", clusters)
     metrics.update(metrics["kmeans"][str(ks[0])])
-    left = (np.indices(grid)[LR_AXIS] < grid[LR_AXIS] // 2).ravel()
-    fit = np.flatnonzero(left)
+    fit = np.arange(len(y))
     if len(fit) > fit_voxels:
         fit = np.sort(np.random.default_rng(seed).choice(fit, fit_voxels, replace=False))
     # one BLAS thread: these fits are small, and threads thrash on a shared CPU (6.6 s vs 0.17 s measured)
     with warnings.catch_warnings(), threadpool_limits(1):
-        warnings.simplefilter("ignore")  # convergence notes; predicted classes absent from the right half
+        warnings.simplefilter("ignore")  # convergence notes; classes a scored volume lacks
         clf = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit(flat[fit], y[fit])
-        pred = clf.predict(flat)
-        metrics["balanced_accuracy"] = round(float(balanced_accuracy_score(y[~left], pred[~left])), 4)
-    metrics["dice"] = dice_per_class(y[~left], pred[~left], CLASSES)
-    maps["probe"] = pred.reshape(grid).astype(np.uint8)
+        for i, (name, (feats, lab)) in enumerate((scored or {"fit volume": (features, labels)}).items()):
+            truth = lab.ravel().astype(np.int64)
+            pred = clf.predict(standardise(feats, stats)[0])
+            entry = {"balanced_accuracy": round(float(balanced_accuracy_score(truth, pred)), 4),
+                     "dice": dice_per_class(truth, pred, CLASSES)}
+            if i == 0:
+                metrics.update(entry)
+                maps["probe"] = pred.reshape(lab.shape).astype(np.uint8)
+            metrics[name] = entry
     return metrics, maps
 
 
@@ -202,29 +225,35 @@ def random_like(loaded, seed: int):
         return build_like(loaded.arch, loaded.patch_size, loaded.kwargs).eval()
 
 
-def probe_backbone(backbone, volume, *, random_backbone=None, intensity: bool = True, stride: int = 1,
-                   window=None, seed: int = 0, fit_voxels: int = 20000) -> tuple[dict, dict]:
-    """Score ``backbone`` (and the baselines asked for) on ``volume`` (:class:`trainers.tissue.TissueVolume`).
+def probe_backbone(backbone, volume, *, scored: dict | None = None, random_backbone=None, intensity: bool = True,
+                   stride: int = 1, window=None, seed: int = 0, fit_voxels: int = 20000) -> tuple[dict, dict]:
+    """Score ``backbone`` (and the baselines asked for): fit on ``volume``, score on each of ``scored``
+    (``{name: TissueVolume}``; default: ``volume`` itself), all :class:`trainers.tissue.TissueVolume`.
 
     Returns ``({source: metrics}, {source: maps})``; sources ``model``, ``random``, ``intensity``.
     """
-    from trainers.tissue import LR_AXIS
-
+    scored = scored or {"fit volume": volume}
     labels = volume.labels[::stride, ::stride, ::stride]
     sources = {"model": backbone, "random": random_backbone, "intensity": intensity or None}
     results, maps = {}, {}
+
+    def feats(net, name, vol):
+        if name == "intensity":
+            return intensity_features(vol.image)[:, ::stride, ::stride, ::stride]
+        return network_features(net, vol.image, stride=stride, window=window)
+
     for name, net in sources.items():
         if net is None:
             continue
         t0 = time.perf_counter()
-        if name == "intensity":
-            feats = intensity_features(volume.image)[:, ::stride, ::stride, ::stride]
-        else:
-            feats = network_features(net, volume.image, stride=stride, window=window)
-        results[name], maps[name] = score_features(feats, labels, seed=seed, fit_voxels=fit_voxels)
+        others = {k: (feats(net, name, v), v.labels[::stride, ::stride, ::stride]) for k, v in scored.items()}
+        results[name], maps[name] = score_features(feats(net, name, volume), labels, scored=others, seed=seed,
+                                                   fit_voxels=fit_voxels)
         results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+    first = next(iter(scored.values()))
     maps["labels"], maps["image"] = labels, volume.image[::stride, ::stride, ::stride]
-    maps["lr_axis"] = LR_AXIS
+    maps["scored_labels"], maps["scored_image"] = (first.labels[::stride, ::stride, ::stride],
+                                                   first.image[::stride, ::stride, ::stride])
     return results, maps
 
 
@@ -256,7 +285,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     from openmind_prep.core import atomic
     from trainers.probe_io import ProbeInputError, load_backbone
     from trainers.probe_plot import probe_png
-    from trainers.tissue import CLASSES, LR_AXIS, mni_tissue
+    from trainers.tissue import CLASSES, mni_tissue
 
     t0 = time.perf_counter()
     loaded = load_backbone(args.input, args.weights)
@@ -269,7 +298,11 @@ def run_probe(args: argparse.Namespace) -> dict:
         raise ProbeInputError(f"--crop {args.crop}: {loaded.arch} needs at least {2 * grid_multiple(loaded.network)}"
                               " voxels per axis (its deepest stage must keep 2³)")
     volume = mni_tissue(args.resolution, args.crop, dtype=dtype, multiple=multiple)
-    results, maps = probe_backbone(loaded.network, volume, random_backbone=random_like(loaded, args.seed),
+    other = 3 - args.resolution  # the template's other file: another volume of the same anatomy
+    scored = {c: mni_tissue(args.resolution, args.crop, dtype=dtype, multiple=multiple, source_resolution=other,
+                            contrast=c) for c in ("t1", "remapped")}
+    scored = {"another_volume": scored["t1"], "remapped": scored["remapped"]}
+    results, maps = probe_backbone(loaded.network, volume, scored=scored, random_backbone=random_like(loaded, args.seed),
                                    stride=stride, window=window, seed=args.seed, fit_voxels=args.fit_voxels)
     out = args.out or (args.input if args.input.is_dir() else args.input.parent)
     counts = np.bincount(maps["labels"].ravel(), minlength=len(CLASSES))
@@ -280,8 +313,11 @@ def run_probe(args: argparse.Namespace) -> dict:
                  "resolution_mm": args.resolution, "dtype": dtype, "crop_box_zyx": [list(b) for b in volume.box],
                  "stride": stride, "grid": list(maps["labels"].shape), "classes": list(CLASSES),
                  "class_fraction": [round(float(c) / counts.sum(), 4) for c in counts],
-                 "fit": f"left hemisphere: axis {LR_AXIS} index < half", "score": "right hemisphere",
-                 "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1)},
+                 "scored_crop_box_zyx": [list(b) for b in scored["another_volume"].box],
+                 "fit": f"the {args.resolution} mm template file",
+                 "score": f"the {other} mm template file resampled to {args.resolution} mm (another volume; "
+                          "balanced_accuracy, dice) and the same with remapped contrast (remapped)",
+                 "seed": args.seed, "out": str(out), "seconds": round(time.perf_counter() - t0, 1)},
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "probe.json", json.dumps(report, indent=2) + "\n")
@@ -290,20 +326,49 @@ def run_probe(args: argparse.Namespace) -> dict:
     return report
 
 
-def summary_lines(report: dict) -> list[str]:
-    """One line per source: ARI / NMI (k=4), balanced accuracy and mean Dice of the linear probe."""
-    lines = []
-    for name in ("model", "random", "intensity"):
+SOURCES = {"model": "the input's backbone", "random": "same architecture, random init (floor)",
+           "intensity": "intensity + local mean/sd (floor)"}
+
+
+def summary_lines(report: dict, out: Path | None = None) -> list[str]:
+    """What was scored (volume, crop, grid, fit / score split), one labelled line per source, and where the
+    results went.
+
+    >>> r = {"model": {"ari": 0.5, "nmi": 0.4, "balanced_accuracy": 0.8, "dice": {"a": 0.7, "b": None}},
+    ...      "meta": {"volume": "V", "resolution_mm": 1, "crop_box_zyx": [[0, 64]] * 3, "stride": 2, "grid": [32] * 3,
+    ...               "fit": "left", "score": "right"}}
+    >>> print("\\n".join(summary_lines(r, Path("o"))))  # doctest: +NORMALIZE_WHITESPACE
+    scored V at 1 mm: crop 64×64×64 voxels (z 0:64, y 0:64, x 0:64), one voxel in 2 per axis → 32×32×32 grid
+    linear probe fitted on left, scored on right; k-means (k=4) on the fit volume
+    model     (the input's backbone)                  k-means ARI 0.500  NMI 0.400 | probe balanced accuracy 0.800  mean Dice 0.700
+    wrote o/probe.json and o/probe.png
+    """
+    meta = report["meta"]
+    box = meta["crop_box_zyx"]
+    edges = "×".join(str(b - a) for a, b in box)
+    where = ", ".join(f"{axis} {a}:{b}" for axis, (a, b) in zip("zyx", box))
+    every = "every voxel" if meta["stride"] == 1 else f"one voxel in {meta['stride']} per axis"
+    lines = [f"scored {meta['volume']} at {meta['resolution_mm']} mm: crop {edges} voxels ({where}), {every} → "
+             f"{'×'.join(map(str, meta['grid']))} grid",
+             f"linear probe fitted on {meta['fit']}, scored on {meta['score']}; k-means (k=4) on the fit volume"]
+    for name, what in SOURCES.items():
         if name in report:
             r = report[name]
             dice = [v for v in r["dice"].values() if v is not None]
-            lines.append(f"{name:9s}  ARI {r['ari']:.3f}  NMI {r['nmi']:.3f}  balanced acc {r['balanced_accuracy']:.3f}"
-                         f"  mean Dice {sum(dice) / max(len(dice), 1):.3f}")
+            remapped = f" | remapped contrast {r['remapped']['balanced_accuracy']:.3f}" if "remapped" in r else ""
+            lines.append(f"{name:9s} ({what}){' ' * (38 - len(what))}  k-means ARI {r['ari']:.3f}  NMI {r['nmi']:.3f}"
+                         f" | probe balanced accuracy {r['balanced_accuracy']:.3f}"
+                         f"  mean Dice {sum(dice) / max(len(dice), 1):.3f}{remapped}")
+    if out is not None:
+        lines.append(f"wrote {out / 'probe.json'} and {out / 'probe.png'}")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    """Command line: bad input is one line and exit 1, a usage error one line and exit 2 (no usage dump)."""
+    parser = get_args_parser()
+    parser.error = lambda message: (print(f"trainers.probe: error: {message}", file=sys.stderr), sys.exit(2))
+    args = parser.parse_args(argv)
     import torch
 
     from trainers.probe_io import ProbeInputError
@@ -315,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     except ProbeInputError as e:
         print(f"trainers.probe: error: {e}", file=sys.stderr)
         return 1
-    print("\n".join(summary_lines(report)))
+    print("\n".join(summary_lines(report, Path(report["meta"]["out"]))))
     return 0
 
 

@@ -32,7 +32,7 @@ CLASSES = ("background", "csf", "grey", "white")
 LR_AXIS = 2
 BRAIN_THRESHOLD = 0.01
 
-__all__ = ["CLASSES", "LR_AXIS", "TissueVolume", "tissue_labels", "centre_crop", "mni_tissue"]
+__all__ = ["CLASSES", "LR_AXIS", "TissueVolume", "tissue_labels", "remap_contrast", "centre_crop", "mni_tissue"]
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,27 @@ def centre_crop(shape: tuple[int, ...], crop: int, multiple: int = 1) -> tuple[t
     return tuple(box)
 
 
-def mni_tissue(resolution: int = 1, crop: int = 128, *, dtype: str = "float16", multiple: int = 1) -> TissueVolume:
+def remap_contrast(t1: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The same anatomy in another contrast: inside the brain ``0.05 + |t1 − median grey-matter T1|`` (grey
+    matter darkest, CSF brightest, white matter between), background 0. No monotone map of the T1 gives this
+    order, so a probe fitted on T1 intensities cannot transfer by intensity alone.
+
+    >>> [round(float(v), 2) for v in remap_contrast(np.array([0.0, 0.1, 0.5, 0.8]), np.array([0, 1, 2, 3]))]
+    [0.0, 0.45, 0.05, 0.35]
+    """
+    grey = float(np.median(t1[labels == 2])) if (labels == 2).any() else float(np.median(t1[labels > 0]))
+    return np.where(labels > 0, 0.05 + np.abs(t1 - grey), 0.0).astype(np.float32)
+
+
+def mni_tissue(resolution: int = 1, crop: int = 128, *, dtype: str = "float16", multiple: int = 1,
+               source_resolution: int | None = None, contrast: str = "t1") -> TissueVolume:
     """The MNI152 T1 at ``resolution`` mm through onemmiso (target spacing = ``resolution``), labelled.
 
     ``resolution`` 2 keeps the whole brain under 128³ but gives the network 2 mm voxels, which a
     1 mm-trained model has never seen; 1 (default) is what training saw, centre-cropped.
+    ``source_resolution`` (default ``resolution``) picks nilearn's template file (1 or 2 mm) resampled to
+    ``resolution`` by onemmiso: the other file is another volume of the same anatomy (its own sampling,
+    interpolation and crop). ``contrast="remapped"`` passes the T1 through :func:`remap_contrast` first.
 
     >>> v = mni_tissue(2, crop=32, multiple=16)
     >>> v.image.shape, v.labels.shape, v.image.dtype, sorted(set(v.labels.ravel().tolist())) == [0, 1, 2, 3]
@@ -93,14 +109,19 @@ def mni_tissue(resolution: int = 1, crop: int = 128, *, dtype: str = "float16", 
 
     from openmind_prep.preprocess.onemmiso import preprocess_case, preprocess_mask, read_mask
 
-    if resolution not in (1, 2):
-        raise ValueError(f"resolution must be 1 or 2 mm, got {resolution}")
-    t1_img = load_mni152_template(resolution)
+    source = resolution if source_resolution is None else source_resolution
+    if resolution not in (1, 2) or source not in (1, 2):
+        raise ValueError(f"resolution must be 1 or 2 mm, got {resolution} (source {source})")
+    if contrast not in ("t1", "remapped"):
+        raise ValueError(f"contrast must be 't1' or 'remapped', got {contrast!r}")
+    t1_img = load_mni152_template(source)
     t1 = np.asarray(t1_img.get_fdata(), dtype=np.float32)
-    grey = np.asarray(load_mni152_gm_template(resolution).get_fdata(), dtype=np.float32)
-    white = np.asarray(load_mni152_wm_template(resolution).get_fdata(), dtype=np.float32)
+    grey = np.asarray(load_mni152_gm_template(source).get_fdata(), dtype=np.float32)
+    white = np.asarray(load_mni152_wm_template(source).get_fdata(), dtype=np.float32)
     labels = tissue_labels(t1, grey, white)
     t1[labels == 0] = 0.0  # resampling to 2 mm smears small values outside the brain
+    if contrast == "remapped":
+        t1 = remap_contrast(t1, labels)
     with tempfile.TemporaryDirectory(prefix="mni-tissue-") as tmp:
         t1_path, label_path = Path(tmp) / "t1.nii.gz", Path(tmp) / "labels.nii.gz"
         nib.save(nib.Nifti1Image(t1, t1_img.affine), t1_path)

@@ -164,7 +164,7 @@ def _probe(run: Path, seed: int) -> tuple[dict, list[str]]:
     args = get_args_parser().parse_args([str(run / "cva" / "export.pth"), "--crop", "64", "--out", str(run),
                                          "--seed", str(seed), "--store", str(run / "store")])
     report = run_probe(args)
-    keep = ("ari", "nmi", "balanced_accuracy", "dice")
+    keep = ("ari", "nmi", "balanced_accuracy", "dice", "remapped")
     return {name: {k: report[name][k] for k in keep} for name in ("model", "random", "intensity")}, summary_lines(report)
 
 
