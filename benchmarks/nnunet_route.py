@@ -2,7 +2,9 @@
 
 Two interpreters: this project's (builds the raw dataset from the MNI152 template shipped with nilearn,
 exports a tiny network, runs ``python -m trainers.to_nnunet``) and a separate benchmark venv with
-``nnunetv2`` (fingerprint, preprocess with our plans, ``nnUNetv2_train -pretrained_weights``)::
+``nnunetv2`` (fingerprint, preprocess with our plans, a few training steps from our weights through
+nnU-Net's own trainer and ``load_pretrained_weights``: ``benchmarks/nnunet_steps.py``; ``--epochs 1``
+adds the full ``nnUNetv2_train -pretrained_weights`` command)::
 
     python benchmarks/nnunet_route.py --work /tmp/nnroute --nnunet-venv /tmp/benchvenv
 
@@ -73,7 +75,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--work", type=Path, required=True, help="Folder for the raw / preprocessed / results trees.")
     p.add_argument("--nnunet-venv", type=Path, required=True, help="A venv with nnunetv2 installed.")
-    p.add_argument("--epochs", type=int, default=1, help="nnUNetTrainer_Xepochs variant: 1 or 5.")
+    p.add_argument("--steps", type=int, default=5, help="Training steps through benchmarks/nnunet_steps.py.")
+    p.add_argument("--epochs", type=int, default=0, help="Also run nnUNetv2_train with nnUNetTrainer_1epoch (1) "
+                                                           "or _5epochs (5); 0: skip (250 iterations per epoch).")
     a = p.parse_args()
     import torch
 
@@ -101,9 +105,13 @@ def main() -> int:
     (pre / DATASET / "dataset.json").write_text((folder / "dataset.json").read_text())
     times["preprocess"] = run([str(bin_ / "nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-plans_name", plans,
                                "-c", "3d_fullres", "-np", "1"], env, log)
-    times["train"] = run([str(bin_ / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-p", plans,
-                          "-tr", f"nnUNetTrainer_{a.epochs}epoch" + ("s" if a.epochs > 1 else ""), "-device", "cpu",
-                          "-pretrained_weights", str(work / "to_nnunet" / "pretrained_weights.pth")], env, log)
+    steps = Path(__file__).with_name("nnunet_steps.py")
+    times["steps"] = run([str(bin_ / "python"), str(steps), str(DATASET_ID), plans,
+                          str(work / "to_nnunet" / "pretrained_weights.pth"), str(a.steps)], env, log)
+    if a.epochs:
+        times["train"] = run([str(bin_ / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-p", plans,
+                              "-tr", f"nnUNetTrainer_{a.epochs}epoch" + ("s" if a.epochs > 1 else ""), "-device", "cpu",
+                              "-pretrained_weights", str(work / "to_nnunet" / "pretrained_weights.pth")], env, log)
     print(json.dumps({k: round(v, 1) for k, v in times.items()}))
     return 0
 
