@@ -28,7 +28,8 @@ DATASET_ID, DATASET = 990, "Dataset990_MNITissueTiny"
 
 def build_raw(root: Path) -> Path:
     """``root/Dataset990_MNITissueTiny``: six 2 mm subjects of the MNI152 T1 (as stored, mirrored, intensities
-    inverted, noisy, dimmed, anisotropic 2 × 2 × 3 mm; nnU-Net's 5 folds need 5) with background / CSF-ish / grey / white labels from its tissue maps."""
+    inverted, noisy, dimmed, anisotropic 2 × 2 × 3 mm; nnU-Net's 5 folds need 5) with background / CSF-ish /
+    grey / white labels from its tissue maps."""
     import nibabel as nib
 
     from openmind_prep.sources.embedded import _zoom, source_files
