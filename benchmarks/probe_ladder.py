@@ -72,12 +72,13 @@ def main() -> None:
     import torch
 
     from trainers.networks import tiny
-    from trainers.probe import probe_backbone
+    from trainers.probe import probe_backbone, scored_volumes
     from trainers.tissue import mni_tissue
 
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     volume = mni_tissue(1, args.crop, multiple=8)
+    scored = scored_volumes(1, args.crop, multiple=8)  # fitted on the 1 mm file, scored on the 2 mm one
     rows: dict[str, list[dict]] = {"random init (tiny)": [], "intensity (+ local mean/std)": []}
     rows.update({r: [] for r in args.rungs})
     with tempfile.TemporaryDirectory(prefix="probe-ladder-") as tmp:
@@ -89,13 +90,13 @@ def main() -> None:
             store = build_store(Path(tmp))
         for seed in range(args.seeds):
             torch.manual_seed(seed)
-            res, _ = probe_backbone(tiny().eval(), volume, seed=seed, fit_voxels=args.fit_voxels)
+            res, _ = probe_backbone(tiny().eval(), volume, scored=scored, seed=seed, fit_voxels=args.fit_voxels)
             rows["random init (tiny)"].append(flat(res["model"]))
             rows["intensity (+ local mean/std)"].append(flat(res["intensity"]))
             for rung in args.rungs:
                 t0 = time.perf_counter()
                 backbone = train_rung(rung, seed, store, Path(tmp) / f"{rung.replace('/', '_')}_{seed}", args)
-                res, _ = probe_backbone(backbone, volume, intensity=False, seed=seed, fit_voxels=args.fit_voxels)
+                res, _ = probe_backbone(backbone, volume, scored=scored, intensity=False, seed=seed, fit_voxels=args.fit_voxels)
                 rows[rung].append(flat(res["model"]))
                 print(f"seed {seed} {rung}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[rung][-1].items())
                       + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)

@@ -45,7 +45,8 @@ if TYPE_CHECKING:  # numpy loads when a probe runs, so --help stays fast
 from trainers import architectures
 
 DEMO_K = 6
-__all__ = ["intensity_features", "network_features", "score_features", "probe_backbone", "run_probe", "main"]
+__all__ = ["intensity_features", "network_features", "score_features", "scored_volumes", "probe_backbone", "run_probe",
+           "main"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -257,6 +258,16 @@ def probe_backbone(backbone, volume, *, scored: dict | None = None, random_backb
     return results, maps
 
 
+def scored_volumes(resolution: int, crop: int, *, dtype: str = "float16", multiple: int = 1) -> dict:
+    """The volumes a probe fitted on the ``resolution`` mm template file is scored on: the other file resampled
+    to ``resolution`` (``another_volume``) and the same with its contrast remapped (``remapped``)."""
+    from trainers.tissue import mni_tissue
+
+    other = 3 - resolution  # the template's other file: another volume of the same anatomy
+    return {name: mni_tissue(resolution, crop, dtype=dtype, multiple=multiple, source_resolution=other, contrast=c)
+            for name, c in (("another_volume", "t1"), ("remapped", "remapped"))}
+
+
 def _store_dtype(store: Path | None, input_path: Path) -> str:
     """The dtype ``store`` holds its images in (None: the run config's store if it is still there; else float16)."""
     from openmind_prep.store.store import Store
@@ -298,10 +309,8 @@ def run_probe(args: argparse.Namespace) -> dict:
         raise ProbeInputError(f"--crop {args.crop}: {loaded.arch} needs at least {2 * grid_multiple(loaded.network)}"
                               " voxels per axis (its deepest stage must keep 2³)")
     volume = mni_tissue(args.resolution, args.crop, dtype=dtype, multiple=multiple)
-    other = 3 - args.resolution  # the template's other file: another volume of the same anatomy
-    scored = {c: mni_tissue(args.resolution, args.crop, dtype=dtype, multiple=multiple, source_resolution=other,
-                            contrast=c) for c in ("t1", "remapped")}
-    scored = {"another_volume": scored["t1"], "remapped": scored["remapped"]}
+    other = 3 - args.resolution
+    scored = scored_volumes(args.resolution, args.crop, dtype=dtype, multiple=multiple)
     results, maps = probe_backbone(loaded.network, volume, scored=scored, random_backbone=random_like(loaded, args.seed),
                                    stride=stride, window=window, seed=args.seed, fit_voxels=args.fit_voxels)
     out = args.out or (args.input if args.input.is_dir() else args.input.parent)
