@@ -123,6 +123,17 @@ def test_absurd_settings_are_refused_in_one_line(tmp_path, capsys, flags, says):
     assert not out.exists()
 
 
+def test_absurd_settings_built_in_python_are_refused_by_train_itself(tmp_path):
+    from trainers.settings import resolve
+
+    out = tmp_path / "run"
+    settings = resolve({"store": tmp_path / "s", "out": out, "arch": "tiny", "patch_size": (24,), "device": "cpu",
+                        "temperature": float("nan")}, world=1)
+    with pytest.raises(runfolder.RunError, match=r"^--temperature nan: not a finite number$"):
+        cva.train(settings)
+    assert not out.exists()
+
+
 def test_absurd_settings_in_a_config_file_are_refused_too(tmp_path, capsys):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("lr = nan\ntemperature = 0.0\n")  # TOML spells NaN

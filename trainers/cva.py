@@ -230,6 +230,9 @@ def train(args: Settings) -> dict:
     from trainers.optim import build_optimizer
 
     # ------------------------------------------------------------ setup: processes, device, seeds, run folder
+    problem = next(iter(problems(args)), None)  # settings built in Python skip parse_args' checks
+    if problem:
+        raise RunError(problem)
     try:
         procs = setup_processes(args.device, args.threads)
     except ValueError as err:  # a device this machine does not have
