@@ -191,17 +191,33 @@ def _can_mount() -> bool:
 needs_mount = pytest.mark.skipif(not _can_mount(), reason="needs unshare -rm (user + mount namespaces)")
 
 
-def _in_tmpfs(mount: Path, options: str, keep: Path, trainer_flags: list[str]) -> subprocess.CompletedProcess:
-    """Run the trainer in its own mount namespace with a tmpfs (``options``) at ``mount``; what the run left
-    there is copied to ``keep`` (the tmpfs goes with the namespace)."""
+#: Starts ``sys.argv[2]`` ranks of the trainer (``sys.argv[3:]``) as a batch system does; each rank's stderr
+#: into ``sys.argv[1]``/err<rank>; exits with the ranks' return codes as digits (e.g. 11).
+_RANKS = """
+import os, socket, subprocess, sys
+keep, n, flags = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+procs = [subprocess.Popen([sys.executable, "-m", "trainers.cva", *flags], stdout=subprocess.DEVNULL,
+                          stderr=open(f"{keep}/err{r}", "w"), env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r),
+                          "WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(n)]
+print("".join(str(p.wait(timeout=240)) for p in procs))
+"""
+
+
+def _in_tmpfs(mount: Path, options: str, keep: Path, trainer_flags: list[str], ranks: int = 0
+              ) -> subprocess.CompletedProcess:
+    """Run the trainer (``ranks`` > 0: that many DDP ranks, see :data:`_RANKS`) in its own mount namespace with
+    a tmpfs (``options``) at ``mount``; what the run left there is copied to ``keep`` (the tmpfs goes with the
+    namespace)."""
     script = ('mount -t tmpfs -o "$0" tmpfs "$1" || exit 99; shift; "$@"; rc=$?; '
               f'ls -A "{mount}/run" > "{keep}/listing" 2>/dev/null; cp "{mount}/run/checkpoint.pt" "{keep}/" 2>/dev/null; '
               'exit $rc')
     mount.mkdir()
     keep.mkdir()
-    return subprocess.run(["unshare", "-rm", "sh", "-c", script, options, str(mount), sys.executable, "-m",
-                           "trainers.cva", *trainer_flags], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    command = ["-c", _RANKS, str(keep), str(ranks)] if ranks else ["-m", "trainers.cva"]
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, options, str(mount), sys.executable, *command,
+                           *trainer_flags], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
 
 @needs_mount
@@ -303,3 +319,18 @@ def test_temp_files_of_a_killed_checkpoint_write_are_removed_by_the_next_run(tra
     said = capsys.readouterr().out
     assert f"{out}: removed 2 temporary file(s) an interrupted run left: .checkpoint.pt.0123abcd.tmp, " in said
     assert not any(p.exists() for p in left) and all(p.exists() for p in mine)
+
+
+@needs_mount
+def test_a_checkpoint_write_failing_on_rank_0_stops_every_rank(train_store, tmp_path):
+    """Two ranks, a disk with room for one checkpoint: rank 0's second write fails, and rank 1, which before
+    waited in the barrier after it (gloo: 30 minutes), stops after the same step with one line."""
+    mount, keep = tmp_path / "full", tmp_path / "keep"
+    proc = _in_tmpfs(mount, "size=12m", keep, _flags(train_store, mount / "run", "--steps", "3", "--ckpt-every", "1",
+                                                     "--batch-size", "1"), ranks=2)
+    errs = [_errors((keep / f"err{r}").read_text()) for r in range(2)]
+    assert proc.stdout.split() == ["11"], (proc.stdout, proc.stderr[-2000:], errs)
+    assert errs[0] == [f"trainers.cva: error: {mount / 'run' / 'checkpoint.pt'}: cannot write the checkpoint "
+                       "(disk full); the earlier checkpoints are kept"]
+    assert errs[1] == ["trainers.cva: error: rank 0 could not write the checkpoint of step 2; stopping"]
+    assert torch.load(keep / "checkpoint.pt", weights_only=True)["step"] == 1
