@@ -114,6 +114,8 @@ def test_loss_png_names_weights_keeps_legend_off_curves_and_marks_resumes(tmp_pa
     (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     start_log(out, 12)  # the run was stopped at step 12 and resumed there
     assert resumes(out) == [12]
+    record_resume(out, 20)  # reopened when finished (an --export): recorded, nothing to mark after it
+    assert resumes(out) == [12, 20]
     fig = loss_figure(rows, config, resumes(out), "CVA pretraining (run)")
     FigureCanvasAgg(fig).draw()
     renderer = fig.canvas.get_renderer()

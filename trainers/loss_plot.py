@@ -75,7 +75,8 @@ def loss_figure(rows: list[dict], config: dict, resumed_at: list[int], title: st
             label = f"{key}: {TERMS[key][1]}, unweighted" + (f" (weight {weight:g})" if weight is not None else "")
         ax.plot(*zip(*pts), label=label, lw=2 if key in ("loss", "probe_loss") else 1,
                 marker="o" if key == "probe_loss" else None, ms=3)
-    for i, step in enumerate(resumed_at):
+    last = max(r["step"] for r in rows)
+    for i, step in enumerate(s for s in resumed_at if s < last):  # reopening a finished run trains nothing
         ax.axvline(step, color="0.4", ls=":", lw=1.2, label="resumed here" if i == 0 else None)
     ax.set(xlabel="step", ylabel="loss (log scale)", yscale="log")
     ax.set_title(f"{title}\ntotal = " + (" + ".join(sum_parts) if sum_parts else "loss"), fontsize=10)
