@@ -204,6 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds per image (after one warm-up)")
     parser.add_argument("--copies", type=int, default=8, help="copies of the 6 volumes for the CLI run (0: skip)")
+    parser.add_argument("--cli-only", action="store_true", help="skip the per-image part (the CLI run only)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--codec", default=None, help="store codec for ours as CNAME-LEVEL, e.g. zstd-1 "
                         "(default: openmind_prep.store.store.CODEC; per-image part only)")
@@ -239,7 +240,8 @@ def main() -> None:
     base = build_sample_tree(work / "src")
     print(f"torch {torch.__version__}, one thread everywhere; {os.cpu_count()} cores visible; work {work}; "
           f"store codec {store.CODEC}, masks {store.MASK_CODEC}\n")
-    per_image(base, work, args.rounds)
+    if not args.cli_only:
+        per_image(base, work, args.rounds)
     if args.copies:
         through_cli(base, work, args.copies)
 
