@@ -179,6 +179,18 @@ def test_a_device_this_machine_lacks_is_refused_not_replaced(tmp_path, capsys, m
     assert not out.exists()
 
 
+def test_a_gpu_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    """What CUDA raises when the estimate let a run start and the GPU could not hold it (no GPU needed here)."""
+    def oom(settings):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                     "of 79.19 GiB of which 1.06 GiB is free.")
+
+    monkeypatch.setattr(cva, "train", oom)
+    code, err = _main_exit(_flags("no-store-needed", tmp_path / "run"), capsys)
+    assert code == 1 and err == ["trainers.cva: error: out of GPU memory (CUDA out of memory; Tried to allocate "
+                                 "2.00 GiB): lower --batch-size or --patch-size"]
+
+
 # ------------------------------------------------------------------ the run folder's file system
 
 def _can_mount() -> bool:

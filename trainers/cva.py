@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openmind_prep import __version__
-from openmind_prep.core.atomic import disk_full
 from openmind_prep.sources.retry import parse_duration
 from trainers import architectures, cli_args, configs, runfolder, sanity
 from trainers.checks import inputs_problem, problems
@@ -423,15 +422,14 @@ def main(argv: list[str] | None = None) -> None:
     if dry_run:
         print(json.dumps(args.as_json(), indent=2))
         return
+    import torch
     import torch.distributed as dist
 
     try:
         with runfolder.hold(Path(args.out)):  # one trainer per run folder
             result = train(args)
-    except (RunError, OSError) as err:  # OSError: the run folder's file system (read-only, full, gone)
-        if isinstance(err, OSError):
-            err = f"{err.filename or args.out}: {'disk full' if disk_full(err) else err.strerror or err}"
-        print(f"trainers.cva: error: {err}", file=sys.stderr, flush=True)
+    except (RunError, OSError, torch.OutOfMemoryError) as err:  # OSError: the run folder's file system
+        print(f"trainers.cva: error: {runfolder.error_line(err, args.out)}", file=sys.stderr, flush=True)
         if dist.is_initialized():  # DDP: leave without torch's teardown, which can abort once a peer has left
             os._exit(1)
         sys.exit(1)

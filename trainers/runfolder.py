@@ -47,6 +47,25 @@ class RunError(Exception):
     """A problem the user can fix (bad input, an unusable checkpoint): the trainer prints one line, exits 1."""
 
 
+def error_line(err: BaseException, out: Path) -> str:
+    """The one line a trainer prints for ``err``: a :class:`RunError` as it is, a file-system error naming its file
+    (the run folder ``out`` when it names none; "disk full"), a GPU out of memory with what it tried.
+
+    >>> import errno
+    >>> error_line(OSError(errno.ENOSPC, "No space left on device"), Path("runs/a"))
+    'runs/a: disk full'
+    >>> error_line(OSError(errno.EROFS, "Read-only file system", "runs/a/config.json"), Path("runs/a"))
+    'runs/a/config.json: Read-only file system'
+    """
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):  # the memory estimate let it start, the GPU could not hold it
+        return f"out of GPU memory ({'; '.join(str(err).split('. ')[:2])}): lower --batch-size or --patch-size"
+    if isinstance(err, OSError):  # read-only, full, gone
+        return f"{err.filename or out}: {'disk full' if atomic.disk_full(err) else err.strerror or err}"
+    return str(err)
+
+
 def say(message: str) -> None:
     """One line on stdout, flushed (the trainer's messages; rank 0 only)."""
     print(message, flush=True)
