@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from openmind_prep import __version__
-from trainers import configs, runfolder
+from trainers import configs, runfolder, sanity
 from trainers.runfolder import RunError, say
 
 TASKS = ("seg", "cls", "reg")
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = configs.parse(parser, argv)
     if len(args.patch_size) == 1:
         args.patch_size = list(args.patch_size) * 3
-    problem = settings_problem(args)
+    problem = settings_problem(args) or next(iter(sanity.problems(args)), None)
     if problem:
         parser.error(problem)
     return args
@@ -178,10 +178,10 @@ def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, valu
             loss = loss_fn(model(x), y) / accumulation
             loss.backward()
             loss_sum += float(loss.detach())
-        if not np.isfinite(loss_sum):
-            raise RunError(f"{run} fold {fold}: loss is {loss_sum} at step {step + 1}; checkpoint kept at step {step}")
-        if r.clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip)
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip or float("inf")))
+        if not (np.isfinite(loss_sum) and np.isfinite(norm)):  # stop before the weights change
+            raise RunError(f"{run} fold {fold}: step {step + 1}: the loss ({loss_sum}) or gradient norm ({norm}) is "
+                           f"not finite; the last checkpoint (step {step}) is kept")
         optimizer.step()
         step += 1
         log(step, {"loss": loss_sum, "lr": optimizer.param_groups[0]["lr"],

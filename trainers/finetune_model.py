@@ -106,7 +106,7 @@ class Recipe:
 
         >>> r = Recipe("sgd", 1e-3, 3e-5, 12.0, "warmup-poly", 5)
         >>> [round(r.lr_at(e, 50) * 1e4, 3) for e in (0, 4, 5, 49)]
-        [2.0, 10.0, 10.0, 0.354]
+        [2.0, 10.0, 10.0, 0.325]
         """
         if self.schedule == "cosine":
             return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / (1.15 * epochs)))
