@@ -153,5 +153,7 @@ def test_summary_reports_the_tissue_probe_next_to_both_baselines(demo_run):
     assert probe["meta"]["input"] == str(demo_run / "cva" / "export.pth") and probe["meta"]["arch"] == "tiny"
     for name in ("model", "random", "intensity"):
         assert summary["probe"][name]["balanced_accuracy"] == probe[name]["balanced_accuracy"]
-        assert f"{name:9s}  ARI {probe[name]['ari']:.3f}" in text
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{name} "))
+        assert f"k-means ARI {probe[name]['ari']:.3f}" in line
+        assert f"remapped contrast {probe[name]['remapped']['balanced_accuracy']:.3f}" in line
     assert (demo_run / "probe.png").read_bytes()[:4] == b"\x89PNG"
