@@ -24,54 +24,61 @@ import time
 from pathlib import Path
 
 from openmind_prep import __version__
-from trainers import configs, runfolder, sanity
+from trainers import architectures, cli_args, runfolder, sanity
 from trainers.runfolder import RunError, say
 
 TASKS = ("seg", "cls", "reg")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("trainers.finetune", description=__doc__.split("\n\n")[0],
-                                formatter_class=configs.HelpFormatter, allow_abbrev=False)
+#: Every setting's default (the parser suppresses them, so a config file's value is not taken for a flag's).
+DEFAULTS = {"store": None, "task": "seg", "labels": None, "target": None, "out": None, "init": None,
+            "compare_scratch": False, "arch": "tiny", "folds": 5, "fold": None, "seed": 0, "patch_size": [128],
+            "batch_size": 2, "epochs": 50, "iterations": 100, "lr": None, "accumulation": None, "tolerance_mm": 1.0,
+            "device": "auto", "threads": 0, "ckpt_every": 100}
+
+
+def get_args_parser() -> cli_args.ArgumentParser:
+    """The flags, each with its default and when to change it (one-line errors, no abbreviations)."""
+    p = cli_args.ArgumentParser("trainers.finetune", DEFAULTS, description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"%(prog)s (openmind-prep {__version__})")
-    p.add_argument("--config", action="append", default=[], metavar="NAME_OR_FILE",
+    p.add_argument("--config", action="append", metavar="NAME_OR_FILE",
                    help="TOML file of `name = value` settings, or a shipped one by name (finetune_tiny_cpu, "
                         "finetune_resenc_l, finetune_primus_m); flags win.")
     g = p.add_argument_group("data")
-    g.add_argument("--store", type=Path, default=None, help="Preprocessed store with label maps (seg) or images (cls/reg).")
-    g.add_argument("--task", choices=TASKS, default="seg", help="seg: label maps; cls: class index; reg: a number.")
-    g.add_argument("--labels", type=Path, default=None,
+    g.add_argument("--store", type=Path, help="Preprocessed store with label maps (seg) or images (cls/reg).")
+    g.add_argument("--task", choices=TASKS, help="seg: label maps; cls: class index; reg: a number.")
+    g.add_argument("--labels", type=Path,
                    help="cls/reg: CSV of targets keyed by store key or source image path (else --target is a manifest column).")
-    g.add_argument("--target", default=None, help="cls/reg: the column holding the target.")
-    g.add_argument("--out", type=Path, default=None, help="Output folder: one folder per fold, finetune.json, finetune.png.")
+    g.add_argument("--target", help="cls/reg: the column holding the target.")
+    g.add_argument("--out", type=Path, help="Output folder: one folder per fold, finetune.json, finetune.png.")
     g = p.add_argument_group("initial weights")
-    g.add_argument("--init", default=None,
-                   help="RUN_FOLDER | checkpoint.pt | export.pth | hf://owner/repo[/file] | scratch.")
+    g.add_argument("--init", help="RUN_FOLDER | checkpoint.pt | export.pth | hf://owner/repo[/file] | scratch.")
     g.add_argument("--compare-scratch", action="store_true",
                    help="Also train from scratch on the same folds and report the per-fold paired difference.")
-    g.add_argument("--arch", default="tiny", help="Architecture (resenc-l, primus-m, tiny); must match --init.")
+    g.add_argument("--arch", help="Architecture (resenc-l, primus-m, tiny); must match --init.")
     g = p.add_argument_group("folds")
-    g.add_argument("--folds", type=int, default=5, help="K of the K-fold split by subject (the seed: 5).")
-    g.add_argument("--fold", type=int, default=None, help="Run only this fold (0-based); without it every fold runs.")
-    g.add_argument("--seed", type=int, default=0, help="Split and training seed.")
+    g.add_argument("--folds", type=int, help="K of the K-fold split by subject (the seed: 5).")
+    g.add_argument("--fold", type=int, help="Run only this fold (0-based); without it every fold runs.")
+    g.add_argument("--seed", type=int, help="Split and training seed.")
     g = p.add_argument_group("schedule (the reference recipes by architecture and task)")
-    g.add_argument("--patch-size", type=int, nargs="+", default=[128], help="Training patch, 1 or 3 ints (128 as the seed).")
-    g.add_argument("--batch-size", type=int, default=2, help="Patches per step (nnU-Net and FOMO: 2).")
-    g.add_argument("--epochs", type=int, default=50, help="Epochs (the seed's nnU-Net runs: 50).")
-    g.add_argument("--iterations", type=int, default=100, help="Steps per epoch (the seed's: 100).")
-    g.add_argument("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
-    g.add_argument("--accumulation", type=int, default=None, help="cls/reg: gradient accumulation (default 8 / 16).")
-    g.add_argument("--tolerance-mm", type=float, default=1.0, help="NSD tolerance in mm (stored volumes are 1 mm).")
+    g.add_argument("--patch-size", type=int, nargs="+", help="Training patch, 1 or 3 ints (128 as the seed).")
+    g.add_argument("--batch-size", type=int, help="Patches per step (nnU-Net and FOMO: 2).")
+    g.add_argument("--epochs", type=int, help="Epochs (the seed's nnU-Net runs: 50).")
+    g.add_argument("--iterations", type=int, help="Steps per epoch (the seed's: 100).")
+    g.add_argument("--lr", type=float, help="Peak learning rate (default: the recipe's).")
+    g.add_argument("--accumulation", type=int, help="cls/reg: gradient accumulation (default 8 / 16).")
+    g.add_argument("--tolerance-mm", type=float, help="NSD tolerance in mm (stored volumes are 1 mm).")
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda.")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default).")
-    g.add_argument("--ckpt-every", type=int, default=100, help="Checkpoint every N steps (and at the end of a fold).")
+    g.add_argument("--device", help="auto, cpu or cuda.")
+    g.add_argument("--threads", type=int, help="CPU threads (0: torch's default).")
+    g.add_argument("--ckpt-every", type=int, help="Checkpoint every N steps (and at the end of a fold).")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags over the merged ``--config`` files over :data:`DEFAULTS`; a setting that cannot work exits 2 with one line."""
     parser = get_args_parser()
-    args = configs.parse(parser, argv)
+    args = argparse.Namespace(**{**DEFAULTS, **cli_args.given_settings(parser, argv)})
     if len(args.patch_size) == 1:
         args.patch_size = list(args.patch_size) * 3
     problem = settings_problem(args) or next(iter(sanity.problems(args)), None)
@@ -94,6 +101,10 @@ def settings_problem(args: argparse.Namespace) -> str | None:
             return f"--{flag.replace('_', '-')} must be at least 1"
     if args.lr is not None and not (args.lr >= 0 and args.lr < float("inf")):
         return f"--lr {args.lr}: must be a finite number ≥ 0"
+    try:
+        architectures.get(args.arch)
+    except ValueError as err:
+        return f"--arch: {err}"
     if args.init == "scratch" and args.compare_scratch:
         return "--compare-scratch with --init scratch compares scratch with itself; drop one"
     return None
