@@ -66,7 +66,7 @@ def test_pngs_decode_with_expected_sizes(demo_run):
     width, height = 0.55 + 7 * 1.9 + 6 * 0.08 + 0.1, 0.75 + pairs * 1.9 + (pairs - 1) * 0.08 + 0.1
     assert abs(views.size[0] - width * 100) <= 1 and abs(views.size[1] - height * 100) <= 1
     clusters = Image.open(demo_run / "clusters.png")
-    assert clusters.size == (int(4 * 2.2 * 80), int(4.6 * 80))
+    assert clusters.size == (int((4 * 2.2 + 0.5) * 80), int(5.6 * 80))  # 4 slices + the colour legend, at 80 dpi
     loss = Image.open(demo_run / "loss.png")
     assert loss.size[0] > 300 and loss.size[1] > 200
     for png in (views, clusters, loss):
