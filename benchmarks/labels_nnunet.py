@@ -3,7 +3,7 @@
     python benchmarks/labels_nnunet.py ours OUT                 # this project's venv
     /tmp/labvenv/bin/python benchmarks/labels_nnunet.py nnunet OUT   # a venv with `pip install nnunetv2`
 
-``ours`` builds the test suite's nnU-Net raw dataset of real MRI (``tests/_nnunet_raw.py``: MNI152 with
+``ours`` builds the test suite's nnU-Net raw dataset of real MRI (``openmind_prep/sources/embedded_tissue.py``: MNI152 with
 grey/white labels at 1, 1.5, 2 mm, reoriented, anisotropic along z and x) plus random blocky label
 maps (uint8, int16 with -1 and 300, int32), preprocesses / resamples them with our code and saves
 everything in ``OUT/ours.npz``. ``nnunet`` reads the same files with nnU-Net's own
@@ -40,12 +40,9 @@ def random_maps():
 
 
 def ours(out: Path) -> None:
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _nnunet_raw import CASES, build_nnunet_raw
-
     from openmind_prep.preprocess.onemmiso import preprocess_case
     from openmind_prep.preprocess.resample import resample_labels
+    from openmind_prep.sources.embedded_tissue import CASES, build_nnunet_raw
 
     folder = build_nnunet_raw(out / "raw")
     saved, cases = {}, {}

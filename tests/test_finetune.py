@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from openmind_prep.sources.embedded_tissue import DEMO_BLOCK, DEMO_CASES, build_nnunet_raw
 from trainers import finetune
 
 FAST = ["--config", "finetune_tiny_cpu", "--epochs", "1", "--iterations", "1", "--accumulation", "1",
@@ -144,21 +145,14 @@ def test_recipes_are_the_references():
 
 @pytest.fixture(scope="module")
 def seg_store(tmp_path_factory) -> Path:
-    """Four subjects of the MNI152 tissue dataset (tests/_nnunet_raw.py) on a small block of the head,
+    """Four subjects of the embedded MNI152 tissue dataset (sources/embedded_tissue.py) on a small block of the head,
     preprocessed by the real command into a store with label maps."""
-    import _nnunet_raw as raw
     from click.testing import CliRunner
 
     from openmind_prep.cli import main
 
     root = tmp_path_factory.mktemp("seg")
-    cases = {k: v for k, v in raw.CASES.items() if k in ("mni_iso", "mni_15mm", "mni_aniso_z", "mni_aniso_x")}
-    old = raw.BLOCK
-    raw.BLOCK = (slice(56, 104), slice(80, 136), slice(130, 178))  # 48 x 56 x 48 voxels of the upper head
-    try:
-        folder = raw.build_nnunet_raw(root, cases)
-    finally:
-        raw.BLOCK = old
+    folder = build_nnunet_raw(root, DEMO_CASES, DEMO_BLOCK)
     done = CliRunner().invoke(main, ["preprocess", str(folder), "--out", str(root / "store"), "--workers", "1"])
     assert done.exit_code == 0, done.output
     return root / "store"

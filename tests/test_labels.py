@@ -1,5 +1,5 @@
 """Label maps into the store (issue 21 item 2): an nnU-Net raw dataset built from real MRI
-(``tests/_nnunet_raw.py``) preprocesses into a store whose ``label`` arrays equal nnU-Net v2's own
+(``openmind_prep/sources/embedded_tissue.py``) preprocesses into a store whose ``label`` arrays equal nnU-Net v2's own
 preprocessing of the same files, re-typed below from nnunetv2 (``preprocessing/cropping/cropping.py``
 ``crop_to_nonzero``; ``preprocessing/resampling/default_resampling.py`` ``determine_do_sep_z_and_axis``,
 ``resample_data_or_seg`` with the plans' ``is_seg=True, order=1, order_z=0``; batchgenerators' (0.25.5)
@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from scipy.ndimage import binary_fill_holes, map_coordinates
 from skimage.transform import resize
 
-from _nnunet_raw import CASES, build_nnunet_raw
+from openmind_prep.sources.embedded_tissue import CASES, build_nnunet_raw
 from openmind_prep.preprocess.job import PreprocessOptions, process_batch
 from openmind_prep.preprocess.resample import resample_labels
 from openmind_prep.reports.verify import verify_store

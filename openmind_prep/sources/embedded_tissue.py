@@ -1,4 +1,5 @@
-"""A small nnU-Net raw dataset built from real MRI, for the tests of labelled data.
+"""The embedded labelled sample: a small nnU-Net raw dataset built from real MRI (the demo's downstream
+stage fine-tunes on it; the tests of labelled data preprocess it).
 
 ``Dataset901_MNITissue/`` (nnU-Net v2's layout: ``dataset.json``, ``imagesTr/CASE_0000.nii.gz``,
 ``labelsTr/CASE.nii.gz``) from nilearn's MNI152 2009 template: a block of the upper head (scalp, air
@@ -31,6 +32,10 @@ CASES = {
 }
 #: the block of the template used (NIfTI voxel order x, y, z): upper head with air above it
 BLOCK = (slice(40, 120), slice(60, 160), slice(120, 189))
+#: The demo's (and the fine-tuning tests') smaller dataset: four subjects with labels 0, 1, 2 on a
+#: 48 x 56 x 48 block of the upper head (fits a CPU fine-tune of a few seconds per fold).
+DEMO_CASES = {k: CASES[k] for k in ("mni_iso", "mni_15mm", "mni_aniso_z", "mni_aniso_x")}
+DEMO_BLOCK = (slice(56, 104), slice(80, 136), slice(130, 178))
 
 
 def tissue_labels(gm: np.ndarray, wm: np.ndarray, wm_label: int = 2) -> np.ndarray:
@@ -42,19 +47,20 @@ def tissue_labels(gm: np.ndarray, wm: np.ndarray, wm_label: int = 2) -> np.ndarr
     return labels
 
 
-def build_nnunet_raw(root: Path, cases: dict = CASES) -> Path:
-    """Write ``root/Dataset901_MNITissue`` and return its folder."""
+def build_nnunet_raw(root: Path, cases: dict = CASES, block: tuple[slice, slice, slice] = BLOCK) -> Path:
+    """Write ``root/Dataset901_MNITissue`` (``cases`` of :data:`CASES`' form, ``block`` of the template in
+    NIfTI voxel order) and return its folder."""
     import nibabel as nib
 
     from openmind_prep.sources.embedded import _zoom, source_files
 
     src = source_files()
     mni = nib.load(src["mni_t1"])
-    t1 = np.asarray(mni.dataobj)[BLOCK].astype(np.float32)
-    gm = np.asarray(nib.load(src["mni_gm"]).dataobj)[BLOCK]
-    wm = np.asarray(nib.load(src["mni_wm"]).dataobj)[BLOCK]
+    t1 = np.asarray(mni.dataobj)[block].astype(np.float32)
+    gm = np.asarray(nib.load(src["mni_gm"]).dataobj)[block]
+    wm = np.asarray(nib.load(src["mni_wm"]).dataobj)[block]
     affine = mni.affine.copy()
-    affine[:3, 3] = mni.affine[:3, :3] @ np.array([s.start for s in BLOCK]) + mni.affine[:3, 3]
+    affine[:3, 3] = mni.affine[:3, :3] @ np.array([s.start for s in block]) + mni.affine[:3, 3]
     folder = Path(root) / DATASET
     for sub in ("imagesTr", "labelsTr"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
