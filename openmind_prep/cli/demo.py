@@ -26,10 +26,10 @@ from openmind_prep.core.dask_cluster import ClusterConfig
 from openmind_prep.sources.selection import Selection
 
 
-#: Seconds per stage of the demo on an idle 2-core CPU (measured: 6 embedded volumes, 60 CVA steps at
-#: 32³, batch 2): start-up and imports, per volume (sample + preprocess), views, per CVA step at 32³,
-#: k-means + tissue probe. The estimate is printed before the demo starts.
-DEMO_COST = {"start": 4.0, "volume": 1.3, "views": 1.0, "step_32": 0.28, "clusters_probe": 13.2}
+#: Seconds per stage of the demo on a 2-core CPU at load 1-3.5 (measured 2026-12-05: 6 embedded volumes,
+#: 60 CVA steps at 32³, batch 2, 139 s in all): start-up and imports, per volume (sample + preprocess),
+#: shards + views, per CVA step at 32³, k-means + tissue probe. Printed as an estimate before it starts.
+DEMO_COST = {"start": 2.6, "volume": 1.2, "views": 1.1, "step_32": 1.56, "clusters_probe": 34.5}
 
 
 def demo_estimate(volumes: int, steps: int, cva_patch: int, cores: int, load: float) -> tuple[float, float]:
@@ -39,7 +39,7 @@ def demo_estimate(volumes: int, steps: int, cva_patch: int, cores: int, load: fl
 
     >>> idle, busy = demo_estimate(6, 60, 32, cores=2, load=6.0)
     >>> round(idle, 1), round(busy / idle, 1)
-    (42.8, 3.0)
+    (139.0, 3.0)
     """
     c = DEMO_COST
     idle = (c["start"] + volumes * c["volume"] + c["views"] + steps * c["step_32"] * (cva_patch / 32) ** 3
