@@ -100,7 +100,7 @@ def test_summary_numbers_match_the_artefacts(demo_run):
     assert summary["cva"]["loss_first_quarter"] == pytest.approx(np.mean([r["loss"] for r in log[:quarter]]), abs=1e-3)
     assert summary["cva"]["loss_last_quarter"] == pytest.approx(np.mean([r["loss"] for r in log[-quarter:]]), abs=1e-3)
     stages = {k: v for k, v in summary["seconds"].items() if k != "total"}
-    assert set(stages) == {"sample", "preprocess", "shards", "views", "cva", "clusters", "probe"}
+    assert set(stages) == {"sample", "preprocess", "shards", "views", "cva", "clusters", "downstream"}
     assert all(v >= 0 for v in stages.values())
     assert summary["seconds"]["total"] >= sum(stages.values()) - 0.1
     assert all(0.4 - 1e-6 <= o <= 0.8 + 1e-6 for o in summary["views"]["overlaps"])
@@ -129,7 +129,7 @@ def test_the_same_command_with_repo_downloads_then_runs(sample_tree, tmp_path, m
         run = tmp_path / "run"
         result = CliRunner().invoke(main, ["demo", "--repo", "AnonRes/OpenMind", "--endpoint", hub.endpoint,
                                            "--out", str(run), "--modality", "T1w", "--steps", "6", "--patch", "32",
-                                           "--workers", "1", "--device", "cpu"])
+                                           "--workers", "1", "--device", "cpu", "--no-downstream"])
     finally:
         hub.close()
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -146,14 +146,29 @@ def test_the_same_command_with_repo_downloads_then_runs(sample_tree, tmp_path, m
     assert summary["cva"]["steps"] == 6 and (run / "clusters.png").is_file()
 
 
-def test_summary_reports_the_tissue_probe_next_to_both_baselines(demo_run):
-    probe = json.loads((demo_run / "probe.json").read_text())
+def test_the_demo_ends_with_a_downstream_fine_tune_of_its_export(demo_run):
+    """The downstream line: the run's export and scratch fine-tuned on the labelled MNI152 tissue dataset,
+    2 folds; the summary's numbers are finetune.json's, which loaded the demo's own export."""
+    import hashlib as _hash
+
+    import torch
+
+    report = json.loads((demo_run / "finetune" / "finetune.json").read_text())
     summary = json.loads((demo_run / "summary.json").read_text())
     text = (demo_run / "summary.txt").read_text()
-    assert probe["meta"]["input"] == str(demo_run / "cva" / "export.pth") and probe["meta"]["arch"] == "tiny"
-    for name in ("model", "random", "intensity"):
-        assert summary["probe"][name]["balanced_accuracy"] == probe[name]["balanced_accuracy"]
-        line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{name} "))
-        assert f"k-means ARI {probe[name]['ari']:.3f}" in line
-        assert f"remapped contrast {probe[name]['remapped']['balanced_accuracy']:.3f}" in line
-    assert (demo_run / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["task"] == "seg" and report["init"] == str(demo_run / "cva" / "export.pth")
+    assert set(report["runs"]) == {"pretrained", "scratch"} and len(report["folds"]) == 2
+    weights = torch.load(demo_run / "cva" / "export.pth", weights_only=True)["network_weights"]
+    digest = _hash.sha256()
+    for key in sorted(weights):
+        digest.update(f"{key}:{tuple(weights[key].shape)}:{weights[key].dtype}".encode())
+        digest.update(weights[key].contiguous().view(torch.uint8).numpy().tobytes())
+    assert report["init_sha256"] == digest.hexdigest()
+    line = next(ln for ln in text.splitlines() if ln.startswith("downstream: "))
+    for run in ("pretrained", "scratch"):
+        dsc = report["runs"][run]["overall"]["dsc"]["mean"]
+        assert summary["downstream"][run]["dsc"] == dsc and 0.0 <= dsc <= 1.0
+        assert f"{dsc:.3f}" in line
+    assert summary["downstream"]["paired_difference_dsc"] == pytest.approx(
+        report["runs"]["pretrained"]["overall"]["dsc"]["mean"] - report["runs"]["scratch"]["overall"]["dsc"]["mean"])
+    assert Image.open(demo_run / "finetune" / "finetune.png").size[0] > 500
