@@ -402,7 +402,7 @@ def test_the_documented_answers(tmp_path, monkeypatch):
     """docs/faults.md "Data integrity": every command gives the exit code and the line written under it."""
     import shlex
 
-    section = (ROOT / "docs" / "faults.md").read_text().split("## Data integrity (issue 23)")[1].split("\n## ")[0]
+    section = (ROOT / "docs" / "faults.md").read_text().split("## Data integrity")[1].split("\n## ")[0]
     lines = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]
     assert len(lines) == 10
     monkeypatch.chdir(tmp_path)

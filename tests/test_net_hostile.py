@@ -173,7 +173,7 @@ def test_the_documented_answers(tmp_path, monkeypatch):
     import shlex
 
     section = (Path(__file__).resolve().parents[1] / "docs" / "faults.md").read_text()
-    section = section.split("## Network and inputs (issue 23)")[1].split("\n## ")[0]
+    section = section.split("## Network and inputs")[1].split("\n## ")[0]
     lines = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]
     assert len(lines) == 8
     monkeypatch.chdir(tmp_path)

@@ -295,7 +295,7 @@ def _documented() -> list[tuple[list[str], int, str]]:
     import re
     import shlex
 
-    section = (ROOT / "docs" / "faults.md").read_text().split("## Training (issue 23)")[1].split("\n## ")[0]
+    section = (ROOT / "docs" / "faults.md").read_text().split("## Training")[1].split("\n## ")[0]
     lines = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]
     found = []
     for command, answer in zip(lines[::2], lines[1::2]):
