@@ -305,3 +305,20 @@ def test_help_and_version_answer_without_importing_torch():
     from openmind_prep import __version__
 
     assert proc.returncode == 0 and proc.stdout.strip() == f"trainers.cva (openmind-prep {__version__})"
+
+
+def test_a_sigterm_echoed_by_the_launcher_is_not_a_second_request():
+    """A batch system signals the process group and torchrun forwards its own copy to the ranks: the two
+    SIGTERMs are one request (the rank still saves); a second Ctrl-C still aborts without saving."""
+    import signal as sig
+
+    from trainers.runfolder import StopSignals
+
+    with StopSignals() as stop:
+        sig.raise_signal(sig.SIGTERM)
+        sig.raise_signal(sig.SIGTERM)
+    assert stop.name == "SIGTERM"
+    with pytest.raises(KeyboardInterrupt):
+        with StopSignals():
+            sig.raise_signal(sig.SIGINT)
+            sig.raise_signal(sig.SIGINT)

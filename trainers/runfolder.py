@@ -354,16 +354,25 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._first = 0.0
         self._old: dict = {}
 
     @property
     def name(self) -> str | None:
         return None if self.signum is None else signal.Signals(self.signum).name
 
+    #: A SIGTERM repeated within this many seconds is the same request (a batch system signals the whole
+    #: process group and torchrun forwards the launcher's copy to its ranks), not a second one.
+    SIGTERM_ECHO_S = 10.0
+
     def _handle(self, signum: int, frame: Any) -> None:
+        import time
+
         if self.signum is not None:  # the second one: stop without saving
+            if signum == signal.SIGTERM == self.signum and time.monotonic() - self._first < self.SIGTERM_ECHO_S:
+                return
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum, self._first = signum, time.monotonic()
         print(f"\n{signal.Signals(signum).name}: stopping after this step (again to abort without saving)",
               file=sys.stderr, flush=True)
 
