@@ -29,11 +29,11 @@ from openmind_prep.core.dask_cluster import ClusterConfig
 from openmind_prep.sources.selection import Selection
 
 
-#: Seconds per stage of the demo on a 2-core CPU at load 1-3.5 (measured 2026-12-05: 6 embedded volumes,
-#: 60 CVA steps at 32³, batch 2, 139 s in all): start-up and imports, per volume (sample + preprocess),
-#: shards + views, per CVA step at 32³, k-means + the downstream fine-tune (measured the same day, same load:
-#: 9.2 + 31.4 s). Printed as an estimate before it starts.
-DEMO_COST = {"start": 2.6, "volume": 1.2, "views": 1.1, "step_32": 1.56, "clusters_downstream": 40.6}
+#: Seconds per stage of the demo on an idle 2-core CPU (measured 2026-12-05 from a fresh clone, load < 1:
+#: 6 embedded volumes, 60 CVA steps at 32³, batch 2, 40.7 s in all): start-up and imports, per volume
+#: (sample + preprocess), shards + views, per CVA step at 32³, k-means + the downstream fine-tune
+#: (4.5 + 9.0 s). Printed as an estimate before it starts, stretched by the machine's load.
+DEMO_COST = {"start": 2.7, "volume": 1.15, "views": 1.0, "step_32": 0.275, "clusters_downstream": 13.5}
 
 
 def demo_estimate(volumes: int, steps: int, cva_patch: int, cores: int, load: float) -> tuple[float, float]:
@@ -43,7 +43,7 @@ def demo_estimate(volumes: int, steps: int, cva_patch: int, cores: int, load: fl
 
     >>> idle, busy = demo_estimate(6, 60, 32, cores=2, load=6.0)
     >>> round(idle, 1), round(busy / idle, 1)
-    (145.1, 3.0)
+    (40.6, 3.0)
     """
     c = DEMO_COST
     idle = (c["start"] + volumes * c["volume"] + c["views"] + steps * c["step_32"] * (cva_patch / 32) ** 3
