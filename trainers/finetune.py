@@ -139,6 +139,7 @@ def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, valu
     import torch
 
     from trainers.finetune_data import Patches
+    from trainers.finetune_report import plain, settings_of
     from trainers.finetune_model import build_model, build_optimizer, load_init, recipe
 
     out = args.out / run / f"fold_{fold}"
@@ -201,7 +202,7 @@ def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, valu
         if step % args.ckpt_every == 0 or step == total or stop.signum is not None:
             runfolder.save_checkpoint(out, {"student": model.state_dict(), "teacher": {}, "optimizer": optimizer.state_dict(),
                                             "step": step, "rng": [{"torch": torch.get_rng_state()}],
-                                            "data": {"numpy": rng.bit_generator.state}, "config": _config(args)})
+                                            "data": {"numpy": rng.bit_generator.state}, "config": settings_of(args)})
         if stop.signum is not None:
             log.close()
             return None
@@ -213,7 +214,7 @@ def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, valu
               **score_cases(model, args, held_cases, values, out)}
     from openmind_prep.core import atomic
 
-    atomic.write_text(result_path, json.dumps(result, indent=1) + "\n")
+    atomic.write_text(result_path, json.dumps(plain(result), indent=1) + "\n")
     return result
 
 
@@ -229,15 +230,11 @@ def _loss(task: str):
     return lambda pred, y: torch.nn.functional.mse_loss(pred[:, 0], y)
 
 
-def _config(args: argparse.Namespace) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}
-
-
 # ------------------------------------------------------------------------------------- all folds
 def run_all(args: argparse.Namespace) -> dict:
     """Every fold of every run (pretrained, scratch) that is asked for, then the report when all are done."""
-    from trainers.finetune_data import class_count, label_values, labelled_cases
-    from trainers.finetune_report import write_report
+    from trainers.finetune_data import labelled_cases, output_values
+    from trainers.finetune_report import settings_of, write_report
     from trainers.folds import kfold, split, subject_of
     from trainers.resources import setup_processes
 
@@ -246,11 +243,11 @@ def run_all(args: argparse.Namespace) -> dict:
         targets = read_targets(args) if args.task != "seg" else None
         cases = labelled_cases(args.store, args.task, targets)
         folds = kfold([c.key for c in cases], {c.key: subject_of(c.row) for c in cases}, args.folds, seed=args.seed)
-        values = label_values(cases, args.store) if args.task == "seg" else list(range(class_count(cases, args.store, args.task)))
+        values = output_values(cases, args.store, args.task)
     except (ValueError, KeyError, OSError) as err:
         raise RunError(str(err).strip("'\"")) from None
     weights, digest = init_weights(args)
-    runfolder.write_config(args.out, {**_config(args), "init_sha256": digest})
+    runfolder.write_config(args.out, {**settings_of(args), "init_sha256": digest})
     by_key = {c.key: c for c in cases}
     runs = ["scratch"] if weights is None else ["pretrained"] + (["scratch"] if args.compare_scratch else [])
     results: dict[str, list] = {run: [] for run in runs}

@@ -64,13 +64,13 @@ def label_values(cases: Sequence[Case], store: Path) -> list[int]:
     return values
 
 
-def class_count(cases: Sequence[Case], store: Path, task: str) -> int:
-    """Output channels: label values (seg), classes (cls), 1 (reg)."""
-    if task == "reg":
-        return 1
+def output_values(cases: Sequence[Case], store: Path, task: str) -> list[int]:
+    """What each output channel predicts: the label values (seg), the class indices (cls), one number (reg)."""
+    if task == "seg":
+        return label_values(cases, store)
     if task == "cls":
-        return int(max(c.target for c in cases)) + 1
-    return len(label_values(cases, store))
+        return list(range(int(max(c.target for c in cases)) + 1))
+    return [0]
 
 
 def to_indices(label: np.ndarray, values: Sequence[int]) -> np.ndarray:

@@ -18,15 +18,20 @@ def _nan(value):
     return math.nan if value is None else value
 
 
-def _plain(value):
+def plain(value):
     """NaN → null, recursively (JSON has no NaN)."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
+
+
+def settings_of(args) -> dict:
+    """The run's flags as plain JSON values (config.json, every checkpoint, finetune.json)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}
 
 
 def write_report(args, done: dict[str, list[dict]], digest: str) -> dict:
@@ -40,18 +45,18 @@ def write_report(args, done: dict[str, list[dict]], digest: str) -> dict:
     main = "pretrained" if "pretrained" in runs else "scratch"
     report = {"task": args.task, "init": args.init, "init_sha256": digest, "metrics": list(names),
               "folds": runs[main]["folds"], "overall": runs[main]["overall"], "runs": runs,
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}}
+              "settings": settings_of(args)}
     if "pretrained" in runs and "scratch" in runs:
         diffs = {}
         for m in names:
             per_fold = [_nan(p[m]) - _nan(s[m]) for p, s in zip(runs["pretrained"]["folds"], runs["scratch"]["folds"])]
             diffs[m] = {"per_fold": per_fold, **summarise([{m: d} for d in per_fold], [m])[m]}
         report["paired_difference"] = diffs
-    atomic.write_text(args.out / JSON, json.dumps(_plain(report), indent=1) + "\n")
+    atomic.write_text(args.out / JSON, json.dumps(plain(report), indent=1) + "\n")
     png = figure(args.out, report)
     atomic.write_with(args.out / PNG, lambda tmp: tmp.write_bytes(png))
     return {"task": args.task, "written": str(args.out / JSON),
-            **{m: _plain(runs[main]["overall"][m]["mean"]) for m in names}}
+            **{m: plain(runs[main]["overall"][m]["mean"]) for m in names}}
 
 
 def _curves(out: Path, run: str, fold: int) -> tuple[list[int], list[float]]:

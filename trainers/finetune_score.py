@@ -3,13 +3,11 @@ half-patch steps, Gaussian importance weights) or one centre patch per image for
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from trainers.finetune_data import centre_patch, gaussian_weights, sliding_windows, to_indices, whole_case
-from trainers.metrics import classification_scores, regression_scores, segmentation_scores
+from trainers.metrics import classification_scores, nanmean, regression_scores, segmentation_scores
 
 
 @torch.no_grad()
@@ -35,7 +33,7 @@ def prediction_file(folder, key: str):
 
 def score_cases(model: torch.nn.Module, args, cases, values: list, folder=None) -> dict:
     """``{"metrics": {...}, "cases": [...]}`` of one fold: each case's prediction summary and the fold's
-    metrics (seg: per class under the label value it has in the store)."""
+    metrics (seg: per class under the label value it has in the store; an undefined metric is NaN)."""
     model.eval()
     outputs = len(values)
     patch = tuple(args.patch_size)
@@ -50,10 +48,10 @@ def score_cases(model: torch.nn.Module, args, cases, values: list, folder=None) 
                 np.savez_compressed(path, label=np.asarray(values)[pred].astype(label.dtype))
             s = segmentation_scores(to_indices(label, values), pred, classes=range(1, outputs), spacing=(1.0, 1.0, 1.0),
                                     tolerance_mm=args.tolerance_mm)
-            rows.append({"key": case.key, **{m: _clean(v) for m, v in s["mean"].items()},
-                         "per_class": {str(values[c]): {m: _clean(v) for m, v in d.items()}
+            rows.append({"key": case.key, **s["mean"],
+                         "per_class": {str(values[c]): d
                                        for c, d in s["per_class"].items()}})
-        metrics = {m: _clean(_nanmean([r[m] for r in rows])) for m in ("dsc", "nsd")}
+        metrics = {m: nanmean([r[m] for r in rows]) for m in ("dsc", "nsd")}
         return {"metrics": metrics, "cases": rows}
     outs = []
     with torch.no_grad():
@@ -70,14 +68,5 @@ def score_cases(model: torch.nn.Module, args, cases, values: list, folder=None) 
         pred = [float(o[0]) for o in outs]
         metrics = regression_scores(truth, pred)
         rows = [{"key": c.key, "target": t, "prediction": p} for c, t, p in zip(cases, truth, pred)]
-    return {"metrics": {k: _clean(v) for k, v in metrics.items()}, "cases": rows}
+    return {"metrics": metrics, "cases": rows}
 
-
-def _nanmean(values) -> float:
-    kept = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(kept)) if kept else math.nan
-
-
-def _clean(value: float) -> float | None:
-    """JSON has no NaN: an undefined metric is ``null``."""
-    return None if value is None or math.isnan(value) else float(value)

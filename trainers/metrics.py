@@ -54,7 +54,8 @@ def surface_dice(truth: np.ndarray, pred: np.ndarray, tolerance_mm: float, spaci
     return close / (n_t + n_p)
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Sequence[float]) -> float:
+    """The mean of the values that are not NaN (NaN when none are)."""
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else math.nan
 
@@ -68,7 +69,7 @@ def segmentation_scores(truth: np.ndarray, pred: np.ndarray, *, classes: Sequenc
     for c in classes:
         t, p = truth == c, pred == c
         per_class[int(c)] = {"dsc": dice(t, p), "nsd": surface_dice(t, p, tolerance_mm, spacing)}
-    mean = {m: _nanmean([s[m] for s in per_class.values()]) for m in SEG_METRICS}
+    mean = {m: nanmean([s[m] for s in per_class.values()]) for m in SEG_METRICS}
     return {"per_class": per_class, "mean": mean}
 
 
