@@ -28,6 +28,8 @@ from trainers import architectures, cli_args, runfolder, sanity
 from trainers.runfolder import RunError, say
 
 TASKS = ("seg", "cls", "reg")
+#: What a fold's checkpoint holds (the fine-tuned network under ``student``, as the cva trainer's).
+CHECKPOINT_KEYS = ("student", "optimizer", "step", "rng", "data", "config")
 
 
 #: Every setting's default (the parser suppresses them, so a config file's value is not taken for a flag's).
@@ -166,7 +168,7 @@ def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, valu
     rng = np.random.default_rng([args.seed, fold])
     # ---- resume
     step = 0
-    ckpt, _ = runfolder.load_checkpoint(out)
+    ckpt, _ = runfolder.load_checkpoint(out, keys=CHECKPOINT_KEYS)
     if ckpt is not None:
         model.load_state_dict(ckpt["student"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -200,7 +202,7 @@ def train_fold(args, run: str, fold: int, train_cases, held_cases, weights, valu
                    "samples_per_s": args.batch_size * accumulation / max(time.perf_counter() - started, 1e-9)})
         started = time.perf_counter()
         if step % args.ckpt_every == 0 or step == total or stop.signum is not None:
-            runfolder.save_checkpoint(out, {"student": model.state_dict(), "teacher": {}, "optimizer": optimizer.state_dict(),
+            runfolder.save_checkpoint(out, {"student": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "step": step, "rng": [{"torch": torch.get_rng_state()}],
                                             "data": {"numpy": rng.bit_generator.state}, "config": settings_of(args)})
         if stop.signum is not None:

@@ -288,7 +288,7 @@ def restore(ckpt: dict, *, student: torch.nn.Module, teacher: torch.nn.Module, o
     return step
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, keys: tuple[str, ...] = _KEYS) -> dict:
     import torch
 
     try:
@@ -299,12 +299,13 @@ def _read(path: Path) -> dict:
         raise RunError(f"{path}: damaged ({str(err).splitlines()[0]})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as err:
         raise RunError(f"{path}: damaged ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _KEYS):
-        raise RunError(f"{path}: not a trainer checkpoint (needs {', '.join(_KEYS)})")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
+        raise RunError(f"{path}: not a trainer checkpoint (needs {', '.join(keys)})")
     return ckpt
 
 
-def load_checkpoint(out: Path, *, report: Callable[[str], None] | None = say) -> tuple[dict | None, Path | None]:
+def load_checkpoint(out: Path, *, report: Callable[[str], None] | None = say,
+                    keys: tuple[str, ...] = _KEYS) -> tuple[dict | None, Path | None]:
     """The newest readable checkpoint of ``OUT`` and its path ((None, None): there is none).
 
     A damaged latest is reported (``report``) and ``checkpoint.prev.pt`` used; :class:`RunError` when
@@ -326,7 +327,7 @@ def load_checkpoint(out: Path, *, report: Callable[[str], None] | None = say) ->
         if not path.exists():
             continue
         try:
-            ckpt = _read(path)
+            ckpt = _read(path, keys)
         except RunError as err:
             problems.append(str(err))
             continue
