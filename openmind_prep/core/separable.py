@@ -13,19 +13,18 @@ Coordinates are voxel indices (voxel ``i`` has its centre at ``i``), as ``loader
 
 from __future__ import annotations
 
-import itertools
-import math
-
+import numpy as np
 import torch
 from torch import Tensor
 
+from openmind_prep.core import banded
 from openmind_prep.core.hugepages import empty as huge_empty
 
 
 def _plain_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
-_ROWS = 32  # output rows per block of a banded product
+_ROWS = banded.ROWS  # output rows per block of a banded product
 
 Blocks = tuple[tuple[int, int, int, int, Tensor], ...]
 
@@ -70,19 +69,13 @@ def gaussian_matrix(n: int, sigma: float) -> Tensor:
 def band_blocks(m: Tensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                 rows: int = _ROWS, tol: float = 0.0) -> Blocks:
     """Row blocks ``(r0, r1, c0, c1, m[r0:r1, c0:c1])`` of a CPU matrix, cast and moved to ``device``;
-    a block's columns span its entries with ``|m| > tol``.
+    a block's columns span its entries with ``|m| > tol`` (:func:`openmind_prep.core.banded.band_blocks`).
 
     >>> [(r0, r1, c0, c1) for r0, r1, c0, c1, _ in band_blocks(torch.eye(5, dtype=torch.float64), rows=2)]
     [(0, 2, 0, 2), (2, 4, 2, 4), (4, 5, 4, 5)]
     """
-    out = []
-    nonzero = m.abs() > tol
-    for r0 in range(0, m.shape[0], rows):
-        r1 = min(r0 + rows, m.shape[0])
-        cols = torch.nonzero(nonzero[r0:r1].any(0)).flatten()
-        c0, c1 = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 1)
-        out.append((r0, r1, c0, c1, m[r0:r1, c0:c1].to(device=device, dtype=dtype)))
-    return tuple(out)
+    return tuple((r0, r1, c0, c1, torch.from_numpy(w).to(device=device, dtype=dtype))
+                 for r0, r1, c0, c1, w in banded.band_blocks(m.detach().cpu().double().numpy(), rows, tol, np.float64))
 
 
 def _apply_axis(x: Tensor, axis: int, blocks: Blocks, n_out: int, huge_pages: bool = True) -> Tensor:
@@ -113,8 +106,9 @@ def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...], *, huge_p
     Returns a new tensor on ``x``'s device. ``huge_pages``: large intermediates come from
     :func:`openmind_prep.core.hugepages.empty` (fewer first-write faults for a long-lived batch); pass
     False where fresh 2 MiB pages are costly — after other large allocations the kernel compacts
-    memory synchronously to find them (measured 2x the CPU time of the preprocessing resample in
-    ``benchmarks/preprocess_e2e.py``), while plain allocations get reused by malloc.
+    memory synchronously to find them (measured 2x the CPU time of a one-volume-after-another resample
+    in ``benchmarks/preprocess_e2e.py``), while plain allocations get reused by malloc. The numpy twin
+    for preprocessing, without torch: :mod:`openmind_prep.core.banded`.
 
     >>> x = torch.arange(24.0).reshape(2, 3, 4)
     >>> y = separable(x, (torch.eye(2, dtype=torch.float64), None, linear_matrix(2, 4, 2.0, 0.5)))
@@ -134,15 +128,7 @@ def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...], *, huge_p
         else:
             blocks[d] = tuple((r0, r1, c0, c1, w.to(device=x.device, dtype=x.dtype)) for r0, r1, c0, c1, w in m)
     n_out = {d: b[-1][1] for d, b in blocks.items()}
-
-    def cost(order: tuple[int, ...]) -> float:
-        shape, total = list(x.shape), 0.0
-        for d in order:
-            total += sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1, _ in blocks[d]) * math.prod(shape) / shape[d]
-            shape[d] = n_out[d]
-        return total
-
-    for d in min(itertools.permutations(blocks), key=cost, default=()):
+    for d in banded.axis_order(tuple(x.shape), blocks):
         x = _apply_axis(x, d, blocks[d], n_out[d], huge_pages)
     return x
 

@@ -13,7 +13,8 @@ label with the largest resampled indicator, exact ties to the nearest neighbour'
 A spline resize of a regular grid is linear and separable: it equals ``M_z ⊗ M_y ⊗ M_x`` with one
 small ``n_out × n_in`` matrix per axis. We build each matrix exactly, by pushing the identity's
 columns through scipy's 1-D ``zoom`` with the arguments skimage uses, and apply the matrices as
-block-banded float32 matrix products in torch (entries below ``_TOL`` are outside the band).
+block-banded float32 matrix products (:mod:`openmind_prep.core.banded`, numpy's BLAS; entries below
+``_TOL`` are outside the band). No torch: a preprocessing worker never imports it.
 Coordinates: output voxel ``i`` samples input position ``(i + 0.5) * n_in / n_out - 0.5``.
 """
 
@@ -24,7 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.ndimage as ndi
-import torch
+
+from openmind_prep.core import banded
 
 ANISO_THRESHOLD = 3.0  # nnU-Net's separate-z threshold on max(spacing) / min(spacing)
 _TOL = 1e-10  # matrix entries below this (relative to 1) are treated as zero
@@ -92,22 +94,17 @@ def separate_z_axis(spacing: Sequence[float], new_spacing: Sequence[float],
 
 
 @functools.lru_cache(maxsize=1024)
-def _blocks(n_in: int, n_out: int, order: int, dtype: torch.dtype = torch.float32):
+def _blocks(n_in: int, n_out: int, order: int, dtype: str = "float32") -> banded.Blocks:
     """Row blocks of ``axis_matrix`` (in ``dtype``) with the column range that holds their non-negligible entries."""
-    from openmind_prep.core.separable import band_blocks
-
-    return band_blocks(torch.tensor(axis_matrix(n_in, n_out, order)), rows=_BLOCK.get(order, 48), tol=_TOL,
-                       dtype=dtype)  # a copy: the cached matrix is read-only
+    return banded.band_blocks(axis_matrix(n_in, n_out, order), rows=_BLOCK.get(order, 48), tol=_TOL, dtype=dtype)
 
 
-def _resize(x: torch.Tensor, new_shape: Sequence[int], axes: Sequence[int], order: int) -> torch.Tensor:
+def _resize(x: np.ndarray, new_shape: Sequence[int], axes: Sequence[int], order: int) -> np.ndarray:
     """Resize ``x`` along ``axes`` (others untouched) with the cached banded matrices
-    (:func:`openmind_prep.core.separable.separable` picks the axis order that needs the fewest flops)."""
-    from openmind_prep.core.separable import separable
-
-    return separable(x.contiguous(), tuple(
-        _blocks(x.shape[d], int(new_shape[d]), order, x.dtype) if d in axes and x.shape[d] != new_shape[d] else None
-        for d in range(3)), huge_pages=False)  # one image after another: malloc's reused memory is cheaper
+    (:func:`openmind_prep.core.banded.separable` picks the axis order that needs the fewest flops)."""
+    return banded.separable(np.ascontiguousarray(x), {
+        d: _blocks(x.shape[d], int(new_shape[d]), order, x.dtype.name)
+        for d in axes if x.shape[d] != new_shape[d]})
 
 
 def _plan(spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int | None, list[int]]:
@@ -120,7 +117,7 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], spacing: Sequence
     """Resample a 3-D float32 volume as nnU-Net v2 does for image data (order 3, order_z 0).
 
     ``spacing`` and ``new_spacing`` decide the separate-z path; an unchanged shape returns
-    ``data`` itself. Threads: torch's (set ``torch.set_num_threads`` in the worker).
+    ``data`` itself. Threads: numpy's BLAS (Dask workers set ``OPENBLAS_NUM_THREADS=1``).
 
     >>> out = resample_image(np.random.default_rng(0).random((5, 6, 7), dtype=np.float32),
     ...                      (10, 6, 7), (2.0, 1.0, 1.0), (1.0, 1.0, 1.0))
@@ -132,20 +129,17 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], spacing: Sequence
         raise ValueError(f"expected a 3-D volume and a 3-D shape, got {data.shape} -> {new_shape}")
     if tuple(data.shape) == new_shape:
         return data
-    x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    x = np.ascontiguousarray(data, dtype=np.float32)
     z, in_plane = _plan(spacing, new_spacing)
     y = _resize(x, new_shape, in_plane, order=3)
     if z is None:
-        y.clamp_(float(x.min()), float(x.max()))
-        return y.numpy()
-    # separate z: every in-plane slice is clipped to its own range, then order 0 along z
-    other = tuple(ax for ax in range(3) if ax != z)
-    view = [1, 1, 1]
-    view[z] = -1
-    y.clamp_(x.amin(dim=other).reshape(view), x.amax(dim=other).reshape(view))  # in place: no two temporaries
+        return np.clip(y, x.min(), x.max(), out=y)
+    if y is not x:  # separate z: every resized in-plane slice is clipped to its own range, then order 0 along z
+        other = tuple(ax for ax in range(3) if ax != z)
+        np.clip(y, x.min(axis=other, keepdims=True), x.max(axis=other, keepdims=True), out=y)  # in place
     if data.shape[z] != new_shape[z]:
-        y = y.index_select(z, torch.from_numpy(nearest_indices(data.shape[z], new_shape[z])))
-    return y.contiguous().numpy()
+        y = np.take(y, nearest_indices(data.shape[z], new_shape[z]), axis=z)
+    return np.ascontiguousarray(y)
 
 
 def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[float],
@@ -169,26 +163,28 @@ def resample_mask(mask: np.ndarray, new_shape: Sequence[int], spacing: Sequence[
         return mask
     z, in_plane = _plan(spacing, new_spacing)
     mid_shape = tuple(mask.shape[ax] if ax == z else new_shape[ax] for ax in range(3))
-    src = torch.from_numpy(np.ascontiguousarray(mask))
-    counts = torch.bincount(src.reshape(-1), minlength=256)  # labels present, without np.unique's sort
-    labels = torch.nonzero(counts[1:]).flatten().add(1).tolist()  # 0: the output's initial value
+    src = np.ascontiguousarray(mask)
+    counts = np.bincount(src.reshape(-1), minlength=256)  # labels present, without np.unique's sort
+    labels = (np.flatnonzero(counts[1:]) + 1).tolist()  # 0: the output's initial value
     out = None
     for label in labels:
         # a 0/1 mask is its own indicator: one cast instead of a comparison and a cast
-        hot = src.to(torch.float32) if labels == [1] else (src == label).to(torch.float32)
+        hot = src.astype(np.float32) if labels == [1] else (src == label).astype(np.float32)
         keep = _resize(hot, new_shape, in_plane, order=1) >= 0.5
         if out is None:  # the first label: the bool result is the uint8 0/1 output, no zero fill
-            out = keep.view(torch.uint8) if label == 1 else keep.view(torch.uint8).mul_(label)
+            out = keep.view(np.uint8)
+            if label != 1:
+                out *= np.uint8(label)
         else:
-            out.masked_fill_(keep, label)
+            out[keep] = label
     if out is None:
-        out = torch.zeros(mid_shape, dtype=torch.uint8)
+        out = np.zeros(mid_shape, dtype=np.uint8)
     if z is not None and mask.shape[z] != new_shape[z]:
-        out = out.index_select(z, torch.from_numpy(nearest_indices(mask.shape[z], new_shape[z])))
-    return out.contiguous().numpy()
+        out = np.take(out, nearest_indices(mask.shape[z], new_shape[z]), axis=z)
+    return np.ascontiguousarray(out)
 
 
-#: Label dtypes :func:`resample_labels` takes (the integer dtypes torch holds).
+#: Label dtypes :func:`resample_labels` takes.
 LABEL_DTYPES = (np.uint8, np.int8, np.int16, np.int32, np.int64)
 #: Scores this close are a tie (nnU-Net compares float64 sums for equality; ours are summed in
 #: another order, so an exact tie there may differ here by a few ulp).
@@ -221,27 +217,27 @@ def resample_labels(labels: np.ndarray, new_shape: Sequence[int], spacing: Seque
     if tuple(labels.shape) == new_shape:
         return labels
     z, in_plane = _plan(spacing, new_spacing)
-    src = torch.from_numpy(np.ascontiguousarray(labels))
-    values = torch.unique(src)  # sorted: ties without the nearest label go to the smallest
+    src = np.ascontiguousarray(labels)
+    values = np.unique(src)  # sorted: ties without the nearest label go to the smallest
     near = src  # the nearest neighbour (order 0) on the in-plane grid, as an index into values
     for ax in in_plane:
         if src.shape[ax] != new_shape[ax]:
-            near = near.index_select(ax, torch.from_numpy(nearest_indices(src.shape[ax], new_shape[ax])))
-    near = torch.searchsorted(values, near.contiguous())
-    win = torch.zeros_like(near)
+            near = np.take(near, nearest_indices(src.shape[ax], new_shape[ax]), axis=ax)
+    near = np.searchsorted(values, near)
+    win = np.zeros_like(near)
     best = nn_top = None
     for i, value in enumerate(values.tolist()):
-        score = _resize((src == value).to(torch.float64), new_shape, in_plane, order=1)
+        score = _resize((src == value).astype(np.float64), new_shape, in_plane, order=1)
         is_nn = near == i
         if best is None:  # the first label leads everywhere until another beats it
             best, nn_top = score, is_nn & (score > 0)
             continue
-        nn_top |= is_nn & ((score - best).abs() <= TIE) & (score > 0)  # the nearest label draws level
+        nn_top |= is_nn & (np.abs(score - best) <= TIE) & (score > 0)  # the nearest label draws level
         better = score > best + TIE
-        nn_top = torch.where(better, is_nn, nn_top)  # a new leader: the nearest label leads iff it is it
-        win.masked_fill_(better, i)
-        best = torch.maximum(best, score)
-    out = values[torch.where(nn_top, near, win)] if nn_top is not None else values[near]
+        nn_top = np.where(better, is_nn, nn_top)  # a new leader: the nearest label leads iff it is it
+        win[better] = i
+        best = np.maximum(best, score)
+    out = values[np.where(nn_top, near, win)] if nn_top is not None else values[near]
     if z is not None and labels.shape[z] != new_shape[z]:
-        out = out.index_select(z, torch.from_numpy(nearest_indices(labels.shape[z], new_shape[z])))
-    return out.contiguous().numpy()
+        out = np.take(out, nearest_indices(labels.shape[z], new_shape[z]), axis=z)
+    return np.ascontiguousarray(out)
