@@ -64,7 +64,7 @@ def test_one_local_worker_runs_in_process_without_dask_and_writes_the_same_store
     import pyarrow.parquet as pq
 
     code = ("import sys\nfrom openmind_prep.cli import main\ntry:\n    main()\nfinally:\n"
-            "    print('LOADED', sorted(m for m in ('distributed', 'dask.distributed') if m in sys.modules), "
+            "    print('LOADED', sorted(m for m in ('distributed', 'dask.distributed', 'torch', 'pandas') if m in sys.modules), "
             "file=sys.stderr)")
     one = subprocess.run([sys.executable, "-c", code, "preprocess", str(sample_tree), "--out", str(tmp_path / "one"),
                           "--workers", "1"], capture_output=True, text=True, timeout=600)
