@@ -105,6 +105,7 @@ def test_weights_holding_nan_are_never_written(tmp_path):
 @pytest.mark.parametrize("flags, says", [
     (["--lr", "nan"], "--lr nan: not a finite number"),
     (["--lr", "inf"], "--lr inf: not a finite number"),
+    (["--lr", "0"], "--lr 0: must be above 0 (a learning rate of 0 trains nothing)"),
     (["--temperature", "0"], "--temperature 0.0: must be above 0"),
     (["--temperature=-inf"], "--temperature must not be negative"),
     (["--weight-decay", "inf"], "--weight-decay inf: not a finite number"),

@@ -101,8 +101,8 @@ def settings_problem(args: argparse.Namespace) -> str | None:
     for flag in ("epochs", "iterations", "batch_size", "folds"):
         if getattr(args, flag) < 1:
             return f"--{flag.replace('_', '-')} must be at least 1"
-    if args.lr is not None and not (args.lr >= 0 and args.lr < float("inf")):
-        return f"--lr {args.lr}: must be a finite number ≥ 0"
+    if args.lr is not None and not (args.lr > 0 and args.lr < float("inf")):
+        return f"--lr {args.lr:g}: must be a finite number above 0"
     try:
         architectures.get(args.arch)
     except ValueError as err:

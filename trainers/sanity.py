@@ -8,8 +8,9 @@ each step's loss terms and gradient norm, :func:`nonfinite_key` the check of wei
 saved, :func:`mismatch` the check of a checkpoint's tensors against this run's networks.
 
 >>> from argparse import Namespace
->>> problems(Namespace(lr=float("nan"), temperature=0.0, steps=10**20, region_scale=1e308, patch_size=[32] * 3))
-['--lr nan: not a finite number', '--temperature 0.0: must be above 0 (NT-Xent and C-CVA divide by it)', \
+>>> problems(Namespace(lr=0.0, temperature=0.0, steps=10**20, region_scale=1e308, patch_size=[32] * 3))
+['--lr 0: must be above 0 (a learning rate of 0 trains nothing)', \
+'--temperature 0.0: must be above 0 (NT-Xent and C-CVA divide by it)', \
 '--steps 100000000000000000000: at most 100000000 (the schedules hold one value per step)', \
 '--region-scale 1e+308: regions of more than 65536 voxels per axis (regions are cut to the volume: \
 a larger scale reads nothing more)']
@@ -63,7 +64,10 @@ def problems(settings: Any) -> list[str]:
         value = _given(settings, name)
         if value is not None and not math.isfinite(value):
             found.append(f"{_flag(name)} {value}: not a finite number")
-    temperature = _given(settings, "temperature")  # lr 0 is allowed: a step that keeps the weights (tests use it)
+    lr = _given(settings, "lr")
+    if lr is not None and math.isfinite(lr) and lr <= 0:
+        found.append(f"--lr {lr:g}: must be above 0 (a learning rate of {lr:g} trains nothing)")
+    temperature = _given(settings, "temperature")
     if temperature is not None and math.isfinite(temperature) and temperature <= 0:
         found.append(f"--temperature {temperature}: must be above 0 (NT-Xent and C-CVA divide by it)")
     for name in _FRACTIONS:
