@@ -40,7 +40,7 @@ def test_banded_float32_agrees_with_torchs_banded_product_and_leaves_unlisted_ax
     m0, m2 = axis_matrix(20, 33, 3), axis_matrix(26, 17, 1)
     ours = banded.separable(x, {0: banded.band_blocks(m0, rows=8, tol=1e-10), 2: banded.band_blocks(m2, rows=8)})
     theirs = torch_separable(torch.from_numpy(x), (torch_blocks(torch.from_numpy(m0), rows=8, tol=1e-10), None,
-                                                    torch_blocks(torch.from_numpy(m2), rows=8)), huge_pages=False)
+                                                    torch_blocks(torch.from_numpy(m2), rows=8)))
     assert ours.dtype == np.float32 and ours.shape == (33, 31, 17)
     np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-6, atol=1e-6)
     assert banded.separable(x, {}) is x

@@ -20,10 +20,6 @@ from torch import Tensor
 from openmind_prep.core import banded
 from openmind_prep.core.hugepages import empty as huge_empty
 
-
-def _plain_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.empty(shape, dtype=dtype, device=device)
-
 _ROWS = banded.ROWS  # output rows per block of a banded product
 
 Blocks = tuple[tuple[int, int, int, int, Tensor], ...]
@@ -78,37 +74,33 @@ def band_blocks(m: Tensor, device: torch.device | str = "cpu", dtype: torch.dtyp
                  for r0, r1, c0, c1, w in banded.band_blocks(m.detach().cpu().double().numpy(), rows, tol, np.float64))
 
 
-def _apply_axis(x: Tensor, axis: int, blocks: Blocks, n_out: int, huge_pages: bool = True) -> Tensor:
+def _apply_axis(x: Tensor, axis: int, blocks: Blocks, n_out: int) -> Tensor:
     """Apply one axis's banded matrix to a ``[A, B, C]`` tensor."""
     a, b, c = x.shape
-    empty = huge_empty if huge_pages else _plain_empty
     if axis == 0:
-        src, out = x.contiguous().reshape(a, b * c), empty((n_out, b * c), x.dtype, x.device)
+        src, out = x.contiguous().reshape(a, b * c), huge_empty((n_out, b * c), x.dtype, x.device)
         for r0, r1, c0, c1, w in blocks:
             torch.matmul(w, src[c0:c1], out=out[r0:r1])
         return out.reshape(n_out, b, c)
     if axis == 1:
-        out = empty((a, n_out, c), x.dtype, x.device)
+        out = huge_empty((a, n_out, c), x.dtype, x.device)
         for r0, r1, c0, c1, w in blocks:
             out[:, r0:r1] = torch.matmul(w, x[:, c0:c1])
         return out
-    src, out = x.contiguous().reshape(a * b, c), empty((a * b, n_out), x.dtype, x.device)
+    src, out = x.contiguous().reshape(a * b, c), huge_empty((a * b, n_out), x.dtype, x.device)
     for r0, r1, c0, c1, w in blocks:
         out[:, r0:r1] = src[:, c0:c1] @ w.T
     return out.reshape(a, b, n_out)
 
 
-def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...], *, huge_pages: bool = True) -> Tensor:
+def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...]) -> Tensor:
     """Apply ``matrices[d]`` (``[n_out_d, n_in_d]``, CPU) along axis ``d`` of ``x`` ``[Z, Y, X]``.
 
     Axes whose matrix is ``None`` are left alone; an entry may also be precomputed
     :func:`band_blocks` (e.g. cached by the caller). Axes go in the order with the fewest flops.
-    Returns a new tensor on ``x``'s device. ``huge_pages``: large intermediates come from
-    :func:`openmind_prep.core.hugepages.empty` (fewer first-write faults for a long-lived batch); pass
-    False where fresh 2 MiB pages are costly — after other large allocations the kernel compacts
-    memory synchronously to find them (measured 2x the CPU time of a one-volume-after-another resample
-    in ``benchmarks/preprocess_e2e.py``), while plain allocations get reused by malloc. The numpy twin
-    for preprocessing, without torch: :mod:`openmind_prep.core.banded`.
+    Returns a new tensor on ``x``'s device; large CPU intermediates come from
+    :func:`openmind_prep.core.hugepages.empty` (fewer first-write faults for a long-lived batch). The
+    numpy twin for preprocessing, without torch: :mod:`openmind_prep.core.banded`.
 
     >>> x = torch.arange(24.0).reshape(2, 3, 4)
     >>> y = separable(x, (torch.eye(2, dtype=torch.float64), None, linear_matrix(2, 4, 2.0, 0.5)))
@@ -129,7 +121,7 @@ def separable(x: Tensor, matrices: tuple[Tensor | Blocks | None, ...], *, huge_p
             blocks[d] = tuple((r0, r1, c0, c1, w.to(device=x.device, dtype=x.dtype)) for r0, r1, c0, c1, w in m)
     n_out = {d: b[-1][1] for d, b in blocks.items()}
     for d in banded.axis_order(tuple(x.shape), blocks):
-        x = _apply_axis(x, d, blocks[d], n_out[d], huge_pages)
+        x = _apply_axis(x, d, blocks[d], n_out[d])
     return x
 
 
